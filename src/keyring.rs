@@ -1,0 +1,269 @@
+//! The vault's key cache: unwraps each data key once and keeps it in memory
+//! as a zeroizing secret.
+//!
+//! Per tenant there are two kinds of key in the store's key table, both
+//! generated and wrapped by the [`Kms`]:
+//! - **DEKs** (`KeyPurpose::Data`, versions 1, 2, …): seal records through
+//!   per-record HKDF keys. The highest version seals new records.
+//! - **The index key** (`KeyPurpose::Index`, version 1): never used directly;
+//!   HKDF-SHA256 derives three keys from it with their own info strings:
+//!   the token-id key (`tessera/token-id/v1`), the fingerprint key
+//!   (`tessera/fingerprint/v1`, PCI DSS 3.5.1.1) and the FF1 key
+//!   (`tessera/ff1/v1`). It is kept apart from the DEK line so rotating a DEK
+//!   never changes how existing tokens and fingerprints resolve.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::clock::Clock;
+use crate::domain::token::{FINGERPRINT_LEN, TOKEN_ID_LEN};
+use crate::domain::{Fingerprint, Pan, TenantId, Token, TokenId};
+use crate::kms::{KeyContext, KeyPurpose, Kms, KmsError};
+use crate::secret::{DataKey, KEY_LEN};
+use crate::store::{Store, StoreError, WrappedKeyRecord};
+use crate::tokens::ff1::Ff1Generator;
+
+/// HKDF info for the token-id key.
+pub const TOKEN_ID_INFO: &[u8] = b"tessera/token-id/v1";
+/// HKDF info for the fingerprint key.
+pub const FINGERPRINT_INFO: &[u8] = b"tessera/fingerprint/v1";
+/// HKDF info for the FF1 key.
+pub const FF1_INFO: &[u8] = b"tessera/ff1/v1";
+
+/// Loading or creating a key failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyringError {
+    /// The KMS failed.
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A record names a DEK version the tenant does not have.
+    #[error("no such data key version")]
+    MissingKey,
+}
+
+/// The keys derived from a tenant's index key.
+pub struct TenantKeys {
+    token_id: DataKey,
+    fingerprint: DataKey,
+    ff1: Ff1Generator,
+}
+
+impl TenantKeys {
+    fn derive(tenant: &TenantId, index: &DataKey) -> Self {
+        let hkdf = Hkdf::<Sha256>::new(Some(tenant.as_str().as_bytes()), index.expose_secret());
+        let expand = |info: &[u8]| {
+            let mut okm = Zeroizing::new([0u8; KEY_LEN]);
+            // 32 bytes is far below HKDF-SHA256's 255 × 32 limit.
+            let _ = hkdf.expand(info, okm.as_mut());
+            DataKey::from_bytes(*okm)
+        };
+        let ff1_key = expand(FF1_INFO);
+        Self {
+            token_id: expand(TOKEN_ID_INFO),
+            fingerprint: expand(FINGERPRINT_INFO),
+            ff1: Ff1Generator::new(&ff1_key, tenant.clone()),
+        }
+    }
+
+    /// The store id of a token: HMAC-SHA256(token-id key, token).
+    pub fn token_id(&self, token: &Token) -> TokenId {
+        TokenId::from_bytes(hmac(&self.token_id, token.as_str().as_bytes()))
+    }
+
+    /// The store id a PAN would have if it were one of this tenant's tokens
+    /// (for the "input is a live token" check).
+    pub fn token_id_of_digits(&self, ascii_digits: &[u8]) -> TokenId {
+        TokenId::from_bytes(hmac(&self.token_id, ascii_digits))
+    }
+
+    /// The PAN's fingerprint: HMAC-SHA256(fingerprint key, PAN).
+    pub fn fingerprint(&self, pan: &Pan) -> Fingerprint {
+        Fingerprint::from_bytes(hmac(&self.fingerprint, &pan.expose_ascii()))
+    }
+
+    /// The tenant's FF1 generator.
+    pub fn ff1(&self) -> &Ff1Generator {
+        &self.ff1
+    }
+}
+
+fn hmac(key: &DataKey, message: &[u8]) -> [u8; TOKEN_ID_LEN] {
+    const _: () = assert!(TOKEN_ID_LEN == FINGERPRINT_LEN);
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret())
+        .unwrap_or_else(|_| unreachable_hmac());
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
+#[cold]
+fn unreachable_hmac() -> Hmac<Sha256> {
+    // HMAC keys of any length are valid (RFC 2104 §2); a 32-byte key of zeros
+    // keeps this total without a panic path.
+    <Hmac<Sha256> as KeyInit>::new(&Default::default())
+}
+
+/// Caches unwrapped keys; creates a tenant's first keys on first tokenize.
+#[derive(Debug)]
+pub struct Keyring {
+    kms: Arc<dyn Kms>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    deks: RwLock<HashMap<(TenantId, u32), Arc<DataKey>>>,
+    current: RwLock<HashMap<TenantId, u32>>,
+    tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
+}
+
+impl std::fmt::Debug for TenantKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TenantKeys(<redacted>)")
+    }
+}
+
+impl Keyring {
+    /// A keyring over `kms` and the key table of `store`.
+    pub fn new(kms: Arc<dyn Kms>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            kms,
+            store,
+            clock,
+            deks: RwLock::default(),
+            current: RwLock::default(),
+            tenants: RwLock::default(),
+        }
+    }
+
+    /// The tenant's derived keys; with `create`, makes the index key if the
+    /// tenant has none yet. `None` when absent and not created.
+    pub async fn tenant_keys(
+        &self,
+        tenant: &TenantId,
+        create: bool,
+    ) -> Result<Option<Arc<TenantKeys>>, KeyringError> {
+        if let Some(keys) = read(&self.tenants).get(tenant) {
+            return Ok(Some(Arc::clone(keys)));
+        }
+        let ctx = KeyContext {
+            tenant: tenant.clone(),
+            purpose: KeyPurpose::Index,
+            version: 1,
+        };
+        let Some(index) = self.load_or_create(&ctx, create).await? else {
+            return Ok(None);
+        };
+        let keys = Arc::new(TenantKeys::derive(tenant, &index));
+        write(&self.tenants).insert(tenant.clone(), Arc::clone(&keys));
+        Ok(Some(keys))
+    }
+
+    /// The DEK that seals new records of the tenant, with its version; made
+    /// on first use.
+    pub async fn current_dek(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<(u32, Arc<DataKey>), KeyringError> {
+        let cached = read(&self.current).get(tenant).copied();
+        let version = match cached {
+            Some(v) => v,
+            None => {
+                let latest = self
+                    .store
+                    .wrapped_keys(tenant)
+                    .await?
+                    .iter()
+                    .filter(|k| k.context.purpose == KeyPurpose::Data)
+                    .map(|k| k.context.version)
+                    .max()
+                    .unwrap_or(1);
+                write(&self.current).insert(tenant.clone(), latest);
+                latest
+            }
+        };
+        let key = self.dek_inner(tenant, version, true).await?;
+        Ok((version, key))
+    }
+
+    /// A DEK by version, for opening records.
+    pub async fn dek(&self, tenant: &TenantId, version: u32) -> Result<Arc<DataKey>, KeyringError> {
+        self.dek_inner(tenant, version, false).await
+    }
+
+    async fn dek_inner(
+        &self,
+        tenant: &TenantId,
+        version: u32,
+        create: bool,
+    ) -> Result<Arc<DataKey>, KeyringError> {
+        if let Some(key) = read(&self.deks).get(&(tenant.clone(), version)) {
+            return Ok(Arc::clone(key));
+        }
+        let ctx = KeyContext {
+            tenant: tenant.clone(),
+            purpose: KeyPurpose::Data,
+            version,
+        };
+        let key = self
+            .load_or_create(&ctx, create)
+            .await?
+            .ok_or(KeyringError::MissingKey)?;
+        let key = Arc::new(key);
+        write(&self.deks).insert((tenant.clone(), version), Arc::clone(&key));
+        Ok(key)
+    }
+
+    /// Reads and unwraps the key of `ctx`; with `create`, generates and
+    /// stores it when missing. A concurrent creator may win the append: then
+    /// its key is read back, so every caller ends up with the same key.
+    async fn load_or_create(
+        &self,
+        ctx: &KeyContext,
+        create: bool,
+    ) -> Result<Option<DataKey>, KeyringError> {
+        if let Some(stored) = self.store.wrapped_key(ctx).await? {
+            return Ok(Some(self.kms.unwrap_data_key(&stored.wrapped, ctx).await?));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let (key, wrapped) = self.kms.generate_data_key(ctx).await?;
+        let record = WrappedKeyRecord {
+            context: ctx.clone(),
+            master_key_id: self.kms.master_key_id(),
+            wrapped,
+            created_at_ms: self.clock.now_ms(),
+        };
+        match self.store.put_wrapped_key(record).await {
+            Ok(()) => Ok(Some(key)),
+            Err(StoreError::AlreadyExists) => {
+                let stored = self
+                    .store
+                    .wrapped_key(ctx)
+                    .await?
+                    .ok_or(KeyringError::MissingKey)?;
+                Ok(Some(self.kms.unwrap_data_key(&stored.wrapped, ctx).await?))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // A poisoned cache lock only means another thread panicked mid-insert of
+    // an Arc; the map itself is still consistent.
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,235 @@
+//! The development KMS: a master key in a local file.
+//!
+//! Convenient and insecure by design: whoever reads the file reads every
+//! PAN. It is auto-created under the data dir and refuses to open outside the
+//! dev profile (`tessera serve --dev`).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::config::Profile;
+use crate::csprng;
+use crate::kms::{KeyContext, KeyId, Kms, KmsError, WrappedKey};
+use crate::secret::{DataKey, KEY_LEN};
+
+/// Domain separation for dev-KMS wraps.
+const WRAP_AAD_PREFIX: &[u8] = b"tessera/kms/dev/v1";
+const NONCE_LEN: usize = 12;
+
+/// A file-backed master key for development.
+pub struct DevKms {
+    master: DataKey,
+    key_id: KeyId,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for DevKms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevKms")
+            .field("key_id", &self.key_id)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevKms {
+    /// Opens the key file at `path`, creating it (mode 0600) when missing.
+    /// Refused unless `profile` is [`Profile::Dev`].
+    pub fn open_or_create(path: &Path, profile: Profile) -> Result<Self, KmsError> {
+        if profile != Profile::Dev {
+            return Err(KmsError::Refused(
+                "the dev KMS keeps its master key in a plain file; it runs only with --dev".into(),
+            ));
+        }
+        let master = match fs::read(path) {
+            Ok(text) => {
+                let text = Zeroizing::new(text);
+                let bytes = Zeroizing::new(
+                    hex::decode(text.trim_ascii())
+                        .map_err(|_| KmsError::Refused("dev master key file is not hex".into()))?,
+                );
+                DataKey::from_slice(&bytes).ok_or_else(|| {
+                    KmsError::Refused("dev master key file must hold 32 bytes".into())
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = DataKey::generate()?;
+                write_private(path, hex::encode(key.expose_secret()).as_bytes())?;
+                key
+            }
+            Err(e) => return Err(KmsError::Io(e)),
+        };
+        let digest = Sha256::digest(master.expose_secret());
+        let key_id = KeyId::new(format!("dev:{}", hex::encode(&digest[..8])))
+            .ok_or_else(|| KmsError::Refused("empty key id".into()))?;
+        Ok(Self {
+            master,
+            key_id,
+            path: path.to_owned(),
+        })
+    }
+
+    fn cipher(&self) -> Result<Aes256Gcm, KmsError> {
+        Aes256Gcm::new_from_slice(self.master.expose_secret()).map_err(|_| KmsError::Unwrap)
+    }
+
+    fn aad(&self, ctx: &KeyContext) -> Vec<u8> {
+        let mut aad = WRAP_AAD_PREFIX.to_vec();
+        aad.extend_from_slice(self.key_id.as_str().as_bytes());
+        aad.push(0);
+        aad.extend_from_slice(&ctx.to_bytes());
+        aad
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[async_trait]
+impl Kms for DevKms {
+    async fn generate_data_key(&self, ctx: &KeyContext) -> Result<(DataKey, WrappedKey), KmsError> {
+        let key = DataKey::generate()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        csprng::fill(&mut nonce)?;
+        let aad = self.aad(ctx);
+        let sealed = self
+            .cipher()?
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: key.expose_secret(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| KmsError::Unwrap)?;
+        let mut wrapped = nonce.to_vec();
+        wrapped.extend_from_slice(&sealed);
+        let wrapped = WrappedKey::new(wrapped).ok_or(KmsError::Unwrap)?;
+        Ok((key, wrapped))
+    }
+
+    async fn unwrap_data_key(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &KeyContext,
+    ) -> Result<DataKey, KmsError> {
+        let bytes = wrapped.as_bytes();
+        if bytes.len() != NONCE_LEN + KEY_LEN + 16 {
+            return Err(KmsError::Unwrap);
+        }
+        let (nonce, sealed) = bytes.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| KmsError::Unwrap)?;
+        let aad = self.aad(ctx);
+        let plain = Zeroizing::new(
+            self.cipher()?
+                .decrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: sealed,
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| KmsError::Unwrap)?,
+        );
+        DataKey::from_slice(&plain).ok_or(KmsError::Unwrap)
+    }
+
+    fn master_key_id(&self) -> KeyId {
+        self.key_id.clone()
+    }
+
+    fn is_production_grade(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TenantId;
+    use crate::kms::KeyPurpose;
+
+    fn ctx(tenant: &str, purpose: KeyPurpose, version: u32) -> KeyContext {
+        KeyContext {
+            tenant: TenantId::new(tenant).unwrap(),
+            purpose,
+            version,
+        }
+    }
+
+    #[test]
+    fn refused_outside_dev() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = DevKms::open_or_create(&dir.path().join("k"), Profile::Production).unwrap_err();
+        assert!(matches!(err, KmsError::Refused(_)));
+        assert!(!dir.path().join("k").exists());
+    }
+
+    #[tokio::test]
+    async fn wrap_round_trip_survives_reopen_and_binds_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev-master.key");
+        let kms = DevKms::open_or_create(&path, Profile::Dev).unwrap();
+        assert!(!kms.is_production_grade());
+        let c = ctx("default", KeyPurpose::Data, 1);
+        let (key, wrapped) = kms.generate_data_key(&c).await.unwrap();
+
+        let reopened = DevKms::open_or_create(&path, Profile::Dev).unwrap();
+        assert_eq!(reopened.master_key_id(), kms.master_key_id());
+        let unwrapped = reopened.unwrap_data_key(&wrapped, &c).await.unwrap();
+        assert_eq!(unwrapped.expose_secret(), key.expose_secret());
+
+        for wrong in [
+            ctx("other", KeyPurpose::Data, 1),
+            ctx("default", KeyPurpose::Index, 1),
+            ctx("default", KeyPurpose::Data, 2),
+        ] {
+            assert!(matches!(
+                kms.unwrap_data_key(&wrapped, &wrong).await,
+                Err(KmsError::Unwrap)
+            ));
+        }
+        let mut tampered = wrapped.as_bytes().to_vec();
+        tampered[20] ^= 1;
+        let tampered = WrappedKey::new(tampered).unwrap();
+        assert!(matches!(
+            kms.unwrap_data_key(&tampered, &c).await,
+            Err(KmsError::Unwrap)
+        ));
+
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = DevKms::open_or_create(&other_dir.path().join("k"), Profile::Dev).unwrap();
+        assert!(matches!(
+            other.unwrap_data_key(&wrapped, &c).await,
+            Err(KmsError::Unwrap)
+        ));
+    }
+
+    #[test]
+    fn key_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        DevKms::open_or_create(&path, Profile::Dev).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

@@ -1,0 +1,130 @@
+//! Secret types: key material that zeroizes on drop and never prints.
+//!
+//! Nothing here derives `Clone`, `Debug` or `Serialize`. The bytes are reached
+//! only through `expose_secret()`, so every read of key material is greppable
+//! (the same discipline as `FileKey` in age and `AeadKey` in rustls).
+
+use std::fmt;
+
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::csprng::{self, RngError};
+
+/// Length of every symmetric key Tessera holds: AES-256 and HMAC-SHA256 keys.
+pub const KEY_LEN: usize = 32;
+
+/// A 256-bit secret key: a data key (DEK), a tenant index key, or a key
+/// derived from one. Zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct DataKey([u8; KEY_LEN]);
+
+impl DataKey {
+    /// Wraps raw key bytes. The caller's copy should be zeroized by the caller.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// Copies key bytes from a slice of exactly [`KEY_LEN`] bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let array: [u8; KEY_LEN] = bytes.try_into().ok()?;
+        Some(Self(array))
+    }
+
+    /// A fresh key from the OS CSPRNG (PCI DSS 3.7.1).
+    pub fn generate() -> Result<Self, RngError> {
+        let mut bytes = [0u8; KEY_LEN];
+        csprng::fill(&mut bytes)?;
+        Ok(Self(bytes))
+    }
+
+    /// The key bytes. Every caller is a place key material is used.
+    pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DataKey(<redacted>)")
+    }
+}
+
+/// Secret bytes of any length (a plaintext in flight, an API key). Zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    /// Takes ownership of the bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The secret bytes.
+    pub fn expose_secret(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Compares in constant time (for equal lengths).
+    pub fn ct_eq(&self, other: &[u8]) -> bool {
+        self.0.ct_eq(other).into()
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// A secret string from configuration (a password, an API key). Zeroized on
+/// drop, never formatted.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Takes ownership of the string.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret text.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_key_bytes() {
+        let key = DataKey::from_bytes([0xAB; KEY_LEN]);
+        let shown = format!("{key:?}");
+        assert!(!shown.to_lowercase().contains("ab"), "{shown}");
+        let secret = SecretString::new("hunter2".to_owned());
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn generated_keys_differ() {
+        let a = DataKey::generate().unwrap();
+        let b = DataKey::generate().unwrap();
+        assert_ne!(a.expose_secret(), b.expose_secret());
+    }
+
+    #[test]
+    fn constant_time_compare_matches_equality() {
+        let s = SecretBytes::new(b"abc".to_vec());
+        assert!(s.ct_eq(b"abc"));
+        assert!(!s.ct_eq(b"abd"));
+        assert!(!s.ct_eq(b"ab"));
+    }
+}

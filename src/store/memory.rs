@@ -1,0 +1,127 @@
+//! An in-memory store for unit tests. Not durable; never used by `serve`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::domain::{Fingerprint, TenantId, TokenId};
+use crate::kms::KeyContext;
+use crate::store::record::{fingerprint_key, tenant_prefix};
+use crate::store::{SealedRecord, Store, StoreError, StoredRecord, Tombstone, WrappedKeyRecord};
+
+#[derive(Debug, Default)]
+struct Inner {
+    records: HashMap<TokenId, SealedRecord>,
+    tombstones: HashMap<TokenId, Tombstone>,
+    fingerprints: HashMap<Vec<u8>, TokenId>,
+    keys: BTreeMap<Vec<u8>, WrappedKeyRecord>,
+}
+
+/// A `HashMap`-backed store. Unit tests only.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))
+    }
+}
+
+impl Inner {
+    fn stored(&self, id: &TokenId) -> Option<StoredRecord> {
+        self.records.get(id).map(|record| StoredRecord {
+            record: record.clone(),
+            tombstone: self.tombstones.get(id).copied(),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn append(&self, record: SealedRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if inner.records.contains_key(&record.token_id) {
+            return Err(StoreError::AlreadyExists);
+        }
+        if let Some(fp) = &record.fingerprint {
+            let key = fingerprint_key(&record.tenant, fp);
+            if let Some(holder) = inner.fingerprints.get(&key) {
+                if !inner.tombstones.contains_key(holder) {
+                    return Err(StoreError::FingerprintTaken(*holder));
+                }
+            }
+            inner.fingerprints.insert(key, record.token_id);
+        }
+        inner.records.insert(record.token_id, record);
+        Ok(())
+    }
+
+    async fn get(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
+        Ok(self.lock()?.stored(id))
+    }
+
+    async fn find_by_fingerprint(
+        &self,
+        tenant: &TenantId,
+        fingerprint: &Fingerprint,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let inner = self.lock()?;
+        let key = fingerprint_key(tenant, fingerprint);
+        Ok(inner.fingerprints.get(&key).and_then(|id| inner.stored(id)))
+    }
+
+    async fn append_tombstone(&self, id: &TokenId, tombstone: Tombstone) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if !inner.records.contains_key(id) {
+            return Err(StoreError::NotFound);
+        }
+        if inner.tombstones.contains_key(id) {
+            return Err(StoreError::AlreadyExists);
+        }
+        inner.tombstones.insert(*id, tombstone);
+        Ok(())
+    }
+
+    async fn put_wrapped_key(&self, key: WrappedKeyRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        let k = WrappedKeyRecord::store_key(&key.context);
+        if inner.keys.contains_key(&k) {
+            return Err(StoreError::AlreadyExists);
+        }
+        inner.keys.insert(k, key);
+        Ok(())
+    }
+
+    async fn wrapped_key(&self, ctx: &KeyContext) -> Result<Option<WrappedKeyRecord>, StoreError> {
+        Ok(self
+            .lock()?
+            .keys
+            .get(&WrappedKeyRecord::store_key(ctx))
+            .cloned())
+    }
+
+    async fn wrapped_keys(&self, tenant: &TenantId) -> Result<Vec<WrappedKeyRecord>, StoreError> {
+        let prefix = tenant_prefix(tenant);
+        Ok(self
+            .lock()?
+            .keys
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.lock().map(|_| ())
+    }
+}

@@ -1,0 +1,98 @@
+//! The append-only store of sealed records, tombstones and wrapped keys.
+//!
+//! This module names no vendor type. Backends:
+//! - [`sled::SledStore`]: embedded, one node, the default.
+//! - [`memory::MemoryStore`]: in process, for unit tests only.
+//!
+//! Business rules (TTL, single use, tenancy) live in `vault.rs`; the store
+//! only guarantees the storage primitives below.
+
+pub mod memory;
+pub mod record;
+pub mod sled;
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+pub use record::{
+    PublicFacts, SealedRecord, StoredRecord, Tombstone, TombstoneReason, WrappedKeyRecord,
+};
+
+use crate::codec::DecodeError;
+use crate::domain::{Fingerprint, TenantId, TokenId};
+use crate::kms::KeyContext;
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The id (or key version, or tombstone) is already present; nothing
+    /// was written. The store never overwrites.
+    #[error("already exists")]
+    AlreadyExists,
+    /// A live record of the tenant already holds this fingerprint; nothing
+    /// was written. Carries the holder so the caller can return it.
+    #[error("fingerprint already held by a live record")]
+    FingerprintTaken(TokenId),
+    /// A tombstone was appended for a record that does not exist.
+    #[error("no such record")]
+    NotFound,
+    /// Stored bytes did not decode.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(#[from] DecodeError),
+    /// The backend is unreachable or failed in a way a retry may fix.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed (maps to gRPC UNAVAILABLE).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Append-only storage.
+///
+/// Contract, checked by `tests/store_conformance/suite.rs` for every backend:
+/// - Every method that returns `Ok` after a write has made it durable: it
+///   survives a crash or `kill -9` of the process.
+/// - [`Store::append`] never overwrites: an existing token id is
+///   [`StoreError::AlreadyExists`]; a fingerprint held by a live (untombstoned)
+///   record of the same tenant is [`StoreError::FingerprintTaken`]. The check
+///   and the write are atomic; a failed append writes nothing.
+/// - [`Store::append_tombstone`] succeeds at most once per record, atomically:
+///   of N concurrent calls exactly one returns `Ok`.
+/// - Fingerprints are scoped to their tenant.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Appends a new record.
+    async fn append(&self, record: SealedRecord) -> Result<(), StoreError>;
+
+    /// Reads a record and its tombstone.
+    async fn get(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// The record currently indexed under a tenant's fingerprint, if any
+    /// (possibly tombstoned since).
+    async fn find_by_fingerprint(
+        &self,
+        tenant: &TenantId,
+        fingerprint: &Fingerprint,
+    ) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// Marks a record dead; [`StoreError::AlreadyExists`] if it already is.
+    async fn append_tombstone(&self, id: &TokenId, tombstone: Tombstone) -> Result<(), StoreError>;
+
+    /// Stores a wrapped key; [`StoreError::AlreadyExists`] if that context has one.
+    async fn put_wrapped_key(&self, key: WrappedKeyRecord) -> Result<(), StoreError>;
+
+    /// Reads the wrapped key of one context.
+    async fn wrapped_key(&self, ctx: &KeyContext) -> Result<Option<WrappedKeyRecord>, StoreError>;
+
+    /// Every wrapped key of a tenant, ordered by purpose then version.
+    async fn wrapped_keys(&self, tenant: &TenantId) -> Result<Vec<WrappedKeyRecord>, StoreError>;
+
+    /// Checks the backend answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,540 @@
+//! Use cases: tokenize, detokenize, token info, delete. No wire types here.
+//!
+//! The caller (the gRPC service) has already authenticated the principal and
+//! checked its role; every method takes the principal's tenant and never
+//! reaches another tenant's records.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::clock::Clock;
+use crate::domain::{CardBrand, MaskedPan, Pan, TenantId, Token};
+use crate::envelope::{self, Binding, EnvelopeError};
+use crate::keyring::{Keyring, KeyringError, TenantKeys};
+use crate::kms::{Kms, KmsError};
+use crate::store::{
+    PublicFacts, SealedRecord, Store, StoreError, StoredRecord, Tombstone, TombstoneReason,
+};
+use crate::tokens::random::RandomGenerator;
+use crate::tokens::{
+    FormatError, GenerateError, GeneratorKind, LuhnPolicy, TokenFormat, TokenGenerator,
+};
+
+/// How many tokens a tokenize tries before giving up on collisions.
+pub const MAX_TOKEN_ATTEMPTS: u32 = 16;
+
+/// Vault-wide policy.
+#[derive(Debug, Clone)]
+pub struct VaultPolicy {
+    /// Format used for fields a request leaves unset.
+    pub default_format: TokenFormat,
+    /// Deterministic mode when a request does not say.
+    pub deterministic_by_default: bool,
+    /// Most items in one batch call.
+    pub max_batch_items: usize,
+    /// Most metadata entries per token.
+    pub max_metadata_entries: usize,
+    /// Most metadata bytes (keys plus values) per token.
+    pub max_metadata_bytes: usize,
+    /// Longest TTL accepted.
+    pub max_ttl: Duration,
+}
+
+impl Default for VaultPolicy {
+    fn default() -> Self {
+        Self {
+            default_format: TokenFormat::default(),
+            deterministic_by_default: false,
+            max_batch_items: 1000,
+            max_metadata_entries: 16,
+            max_metadata_bytes: 2048,
+            max_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
+        }
+    }
+}
+
+/// A use case failed. Messages never contain a PAN or a token's digits.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    /// A request field is malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The field's name in the API.
+        field: &'static str,
+        /// What is wrong, without the value.
+        reason: String,
+    },
+    /// Unknown, expired, consumed, deleted or another tenant's token: one
+    /// answer for all, so none can be told apart.
+    #[error("token not found")]
+    NotFound,
+    /// The token format cannot be honoured for this PAN.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    /// Every candidate token was taken.
+    #[error("no free token after {MAX_TOKEN_ATTEMPTS} attempts")]
+    TokenSpaceExhausted,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The KMS failed.
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    /// A record failed to open (tampered or wrong key): the opaque error.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// A record names a key the tenant does not have.
+    #[error("record key missing")]
+    MissingKey,
+}
+
+impl From<KeyringError> for VaultError {
+    fn from(e: KeyringError) -> Self {
+        match e {
+            KeyringError::Kms(e) => Self::Kms(e),
+            KeyringError::Store(e) => Self::Store(e),
+            KeyringError::MissingKey => Self::MissingKey,
+        }
+    }
+}
+
+impl VaultError {
+    fn invalid(field: &'static str, reason: impl std::fmt::Display) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Per-request format choices; `None` takes the vault default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FormatRequest {
+    /// Generator.
+    pub generator: Option<GeneratorKind>,
+    /// Leading digits kept.
+    pub keep_leading: Option<u32>,
+    /// Trailing digits kept.
+    pub keep_trailing: Option<u32>,
+    /// Luhn policy.
+    pub luhn: Option<LuhnPolicy>,
+}
+
+/// One tokenize request, parsed.
+#[derive(Debug)]
+pub struct TokenizeCommand {
+    /// The PAN.
+    pub pan: Pan,
+    /// Format overrides.
+    pub format: FormatRequest,
+    /// Deterministic override.
+    pub deterministic: Option<bool>,
+    /// Lifetime; `None` = no expiry.
+    pub ttl: Option<Duration>,
+    /// Consumed by the first detokenize.
+    pub single_use: bool,
+    /// Non-sensitive metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The result of a tokenize.
+#[derive(Debug)]
+pub struct Tokenized {
+    /// The token.
+    pub token: Token,
+    /// Masked PAN.
+    pub masked_pan: MaskedPan,
+    /// Brand.
+    pub brand: CardBrand,
+    /// An existing live token was returned.
+    pub reused: bool,
+}
+
+/// Public facts of a live token.
+pub type TokenInfo = PublicFacts;
+
+/// The vault: use cases over a store, a keyring and a clock.
+#[derive(Debug)]
+pub struct Vault {
+    store: Arc<dyn Store>,
+    keys: Keyring,
+    clock: Arc<dyn Clock>,
+    policy: VaultPolicy,
+}
+
+/// The plaintext sealed in each record: `u8 len ‖ PAN digits ‖ token digits`.
+/// Sealing the token too lets deterministic mode return an existing token
+/// although the store knows tokens only by keyed hash.
+fn encode_payload(pan: &Pan, token: &Token) -> Zeroizing<Vec<u8>> {
+    let pan_ascii = pan.expose_ascii();
+    let mut out = Zeroizing::new(Vec::with_capacity(1 + pan_ascii.len() + token.len()));
+    // A PAN has at most 19 digits.
+    out.push(u8::try_from(pan_ascii.len()).unwrap_or(0));
+    out.extend_from_slice(&pan_ascii);
+    out.extend_from_slice(token.as_str().as_bytes());
+    out
+}
+
+fn decode_payload(payload: &[u8]) -> Result<(Pan, Token), VaultError> {
+    let opaque = || VaultError::Envelope(EnvelopeError::Unreadable);
+    let (&len, rest) = payload.split_first().ok_or_else(opaque)?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return Err(opaque());
+    }
+    let (pan, token) = rest.split_at(len);
+    let pan = Pan::parse_bytes(pan).map_err(|_| opaque())?;
+    let token = std::str::from_utf8(token).map_err(|_| opaque())?;
+    let token = Token::parse(token).map_err(|_| opaque())?;
+    Ok((pan, token))
+}
+
+impl Vault {
+    /// A vault over its parts.
+    pub fn new(
+        kms: Arc<dyn Kms>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        policy: VaultPolicy,
+    ) -> Self {
+        Self {
+            keys: Keyring::new(kms, Arc::clone(&store), Arc::clone(&clock)),
+            store,
+            clock,
+            policy,
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &VaultPolicy {
+        &self.policy
+    }
+
+    /// Checks the store answers (for health).
+    pub async fn ping(&self) -> Result<(), VaultError> {
+        self.store.ping().await.map_err(VaultError::from)
+    }
+
+    fn resolve_format(&self, req: FormatRequest) -> Result<TokenFormat, VaultError> {
+        let d = self.policy.default_format;
+        let keep_leading = req
+            .keep_leading
+            .unwrap_or(u32::try_from(d.keep_leading()).unwrap_or(6));
+        let keep_trailing = req
+            .keep_trailing
+            .unwrap_or(u32::try_from(d.keep_trailing()).unwrap_or(4));
+        TokenFormat::new(
+            req.generator.unwrap_or(d.generator()),
+            keep_leading,
+            keep_trailing,
+            req.luhn.unwrap_or(d.luhn()),
+        )
+        .map_err(|e| match e {
+            FormatError::KeepLeading => VaultError::invalid("format.keep_leading", e),
+            FormatError::KeepTrailing => VaultError::invalid("format.keep_trailing", e),
+        })
+    }
+
+    fn check_metadata(&self, metadata: &BTreeMap<String, String>) -> Result<(), VaultError> {
+        if metadata.len() > self.policy.max_metadata_entries {
+            return Err(VaultError::invalid(
+                "metadata",
+                format!("at most {} entries", self.policy.max_metadata_entries),
+            ));
+        }
+        let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > self.policy.max_metadata_bytes {
+            return Err(VaultError::invalid(
+                "metadata",
+                format!("at most {} bytes", self.policy.max_metadata_bytes),
+            ));
+        }
+        if metadata
+            .iter()
+            .any(|(k, v)| crate::leak::contains_pan(k) || crate::leak::contains_pan(v))
+        {
+            return Err(VaultError::invalid(
+                "metadata",
+                "must not contain card numbers",
+            ));
+        }
+        Ok(())
+    }
+
+    fn expiry(&self, now: u64, ttl: Option<Duration>) -> Result<Option<u64>, VaultError> {
+        match ttl {
+            None => Ok(None),
+            Some(ttl) if ttl.is_zero() => Ok(None),
+            Some(ttl) if ttl > self.policy.max_ttl => Err(VaultError::invalid(
+                "ttl",
+                "longer than the vault's maximum",
+            )),
+            Some(ttl) => {
+                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                Ok(Some(now.saturating_add(ms.max(1))))
+            }
+        }
+    }
+
+    fn is_live(&self, stored: &StoredRecord, now: u64) -> bool {
+        stored.tombstone.is_none() && stored.record.facts.expires_at_ms.is_none_or(|at| now < at)
+    }
+
+    /// Tokenizes one PAN for `tenant`.
+    pub async fn tokenize(
+        &self,
+        tenant: &TenantId,
+        cmd: TokenizeCommand,
+    ) -> Result<Tokenized, VaultError> {
+        let format = self.resolve_format(cmd.format)?;
+        self.check_metadata(&cmd.metadata)?;
+        let now = self.clock.now_ms();
+        let expires_at_ms = self.expiry(now, cmd.ttl)?;
+        let keys = self
+            .keys
+            .tenant_keys(tenant, true)
+            .await?
+            .ok_or(VaultError::MissingKey)?;
+
+        // Distinguishability: a live token of this tenant is never accepted
+        // as a PAN (PCI tokenization guidance).
+        let as_token = self
+            .store
+            .get(&keys.token_id_of_digits(&cmd.pan.expose_ascii()))
+            .await?;
+        if as_token.is_some_and(|s| s.record.tenant == *tenant && self.is_live(&s, now)) {
+            return Err(VaultError::invalid(
+                "pan",
+                "is a token of this vault, not a card number",
+            ));
+        }
+
+        let deterministic = format.generator() == GeneratorKind::Ff1
+            || cmd
+                .deterministic
+                .unwrap_or(self.policy.deterministic_by_default);
+        let fingerprint = deterministic.then(|| keys.fingerprint(&cmd.pan));
+        if let Some(fp) = &fingerprint {
+            if let Some(existing) = self.store.find_by_fingerprint(tenant, fp).await? {
+                if let Some(reused) = self.reuse(tenant, &existing, now).await? {
+                    return Ok(reused);
+                }
+            }
+        }
+
+        let facts = PublicFacts {
+            masked_pan: cmd.pan.masked(),
+            brand: cmd.pan.brand(),
+            created_at_ms: now,
+            expires_at_ms,
+            single_use: cmd.single_use,
+            metadata: cmd.metadata,
+        };
+        let (dek_version, dek) = self.keys.current_dek(tenant).await?;
+        for attempt in 0..MAX_TOKEN_ATTEMPTS {
+            let token = match format.generator() {
+                GeneratorKind::Random => RandomGenerator.generate(&cmd.pan, &format, attempt)?,
+                GeneratorKind::Ff1 => keys.ff1().generate(&cmd.pan, &format, attempt)?,
+            };
+            let token_id = keys.token_id(&token);
+            let binding = Binding {
+                tenant,
+                token_id: &token_id,
+                dek_version,
+            };
+            let sealed_pan = envelope::seal(&dek, binding, &encode_payload(&cmd.pan, &token))?;
+            let record = SealedRecord {
+                token_id,
+                tenant: tenant.clone(),
+                fingerprint,
+                facts: facts.clone(),
+                sealed_pan,
+            };
+            match self.store.append(record).await {
+                Ok(()) => {
+                    return Ok(Tokenized {
+                        token,
+                        masked_pan: facts.masked_pan,
+                        brand: facts.brand,
+                        reused: false,
+                    });
+                }
+                // The token value is taken (a collision, or for FF1 an
+                // earlier, now dead token of this PAN): try the next attempt.
+                Err(StoreError::AlreadyExists) => continue,
+                // A concurrent tokenize of the same PAN won: return its token.
+                Err(StoreError::FingerprintTaken(holder)) => {
+                    if let Some(existing) = self.store.get(&holder).await? {
+                        if let Some(reused) = self.reuse(tenant, &existing, now).await? {
+                            return Ok(reused);
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(VaultError::TokenSpaceExhausted)
+    }
+
+    /// Returns an existing live deterministic token, or tombstones it when
+    /// it has expired (so the fingerprint is free again) and returns `None`.
+    async fn reuse(
+        &self,
+        tenant: &TenantId,
+        existing: &StoredRecord,
+        now: u64,
+    ) -> Result<Option<Tokenized>, VaultError> {
+        if existing.record.tenant != *tenant || existing.tombstone.is_some() {
+            return Ok(None);
+        }
+        if !self.is_live(existing, now) {
+            let tombstone = Tombstone {
+                reason: TombstoneReason::Expired,
+                at_ms: now,
+            };
+            match self
+                .store
+                .append_tombstone(&existing.record.token_id, tombstone)
+                .await
+            {
+                Ok(()) | Err(StoreError::AlreadyExists) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (_, token) = self.open(tenant, existing).await?;
+        Ok(Some(Tokenized {
+            token,
+            masked_pan: existing.record.facts.masked_pan.clone(),
+            brand: existing.record.facts.brand,
+            reused: true,
+        }))
+    }
+
+    async fn open(
+        &self,
+        tenant: &TenantId,
+        stored: &StoredRecord,
+    ) -> Result<(Pan, Token), VaultError> {
+        let record = &stored.record;
+        let version = envelope::dek_version(&record.sealed_pan)?;
+        let dek = self.keys.dek(tenant, version).await?;
+        let binding = Binding {
+            tenant,
+            token_id: &record.token_id,
+            dek_version: version,
+        };
+        let payload = envelope::open(&dek, binding, &record.sealed_pan)?;
+        decode_payload(&payload)
+    }
+
+    /// Finds the live record of `token` in `tenant`, or `NotFound`.
+    async fn live_record(
+        &self,
+        tenant: &TenantId,
+        token: &Token,
+    ) -> Result<(StoredRecord, Arc<TenantKeys>), VaultError> {
+        let keys = self
+            .keys
+            .tenant_keys(tenant, false)
+            .await?
+            .ok_or(VaultError::NotFound)?;
+        let stored = self
+            .store
+            .get(&keys.token_id(token))
+            .await?
+            .ok_or(VaultError::NotFound)?;
+        if stored.record.tenant != *tenant || !self.is_live(&stored, self.clock.now_ms()) {
+            return Err(VaultError::NotFound);
+        }
+        Ok((stored, keys))
+    }
+
+    /// Returns the PAN behind `token`. A single-use token is consumed; of
+    /// concurrent redemptions exactly one succeeds.
+    pub async fn detokenize(&self, tenant: &TenantId, token: &Token) -> Result<Pan, VaultError> {
+        let (stored, _) = self.live_record(tenant, token).await?;
+        let (pan, sealed_token) = self.open(tenant, &stored).await?;
+        // The record must be the one this token names (it always is, unless
+        // the store was tampered with); compare in constant time.
+        if !bool::from(
+            sealed_token
+                .as_str()
+                .as_bytes()
+                .ct_eq(token.as_str().as_bytes()),
+        ) {
+            return Err(VaultError::Envelope(EnvelopeError::Unreadable));
+        }
+        if stored.record.facts.single_use {
+            let tombstone = Tombstone {
+                reason: TombstoneReason::Consumed,
+                at_ms: self.clock.now_ms(),
+            };
+            match self
+                .store
+                .append_tombstone(&stored.record.token_id, tombstone)
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::AlreadyExists) => return Err(VaultError::NotFound),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(pan)
+    }
+
+    /// The public facts of a live token.
+    pub async fn token_info(
+        &self,
+        tenant: &TenantId,
+        token: &Token,
+    ) -> Result<TokenInfo, VaultError> {
+        let (stored, _) = self.live_record(tenant, token).await?;
+        Ok(stored.record.facts)
+    }
+
+    /// Deletes a live token (appends a tombstone).
+    pub async fn delete(&self, tenant: &TenantId, token: &Token) -> Result<(), VaultError> {
+        let (stored, _) = self.live_record(tenant, token).await?;
+        let tombstone = Tombstone {
+            reason: TombstoneReason::Deleted,
+            at_ms: self.clock.now_ms(),
+        };
+        match self
+            .store
+            .append_tombstone(&stored.record.token_id, tombstone)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(StoreError::AlreadyExists) => Err(VaultError::NotFound),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks a batch's size against the policy.
+    pub fn check_batch_len(&self, len: usize) -> Result<(), VaultError> {
+        if len == 0 {
+            return Err(VaultError::invalid(
+                "items",
+                "a batch needs at least one item",
+            ));
+        }
+        if len > self.policy.max_batch_items {
+            return Err(VaultError::invalid(
+                "items",
+                format!(
+                    "at most {} items per batch, got {len}",
+                    self.policy.max_batch_items
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::config::Profile;
+use crate::kms::dev::DevKms;
+use crate::store::memory::MemoryStore;
+use crate::tokens::luhn;
+
+struct Fixture {
+    vault: Arc<Vault>,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture(policy: VaultPolicy) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let vault = Vault::new(kms, Arc::new(MemoryStore::new()), clock.clone(), policy);
+    Fixture {
+        vault: Arc::new(vault),
+        clock,
+        _dir: dir,
+    }
+}
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::new(name).unwrap()
+}
+
+fn cmd(pan: &str) -> TokenizeCommand {
+    TokenizeCommand {
+        pan: Pan::parse(pan).unwrap(),
+        format: FormatRequest::default(),
+        deterministic: None,
+        ttl: None,
+        single_use: false,
+        metadata: BTreeMap::new(),
+    }
+}
+
+const VISA: &str = "4111111111111111";
+const MC19: &str = "5555555555555555556";
+
+#[tokio::test]
+async fn round_trip_default_format() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let out = f.vault.tokenize(&t, cmd(VISA)).await.unwrap();
+    assert_eq!(out.token.len(), 16);
+    assert!(out.token.as_str().starts_with("411111") && out.token.as_str().ends_with("1111"));
+    assert!(!luhn::is_valid(&out.token.digits()));
+    assert_eq!(out.masked_pan.as_str(), "411111******1111");
+    assert_eq!(out.brand, CardBrand::Visa);
+    assert!(!out.reused);
+    let pan = f.vault.detokenize(&t, &out.token).await.unwrap();
+    assert_eq!(pan.expose_ascii().as_slice(), VISA.as_bytes());
+}
+
+#[tokio::test]
+async fn random_mode_issues_fresh_tokens_deterministic_reuses() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let a = f.vault.tokenize(&t, cmd(VISA)).await.unwrap();
+    let b = f.vault.tokenize(&t, cmd(VISA)).await.unwrap();
+    assert_ne!(a.token, b.token);
+
+    let det = |pan| TokenizeCommand {
+        deterministic: Some(true),
+        ..cmd(pan)
+    };
+    let c = f.vault.tokenize(&t, det(VISA)).await.unwrap();
+    let d = f.vault.tokenize(&t, det(VISA)).await.unwrap();
+    assert_eq!(c.token, d.token);
+    assert!(!c.reused && d.reused);
+    // Another tenant gets its own token for the same PAN.
+    let e = f.vault.tokenize(&tenant("other"), det(VISA)).await.unwrap();
+    assert!(!e.reused);
+}
+
+#[tokio::test]
+async fn deleted_deterministic_token_is_replaced() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let det = || TokenizeCommand {
+        deterministic: Some(true),
+        ..cmd(VISA)
+    };
+    let first = f.vault.tokenize(&t, det()).await.unwrap();
+    f.vault.delete(&t, &first.token).await.unwrap();
+    let second = f.vault.tokenize(&t, det()).await.unwrap();
+    assert!(!second.reused);
+    assert_ne!(first.token, second.token);
+    assert!(matches!(
+        f.vault.detokenize(&t, &first.token).await,
+        Err(VaultError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn ff1_is_deterministic_and_gets_a_new_generation_after_delete() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let ff1 = || TokenizeCommand {
+        format: FormatRequest {
+            generator: Some(GeneratorKind::Ff1),
+            ..FormatRequest::default()
+        },
+        ..cmd(MC19)
+    };
+    let a = f.vault.tokenize(&t, ff1()).await.unwrap();
+    let b = f.vault.tokenize(&t, ff1()).await.unwrap();
+    assert_eq!(a.token, b.token);
+    assert!(b.reused);
+    f.vault.delete(&t, &a.token).await.unwrap();
+    let c = f.vault.tokenize(&t, ff1()).await.unwrap();
+    assert!(!c.reused);
+    assert_ne!(c.token, a.token);
+    assert_eq!(
+        f.vault
+            .detokenize(&t, &c.token)
+            .await
+            .unwrap()
+            .expose_ascii()
+            .as_slice(),
+        MC19.as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn ff1_refuses_small_domain() {
+    let f = fixture(VaultPolicy::default());
+    let c = TokenizeCommand {
+        format: FormatRequest {
+            generator: Some(GeneratorKind::Ff1),
+            ..FormatRequest::default()
+        },
+        ..cmd(VISA)
+    };
+    let err = f.vault.tokenize(&tenant("default"), c).await.unwrap_err();
+    assert!(matches!(
+        err,
+        VaultError::Generate(GenerateError::Ff1DomainTooSmall {
+            encrypted: 5,
+            minimum: 6
+        })
+    ));
+}
+
+#[tokio::test]
+async fn other_tenant_cannot_see_token() {
+    let f = fixture(VaultPolicy::default());
+    let out = f.vault.tokenize(&tenant("a"), cmd(VISA)).await.unwrap();
+    let b = tenant("b");
+    f.vault.tokenize(&b, cmd(MC19)).await.unwrap();
+    assert!(matches!(
+        f.vault.detokenize(&b, &out.token).await,
+        Err(VaultError::NotFound)
+    ));
+    assert!(matches!(
+        f.vault.token_info(&b, &out.token).await,
+        Err(VaultError::NotFound)
+    ));
+    assert!(matches!(
+        f.vault.delete(&b, &out.token).await,
+        Err(VaultError::NotFound)
+    ));
+    // A tenant with no keys at all answers the same.
+    assert!(matches!(
+        f.vault.detokenize(&tenant("c"), &out.token).await,
+        Err(VaultError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn ttl_expires() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let c = TokenizeCommand {
+        ttl: Some(Duration::from_secs(60)),
+        ..cmd(VISA)
+    };
+    let out = f.vault.tokenize(&t, c).await.unwrap();
+    let info = f.vault.token_info(&t, &out.token).await.unwrap();
+    assert_eq!(info.expires_at_ms, Some(info.created_at_ms + 60_000));
+    f.clock.advance_ms(59_999);
+    assert!(f.vault.detokenize(&t, &out.token).await.is_ok());
+    f.clock.advance_ms(1);
+    assert!(matches!(
+        f.vault.detokenize(&t, &out.token).await,
+        Err(VaultError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn single_use_race_yields_exactly_one_pan() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let out = f
+        .vault
+        .tokenize(
+            &t,
+            TokenizeCommand {
+                single_use: true,
+                ..cmd(VISA)
+            },
+        )
+        .await
+        .unwrap();
+    let token = Arc::new(out.token);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (vault, t, token) = (f.vault.clone(), t.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            vault.detokenize(&t, &token).await.is_ok()
+        }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        wins += usize::from(task.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+}
+
+#[tokio::test]
+async fn live_token_is_refused_as_pan() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let c = TokenizeCommand {
+        format: FormatRequest {
+            luhn: Some(LuhnPolicy::Valid),
+            ..FormatRequest::default()
+        },
+        ..cmd(VISA)
+    };
+    let out = f.vault.tokenize(&t, c).await.unwrap();
+    let again = cmd(out.token.as_str());
+    let err = f.vault.tokenize(&t, again).await.unwrap_err();
+    assert!(matches!(
+        err,
+        VaultError::InvalidArgument { field: "pan", .. }
+    ));
+}
+
+#[tokio::test]
+async fn metadata_and_format_limits() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let mut c = cmd(VISA);
+    c.metadata
+        .insert("note".into(), "card 5555555555554444".into());
+    assert!(matches!(
+        f.vault.tokenize(&t, c).await,
+        Err(VaultError::InvalidArgument {
+            field: "metadata",
+            ..
+        })
+    ));
+    let mut c = cmd(VISA);
+    c.metadata.insert("k".into(), "v".repeat(5000));
+    assert!(matches!(
+        f.vault.tokenize(&t, c).await,
+        Err(VaultError::InvalidArgument {
+            field: "metadata",
+            ..
+        })
+    ));
+    let c = TokenizeCommand {
+        format: FormatRequest {
+            keep_leading: Some(3),
+            ..FormatRequest::default()
+        },
+        ..cmd(VISA)
+    };
+    assert!(matches!(
+        f.vault.tokenize(&t, c).await,
+        Err(VaultError::InvalidArgument {
+            field: "format.keep_leading",
+            ..
+        })
+    ));
+    assert!(f.vault.check_batch_len(1000).is_ok());
+    assert!(f.vault.check_batch_len(1001).is_err());
+    assert!(f.vault.check_batch_len(0).is_err());
+}
+
+#[tokio::test]
+async fn error_messages_never_contain_digits_of_the_pan() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let c = TokenizeCommand {
+        format: FormatRequest {
+            generator: Some(GeneratorKind::Ff1),
+            ..FormatRequest::default()
+        },
+        ..cmd(VISA)
+    };
+    let message = f.vault.tokenize(&t, c).await.unwrap_err().to_string();
+    assert!(!message.contains("411111"), "{message}");
+}
