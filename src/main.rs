@@ -1,1 +1,5 @@
-fn main() {}
+//! The `tessera` binary: parse the command line and run it (see `cli`).
+
+fn main() -> std::process::ExitCode {
+    tessera::cli::main()
+}

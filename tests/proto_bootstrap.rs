@@ -5,6 +5,8 @@
 //! `.proto` file, run `cargo test --test proto_bootstrap` once: it rewrites the
 //! generated files and fails; the second run passes.
 
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

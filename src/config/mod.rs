@@ -1,4 +1,21 @@
-//! Configuration: profiles, the TOML file, and validation.
+//! Configuration: parsed from defaults, a TOML file and the environment into
+//! a [`RawConfig`], then turned into a checked [`Config`] ("parse, don't
+//! validate"). Any error here makes `tessera serve` exit with code 64 before
+//! it binds a port.
+
+pub mod source;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::access::api_key::KeyHash;
+use crate::domain::{Principal, Role, TenantId};
+use crate::tokens::{GeneratorKind, LuhnPolicy, TokenFormat};
+use crate::vault::VaultPolicy;
+use source::Source;
 
 /// Which safety rules apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -7,4 +24,424 @@ pub enum Profile {
     Dev,
     /// Everything else: no dev shortcuts.
     Production,
+}
+
+/// Configuration was unusable. Never contains a secret value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or had the wrong shape.
+    #[error("config is not valid: {0}")]
+    Parse(String),
+    /// A value is out of range or unsafe.
+    #[error("config key {key}: {reason}")]
+    Invalid {
+        /// The key, dotted.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The configuration as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on.
+    pub listen: Option<String>,
+    /// Directory for the sled store and key files.
+    pub data_dir: Option<PathBuf>,
+    /// Store backend.
+    #[serde(default)]
+    pub store: RawStore,
+    /// KMS backend.
+    #[serde(default)]
+    pub kms: RawKms,
+    /// Token defaults.
+    #[serde(default)]
+    pub tokens: RawTokens,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Principals and their API key hashes.
+    #[serde(default)]
+    pub principals: Vec<RawPrincipal>,
+}
+
+/// `[store]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `sled` (default).
+    pub backend: Option<String>,
+}
+
+/// `[kms]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKms {
+    /// `dev` (only with --dev).
+    pub backend: Option<String>,
+    /// Dev key file; default `DATA_DIR/dev-master.key`.
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[tokens]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    /// `random` (default) or `ff1`.
+    pub generator: Option<String>,
+    /// 0, 6 (default) or 8.
+    pub keep_leading: Option<u32>,
+    /// 0 or 4 (default).
+    pub keep_trailing: Option<u32>,
+    /// `invalid` (default), `valid` or `any`.
+    pub luhn: Option<String>,
+    /// Deterministic by default (false).
+    pub deterministic: Option<bool>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Items per batch call (default 1000).
+    pub max_batch_items: Option<usize>,
+    /// Metadata bytes per token (default 2048).
+    pub max_metadata_bytes: Option<usize>,
+    /// Metadata entries per token (default 16).
+    pub max_metadata_entries: Option<usize>,
+}
+
+/// `[[principals]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrincipal {
+    /// Unique name.
+    pub name: String,
+    /// Tenant id.
+    pub tenant: String,
+    /// Role names.
+    pub roles: Vec<String>,
+    /// `sha256:<hex>` of the API key (`tessera` never stores the key).
+    pub api_key_hash: String,
+}
+
+/// Store backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// sled in `DATA_DIR/store`.
+    Sled,
+}
+
+/// KMS backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KmsBackend {
+    /// A key file (dev only).
+    Dev {
+        /// The key file.
+        key_file: PathBuf,
+    },
+}
+
+/// A principal with its key hash.
+#[derive(Debug, Clone)]
+pub struct PrincipalEntry {
+    /// Who.
+    pub principal: Principal,
+    /// The key hash.
+    pub key_hash: KeyHash,
+}
+
+/// Checked configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Dev or production.
+    pub profile: Profile,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Store.
+    pub store: StoreBackend,
+    /// KMS.
+    pub kms: KmsBackend,
+    /// Vault policy.
+    pub policy: VaultPolicy,
+    /// Configured principals (dev mode adds generated ones).
+    pub principals: Vec<PrincipalEntry>,
+}
+
+/// Default listen address: loopback, so nothing is exposed by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+impl RawConfig {
+    /// Reads `path` (if any), then applies the environment.
+    pub fn load(path: Option<&Path>, env: &dyn Source) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError::Parse(e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        source::apply_env(&mut table, env);
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Checks every value and builds the [`Config`] for `profile`.
+    pub fn check(self, profile: Profile) -> Result<Config, ConfigError> {
+        let listen: SocketAddr = self
+            .listen
+            .as_deref()
+            .unwrap_or(DEFAULT_LISTEN)
+            .parse()
+            .map_err(|_| invalid("listen", "not a socket address (HOST:PORT)"))?;
+        if profile == Profile::Dev && !listen.ip().is_loopback() {
+            return Err(invalid("listen", "--dev binds loopback addresses only"));
+        }
+        if profile == Profile::Production {
+            return Err(invalid(
+                "kms.backend",
+                "no production-grade KMS backend is available in this build; \
+                 the dev KMS runs only with --dev",
+            ));
+        }
+        let data_dir = self
+            .data_dir
+            .ok_or_else(|| invalid("data_dir", "required"))?;
+        let store = match self.store.backend.as_deref().unwrap_or("sled") {
+            "sled" => StoreBackend::Sled,
+            other => {
+                return Err(invalid(
+                    "store.backend",
+                    format!("unknown backend {other:?}; expected sled"),
+                ));
+            }
+        };
+        let kms = match self.kms.backend.as_deref().unwrap_or("dev") {
+            "dev" => KmsBackend::Dev {
+                key_file: self
+                    .kms
+                    .key_file
+                    .unwrap_or_else(|| data_dir.join("dev-master.key")),
+            },
+            other => {
+                return Err(invalid(
+                    "kms.backend",
+                    format!("unknown backend {other:?}; expected dev"),
+                ));
+            }
+        };
+        let policy = check_policy(&self.tokens, &self.limits)?;
+        let mut names = BTreeSet::new();
+        let principals = self
+            .principals
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if !names.insert(p.name.clone()) {
+                    return Err(invalid(&format!("principals[{i}].name"), "duplicate name"));
+                }
+                check_principal(i, p)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Config {
+            profile,
+            listen,
+            data_dir,
+            store,
+            kms,
+            policy,
+            principals,
+        })
+    }
+}
+
+fn check_policy(tokens: &RawTokens, limits: &RawLimits) -> Result<VaultPolicy, ConfigError> {
+    let generator = match tokens.generator.as_deref().unwrap_or("random") {
+        "random" => GeneratorKind::Random,
+        "ff1" => GeneratorKind::Ff1,
+        _ => return Err(invalid("tokens.generator", "expected random or ff1")),
+    };
+    let luhn = match tokens.luhn.as_deref().unwrap_or("invalid") {
+        "invalid" => LuhnPolicy::Invalid,
+        "valid" => LuhnPolicy::Valid,
+        "any" => LuhnPolicy::Any,
+        _ => return Err(invalid("tokens.luhn", "expected invalid, valid or any")),
+    };
+    let default_format = TokenFormat::new(
+        generator,
+        tokens.keep_leading.unwrap_or(6),
+        tokens.keep_trailing.unwrap_or(4),
+        luhn,
+    )
+    .map_err(|e| invalid("tokens", e.to_string()))?;
+    let defaults = VaultPolicy::default();
+    let max_batch_items = limits.max_batch_items.unwrap_or(defaults.max_batch_items);
+    if !(1..=10_000).contains(&max_batch_items) {
+        return Err(invalid("limits.max_batch_items", "must be 1 to 10000"));
+    }
+    let max_metadata_bytes = limits
+        .max_metadata_bytes
+        .unwrap_or(defaults.max_metadata_bytes);
+    if max_metadata_bytes > 65_536 {
+        return Err(invalid(
+            "limits.max_metadata_bytes",
+            "must be at most 65536",
+        ));
+    }
+    let max_metadata_entries = limits
+        .max_metadata_entries
+        .unwrap_or(defaults.max_metadata_entries);
+    if max_metadata_entries > 256 {
+        return Err(invalid(
+            "limits.max_metadata_entries",
+            "must be at most 256",
+        ));
+    }
+    Ok(VaultPolicy {
+        default_format,
+        deterministic_by_default: tokens.deterministic.unwrap_or(false),
+        max_batch_items,
+        max_metadata_bytes,
+        max_metadata_entries,
+        ..defaults
+    })
+}
+
+fn check_principal(i: usize, p: RawPrincipal) -> Result<PrincipalEntry, ConfigError> {
+    let key = |field: &str| format!("principals[{i}].{field}");
+    if p.name.is_empty() || p.name.len() > 128 {
+        return Err(invalid(&key("name"), "must be 1 to 128 characters"));
+    }
+    let tenant = TenantId::new(&p.tenant).map_err(|e| invalid(&key("tenant"), e.to_string()))?;
+    let roles = p
+        .roles
+        .iter()
+        .map(|r| Role::parse(r))
+        .collect::<Result<BTreeSet<_>, _>>()
+        .map_err(|e| invalid(&key("roles"), e.to_string()))?;
+    if roles.is_empty() {
+        return Err(invalid(&key("roles"), "at least one role"));
+    }
+    let key_hash = KeyHash::parse(&p.api_key_hash)
+        .ok_or_else(|| invalid(&key("api_key_hash"), "expected sha256:<64 hex digits>"))?;
+    Ok(PrincipalEntry {
+        principal: Principal {
+            name: p.name,
+            tenant,
+            roles,
+        },
+        key_hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn load(toml_text: &str, env: &[(&str, &str)]) -> Result<RawConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        RawConfig::load(Some(&path), &env)
+    }
+
+    #[test]
+    fn dev_config_with_defaults() {
+        let cfg = load("data_dir = \"/tmp/x\"", &[])
+            .unwrap()
+            .check(Profile::Dev)
+            .unwrap();
+        assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(cfg.store, StoreBackend::Sled);
+        assert_eq!(cfg.policy.default_format, TokenFormat::default());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let cfg = load(
+            "data_dir = \"/tmp/x\"\n[tokens]\nkeep_leading = 6\n",
+            &[
+                ("TESSERA__TOKENS__KEEP_LEADING", "8"),
+                ("TESSERA__LISTEN", "127.0.0.1:7000"),
+            ],
+        )
+        .unwrap()
+        .check(Profile::Dev)
+        .unwrap();
+        assert_eq!(cfg.policy.default_format.keep_leading(), 8);
+        assert_eq!(cfg.listen.port(), 7000);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(matches!(load("bogus = 1", &[]), Err(ConfigError::Parse(_))));
+        let bad = [
+            "data_dir = \"/x\"\nlisten = \"nope\"",
+            "data_dir = \"/x\"\nlisten = \"0.0.0.0:1\"",
+            "data_dir = \"/x\"\n[tokens]\nkeep_leading = 3",
+            "data_dir = \"/x\"\n[tokens]\nluhn = \"maybe\"",
+            "data_dir = \"/x\"\n[store]\nbackend = \"mongo\"",
+            "data_dir = \"/x\"\n[limits]\nmax_batch_items = 0",
+            "data_dir = \"/x\"\n[[principals]]\nname = \"a\"\ntenant = \"t\"\nroles = [\"root\"]\napi_key_hash = \"sha256:00\"",
+            "listen = \"127.0.0.1:1\"",
+        ];
+        for text in bad {
+            assert!(
+                load(text, &[]).unwrap().check(Profile::Dev).is_err(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn production_refuses_dev_kms() {
+        let err = load("data_dir = \"/x\"\nlisten = \"0.0.0.0:1\"", &[])
+            .unwrap()
+            .check(Profile::Production)
+            .unwrap_err();
+        assert!(err.to_string().contains("kms.backend"), "{err}");
+    }
+
+    #[test]
+    fn principals_parse() {
+        let hash = format!("sha256:{}", "ab".repeat(32));
+        let text = format!(
+            "data_dir = \"/x\"\n[[principals]]\nname = \"pos\"\ntenant = \"default\"\nroles = [\"tokenize\", \"read_info\"]\napi_key_hash = \"{hash}\"\n"
+        );
+        let cfg = load(&text, &[]).unwrap().check(Profile::Dev).unwrap();
+        assert_eq!(cfg.principals.len(), 1);
+        assert!(cfg.principals[0].principal.has(Role::Tokenize));
+        assert!(!cfg.principals[0].principal.has(Role::Detokenize));
+    }
 }

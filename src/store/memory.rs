@@ -55,10 +55,10 @@ impl Store for MemoryStore {
         }
         if let Some(fp) = &record.fingerprint {
             let key = fingerprint_key(&record.tenant, fp);
-            if let Some(holder) = inner.fingerprints.get(&key) {
-                if !inner.tombstones.contains_key(holder) {
-                    return Err(StoreError::FingerprintTaken(*holder));
-                }
+            if let Some(holder) = inner.fingerprints.get(&key)
+                && !inner.tombstones.contains_key(holder)
+            {
+                return Err(StoreError::FingerprintTaken(*holder));
             }
             inner.fingerprints.insert(key, record.token_id);
         }

@@ -287,7 +287,7 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(SealedRecord::decode(&bytes[..cut]).is_err(), "cut {cut}");
         }
-        let mut longer = bytes.clone();
+        let mut longer = bytes;
         longer.push(0);
         assert!(SealedRecord::decode(&longer).is_err());
     }

@@ -94,13 +94,13 @@ impl Store for SledStore {
                     return Err(abort(StoreError::AlreadyExists));
                 }
                 if let Some(key) = &fp_key {
-                    if let Some(holder) = fingerprints.get(key)? {
-                        if tombstones.get(&holder)?.is_none() {
-                            let holder = TokenId::from_slice(&holder).ok_or_else(|| {
-                                abort(StoreError::Unavailable("corrupt fingerprint index".into()))
-                            })?;
-                            return Err(abort(StoreError::FingerprintTaken(holder)));
-                        }
+                    if let Some(holder) = fingerprints.get(key)?
+                        && tombstones.get(&holder)?.is_none()
+                    {
+                        let holder = TokenId::from_slice(&holder).ok_or_else(|| {
+                            abort(StoreError::Unavailable("corrupt fingerprint index".into()))
+                        })?;
+                        return Err(abort(StoreError::FingerprintTaken(holder)));
                     }
                     fingerprints.insert(key.as_slice(), id.as_bytes())?;
                 }
@@ -143,7 +143,7 @@ impl Store for SledStore {
             .tombstones
             .compare_and_swap(
                 id.as_bytes(),
-                None as Option<&[u8]>,
+                Option::<&[u8]>::None,
                 Some(tombstone.encode()),
             )
             .map_err(unavailable)?;
@@ -157,7 +157,7 @@ impl Store for SledStore {
         let k = WrappedKeyRecord::store_key(&key.context);
         let swapped = self
             .keys
-            .compare_and_swap(k, None as Option<&[u8]>, Some(key.encode()))
+            .compare_and_swap(k, Option::<&[u8]>::None, Some(key.encode()))
             .map_err(unavailable)?;
         if swapped.is_err() {
             return Err(StoreError::AlreadyExists);

@@ -63,7 +63,7 @@ impl Ff1Generator {
         let tweak = self.tweak(&digits, format, attempt);
         let range = layout.generated();
         let plain = decrypt_digits(&self.cipher, &tweak, &digits[range.clone()])?;
-        let mut pan = digits.clone();
+        let mut pan = digits;
         pan[range].copy_from_slice(&plain);
         if let Some(spent) = layout.spent {
             pan[spent] = luhn::completing_digit(&pan, spent);
@@ -98,7 +98,7 @@ impl TokenGenerator for Ff1Generator {
         let tweak = self.tweak(&digits, format, attempt);
         let range = layout.generated();
         let encrypted = encrypt_digits(&self.cipher, &tweak, &digits[range.clone()])?;
-        digits[range.clone()].copy_from_slice(&encrypted);
+        digits[range].copy_from_slice(&encrypted);
         // The choice among the nine Luhn-invalid digits must be deterministic;
         // deriving it from the first encrypted digit keeps it so.
         let choice = encrypted.first().copied().unwrap_or(0);

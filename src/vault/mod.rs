@@ -319,12 +319,11 @@ impl Vault {
                 .deterministic
                 .unwrap_or(self.policy.deterministic_by_default);
         let fingerprint = deterministic.then(|| keys.fingerprint(&cmd.pan));
-        if let Some(fp) = &fingerprint {
-            if let Some(existing) = self.store.find_by_fingerprint(tenant, fp).await? {
-                if let Some(reused) = self.reuse(tenant, &existing, now).await? {
-                    return Ok(reused);
-                }
-            }
+        if let Some(fp) = &fingerprint
+            && let Some(existing) = self.store.find_by_fingerprint(tenant, fp).await?
+            && let Some(reused) = self.reuse(tenant, &existing, now).await?
+        {
+            return Ok(reused);
         }
 
         let facts = PublicFacts {
@@ -369,10 +368,10 @@ impl Vault {
                 Err(StoreError::AlreadyExists) => continue,
                 // A concurrent tokenize of the same PAN won: return its token.
                 Err(StoreError::FingerprintTaken(holder)) => {
-                    if let Some(existing) = self.store.get(&holder).await? {
-                        if let Some(reused) = self.reuse(tenant, &existing, now).await? {
-                            return Ok(reused);
-                        }
+                    if let Some(existing) = self.store.get(&holder).await?
+                        && let Some(reused) = self.reuse(tenant, &existing, now).await?
+                    {
+                        return Ok(reused);
                     }
                 }
                 Err(e) => return Err(e.into()),

@@ -1,0 +1,32 @@
+//! Authentication and authorization.
+//!
+//! Principals authenticate with `authorization: Bearer <api key>`; each RPC
+//! then needs one [`Role`], checked before any lookup.
+
+pub mod api_key;
+
+use crate::domain::{Principal, Role};
+
+/// Authentication or authorization failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccessError {
+    /// No credentials were sent.
+    #[error("missing credentials: send `authorization: Bearer <api key>`")]
+    MissingCredentials,
+    /// The credentials are not valid.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The principal lacks the role the RPC needs.
+    #[error("the caller lacks the {} role", .0.name())]
+    MissingRole(Role),
+}
+
+/// Checks that `principal` holds `role`.
+pub fn require(principal: &Principal, role: Role) -> Result<(), AccessError> {
+    if principal.has(role) {
+        Ok(())
+    } else {
+        Err(AccessError::MissingRole(role))
+    }
+}

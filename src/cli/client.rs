@@ -1,0 +1,310 @@
+//! Client commands: `tokenize`, `detokenize`, `info`, `delete`.
+//!
+//! Human output by default, `--json` for scripts. The PAN is read from
+//! stdin when not given as an argument, so it need not appear in shell
+//! history or the process list.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use crate::proto::v1;
+use crate::proto::v1::tokenizer_client::TokenizerClient;
+
+/// Connection options shared by every client command.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// Server address.
+    #[arg(long, env = "TESSERA_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// API key (prefer the environment variable over the flag).
+    #[arg(long, env = "TESSERA_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Generators as CLI values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GeneratorArg {
+    /// Random digits (default).
+    Random,
+    /// NIST FF1.
+    Ff1,
+}
+
+/// Luhn policies as CLI values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LuhnArg {
+    /// Token fails Luhn.
+    Invalid,
+    /// Token passes Luhn.
+    Valid,
+    /// No constraint.
+    Any,
+}
+
+/// `tessera tokenize`.
+#[derive(Debug, Args)]
+pub struct TokenizeArgs {
+    /// The PAN; read from stdin when omitted.
+    pub pan: Option<String>,
+    /// Token generator.
+    #[arg(long, value_enum)]
+    pub generator: Option<GeneratorArg>,
+    /// Leading digits kept: 0, 6 or 8.
+    #[arg(long)]
+    pub keep_leading: Option<u32>,
+    /// Trailing digits kept: 0 or 4.
+    #[arg(long)]
+    pub keep_trailing: Option<u32>,
+    /// Luhn policy of the token.
+    #[arg(long, value_enum)]
+    pub luhn: Option<LuhnArg>,
+    /// Same PAN, same token.
+    #[arg(long)]
+    pub deterministic: bool,
+    /// Lifetime in seconds.
+    #[arg(long)]
+    pub ttl: Option<u64>,
+    /// Consumed by the first detokenize.
+    #[arg(long)]
+    pub single_use: bool,
+    /// Metadata as KEY=VALUE (repeatable).
+    #[arg(long = "meta", value_parser = parse_meta)]
+    pub metadata: Vec<(String, String)>,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// Commands that take one token.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The token.
+    pub token: String,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| "expected KEY=VALUE".to_owned())
+}
+
+/// A Tokenizer client that sends an API key.
+pub type Client = TokenizerClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// A bearer header for `api_key`; `None` if it cannot be a header value.
+    pub fn new(api_key: &str) -> Option<Self> {
+        MetadataValue::try_from(format!("Bearer {api_key}"))
+            .ok()
+            .map(|v| Self(Some(v)))
+    }
+
+    /// Sends no credentials (to test refusals).
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+async fn connect(conn: &Connection) -> Result<Client, String> {
+    let header = Bearer::new(&conn.api_key)
+        .ok_or_else(|| "the API key contains characters not allowed in a header".to_owned())?;
+    let channel = Endpoint::from_shared(conn.addr.clone())
+        .map_err(|e| format!("bad --addr: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", conn.addr))?;
+    Ok(TokenizerClient::with_interceptor(channel, header))
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("tessera: {message}");
+    ExitCode::FAILURE
+}
+
+fn fail_status(status: &Status) -> ExitCode {
+    fail(&format!("{:?}: {}", status.code(), status.message()))
+}
+
+#[allow(clippy::print_stdout)]
+fn emit(json: bool, value: &serde_json::Value, text: &str) -> ExitCode {
+    let out = if json {
+        value.to_string()
+    } else {
+        text.to_owned()
+    };
+    let mut stdout = std::io::stdout();
+    match writeln!(stdout, "{out}") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+fn brand_name(brand: i32) -> &'static str {
+    v1::CardBrand::try_from(brand)
+        .map(|b| b.as_str_name().trim_start_matches("CARD_BRAND_"))
+        .unwrap_or("UNKNOWN")
+}
+
+/// `tessera tokenize`.
+pub async fn tokenize(args: TokenizeArgs) -> ExitCode {
+    let pan = match args.pan {
+        Some(pan) => pan,
+        None => {
+            let mut buf = String::new();
+            if std::io::stdin().read_to_string(&mut buf).is_err() {
+                return fail("could not read the PAN from stdin");
+            }
+            buf.trim().to_owned()
+        }
+    };
+    let format = v1::TokenFormat {
+        generator: match args.generator {
+            None => v1::Generator::Unspecified,
+            Some(GeneratorArg::Random) => v1::Generator::Random,
+            Some(GeneratorArg::Ff1) => v1::Generator::Ff1,
+        }
+        .into(),
+        keep_leading: args.keep_leading,
+        keep_trailing: args.keep_trailing,
+        luhn: match args.luhn {
+            None => v1::LuhnPolicy::Unspecified,
+            Some(LuhnArg::Invalid) => v1::LuhnPolicy::Invalid,
+            Some(LuhnArg::Valid) => v1::LuhnPolicy::Valid,
+            Some(LuhnArg::Any) => v1::LuhnPolicy::Any,
+        }
+        .into(),
+    };
+    let request = v1::TokenizeRequest {
+        pan,
+        format: Some(format),
+        deterministic: args.deterministic.then_some(true),
+        ttl: args.ttl.map(|s| prost_types::Duration {
+            seconds: i64::try_from(s).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+        single_use: args.single_use,
+        metadata: args.metadata.into_iter().collect::<HashMap<_, _>>(),
+    };
+    let mut client = match connect(&args.conn).await {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match client.tokenize(request).await {
+        Ok(resp) => {
+            let r = resp.into_inner();
+            let brand = brand_name(r.brand);
+            let value = serde_json::json!({
+                "token": r.token, "masked_pan": r.masked_pan, "brand": brand, "reused": r.reused,
+            });
+            let text = format!(
+                "token:  {}\nmasked: {}\nbrand:  {brand}\nreused: {}",
+                r.token, r.masked_pan, r.reused
+            );
+            emit(args.conn.json, &value, &text)
+        }
+        Err(status) => fail_status(&status),
+    }
+}
+
+/// `tessera detokenize`: prints the PAN (the one place the CLI shows one).
+pub async fn detokenize(args: TokenArgs) -> ExitCode {
+    let mut client = match connect(&args.conn).await {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match client
+        .detokenize(v1::DetokenizeRequest { token: args.token })
+        .await
+    {
+        Ok(resp) => {
+            let pan = resp.into_inner().pan;
+            emit(args.conn.json, &serde_json::json!({ "pan": pan }), &pan)
+        }
+        Err(status) => fail_status(&status),
+    }
+}
+
+/// `tessera info`.
+pub async fn info(args: TokenArgs) -> ExitCode {
+    let mut client = match connect(&args.conn).await {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match client
+        .get_token_info(v1::GetTokenInfoRequest { token: args.token })
+        .await
+    {
+        Ok(resp) => {
+            let i = resp.into_inner();
+            let ts = |t: &Option<prost_types::Timestamp>| t.as_ref().map(ToString::to_string);
+            let value = serde_json::json!({
+                "masked_pan": i.masked_pan,
+                "brand": brand_name(i.brand),
+                "created_at": ts(&i.created_at),
+                "expires_at": ts(&i.expires_at),
+                "single_use": i.single_use,
+                "metadata": i.metadata,
+            });
+            let mut meta: Vec<_> = i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            meta.sort();
+            let text = format!(
+                "masked:     {}\nbrand:      {}\ncreated_at: {}\nexpires_at: {}\nsingle_use: {}\nmetadata:   {}",
+                i.masked_pan,
+                brand_name(i.brand),
+                ts(&i.created_at).unwrap_or_default(),
+                ts(&i.expires_at).unwrap_or_else(|| "never".into()),
+                i.single_use,
+                meta.join(" ")
+            );
+            emit(args.conn.json, &value, &text)
+        }
+        Err(status) => fail_status(&status),
+    }
+}
+
+/// `tessera delete`.
+pub async fn delete(args: TokenArgs) -> ExitCode {
+    let mut client = match connect(&args.conn).await {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match client
+        .delete_token(v1::DeleteTokenRequest { token: args.token })
+        .await
+    {
+        Ok(_) => emit(
+            args.conn.json,
+            &serde_json::json!({ "deleted": true }),
+            "deleted",
+        ),
+        Err(status) => fail_status(&status),
+    }
+}

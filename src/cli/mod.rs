@@ -1,0 +1,60 @@
+//! The `tessera` command line: `serve` and the client commands.
+
+pub mod client;
+pub mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for bad configuration (BSD `EX_USAGE`), returned before any
+/// port is bound.
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Tessera: a payment-card tokenization vault.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the vault server.
+    Serve(serve::ServeArgs),
+    /// Replace a PAN with a token (reads the PAN from stdin when not given).
+    Tokenize(client::TokenizeArgs),
+    /// Return the PAN behind a token.
+    Detokenize(client::TokenArgs),
+    /// Show a token's public facts.
+    Info(client::TokenArgs),
+    /// Delete a token.
+    Delete(client::TokenArgs),
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tessera: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Tokenize(args) => client::tokenize(args).await,
+            Command::Detokenize(args) => client::detokenize(args).await,
+            Command::Info(args) => client::info(args).await,
+            Command::Delete(args) => client::delete(args).await,
+        }
+    })
+}

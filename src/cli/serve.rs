@@ -1,0 +1,157 @@
+//! `tessera serve`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::cli::EXIT_CONFIG;
+use crate::config::source::EnvSource;
+use crate::config::{ConfigError, Profile, RawConfig};
+use crate::devcreds;
+use crate::server::{self, App, StartError};
+
+/// Where `--dev` keeps its data when `--data-dir` is not given.
+pub const DEV_DATA_DIR: &str = "tessera-data";
+
+/// `tessera serve` options. Command-line flags override the config file and
+/// the environment.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Development mode: loopback only, sled store, dev KMS key file and
+    /// generated credentials in DATA_DIR/dev-credentials.json.
+    #[arg(long)]
+    pub dev: bool,
+    /// TOML configuration file.
+    #[arg(long, env = "TESSERA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (store, dev key and credentials).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Listen address, HOST:PORT (port 0 picks a free one).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("tessera: configuration error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Runs the server until SIGTERM or ctrl-c.
+pub async fn run(args: ServeArgs) -> ExitCode {
+    init_logging();
+    let profile = if args.dev {
+        Profile::Dev
+    } else {
+        Profile::Production
+    };
+    let mut raw = match RawConfig::load(args.config.as_deref(), &EnvSource) {
+        Ok(raw) => raw,
+        Err(e) => return config_error(&e),
+    };
+    if let Some(dir) = args.data_dir {
+        raw.data_dir = Some(dir);
+    }
+    if let Some(listen) = args.listen {
+        raw.listen = Some(listen);
+    }
+    if args.dev && raw.data_dir.is_none() {
+        raw.data_dir = Some(PathBuf::from(DEV_DATA_DIR));
+    }
+    let config = match raw.check(profile) {
+        Ok(config) => config,
+        Err(e) => return config_error(&e),
+    };
+    let mut principals = config.principals.clone();
+    if profile == Profile::Dev {
+        tracing::warn!(
+            "DEVELOPMENT MODE: loopback only, master key in a plain file, API keys in {}/{} — never use with real card data",
+            config.data_dir.display(),
+            devcreds::FILE_NAME
+        );
+        if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+            return config_error(&ConfigError::Invalid {
+                key: "data_dir".into(),
+                reason: e.to_string(),
+            });
+        }
+        match devcreds::load_or_create(&config.data_dir).and_then(|c| devcreds::principals(&c)) {
+            Ok(dev) => principals.extend(dev),
+            Err(e) => return config_error(&e),
+        }
+    }
+    let app = match App::build(&config, principals) {
+        Ok(app) => app,
+        Err(e @ (StartError::Kms(_) | StartError::Principals(_))) => return config_error(&e),
+        Err(e) => {
+            eprintln!("tessera: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tessera: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tessera: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout();
+    // The readiness line scripts and tests wait for (DESIGN.md §8).
+    if writeln!(stdout, "tessera listening on {addr}")
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        tracing::warn!("could not write the readiness line to stdout");
+    }
+    tracing::info!(%addr, "serving");
+    match server::run(listener, app, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("shut down cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tessera: server failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}

@@ -1,0 +1,129 @@
+//! Wiring and serving: builds the vault from a [`Config`] and serves the
+//! Tokenizer, gRPC health and server reflection on a listener until a
+//! shutdown signal (as `mini-redis`'s `server::run(listener, shutdown)`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::access::api_key::{ApiKeyRegistry, RegistryError};
+use crate::clock::SystemClock;
+use crate::config::{Config, KmsBackend, PrincipalEntry, StoreBackend};
+use crate::kms::dev::DevKms;
+use crate::kms::{Kms, KmsError};
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::v1::tokenizer_server::TokenizerServer;
+use crate::service::{Authenticator, TokenizerService};
+use crate::store::sled::SledStore;
+use crate::store::{Store, StoreError};
+use crate::vault::Vault;
+
+/// Start-up failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The store did not open.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The KMS did not open.
+    #[error("kms: {0}")]
+    Kms(#[from] KmsError),
+    /// Principals clash.
+    #[error("principals: {0}")]
+    Principals(#[from] RegistryError),
+    /// Reflection descriptors did not load.
+    #[error("reflection: {0}")]
+    Reflection(String),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The running service's parts.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// Use cases.
+    pub vault: Arc<Vault>,
+    /// Authentication.
+    pub auth: Arc<Authenticator>,
+}
+
+impl App {
+    /// Opens the store and KMS named by `config` and registers `principals`.
+    pub fn build(config: &Config, principals: Vec<PrincipalEntry>) -> Result<Self, StartError> {
+        let store: Arc<dyn Store> = match config.store {
+            StoreBackend::Sled => Arc::new(SledStore::open(&config.data_dir.join("store"))?),
+        };
+        let kms: Arc<dyn Kms> = match &config.kms {
+            KmsBackend::Dev { key_file } => {
+                Arc::new(DevKms::open_or_create(key_file, config.profile)?)
+            }
+        };
+        let mut keys = ApiKeyRegistry::new();
+        for entry in principals {
+            keys.insert(entry.key_hash, entry.principal)?;
+        }
+        let vault = Vault::new(kms, store, Arc::new(SystemClock), config.policy.clone());
+        Ok(Self::from_parts(vault, keys))
+    }
+
+    /// Assembles an app from a ready vault and key registry (tests and
+    /// embedders).
+    pub fn from_parts(vault: Vault, keys: ApiKeyRegistry) -> Self {
+        Self {
+            vault: Arc::new(vault),
+            auth: Arc::new(Authenticator::new(keys)),
+        }
+    }
+}
+
+/// How long in-flight calls may take to finish after a shutdown signal.
+/// Idle keep-alive connections would otherwise hold the server open.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` completes, then drains in-flight calls for at
+/// most [`DRAIN_TIMEOUT`].
+pub async fn run(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<TokenizerServer<TokenizerService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let tokenizer = TokenizerServer::new(TokenizerService::new(app.vault, app.auth));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut serve_rx = stop_rx.clone();
+    let mut drain_rx = stop_rx;
+    let serve = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(tokenizer)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = serve_rx.wait_for(|stop| *stop).await;
+        });
+    let drain_deadline = async move {
+        let _ = drain_rx.wait_for(|stop| *stop).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let trigger = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        result = serve => result?,
+        () = drain_deadline => tracing::warn!("drain timeout reached; closing remaining connections"),
+        () = trigger => {}
+    }
+    Ok(())
+}

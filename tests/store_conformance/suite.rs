@@ -1,0 +1,263 @@
+//! The `Store` contract, one body for every backend. Each backend's test
+//! file includes this module through `#[path]` and calls [`run_all`] with a
+//! factory for fresh, empty stores (the pattern of rustls' `api.rs` and
+//! tikv's `engine_traits_tests`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tessera::domain::{CardBrand, Fingerprint, MaskedPan, TenantId, TokenId};
+use tessera::kms::{KeyContext, KeyId, KeyPurpose, WrappedKey};
+use tessera::store::{
+    PublicFacts, SealedRecord, Store, StoreError, Tombstone, TombstoneReason, WrappedKeyRecord,
+};
+
+/// Makes a fresh, empty store.
+pub trait Factory {
+    /// A new store.
+    fn make(&self) -> Arc<dyn Store>;
+}
+
+pub fn tenant(name: &str) -> TenantId {
+    TenantId::new(name).unwrap()
+}
+
+pub fn record(id: u8, tenant_name: &str, fp: Option<u8>) -> SealedRecord {
+    SealedRecord {
+        token_id: TokenId::from_bytes([id; 32]),
+        tenant: tenant(tenant_name),
+        fingerprint: fp.map(|b| Fingerprint::from_bytes([b; 32])),
+        facts: PublicFacts {
+            masked_pan: MaskedPan::from_stored("411111******1111".into()).unwrap(),
+            brand: CardBrand::Visa,
+            created_at_ms: 1000 + u64::from(id),
+            expires_at_ms: None,
+            single_use: false,
+            metadata: BTreeMap::from([("k".to_owned(), format!("v{id}"))]),
+        },
+        sealed_pan: vec![id; 40],
+    }
+}
+
+fn tombstone(reason: TombstoneReason) -> Tombstone {
+    Tombstone { reason, at_ms: 7 }
+}
+
+pub async fn append_then_get(f: &dyn Factory) {
+    let store = f.make();
+    let rec = record(1, "a", None);
+    store.append(rec.clone()).await.unwrap();
+    let got = store.get(&rec.token_id).await.unwrap().unwrap();
+    assert_eq!(got.record, rec);
+    assert_eq!(got.tombstone, None);
+    assert!(
+        store
+            .get(&TokenId::from_bytes([2; 32]))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store.ping().await.unwrap();
+}
+
+pub async fn append_never_overwrites(f: &dyn Factory) {
+    let store = f.make();
+    let rec = record(1, "a", None);
+    store.append(rec.clone()).await.unwrap();
+    let mut other = record(1, "a", None);
+    other.sealed_pan = vec![0xEE; 40];
+    assert!(matches!(
+        store.append(other).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert_eq!(store.get(&rec.token_id).await.unwrap().unwrap().record, rec);
+}
+
+pub async fn fingerprint_is_unique_per_tenant_while_live(f: &dyn Factory) {
+    let store = f.make();
+    let first = record(1, "a", Some(9));
+    store.append(first.clone()).await.unwrap();
+    // Same tenant, same fingerprint, live holder: refused, nothing written.
+    match store.append(record(2, "a", Some(9))).await {
+        Err(StoreError::FingerprintTaken(holder)) => assert_eq!(holder, first.token_id),
+        other => panic!("expected FingerprintTaken, got {other:?}"),
+    }
+    assert!(
+        store
+            .get(&TokenId::from_bytes([2; 32]))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Another tenant may use the same fingerprint bytes.
+    store.append(record(3, "b", Some(9))).await.unwrap();
+    let found = store
+        .find_by_fingerprint(&tenant("a"), &Fingerprint::from_bytes([9; 32]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.record.token_id, first.token_id);
+    let found_b = store
+        .find_by_fingerprint(&tenant("b"), &Fingerprint::from_bytes([9; 32]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found_b.record.token_id, TokenId::from_bytes([3; 32]));
+    assert!(
+        store
+            .find_by_fingerprint(&tenant("c"), &Fingerprint::from_bytes([9; 32]))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Once the holder is tombstoned, the fingerprint may move to a new record.
+    store
+        .append_tombstone(&first.token_id, tombstone(TombstoneReason::Deleted))
+        .await
+        .unwrap();
+    store.append(record(4, "a", Some(9))).await.unwrap();
+    let moved = store
+        .find_by_fingerprint(&tenant("a"), &Fingerprint::from_bytes([9; 32]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.record.token_id, TokenId::from_bytes([4; 32]));
+    // The old record is still there, dead.
+    let old = store.get(&first.token_id).await.unwrap().unwrap();
+    assert_eq!(old.tombstone.unwrap().reason, TombstoneReason::Deleted);
+}
+
+pub async fn tombstone_once(f: &dyn Factory) {
+    let store = f.make();
+    let rec = record(1, "a", None);
+    store.append(rec.clone()).await.unwrap();
+    store
+        .append_tombstone(&rec.token_id, tombstone(TombstoneReason::Consumed))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .append_tombstone(&rec.token_id, tombstone(TombstoneReason::Deleted))
+            .await,
+        Err(StoreError::AlreadyExists)
+    ));
+    let got = store.get(&rec.token_id).await.unwrap().unwrap();
+    assert_eq!(got.tombstone.unwrap().reason, TombstoneReason::Consumed);
+    assert!(matches!(
+        store
+            .append_tombstone(
+                &TokenId::from_bytes([5; 32]),
+                tombstone(TombstoneReason::Deleted)
+            )
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn concurrent_tombstones_exactly_one_wins(f: &dyn Factory) {
+    let store = f.make();
+    let rec = record(1, "a", None);
+    store.append(rec.clone()).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let store = Arc::clone(&store);
+        let id = rec.token_id;
+        tasks.push(tokio::spawn(async move {
+            store
+                .append_tombstone(&id, tombstone(TombstoneReason::Consumed))
+                .await
+                .is_ok()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+}
+
+pub async fn concurrent_appends_one_fingerprint_one_winner(f: &dyn Factory) {
+    let store = f.make();
+    let mut tasks = Vec::new();
+    for id in 1..=16u8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            store.append(record(id, "a", Some(42))).await.is_ok()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+}
+
+fn key(tenant_name: &str, purpose: KeyPurpose, version: u32) -> WrappedKeyRecord {
+    WrappedKeyRecord {
+        context: KeyContext {
+            tenant: tenant(tenant_name),
+            purpose,
+            version,
+        },
+        master_key_id: KeyId::new("dev:test").unwrap(),
+        wrapped: WrappedKey::new(vec![u8::try_from(version).unwrap(); 60]).unwrap(),
+        created_at_ms: u64::from(version),
+    }
+}
+
+pub async fn wrapped_keys_append_only_and_listed_per_tenant(f: &dyn Factory) {
+    let store = f.make();
+    for k in [
+        key("a", KeyPurpose::Data, 2),
+        key("a", KeyPurpose::Data, 1),
+        key("a", KeyPurpose::Index, 1),
+        key("ab", KeyPurpose::Data, 1),
+    ] {
+        store.put_wrapped_key(k).await.unwrap();
+    }
+    assert!(matches!(
+        store.put_wrapped_key(key("a", KeyPurpose::Data, 1)).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    let listed = store.wrapped_keys(&tenant("a")).await.unwrap();
+    let contexts: Vec<(KeyPurpose, u32)> = listed
+        .iter()
+        .map(|k| (k.context.purpose, k.context.version))
+        .collect();
+    assert_eq!(
+        contexts,
+        vec![
+            (KeyPurpose::Data, 1),
+            (KeyPurpose::Data, 2),
+            (KeyPurpose::Index, 1)
+        ]
+    );
+    assert!(
+        listed.iter().all(|k| k.context.tenant == tenant("a")),
+        "tenant 'ab' must not leak into 'a'"
+    );
+    let one = store
+        .wrapped_key(&key("a", KeyPurpose::Data, 2).context)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(one, key("a", KeyPurpose::Data, 2));
+    assert!(
+        store
+            .wrapped_key(&key("z", KeyPurpose::Data, 1).context)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Runs every case against fresh stores from `f`.
+pub async fn run_all(f: &dyn Factory) {
+    append_then_get(f).await;
+    append_never_overwrites(f).await;
+    fingerprint_is_unique_per_tenant_while_live(f).await;
+    tombstone_once(f).await;
+    concurrent_tombstones_exactly_one_wins(f).await;
+    concurrent_appends_one_fingerprint_one_winner(f).await;
+    wrapped_keys_append_only_and_listed_per_tenant(f).await;
+}

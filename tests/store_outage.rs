@@ -1,0 +1,150 @@
+//! A store outage answers UNAVAILABLE, never a partial write, and service
+//! resumes when the store returns. The real sled store sits behind a switch
+//! that makes every call fail, as sled's own failpoints do.
+
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use tessera::access::api_key::{self, ApiKeyRegistry};
+use tessera::cli::client::Bearer;
+use tessera::clock::SystemClock;
+use tessera::config::Profile;
+use tessera::domain::{Fingerprint, Principal, Role, TenantId, TokenId};
+use tessera::kms::KeyContext;
+use tessera::kms::dev::DevKms;
+use tessera::proto::v1;
+use tessera::proto::v1::tokenizer_client::TokenizerClient;
+use tessera::server::{self, App};
+use tessera::store::sled::SledStore;
+use tessera::store::{SealedRecord, Store, StoreError, StoredRecord, Tombstone, WrappedKeyRecord};
+use tessera::vault::{Vault, VaultPolicy};
+use tonic::Code;
+
+#[derive(Debug)]
+struct Switchable {
+    inner: SledStore,
+    down: AtomicBool,
+}
+
+impl Switchable {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("injected outage".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Switchable {
+    async fn append(&self, record: SealedRecord) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.append(record).await
+    }
+    async fn get(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
+        self.check()?;
+        self.inner.get(id).await
+    }
+    async fn find_by_fingerprint(
+        &self,
+        t: &TenantId,
+        fp: &Fingerprint,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        self.check()?;
+        self.inner.find_by_fingerprint(t, fp).await
+    }
+    async fn append_tombstone(&self, id: &TokenId, t: Tombstone) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.append_tombstone(id, t).await
+    }
+    async fn put_wrapped_key(&self, k: WrappedKeyRecord) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put_wrapped_key(k).await
+    }
+    async fn wrapped_key(&self, c: &KeyContext) -> Result<Option<WrappedKeyRecord>, StoreError> {
+        self.check()?;
+        self.inner.wrapped_key(c).await
+    }
+    async fn wrapped_keys(&self, t: &TenantId) -> Result<Vec<WrappedKeyRecord>, StoreError> {
+        self.check()?;
+        self.inner.wrapped_keys(t).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test]
+async fn store_outage_is_unavailable_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Switchable {
+        inner: SledStore::open(&dir.path().join("store")).unwrap(),
+        down: AtomicBool::new(false),
+    });
+    let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
+    let vault = Vault::new(
+        kms,
+        store.clone(),
+        Arc::new(SystemClock),
+        VaultPolicy::default(),
+    );
+    let key = api_key::generate().unwrap();
+    let mut keys = ApiKeyRegistry::new();
+    keys.insert(
+        key.hash.clone(),
+        Principal {
+            name: "processor".into(),
+            tenant: TenantId::new("default").unwrap(),
+            roles: [Role::Tokenize, Role::Detokenize].into(),
+        },
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::run(listener, App::from_parts(vault, keys), async {
+        let _ = stopped.await;
+    }));
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client =
+        TokenizerClient::with_interceptor(channel, Bearer::new(key.key.expose_secret()).unwrap());
+    let req = || v1::TokenizeRequest {
+        pan: "4111111111111111".into(),
+        ..Default::default()
+    };
+    let token = client.tokenize(req()).await.unwrap().into_inner().token;
+
+    store.down.store(true, Ordering::SeqCst);
+    let status = client.tokenize(req()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(!status.message().contains("4111"));
+    let status = client
+        .detokenize(v1::DetokenizeRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+
+    store.down.store(false, Ordering::SeqCst);
+    let pan = client
+        .detokenize(v1::DetokenizeRequest { token })
+        .await
+        .unwrap()
+        .into_inner()
+        .pan;
+    assert_eq!(pan, "4111111111111111");
+
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}

@@ -1,0 +1,63 @@
+//! The store conformance suite against sled, plus sled-specific durability:
+//! reopening sees every acknowledged write.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub,
+    dead_code
+)]
+
+#[path = "store_conformance/suite.rs"]
+mod suite;
+
+use std::sync::{Arc, Mutex};
+
+use tessera::store::sled::SledStore;
+use tessera::store::{Store, Tombstone, TombstoneReason};
+
+struct Sled {
+    dirs: Mutex<Vec<tempfile::TempDir>>,
+}
+
+impl suite::Factory for Sled {
+    fn make(&self) -> Arc<dyn Store> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        self.dirs.lock().unwrap().push(dir);
+        Arc::new(store)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_conforms() {
+    suite::run_all(&Sled {
+        dirs: Mutex::new(Vec::new()),
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reopen_sees_acknowledged_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = suite::record(1, "a", Some(3));
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.append(rec.clone()).await.unwrap();
+        store
+            .append_tombstone(
+                &rec.token_id,
+                Tombstone {
+                    reason: TombstoneReason::Deleted,
+                    at_ms: 5,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let got = store.get(&rec.token_id).await.unwrap().unwrap();
+    assert_eq!(got.record, rec);
+    assert_eq!(got.tombstone.unwrap().reason, TombstoneReason::Deleted);
+}
