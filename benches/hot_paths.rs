@@ -14,7 +14,7 @@ use tessera::tokens::random::RandomGenerator;
 use tessera::tokens::{GeneratorKind, LuhnPolicy, TokenFormat, TokenGenerator};
 
 const PAN16: &str = "4111 1111 1111 1111";
-const PAN19: &str = "6011000990139424000";
+const PAN19: &str = "6011000990139424009";
 
 fn pan_parse(c: &mut Criterion) {
     c.bench_function("pan/parse_16_with_spaces", |b| {

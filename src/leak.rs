@@ -9,6 +9,11 @@ use crate::tokens::luhn;
 
 /// Whether `text` holds a maximal run of 13–19 ASCII digits that passes
 /// Luhn: the shape of a real PAN.
+///
+/// ```
+/// assert!(tessera::leak::contains_pan("pan=4111111111111111"));
+/// assert!(!tessera::leak::contains_pan("masked=411111******1111"));
+/// ```
 pub fn contains_pan(text: &str) -> bool {
     pan_like_runs(text.as_bytes()).next().is_some()
 }

@@ -572,3 +572,106 @@ fn pan_from_seed(seed: u64) -> String {
     digits[last] = tessera::tokens::luhn::completing_digit(&digits, last);
     digits.into_iter().map(|d| char::from(d + b'0')).collect()
 }
+
+/// The README's quick-start round trip, through the CLI binary itself.
+#[tokio::test]
+async fn cli_round_trip_human_and_json() {
+    let f = Fixture::new();
+    let server = f.start();
+    let key = server.api_key("processor");
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .args(["--addr", &server.addr])
+            .env("TESSERA_API_KEY", &key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    };
+
+    let out = cli(
+        &["tokenize", "--json", "--meta", "order=42"],
+        Some(&format!("{AMEX}\n")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = json["token"].as_str().unwrap().to_owned();
+    assert_eq!(json["brand"], "AMEX");
+    assert_eq!(json["masked_pan"], "378282*****0005");
+
+    let out = cli(&["detokenize", &token], None);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), AMEX);
+
+    let out = cli(&["info", &token], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("378282*****0005") && text.contains("order=42") && !text.contains(AMEX),
+        "{text}"
+    );
+
+    let out = cli(&["delete", &token], None);
+    assert!(out.status.success());
+    let out = cli(&["detokenize", &token], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
+
+    let out = cli(&["tokenize", "4111111111111112"], None);
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("4111111111111112"));
+
+    drop(server);
+    assert_no_pan_leaked(&f.log(), &f.data(), &[AMEX]);
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let f = Fixture::new();
+    let server = f.start();
+    let channel = tonic::transport::Endpoint::from_shared(server.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"tessera.v1.Tokenizer".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+}

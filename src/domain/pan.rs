@@ -51,6 +51,16 @@ pub struct Pan {
 
 impl Pan {
     /// Parses a PAN, stripping spaces and dashes.
+    ///
+    /// ```
+    /// use tessera::domain::{CardBrand, Pan, PanError};
+    ///
+    /// let pan = Pan::parse("4111 1111-1111 1111").unwrap();
+    /// assert_eq!(pan.brand(), CardBrand::Visa);
+    /// assert_eq!(pan.masked().as_str(), "411111******1111");
+    /// assert_eq!(format!("{pan:?}"), "Pan(****1111)");
+    /// assert_eq!(Pan::parse("4111111111111112").err(), Some(PanError::LuhnMismatch));
+    /// ```
     pub fn parse(input: &str) -> Result<Self, PanError> {
         Self::parse_bytes(input.as_bytes())
     }

@@ -53,6 +53,21 @@ pub struct Binding<'a> {
 }
 
 /// Seals `plaintext` for the record named by `binding`, under `dek`.
+///
+/// ```
+/// use tessera::domain::{TenantId, TokenId};
+/// use tessera::envelope::{self, Binding};
+/// use tessera::secret::DataKey;
+///
+/// let dek = DataKey::generate().unwrap();
+/// let tenant = TenantId::new("default").unwrap();
+/// let id = TokenId::from_bytes([1; 32]);
+/// let binding = Binding { tenant: &tenant, token_id: &id, dek_version: 1 };
+/// let sealed = envelope::seal(&dek, binding, b"secret").unwrap();
+/// assert_eq!(envelope::open(&dek, binding, &sealed).unwrap().as_slice(), b"secret");
+/// let other = TokenId::from_bytes([2; 32]);
+/// assert!(envelope::open(&dek, Binding { token_id: &other, ..binding }, &sealed).is_err());
+/// ```
 pub fn seal(
     dek: &DataKey,
     binding: Binding<'_>,

@@ -15,6 +15,14 @@ pub fn checksum(digits: &[u8]) -> u8 {
 }
 
 /// Whether `digits` pass the Luhn check.
+///
+/// ```
+/// use tessera::tokens::luhn;
+///
+/// let digits = |s: &str| s.bytes().map(|b| b - b'0').collect::<Vec<u8>>();
+/// assert!(luhn::is_valid(&digits("79927398713")));
+/// assert!(!luhn::is_valid(&digits("79927398710")));
+/// ```
 pub fn is_valid(digits: &[u8]) -> bool {
     checksum(digits) == 0
 }

@@ -128,6 +128,17 @@ impl TokenFormat {
     }
 
     /// Where the free, spent and generated digits sit for a PAN of `len`.
+    ///
+    /// ```
+    /// use tessera::tokens::{GeneratorKind, LuhnPolicy, TokenFormat};
+    ///
+    /// // 16 digits keeping 6 + 4 leaves 6 free; the Luhn policy spends the last.
+    /// let layout = TokenFormat::default().layout(16);
+    /// assert_eq!(layout.free, 6..12);
+    /// assert_eq!(layout.generated_len(), 5);
+    /// let any = TokenFormat::new(GeneratorKind::Ff1, 6, 4, LuhnPolicy::Any).unwrap();
+    /// assert_eq!(any.layout(16).generated_len(), 6);
+    /// ```
     pub fn layout(&self, len: usize) -> Layout {
         let start = self.keep_leading().min(len);
         let end = len.saturating_sub(self.keep_trailing()).max(start);
