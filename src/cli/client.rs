@@ -144,6 +144,18 @@ async fn connect(conn: &Connection) -> Result<Client, String> {
     Ok(TokenizerClient::with_interceptor(channel, header))
 }
 
+/// Connects and makes one call; failures are printed and become the exit code.
+async fn call<T>(
+    conn: &Connection,
+    rpc: impl AsyncFnOnce(&mut Client) -> Result<tonic::Response<T>, Status>,
+) -> Result<T, ExitCode> {
+    let mut client = connect(conn).await.map_err(|e| fail(&e))?;
+    rpc(&mut client)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| fail_status(&status))
+}
+
 fn fail(message: &str) -> ExitCode {
     eprintln!("tessera: {message}");
     ExitCode::FAILURE
@@ -213,98 +225,69 @@ pub async fn tokenize(args: TokenizeArgs) -> ExitCode {
         single_use: args.single_use,
         metadata: args.metadata.into_iter().collect::<HashMap<_, _>>(),
     };
-    let mut client = match connect(&args.conn).await {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
+    let r = match call(&args.conn, async |c| c.tokenize(request).await).await {
+        Ok(r) => r,
+        Err(code) => return code,
     };
-    match client.tokenize(request).await {
-        Ok(resp) => {
-            let r = resp.into_inner();
-            let brand = brand_name(r.brand);
-            let value = serde_json::json!({
-                "token": r.token, "masked_pan": r.masked_pan, "brand": brand, "reused": r.reused,
-            });
-            let text = format!(
-                "token:  {}\nmasked: {}\nbrand:  {brand}\nreused: {}",
-                r.token, r.masked_pan, r.reused
-            );
-            emit(args.conn.json, &value, &text)
-        }
-        Err(status) => fail_status(&status),
-    }
+    let brand = brand_name(r.brand);
+    let value = serde_json::json!({
+        "token": r.token, "masked_pan": r.masked_pan, "brand": brand, "reused": r.reused,
+    });
+    let text = format!(
+        "token:  {}\nmasked: {}\nbrand:  {brand}\nreused: {}",
+        r.token, r.masked_pan, r.reused
+    );
+    emit(args.conn.json, &value, &text)
 }
 
 /// `tessera detokenize`: prints the PAN (the one place the CLI shows one).
 pub async fn detokenize(args: TokenArgs) -> ExitCode {
-    let mut client = match connect(&args.conn).await {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    match client
-        .detokenize(v1::DetokenizeRequest { token: args.token })
-        .await
-    {
-        Ok(resp) => {
-            let pan = resp.into_inner().pan;
-            emit(args.conn.json, &serde_json::json!({ "pan": pan }), &pan)
-        }
-        Err(status) => fail_status(&status),
+    let request = v1::DetokenizeRequest { token: args.token };
+    match call(&args.conn, async |c| c.detokenize(request).await).await {
+        Ok(r) => emit(args.conn.json, &serde_json::json!({ "pan": r.pan }), &r.pan),
+        Err(code) => code,
     }
 }
 
 /// `tessera info`.
 pub async fn info(args: TokenArgs) -> ExitCode {
-    let mut client = match connect(&args.conn).await {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
+    let request = v1::GetTokenInfoRequest { token: args.token };
+    let i = match call(&args.conn, async |c| c.get_token_info(request).await).await {
+        Ok(i) => i,
+        Err(code) => return code,
     };
-    match client
-        .get_token_info(v1::GetTokenInfoRequest { token: args.token })
-        .await
-    {
-        Ok(resp) => {
-            let i = resp.into_inner();
-            let ts = |t: &Option<prost_types::Timestamp>| t.as_ref().map(ToString::to_string);
-            let value = serde_json::json!({
-                "masked_pan": i.masked_pan,
-                "brand": brand_name(i.brand),
-                "created_at": ts(&i.created_at),
-                "expires_at": ts(&i.expires_at),
-                "single_use": i.single_use,
-                "metadata": i.metadata,
-            });
-            let mut meta: Vec<_> = i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            meta.sort();
-            let text = format!(
-                "masked:     {}\nbrand:      {}\ncreated_at: {}\nexpires_at: {}\nsingle_use: {}\nmetadata:   {}",
-                i.masked_pan,
-                brand_name(i.brand),
-                ts(&i.created_at).unwrap_or_default(),
-                ts(&i.expires_at).unwrap_or_else(|| "never".into()),
-                i.single_use,
-                meta.join(" ")
-            );
-            emit(args.conn.json, &value, &text)
-        }
-        Err(status) => fail_status(&status),
-    }
+    let ts = |t: &Option<prost_types::Timestamp>| t.as_ref().map(ToString::to_string);
+    let value = serde_json::json!({
+        "masked_pan": i.masked_pan,
+        "brand": brand_name(i.brand),
+        "created_at": ts(&i.created_at),
+        "expires_at": ts(&i.expires_at),
+        "single_use": i.single_use,
+        "metadata": i.metadata,
+    });
+    let mut meta: Vec<_> = i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    meta.sort();
+    let text = format!(
+        "masked:     {}\nbrand:      {}\ncreated_at: {}\nexpires_at: {}\nsingle_use: {}\nmetadata:   {}",
+        i.masked_pan,
+        brand_name(i.brand),
+        ts(&i.created_at).unwrap_or_default(),
+        ts(&i.expires_at).unwrap_or_else(|| "never".into()),
+        i.single_use,
+        meta.join(" ")
+    );
+    emit(args.conn.json, &value, &text)
 }
 
 /// `tessera delete`.
 pub async fn delete(args: TokenArgs) -> ExitCode {
-    let mut client = match connect(&args.conn).await {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    match client
-        .delete_token(v1::DeleteTokenRequest { token: args.token })
-        .await
-    {
-        Ok(_) => emit(
+    let request = v1::DeleteTokenRequest { token: args.token };
+    match call(&args.conn, async |c| c.delete_token(request).await).await {
+        Ok(()) => emit(
             args.conn.json,
             &serde_json::json!({ "deleted": true }),
             "deleted",
         ),
-        Err(status) => fail_status(&status),
+        Err(code) => code,
     }
 }

@@ -112,6 +112,29 @@ impl TokenizerService {
     }
 }
 
+impl TokenizerService {
+    /// Records the batch size and refuses empty or oversized batches.
+    fn check_batch(&self, len: usize) -> Result<(), Status> {
+        tracing::Span::current().record("items", len);
+        self.vault
+            .check_batch_len(len)
+            .map_err(|e| status::from_vault(&e))
+    }
+}
+
+/// Turns each item's failure into its own `google.rpc.Status`: one bad item
+/// never fails the batch.
+fn per_item_statuses<O>(
+    outcomes: Vec<Result<O, Status>>,
+) -> Vec<Result<O, crate::proto::google::rpc::Status>> {
+    let failed = outcomes.iter().filter(|r| r.is_err()).count();
+    tracing::info!(outcome = "ok", failed);
+    outcomes
+        .into_iter()
+        .map(|r| r.map_err(|s| status::to_rpc_status(&s)))
+        .collect()
+}
+
 fn log_outcome<T>(result: &Result<T, Status>) {
     match result {
         Ok(_) => tracing::info!(outcome = "ok"),
@@ -139,25 +162,20 @@ impl Tokenizer for TokenizerService {
     ) -> Result<Response<v1::TokenizeBatchResponse>, Status> {
         let principal = self.authorize(request.metadata(), Role::Tokenize)?;
         let items = request.into_inner().items;
-        tracing::Span::current().record("items", items.len());
-        self.vault
-            .check_batch_len(items.len())
-            .map_err(|e| status::from_vault(&e))?;
-        let mut results = Vec::with_capacity(items.len());
-        let mut failed = 0usize;
+        self.check_batch(items.len())?;
+        let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
-            let result = match self.tokenize_one(&principal, item).await {
-                Ok(token) => v1::tokenize_result::Result::Token(token),
-                Err(s) => {
-                    failed += 1;
-                    v1::tokenize_result::Result::Error(status::to_rpc_status(&s))
-                }
-            };
-            results.push(v1::TokenizeResult {
-                result: Some(result),
-            });
+            outcomes.push(self.tokenize_one(&principal, item).await);
         }
-        tracing::info!(outcome = "ok", failed);
+        let results = per_item_statuses(outcomes)
+            .into_iter()
+            .map(|r| v1::TokenizeResult {
+                result: Some(match r {
+                    Ok(token) => v1::tokenize_result::Result::Token(token),
+                    Err(e) => v1::tokenize_result::Result::Error(e),
+                }),
+            })
+            .collect();
         Ok(Response::new(v1::TokenizeBatchResponse { results }))
     }
 
@@ -179,25 +197,20 @@ impl Tokenizer for TokenizerService {
     ) -> Result<Response<v1::DetokenizeBatchResponse>, Status> {
         let principal = self.authorize(request.metadata(), Role::Detokenize)?;
         let items = request.into_inner().items;
-        tracing::Span::current().record("items", items.len());
-        self.vault
-            .check_batch_len(items.len())
-            .map_err(|e| status::from_vault(&e))?;
-        let mut results = Vec::with_capacity(items.len());
-        let mut failed = 0usize;
+        self.check_batch(items.len())?;
+        let mut outcomes = Vec::with_capacity(items.len());
         for item in &items {
-            let result = match self.detokenize_one(&principal, item).await {
-                Ok(pan) => v1::detokenize_result::Result::Pan(pan),
-                Err(s) => {
-                    failed += 1;
-                    v1::detokenize_result::Result::Error(status::to_rpc_status(&s))
-                }
-            };
-            results.push(v1::DetokenizeResult {
-                result: Some(result),
-            });
+            outcomes.push(self.detokenize_one(&principal, item).await);
         }
-        tracing::info!(outcome = "ok", failed);
+        let results = per_item_statuses(outcomes)
+            .into_iter()
+            .map(|r| v1::DetokenizeResult {
+                result: Some(match r {
+                    Ok(pan) => v1::detokenize_result::Result::Pan(pan),
+                    Err(e) => v1::detokenize_result::Result::Error(e),
+                }),
+            })
+            .collect();
         Ok(Response::new(v1::DetokenizeBatchResponse { results }))
     }
 

@@ -169,7 +169,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::tokens::{GeneratorKind, LuhnPolicy};
+    use crate::tokens::{GeneratorKind, LuhnPolicy, test_pan};
 
     /// NIST SP 800-38G FF1 samples, from
     /// <https://csrc.nist.gov/CSRC/media/Projects/Cryptographic-Standards-and-Guidelines/documents/examples/FF1samples.pdf>,
@@ -258,16 +258,6 @@ mod tests {
         )
     }
 
-    fn pan_with(len: usize, seed: u64) -> Pan {
-        let mut digits: Vec<u8> = (0..len)
-            .map(|i| u8::try_from((seed >> (i % 60)) % 10).unwrap())
-            .collect();
-        digits[0] = 5;
-        let last = len - 1;
-        digits[last] = luhn::completing_digit(&digits, last);
-        Pan::from_digits(&digits).unwrap()
-    }
-
     /// SECURITY.md §1.2: lengths 12–19 × keep 0/6/8 (+ 0/4) × every policy.
     /// FF1 is refused exactly when fewer than 6 digits would be encrypted,
     /// and when it runs it encrypts at least 6.
@@ -286,7 +276,7 @@ mod tests {
                         } else {
                             free.saturating_sub(1)
                         };
-                        let result = g.generate(&pan_with(len, 99), &format, 0);
+                        let result = g.generate(&test_pan(len, 99), &format, 0);
                         if encrypted < MIN_FF1_DIGITS {
                             assert!(
                                 matches!(result, Err(GenerateError::Ff1DomainTooSmall { encrypted: e, minimum: 6 }) if e == encrypted),
@@ -303,10 +293,10 @@ mod tests {
         let any = |lead, trail| {
             TokenFormat::new(GeneratorKind::Ff1, lead, trail, LuhnPolicy::Any).unwrap()
         };
-        assert!(g.generate(&pan_with(15, 1), &any(6, 4), 0).is_err());
-        assert!(g.generate(&pan_with(16, 1), &any(6, 4), 0).is_ok());
-        assert!(g.generate(&pan_with(16, 1), &any(8, 4), 0).is_err());
-        assert!(g.generate(&pan_with(18, 1), &any(8, 4), 0).is_ok());
+        assert!(g.generate(&test_pan(15, 1), &any(6, 4), 0).is_err());
+        assert!(g.generate(&test_pan(16, 1), &any(6, 4), 0).is_ok());
+        assert!(g.generate(&test_pan(16, 1), &any(8, 4), 0).is_err());
+        assert!(g.generate(&test_pan(18, 1), &any(8, 4), 0).is_ok());
     }
 
     #[test]
@@ -320,7 +310,7 @@ mod tests {
 
     #[test]
     fn tenant_and_generation_change_the_token() {
-        let pan = pan_with(19, 12345);
+        let pan = test_pan(19, 12345);
         let format = TokenFormat::new(GeneratorKind::Ff1, 6, 4, LuhnPolicy::Invalid).unwrap();
         let a = generator("a").generate(&pan, &format, 0).unwrap();
         let a_again = generator("a").generate(&pan, &format, 0).unwrap();
@@ -342,7 +332,7 @@ mod tests {
             attempt in 0u32..3,
         ) {
             let g = generator("prop");
-            let pan = pan_with(len, seed);
+            let pan = test_pan(len, seed);
             let format = TokenFormat::new(GeneratorKind::Ff1, lead, trail, policy).unwrap();
             let token = g.generate(&pan, &format, attempt).unwrap();
             let digits = token.digits();

@@ -242,6 +242,21 @@ pub(crate) fn apply_luhn_policy(
     };
 }
 
+/// A Luhn-valid test PAN of `len` digits whose digits vary with `seed`.
+#[cfg(test)]
+pub(crate) fn test_pan(len: usize, seed: u64) -> Pan {
+    let mut digits: Vec<u8> = (0..len)
+        .map(|i| {
+            u8::try_from((seed >> (i % 60)).wrapping_add(u64::try_from(i).unwrap_or(0)) % 10)
+                .unwrap_or(0)
+        })
+        .collect();
+    digits[0] = 4;
+    let last = len - 1;
+    digits[last] = luhn::completing_digit(&digits, last);
+    Pan::from_digits(&digits).unwrap_or_else(|_| unreachable!("Luhn-completed digits parse"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

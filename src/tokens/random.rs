@@ -48,17 +48,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::tokens::{GeneratorKind, LuhnPolicy, luhn};
-
-    fn pan_of_len(len: usize, seed: u8) -> Pan {
-        let mut digits: Vec<u8> = (0..len)
-            .map(|i| (seed.wrapping_add(u8::try_from(i).unwrap())) % 10)
-            .collect();
-        digits[0] = 4;
-        let last = len - 1;
-        digits[last] = luhn::completing_digit(&digits, last);
-        Pan::from_digits(&digits).unwrap()
-    }
+    use crate::tokens::{GeneratorKind, LuhnPolicy, luhn, test_pan};
 
     fn policy() -> impl Strategy<Value = LuhnPolicy> {
         prop_oneof![
@@ -77,7 +67,7 @@ mod tests {
             trail in prop_oneof![Just(0u32), Just(4)],
             policy in policy(),
         ) {
-            let pan = pan_of_len(len, seed);
+            let pan = test_pan(len, u64::from(seed));
             let format = TokenFormat::new(GeneratorKind::Random, lead, trail, policy).unwrap();
             let token = RandomGenerator.generate(&pan, &format, 0).unwrap();
             let digits = token.digits();
@@ -97,7 +87,7 @@ mod tests {
 
     #[test]
     fn refuses_tiny_token_space() {
-        let pan = pan_of_len(12, 1);
+        let pan = test_pan(12, 1);
         let err = RandomGenerator
             .generate(&pan, &TokenFormat::default(), 0)
             .unwrap_err();
@@ -113,7 +103,7 @@ mod tests {
     /// runs per position — we allow one position over the line.
     #[test]
     fn generated_digits_are_uniform() {
-        let pan = pan_of_len(19, 3);
+        let pan = test_pan(19, 3);
         let format = TokenFormat::default();
         let layout = format.layout(19);
         let samples = 20_000u32;
