@@ -175,15 +175,7 @@ impl Keyring {
         let version = match cached {
             Some(v) => v,
             None => {
-                let latest = self
-                    .store
-                    .wrapped_keys(tenant)
-                    .await?
-                    .iter()
-                    .filter(|k| k.context.purpose == KeyPurpose::Data)
-                    .map(|k| k.context.version)
-                    .max()
-                    .unwrap_or(1);
+                let latest = self.latest_data_version(tenant).await?.unwrap_or(1);
                 write(&self.current).insert(tenant.clone(), latest);
                 latest
             }
@@ -220,6 +212,47 @@ impl Keyring {
         Ok(key)
     }
 
+    /// Makes the next DEK version of a tenant and makes it current.
+    pub async fn rotate(&self, tenant: &TenantId) -> Result<u32, KeyringError> {
+        let latest = self.latest_data_version(tenant).await?;
+        let next = latest.map_or(1, |v| v + 1);
+        let key = self.dek_inner(tenant, next, true).await?;
+        drop(key);
+        write(&self.current).insert(tenant.clone(), next);
+        Ok(next)
+    }
+
+    async fn latest_data_version(&self, tenant: &TenantId) -> Result<Option<u32>, KeyringError> {
+        Ok(self
+            .store
+            .wrapped_keys(tenant)
+            .await?
+            .iter()
+            .filter(|k| k.context.purpose == KeyPurpose::Data)
+            .map(|k| k.context.version)
+            .max())
+    }
+
+    /// Drops every cached key of one tenant (after a shred or retirement).
+    pub fn forget_tenant(&self, tenant: &TenantId) {
+        write(&self.deks).retain(|(t, _), _| t != tenant);
+        write(&self.current).remove(tenant);
+        write(&self.tenants).remove(tenant);
+    }
+
+    /// Drops one cached DEK version.
+    pub fn forget_dek(&self, tenant: &TenantId, version: u32) {
+        write(&self.deks).remove(&(tenant.clone(), version));
+    }
+
+    /// Drops every cached key at once (seal). The `Arc`s still held by
+    /// in-flight calls zeroize when those calls finish.
+    pub fn clear(&self) {
+        write(&self.deks).clear();
+        write(&self.current).clear();
+        write(&self.tenants).clear();
+    }
+
     /// Reads and unwraps the key of `ctx`; with `create`, generates and
     /// stores it when missing. A concurrent creator may win the append: then
     /// its key is read back, so every caller ends up with the same key.
@@ -237,7 +270,7 @@ impl Keyring {
         let (key, wrapped) = self.kms.generate_data_key(ctx).await?;
         let record = WrappedKeyRecord {
             context: ctx.clone(),
-            master_key_id: self.kms.master_key_id(),
+            master_key_id: self.kms.master_key_id().ok_or(KmsError::Sealed)?,
             wrapped,
             created_at_ms: self.clock.now_ms(),
         };

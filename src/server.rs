@@ -14,9 +14,12 @@ use crate::access::api_key::{ApiKeyRegistry, RegistryError};
 use crate::clock::SystemClock;
 use crate::config::{Config, KmsBackend, PrincipalEntry, StoreBackend};
 use crate::kms::dev::DevKms;
+use crate::kms::shamir::ShamirKms;
 use crate::kms::{Kms, KmsError};
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::v1::key_admin_server::KeyAdminServer;
 use crate::proto::v1::tokenizer_server::TokenizerServer;
+use crate::service::key_admin::KeyAdminService;
 use crate::service::{Authenticator, TokenizerService};
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
@@ -62,6 +65,7 @@ impl App {
             KmsBackend::Dev { key_file } => {
                 Arc::new(DevKms::open_or_create(key_file, config.profile)?)
             }
+            KmsBackend::Shamir => Arc::new(ShamirKms::open(&config.data_dir)?),
         };
         let mut keys = ApiKeyRegistry::new();
         for entry in principals {
@@ -101,7 +105,11 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
-    let tokenizer = TokenizerServer::new(TokenizerService::new(app.vault, app.auth));
+    let tokenizer = TokenizerServer::new(TokenizerService::new(
+        Arc::clone(&app.vault),
+        Arc::clone(&app.auth),
+    ));
+    let key_admin = KeyAdminServer::new(KeyAdminService::new(app.vault, app.auth));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut serve_rx = stop_rx.clone();
     let mut drain_rx = stop_rx;
@@ -109,6 +117,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(tokenizer)
+        .add_service(key_admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = serve_rx.wait_for(|stop| *stop).await;
         });

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["proto/tessera/v1/tokenizer.proto"];
+const PROTOS: &[&str] = &[
+    "proto/tessera/v1/tokenizer.proto",
+    "proto/tessera/v1/key_admin.proto",
+];
 
 /// Messages that carry a PAN: their `Debug` is written by hand, redacted, in
 /// `src/proto/mod.rs`, so no `{:?}` can ever print a card number.

@@ -73,6 +73,23 @@ impl Store for Switchable {
         self.check()?;
         self.inner.wrapped_keys(t).await
     }
+    async fn destroy_wrapped_keys(&self, t: &TenantId) -> Result<usize, StoreError> {
+        self.check()?;
+        self.inner.destroy_wrapped_keys(t).await
+    }
+    async fn destroy_wrapped_key(&self, c: &KeyContext) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.destroy_wrapped_key(c).await
+    }
+    async fn scan_tenant(
+        &self,
+        t: &TenantId,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        self.check()?;
+        self.inner.scan_tenant(t, after, limit).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.check()?;
         self.inner.ping().await

@@ -133,15 +133,22 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-async fn connect(conn: &Connection) -> Result<Client, String> {
-    let header = Bearer::new(&conn.api_key)
-        .ok_or_else(|| "the API key contains characters not allowed in a header".to_owned())?;
-    let channel = Endpoint::from_shared(conn.addr.clone())
+/// Opens a channel to `--addr`.
+pub async fn channel(conn: &Connection) -> Result<Channel, String> {
+    Endpoint::from_shared(conn.addr.clone())
         .map_err(|e| format!("bad --addr: {e}"))?
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", conn.addr))?;
-    Ok(TokenizerClient::with_interceptor(channel, header))
+        .map_err(|e| format!("cannot connect to {}: {e}", conn.addr))
+}
+
+async fn connect(conn: &Connection) -> Result<Client, String> {
+    let header = Bearer::new(&conn.api_key)
+        .ok_or_else(|| "the API key contains characters not allowed in a header".to_owned())?;
+    Ok(TokenizerClient::with_interceptor(
+        channel(conn).await?,
+        header,
+    ))
 }
 
 /// Connects and makes one call; failures are printed and become the exit code.
@@ -156,17 +163,20 @@ async fn call<T>(
         .map_err(|status| fail_status(&status))
 }
 
-fn fail(message: &str) -> ExitCode {
+/// Prints an error and returns the failure exit code.
+pub fn fail(message: &str) -> ExitCode {
     eprintln!("tessera: {message}");
     ExitCode::FAILURE
 }
 
-fn fail_status(status: &Status) -> ExitCode {
+/// Prints a gRPC status (code and message) and fails.
+pub fn fail_status(status: &Status) -> ExitCode {
     fail(&format!("{:?}: {}", status.code(), status.message()))
 }
 
+/// Prints JSON or text to stdout.
 #[allow(clippy::print_stdout)]
-fn emit(json: bool, value: &serde_json::Value, text: &str) -> ExitCode {
+pub fn emit(json: bool, value: &serde_json::Value, text: &str) -> ExitCode {
     let out = if json {
         value.to_string()
     } else {

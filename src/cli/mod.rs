@@ -1,6 +1,8 @@
 //! The `tessera` command line: `serve` and the client commands.
 
 pub mod client;
+pub mod init;
+pub mod keys;
 pub mod serve;
 
 use std::process::ExitCode;
@@ -33,6 +35,15 @@ pub enum Command {
     Info(client::TokenArgs),
     /// Delete a token.
     Delete(client::TokenArgs),
+    /// Create a new deployment: Shamir-split master key, custodian shares
+    /// and keys, config file.
+    Init(init::InitArgs),
+    /// Submit one unseal share (or reopen a vault sealed by an admin).
+    Unseal(keys::UnsealArgs),
+    /// Seal the vault: every key leaves memory at once.
+    Seal(keys::SealArgs),
+    /// Key administration.
+    Keys(keys::KeysArgs),
 }
 
 /// Parses the command line and runs it.
@@ -55,6 +66,10 @@ pub fn main() -> ExitCode {
             Command::Detokenize(args) => client::detokenize(args).await,
             Command::Info(args) => client::info(args).await,
             Command::Delete(args) => client::delete(args).await,
+            Command::Init(args) => init::run(&args),
+            Command::Unseal(args) => keys::unseal(args).await,
+            Command::Seal(args) => keys::seal(args).await,
+            Command::Keys(args) => keys::keys(args).await,
         }
     })
 }

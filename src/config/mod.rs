@@ -78,9 +78,20 @@ pub struct RawConfig {
     /// Request limits.
     #[serde(default)]
     pub limits: RawLimits,
+    /// Key life-cycle settings.
+    #[serde(default)]
+    pub keys: RawKeys,
     /// Principals and their API key hashes.
     #[serde(default)]
     pub principals: Vec<RawPrincipal>,
+}
+
+/// `[keys]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    /// Cryptoperiod of a data key version in days (default 365).
+    pub data_key_max_age_days: Option<u64>,
 }
 
 /// `[store]`.
@@ -158,6 +169,8 @@ pub enum KmsBackend {
         /// The key file.
         key_file: PathBuf,
     },
+    /// A Shamir-split master key; setup in `DATA_DIR/shamir.json`.
+    Shamir,
 }
 
 /// A principal with its key hash.
@@ -222,13 +235,6 @@ impl RawConfig {
         if profile == Profile::Dev && !listen.ip().is_loopback() {
             return Err(invalid("listen", "--dev binds loopback addresses only"));
         }
-        if profile == Profile::Production {
-            return Err(invalid(
-                "kms.backend",
-                "no production-grade KMS backend is available in this build; \
-                 the dev KMS runs only with --dev",
-            ));
-        }
         let data_dir = self
             .data_dir
             .ok_or_else(|| invalid("data_dir", "required"))?;
@@ -241,21 +247,35 @@ impl RawConfig {
                 ));
             }
         };
-        let kms = match self.kms.backend.as_deref().unwrap_or("dev") {
-            "dev" => KmsBackend::Dev {
+        let default_backend = match profile {
+            Profile::Dev => Some("dev"),
+            Profile::Production => None,
+        };
+        let kms = match self.kms.backend.as_deref().or(default_backend) {
+            Some("dev") if profile == Profile::Production => {
+                return Err(invalid("kms.backend", "the dev KMS runs only with --dev"));
+            }
+            Some("dev") => KmsBackend::Dev {
                 key_file: self
                     .kms
                     .key_file
                     .unwrap_or_else(|| data_dir.join("dev-master.key")),
             },
-            other => {
+            Some("shamir") => KmsBackend::Shamir,
+            Some(other) => {
                 return Err(invalid(
                     "kms.backend",
-                    format!("unknown backend {other:?}; expected dev"),
+                    format!("unknown backend {other:?}; expected dev or shamir"),
                 ));
             }
+            None => return Err(invalid("kms.backend", "required outside --dev (shamir)")),
         };
-        let policy = check_policy(&self.tokens, &self.limits)?;
+        let mut policy = check_policy(&self.tokens, &self.limits)?;
+        let max_age_days = self.keys.data_key_max_age_days.unwrap_or(365);
+        if !(1..=3650).contains(&max_age_days) {
+            return Err(invalid("keys.data_key_max_age_days", "must be 1 to 3650"));
+        }
+        policy.data_key_max_age = std::time::Duration::from_secs(max_age_days * 24 * 3600);
         let mut names = BTreeSet::new();
         let principals = self
             .principals
@@ -425,12 +445,25 @@ mod tests {
     }
 
     #[test]
-    fn production_refuses_dev_kms() {
-        let err = load("data_dir = \"/x\"\nlisten = \"0.0.0.0:1\"", &[])
-            .unwrap()
-            .check(Profile::Production)
-            .unwrap_err();
-        assert!(err.to_string().contains("kms.backend"), "{err}");
+    fn production_refuses_dev_kms_and_needs_a_backend() {
+        for text in [
+            "data_dir = \"/x\"\nlisten = \"0.0.0.0:1\"",
+            "data_dir = \"/x\"\nlisten = \"0.0.0.0:1\"\n[kms]\nbackend = \"dev\"",
+        ] {
+            let err = load(text, &[])
+                .unwrap()
+                .check(Profile::Production)
+                .unwrap_err();
+            assert!(err.to_string().contains("kms.backend"), "{err}");
+        }
+        let ok = load(
+            "data_dir = \"/x\"\nlisten = \"0.0.0.0:1\"\n[kms]\nbackend = \"shamir\"",
+            &[],
+        )
+        .unwrap()
+        .check(Profile::Production)
+        .unwrap();
+        assert_eq!(ok.kms, KmsBackend::Shamir);
     }
 
     #[test]

@@ -8,32 +8,27 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::{Aead, Payload};
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use async_trait::async_trait;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::config::Profile;
-use crate::csprng;
+use crate::kms::soft::SoftwareKek;
 use crate::kms::{KeyContext, KeyId, Kms, KmsError, WrappedKey};
-use crate::secret::{DataKey, KEY_LEN};
+use crate::secret::DataKey;
 
 /// Domain separation for dev-KMS wraps.
-const WRAP_AAD_PREFIX: &[u8] = b"tessera/kms/dev/v1";
-const NONCE_LEN: usize = 12;
+const WRAP_DOMAIN: &[u8] = b"tessera/kms/dev/v1";
 
 /// A file-backed master key for development.
 pub struct DevKms {
-    master: DataKey,
-    key_id: KeyId,
+    kek: SoftwareKek,
     path: PathBuf,
 }
 
 impl std::fmt::Debug for DevKms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DevKms")
-            .field("key_id", &self.key_id)
+            .field("key_id", self.kek.key_id())
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
@@ -66,26 +61,10 @@ impl DevKms {
             }
             Err(e) => return Err(KmsError::Io(e)),
         };
-        let digest = Sha256::digest(master.expose_secret());
-        let key_id = KeyId::new(format!("dev:{}", hex::encode(&digest[..8])))
-            .ok_or_else(|| KmsError::Refused("empty key id".into()))?;
         Ok(Self {
-            master,
-            key_id,
+            kek: SoftwareKek::new(master, "dev", WRAP_DOMAIN)?,
             path: path.to_owned(),
         })
-    }
-
-    fn cipher(&self) -> Result<Aes256Gcm, KmsError> {
-        Aes256Gcm::new_from_slice(self.master.expose_secret()).map_err(|_| KmsError::Unwrap)
-    }
-
-    fn aad(&self, ctx: &KeyContext) -> Vec<u8> {
-        let mut aad = WRAP_AAD_PREFIX.to_vec();
-        aad.extend_from_slice(self.key_id.as_str().as_bytes());
-        aad.push(0);
-        aad.extend_from_slice(&ctx.to_bytes());
-        aad
     }
 }
 
@@ -106,24 +85,7 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 #[async_trait]
 impl Kms for DevKms {
     async fn generate_data_key(&self, ctx: &KeyContext) -> Result<(DataKey, WrappedKey), KmsError> {
-        let key = DataKey::generate()?;
-        let mut nonce = [0u8; NONCE_LEN];
-        csprng::fill(&mut nonce)?;
-        let aad = self.aad(ctx);
-        let sealed = self
-            .cipher()?
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: key.expose_secret(),
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| KmsError::Unwrap)?;
-        let mut wrapped = nonce.to_vec();
-        wrapped.extend_from_slice(&sealed);
-        let wrapped = WrappedKey::new(wrapped).ok_or(KmsError::Unwrap)?;
-        Ok((key, wrapped))
+        self.kek.generate(ctx)
     }
 
     async fn unwrap_data_key(
@@ -131,29 +93,15 @@ impl Kms for DevKms {
         wrapped: &WrappedKey,
         ctx: &KeyContext,
     ) -> Result<DataKey, KmsError> {
-        let bytes = wrapped.as_bytes();
-        if bytes.len() != NONCE_LEN + KEY_LEN + 16 {
-            return Err(KmsError::Unwrap);
-        }
-        let (nonce, sealed) = bytes.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| KmsError::Unwrap)?;
-        let aad = self.aad(ctx);
-        let plain = Zeroizing::new(
-            self.cipher()?
-                .decrypt(
-                    &Nonce::from(nonce),
-                    Payload {
-                        msg: sealed,
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| KmsError::Unwrap)?,
-        );
-        DataKey::from_slice(&plain).ok_or(KmsError::Unwrap)
+        self.kek.unwrap(wrapped, ctx)
     }
 
-    fn master_key_id(&self) -> KeyId {
-        self.key_id.clone()
+    fn master_key_id(&self) -> Option<KeyId> {
+        Some(self.kek.key_id().clone())
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "dev"
     }
 
     fn is_production_grade(&self) -> bool {
@@ -194,6 +142,7 @@ mod tests {
 
         let reopened = DevKms::open_or_create(&path, Profile::Dev).unwrap();
         assert_eq!(reopened.master_key_id(), kms.master_key_id());
+        assert!(kms.master_key_id().unwrap().as_str().starts_with("dev:"));
         let unwrapped = reopened.unwrap_data_key(&wrapped, &c).await.unwrap();
         assert_eq!(unwrapped.expose_secret(), key.expose_secret());
 

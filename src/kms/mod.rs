@@ -4,11 +4,13 @@
 //! This module names no vendor type. Backends:
 //! - [`dev::DevKms`]: a key file, for `--dev` only ([`Kms::is_production_grade`]
 //!   is false and it refuses to open outside the dev profile).
-//!
-//! Later backends (Shamir-unsealed software key, PKCS#11 HSM, AWS KMS) plug in
-//! behind the same trait.
+//! - [`shamir::ShamirKms`]: a software master key split into N Shamir shares,
+//!   M of which unseal it (split knowledge and dual control, PCI DSS
+//!   3.6.1.2); starts sealed.
 
 pub mod dev;
+pub mod shamir;
+pub mod soft;
 
 use std::fmt;
 
@@ -127,6 +129,12 @@ pub enum KmsError {
     /// The backend is unreachable or sealed; the call may succeed later.
     #[error("KMS unavailable: {0}")]
     Unavailable(String),
+    /// The master key is not in memory: the vault is sealed.
+    #[error("the vault is sealed")]
+    Sealed,
+    /// An unseal share was refused; the reason names no share bytes.
+    #[error("unseal share refused: {0}")]
+    ShareRefused(String),
     /// The backend refuses to run in this configuration.
     #[error("KMS refused: {0}")]
     Refused(String),
@@ -141,7 +149,7 @@ pub enum KmsError {
 impl KmsError {
     /// Whether retrying later may succeed (maps to gRPC UNAVAILABLE).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Io(_))
+        matches!(self, Self::Unavailable(_) | Self::Io(_) | Self::Sealed)
     }
 }
 
@@ -166,9 +174,41 @@ pub trait Kms: Send + Sync + fmt::Debug + 'static {
         ctx: &KeyContext,
     ) -> Result<DataKey, KmsError>;
 
-    /// The master key currently wrapping new data keys.
-    fn master_key_id(&self) -> KeyId;
+    /// The master key currently wrapping new data keys; `None` while sealed.
+    fn master_key_id(&self) -> Option<KeyId>;
+
+    /// The backend's configuration name (`dev`, `shamir`, …).
+    fn backend_name(&self) -> &'static str;
 
     /// Whether this backend may hold production card data.
     fn is_production_grade(&self) -> bool;
+
+    /// Unseal progress for backends sealed by shares; `None` for others.
+    fn unseal_progress(&self) -> Option<UnsealProgress> {
+        None
+    }
+
+    /// Offers one unseal share on behalf of `holder` (a principal name).
+    async fn submit_share(&self, holder: &str, share: &[u8]) -> Result<UnsealProgress, KmsError> {
+        let _ = (holder, share);
+        Err(KmsError::Refused(format!(
+            "the {} KMS is not unsealed by shares",
+            self.backend_name()
+        )))
+    }
+
+    /// Drops any master key material held in memory. Backends whose master
+    /// key lives elsewhere (an HSM, a cloud KMS) have nothing to drop.
+    fn seal(&self) {}
+}
+
+/// How far an unseal has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsealProgress {
+    /// Whether the master key is still out of reach.
+    pub sealed: bool,
+    /// Distinct shares received since the vault was sealed.
+    pub received: u32,
+    /// Shares needed.
+    pub threshold: u32,
 }

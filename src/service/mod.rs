@@ -6,6 +6,7 @@
 //! request or response body (`skip_all`).
 
 pub mod convert;
+pub mod key_admin;
 pub mod status;
 
 use std::sync::Arc;
@@ -51,6 +52,23 @@ impl Authenticator {
             .cloned()
             .ok_or(AccessError::InvalidCredentials)
     }
+
+    /// Authenticates and checks `role`, recording who called in the
+    /// current span. Failures are logged without the credentials.
+    pub fn authorize(&self, metadata: &MetadataMap, role: Role) -> Result<Principal, Status> {
+        let span = tracing::Span::current();
+        let principal = self.authenticate(metadata).map_err(|e| {
+            tracing::warn!(outcome = "unauthenticated", "authentication failed");
+            status::from_access(e)
+        })?;
+        span.record("principal", principal.name.as_str());
+        span.record("tenant", principal.tenant.as_str());
+        access::require(&principal, role).map_err(|e| {
+            tracing::warn!(outcome = "permission_denied", "role missing");
+            status::from_access(e)
+        })?;
+        Ok(principal)
+    }
 }
 
 /// Implements `tessera.v1.Tokenizer`.
@@ -66,20 +84,13 @@ impl TokenizerService {
         Self { vault, auth }
     }
 
-    /// Authenticates and checks `role`, recording who called in the span.
+    /// Refuses while sealed, then authenticates and checks `role`.
     fn authorize(&self, metadata: &MetadataMap, role: Role) -> Result<Principal, Status> {
-        let span = tracing::Span::current();
-        let principal = self.auth.authenticate(metadata).map_err(|e| {
-            tracing::warn!(outcome = "unauthenticated", "authentication failed");
-            status::from_access(e)
-        })?;
-        span.record("principal", principal.name.as_str());
-        span.record("tenant", principal.tenant.as_str());
-        access::require(&principal, role).map_err(|e| {
-            tracing::warn!(outcome = "permission_denied", "role missing");
-            status::from_access(e)
-        })?;
-        Ok(principal)
+        // A sealed vault answers nothing else, whoever asks.
+        if self.vault.is_sealed() {
+            return Err(Status::unavailable("the vault is sealed"));
+        }
+        self.auth.authorize(metadata, role)
     }
 
     async fn tokenize_one(
@@ -135,7 +146,7 @@ fn per_item_statuses<O>(
         .collect()
 }
 
-fn log_outcome<T>(result: &Result<T, Status>) {
+pub(crate) fn log_outcome<T>(result: &Result<T, Status>) {
     match result {
         Ok(_) => tracing::info!(outcome = "ok"),
         Err(s) => tracing::info!(outcome = ?s.code()),

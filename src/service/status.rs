@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::access::AccessError;
+use crate::kms::KmsError;
 use crate::tokens::GenerateError;
 use crate::vault::VaultError;
 
@@ -33,6 +34,10 @@ pub fn from_vault(e: &VaultError) -> Status {
     match e {
         VaultError::InvalidArgument { field, reason } => invalid_argument(field, reason),
         VaultError::NotFound => Status::not_found("token not found"),
+        VaultError::Sealed => Status::unavailable("the vault is sealed"),
+        VaultError::Precondition(why) => Status::failed_precondition(why.clone()),
+        VaultError::Kms(KmsError::ShareRefused(why)) => invalid_argument("share", why),
+        VaultError::Kms(KmsError::Refused(why)) => Status::failed_precondition(why.clone()),
         VaultError::Generate(
             g
             @ (GenerateError::Ff1DomainTooSmall { .. } | GenerateError::TokenSpaceTooSmall { .. }),

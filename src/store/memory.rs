@@ -121,6 +121,50 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn destroy_wrapped_keys(&self, tenant: &TenantId) -> Result<usize, StoreError> {
+        let prefix = tenant_prefix(tenant);
+        let mut inner = self.lock()?;
+        let doomed: Vec<Vec<u8>> = inner
+            .keys
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for k in &doomed {
+            inner.keys.remove(k);
+        }
+        Ok(doomed.len())
+    }
+
+    async fn destroy_wrapped_key(&self, ctx: &KeyContext) -> Result<(), StoreError> {
+        self.lock()?
+            .keys
+            .remove(&WrappedKeyRecord::store_key(ctx))
+            .map(|_| ())
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn scan_tenant(
+        &self,
+        tenant: &TenantId,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let inner = self.lock()?;
+        let mut ids: Vec<TokenId> = inner
+            .records
+            .values()
+            .filter(|r| r.tenant == *tenant && after.is_none_or(|a| r.token_id > a))
+            .map(|r| r.token_id)
+            .collect();
+        ids.sort();
+        Ok(ids
+            .iter()
+            .take(limit)
+            .filter_map(|id| inner.stored(id))
+            .collect())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.lock().map(|_| ())
     }

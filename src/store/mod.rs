@@ -93,6 +93,23 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Every wrapped key of a tenant, ordered by purpose then version.
     async fn wrapped_keys(&self, tenant: &TenantId) -> Result<Vec<WrappedKeyRecord>, StoreError>;
 
+    /// Destroys every wrapped key of a tenant and returns how many there
+    /// were. The one deletion the store performs: crypto-shredding needs the
+    /// keys gone, not tombstoned (PCI DSS 3.7.5, DESIGN.md §3).
+    async fn destroy_wrapped_keys(&self, tenant: &TenantId) -> Result<usize, StoreError>;
+
+    /// Destroys one wrapped key; `NotFound` if absent.
+    async fn destroy_wrapped_key(&self, ctx: &KeyContext) -> Result<(), StoreError>;
+
+    /// Up to `limit` records of a tenant in token-id order, starting after
+    /// `after`. Pages through a tenant for re-encryption and key statistics.
+    async fn scan_tenant(
+        &self,
+        tenant: &TenantId,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError>;
+
     /// Checks the backend answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

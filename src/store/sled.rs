@@ -1,7 +1,8 @@
 //! The embedded store: sled, one node, the default for `serve --dev`.
 //!
 //! Trees: `records` (token id → record), `tombstones` (token id →
-//! tombstone), `fingerprints` (tenant ‖ 0 ‖ fingerprint → token id) and
+//! tombstone), `fingerprints` (tenant ‖ 0 ‖ fingerprint → token id),
+//! `tenant_records` (tenant ‖ 0 ‖ token id → empty, for paging a tenant) and
 //! `keys` (tenant ‖ 0 ‖ purpose ‖ version → wrapped key). Multi-tree checks
 //! and writes run in one sled transaction; every acknowledged write is
 //! flushed to disk (`flush_async`) before the method returns, and sled
@@ -28,6 +29,7 @@ pub struct SledStore {
     records: sled::Tree,
     tombstones: sled::Tree,
     fingerprints: sled::Tree,
+    tenant_records: sled::Tree,
     keys: sled::Tree,
 }
 
@@ -55,6 +57,7 @@ impl SledStore {
             records: tree("records")?,
             tombstones: tree("tombstones")?,
             fingerprints: tree("fingerprints")?,
+            tenant_records: tree("tenant_records")?,
             keys: tree("keys")?,
             db,
         })
@@ -88,8 +91,15 @@ impl Store for SledStore {
             .as_ref()
             .map(|fp| fingerprint_key(&record.tenant, fp));
         let bytes = record.encode();
-        (&self.records, &self.tombstones, &self.fingerprints)
-            .transaction(|(records, tombstones, fingerprints)| {
+        let mut tenant_key = tenant_prefix(&record.tenant);
+        tenant_key.extend_from_slice(id.as_bytes());
+        (
+            &self.records,
+            &self.tombstones,
+            &self.fingerprints,
+            &self.tenant_records,
+        )
+            .transaction(|(records, tombstones, fingerprints, tenant_records)| {
                 if records.get(id.as_bytes())?.is_some() {
                     return Err(abort(StoreError::AlreadyExists));
                 }
@@ -105,6 +115,7 @@ impl Store for SledStore {
                     fingerprints.insert(key.as_slice(), id.as_bytes())?;
                 }
                 records.insert(id.as_bytes(), bytes.as_slice())?;
+                tenant_records.insert(tenant_key.as_slice(), b"".as_slice())?;
                 Ok(())
             })
             .map_err(flatten)?;
@@ -181,6 +192,63 @@ impl Store for SledStore {
                 WrappedKeyRecord::decode(&v).map_err(StoreError::from)
             })
             .collect()
+    }
+
+    async fn destroy_wrapped_keys(&self, tenant: &TenantId) -> Result<usize, StoreError> {
+        let mut destroyed = 0;
+        for item in self.keys.scan_prefix(tenant_prefix(tenant)).keys() {
+            let key = item.map_err(unavailable)?;
+            if self.keys.remove(key).map_err(unavailable)?.is_some() {
+                destroyed += 1;
+            }
+        }
+        self.flush().await?;
+        Ok(destroyed)
+    }
+
+    async fn destroy_wrapped_key(&self, ctx: &KeyContext) -> Result<(), StoreError> {
+        let removed = self
+            .keys
+            .remove(WrappedKeyRecord::store_key(ctx))
+            .map_err(unavailable)?;
+        if removed.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        self.flush().await
+    }
+
+    async fn scan_tenant(
+        &self,
+        tenant: &TenantId,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let prefix = tenant_prefix(tenant);
+        let start = match after {
+            Some(id) => {
+                let mut k = prefix.clone();
+                k.extend_from_slice(id.as_bytes());
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.tenant_records.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(unavailable)?;
+            let Some(id_bytes) = key.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let id = TokenId::from_slice(id_bytes)
+                .ok_or_else(|| StoreError::Unavailable("corrupt tenant index".into()))?;
+            if let Some(stored) = self.stored(&id)? {
+                out.push(stored);
+            }
+        }
+        Ok(out)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

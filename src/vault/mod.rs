@@ -1,11 +1,15 @@
-//! Use cases: tokenize, detokenize, token info, delete. No wire types here.
+//! Use cases: tokenize, detokenize, token info, delete, and (in [`admin`])
+//! seal, unseal, key status, rotation and crypto-shredding. No wire types here.
 //!
 //! The caller (the gRPC service) has already authenticated the principal and
 //! checked its role; every method takes the principal's tenant and never
 //! reaches another tenant's records.
 
+pub mod admin;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
@@ -42,6 +46,9 @@ pub struct VaultPolicy {
     pub max_metadata_bytes: usize,
     /// Longest TTL accepted.
     pub max_ttl: Duration,
+    /// Cryptoperiod of a data key version: older active keys are flagged
+    /// overdue (PCI DSS 3.7.4).
+    pub data_key_max_age: Duration,
 }
 
 impl Default for VaultPolicy {
@@ -53,6 +60,7 @@ impl Default for VaultPolicy {
             max_metadata_entries: 16,
             max_metadata_bytes: 2048,
             max_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
+            data_key_max_age: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }
@@ -84,19 +92,25 @@ pub enum VaultError {
     Store(#[from] StoreError),
     /// The KMS failed.
     #[error(transparent)]
-    Kms(#[from] KmsError),
+    Kms(KmsError),
     /// A record failed to open (tampered or wrong key): the opaque error.
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
     /// A record names a key the tenant does not have.
     #[error("record key missing")]
     MissingKey,
+    /// The vault is sealed: it serves only health, GetStatus and Unseal.
+    #[error("the vault is sealed")]
+    Sealed,
+    /// An admin action cannot run in the current state.
+    #[error("{0}")]
+    Precondition(String),
 }
 
 impl From<KeyringError> for VaultError {
     fn from(e: KeyringError) -> Self {
         match e {
-            KeyringError::Kms(e) => Self::Kms(e),
+            KeyringError::Kms(e) => e.into(),
             KeyringError::Store(e) => Self::Store(e),
             KeyringError::MissingKey => Self::MissingKey,
         }
@@ -162,9 +176,11 @@ pub type TokenInfo = PublicFacts;
 #[derive(Debug)]
 pub struct Vault {
     store: Arc<dyn Store>,
+    kms: Arc<dyn Kms>,
     keys: Keyring,
     clock: Arc<dyn Clock>,
     policy: VaultPolicy,
+    sealed: AtomicBool,
 }
 
 /// The plaintext sealed in each record: `u8 len ‖ PAN digits ‖ token digits`.
@@ -202,11 +218,27 @@ impl Vault {
         clock: Arc<dyn Clock>,
         policy: VaultPolicy,
     ) -> Self {
+        let sealed = kms.unseal_progress().is_some_and(|p| p.sealed);
         Self {
-            keys: Keyring::new(kms, Arc::clone(&store), Arc::clone(&clock)),
+            keys: Keyring::new(Arc::clone(&kms), Arc::clone(&store), Arc::clone(&clock)),
+            kms,
             store,
             clock,
             policy,
+            sealed: AtomicBool::new(sealed),
+        }
+    }
+
+    /// Whether the vault is sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::SeqCst)
+    }
+
+    fn ensure_unsealed(&self) -> Result<(), VaultError> {
+        if self.is_sealed() {
+            Err(VaultError::Sealed)
+        } else {
+            Ok(())
         }
     }
 
@@ -291,6 +323,7 @@ impl Vault {
         tenant: &TenantId,
         cmd: TokenizeCommand,
     ) -> Result<Tokenized, VaultError> {
+        self.ensure_unsealed()?;
         let format = self.resolve_format(cmd.format)?;
         self.check_metadata(&cmd.metadata)?;
         let now = self.clock.now_ms();
@@ -437,6 +470,7 @@ impl Vault {
         tenant: &TenantId,
         token: &Token,
     ) -> Result<(StoredRecord, Arc<TenantKeys>), VaultError> {
+        self.ensure_unsealed()?;
         let keys = self
             .keys
             .tenant_keys(tenant, false)

@@ -29,14 +29,30 @@ impl Server {
     /// Starts the binary on `data_dir`, appending its stderr to `log`, and
     /// waits for the readiness line.
     pub fn start(data_dir: &Path, log: &Path) -> Self {
+        let dir = data_dir.to_str().unwrap();
+        Self::start_with(
+            &[
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                dir,
+            ],
+            data_dir,
+            log,
+        )
+    }
+
+    /// Starts the binary with `args` (a `serve` command line).
+    pub fn start_with(args: &[&str], data_dir: &Path, log: &Path) -> Self {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+            .args(args)
             .env("RUST_LOG", "info,tessera=trace")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))

@@ -251,6 +251,51 @@ pub async fn wrapped_keys_append_only_and_listed_per_tenant(f: &dyn Factory) {
     );
 }
 
+pub async fn scan_tenant_pages_in_order_and_stays_in_tenant(f: &dyn Factory) {
+    let store = f.make();
+    for id in [5u8, 1, 9, 3, 7] {
+        store.append(record(id, "a", None)).await.unwrap();
+    }
+    store.append(record(4, "ab", None)).await.unwrap();
+    store.append(record(2, "b", None)).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.scan_tenant(&tenant("a"), after, 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2);
+        after = page.last().map(|s| s.record.token_id);
+        seen.extend(page.into_iter().map(|s| s.record.token_id.as_bytes()[0]));
+    }
+    assert_eq!(seen, vec![1, 3, 5, 7, 9]);
+}
+
+pub async fn destroying_keys_is_per_tenant(f: &dyn Factory) {
+    let store = f.make();
+    for k in [
+        key("a", KeyPurpose::Data, 1),
+        key("a", KeyPurpose::Index, 1),
+        key("ab", KeyPurpose::Data, 1),
+    ] {
+        store.put_wrapped_key(k).await.unwrap();
+    }
+    store
+        .destroy_wrapped_key(&key("a", KeyPurpose::Data, 1).context)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .destroy_wrapped_key(&key("a", KeyPurpose::Data, 1).context)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.destroy_wrapped_keys(&tenant("a")).await.unwrap(), 1);
+    assert!(store.wrapped_keys(&tenant("a")).await.unwrap().is_empty());
+    assert_eq!(store.wrapped_keys(&tenant("ab")).await.unwrap().len(), 1);
+}
+
 /// Runs every case against fresh stores from `f`.
 pub async fn run_all(f: &dyn Factory) {
     append_then_get(f).await;
@@ -260,4 +305,6 @@ pub async fn run_all(f: &dyn Factory) {
     concurrent_tombstones_exactly_one_wins(f).await;
     concurrent_appends_one_fingerprint_one_winner(f).await;
     wrapped_keys_append_only_and_listed_per_tenant(f).await;
+    scan_tenant_pages_in_order_and_stays_in_tenant(f).await;
+    destroying_keys_is_per_tenant(f).await;
 }

@@ -1006,3 +1006,1236 @@ pub mod tokenizer_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// Ask for the vault's key status.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetStatusRequest {
+    /// Tenant whose data keys to list; empty = the caller's.
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+}
+/// One data key version.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DataKeyStatus {
+    /// Version number, from 1.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// Life-cycle state.
+    #[prost(enumeration = "KeyState", tag = "2")]
+    pub state: i32,
+    /// When it was generated.
+    #[prost(message, optional, tag = "3")]
+    pub created_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// Records whose newest sealed version uses this key.
+    #[prost(uint64, tag = "4")]
+    pub record_count: u64,
+    /// Older than the configured cryptoperiod (PCI DSS 3.7.4).
+    #[prost(bool, tag = "5")]
+    pub overdue: bool,
+    /// Which master key wraps it.
+    #[prost(string, tag = "6")]
+    pub master_key_id: ::prost::alloc::string::String,
+}
+/// The vault's key status.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetStatusResponse {
+    /// Whether the vault is sealed.
+    #[prost(bool, tag = "1")]
+    pub sealed: bool,
+    /// KMS backend name: dev, shamir, pkcs11 or aws-kms.
+    #[prost(string, tag = "2")]
+    pub kms_backend: ::prost::alloc::string::String,
+    /// The master key currently wrapping new data keys (empty while sealed).
+    #[prost(string, tag = "3")]
+    pub master_key_id: ::prost::alloc::string::String,
+    /// Shares received so far while sealed (Shamir).
+    #[prost(uint32, tag = "4")]
+    pub unseal_shares_received: u32,
+    /// Shares needed to unseal (Shamir; 0 for other backends).
+    #[prost(uint32, tag = "5")]
+    pub unseal_threshold: u32,
+    /// The tenant the data keys below belong to.
+    #[prost(string, tag = "6")]
+    pub tenant: ::prost::alloc::string::String,
+    /// Its data key versions, oldest first.
+    #[prost(message, repeated, tag = "7")]
+    pub data_keys: ::prost::alloc::vec::Vec<DataKeyStatus>,
+    /// Maximum age of a data key version before it is overdue, in seconds.
+    #[prost(uint64, tag = "8")]
+    pub data_key_max_age_seconds: u64,
+}
+/// One unseal share.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnsealRequest {
+    /// The share file's contents, as written by `tessera init`.
+    #[prost(bytes = "vec", tag = "1")]
+    pub share: ::prost::alloc::vec::Vec<u8>,
+}
+/// Progress of an unseal.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnsealResponse {
+    /// Whether the vault is still sealed.
+    #[prost(bool, tag = "1")]
+    pub sealed: bool,
+    /// Distinct shares received so far.
+    #[prost(uint32, tag = "2")]
+    pub shares_received: u32,
+    /// Shares needed.
+    #[prost(uint32, tag = "3")]
+    pub threshold: u32,
+}
+/// Seal the vault.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SealRequest {}
+/// The vault is sealed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SealResponse {}
+/// Rotate a tenant's data key.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateDataKeyRequest {
+    /// Tenant; empty = the caller's.
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+}
+/// The new data key version.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateDataKeyResponse {
+    /// The version now sealing new records.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+}
+/// Rotate the master key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateMasterKeyRequest {}
+/// Outcome of a master key rotation.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateMasterKeyResponse {
+    /// The new master key.
+    #[prost(string, tag = "1")]
+    pub master_key_id: ::prost::alloc::string::String,
+    /// Wrapped keys rewrapped under it.
+    #[prost(uint32, tag = "2")]
+    pub rewrapped: u32,
+}
+/// Re-encrypt a tenant's records under its newest data key.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReencryptRequest {
+    /// Tenant; empty = the caller's.
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+}
+/// Progress of a re-encryption.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReencryptResponse {
+    /// Records examined so far, including ones already current.
+    #[prost(uint64, tag = "1")]
+    pub done: u64,
+    /// Records of the tenant when the job started.
+    #[prost(uint64, tag = "2")]
+    pub total: u64,
+    /// Records rewritten so far.
+    #[prost(uint64, tag = "3")]
+    pub rewritten: u64,
+    /// The data key version records are moved to.
+    #[prost(uint32, tag = "4")]
+    pub target_version: u32,
+    /// True on the last message.
+    #[prost(bool, tag = "5")]
+    pub finished: bool,
+}
+/// Destroy a data key version.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RetireDataKeyRequest {
+    /// Tenant; empty = the caller's.
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+    /// The version to destroy; refused while any record still uses it.
+    #[prost(uint32, tag = "2")]
+    pub version: u32,
+}
+/// The version is destroyed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RetireDataKeyResponse {}
+/// Crypto-shred a tenant.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ShredTenantRequest {
+    /// Tenant; empty = the caller's.
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+}
+/// Outcome of a shred.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ShredTenantResponse {
+    /// Wrapped keys destroyed.
+    #[prost(uint32, tag = "1")]
+    pub keys_destroyed: u32,
+}
+/// List pending approvals.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListApprovalsRequest {}
+/// A pending destructive action.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Approval {
+    /// Identifier to approve.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// The action, for example "ShredTenant".
+    #[prost(string, tag = "2")]
+    pub action: ::prost::alloc::string::String,
+    /// Who asked for it.
+    #[prost(string, tag = "3")]
+    pub requested_by: ::prost::alloc::string::String,
+    /// When it expires.
+    #[prost(message, optional, tag = "4")]
+    pub expires_at: ::core::option::Option<::prost_types::Timestamp>,
+}
+/// Pending approvals.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListApprovalsResponse {
+    /// Pending approvals, oldest first.
+    #[prost(message, repeated, tag = "1")]
+    pub approvals: ::prost::alloc::vec::Vec<Approval>,
+}
+/// Approve a pending action.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ApproveRequest {
+    /// The approval's id.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+}
+/// The action was approved (and has run).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ApproveResponse {}
+/// Life-cycle state of a data key version (PCI DSS 3.7.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum KeyState {
+    /// Not set.
+    Unspecified = 0,
+    /// Seals new records.
+    Active = 1,
+    /// Opens existing records only.
+    DecryptOnly = 2,
+    /// Destroyed: records under it can never be opened.
+    Destroyed = 3,
+}
+impl KeyState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "KEY_STATE_UNSPECIFIED",
+            Self::Active => "KEY_STATE_ACTIVE",
+            Self::DecryptOnly => "KEY_STATE_DECRYPT_ONLY",
+            Self::Destroyed => "KEY_STATE_DESTROYED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "KEY_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "KEY_STATE_ACTIVE" => Some(Self::Active),
+            "KEY_STATE_DECRYPT_ONLY" => Some(Self::DecryptOnly),
+            "KEY_STATE_DESTROYED" => Some(Self::Destroyed),
+            _ => None,
+        }
+    }
+}
+/// Generated client implementations.
+pub mod key_admin_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Seal state, unseal, and the key hierarchy's life cycle.
+    #[derive(Debug, Clone)]
+    pub struct KeyAdminClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl KeyAdminClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> KeyAdminClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> KeyAdminClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            KeyAdminClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Seal state, KMS backend, master key, and each data key version.
+        /// Answers while sealed.
+        pub async fn get_status(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetStatusRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetStatusResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/GetStatus",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "GetStatus"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Submits one unseal share (Shamir backend). Answers while sealed.
+        pub async fn unseal(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UnsealRequest>,
+        ) -> std::result::Result<tonic::Response<super::UnsealResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/Unseal",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "Unseal"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Drops every key from memory at once; the vault then serves only health,
+        /// GetStatus and Unseal.
+        pub async fn seal(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SealRequest>,
+        ) -> std::result::Result<tonic::Response<super::SealResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/tessera.v1.KeyAdmin/Seal");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tessera.v1.KeyAdmin", "Seal"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Creates a new data key version for a tenant; new records use it, old
+        /// records still open.
+        pub async fn rotate_data_key(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RotateDataKeyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RotateDataKeyResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/RotateDataKey",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "RotateDataKey"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Rewraps every data key under a new master key version; no record is
+        /// touched.
+        pub async fn rotate_master_key(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RotateMasterKeyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RotateMasterKeyResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/RotateMasterKey",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "RotateMasterKey"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Rewrites every record of a tenant under its newest data key, streaming
+        /// progress. Resumable: a restart continues where it stopped.
+        pub async fn reencrypt(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReencryptRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ReencryptResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/Reencrypt",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "Reencrypt"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Destroys a data key version no live record uses any more.
+        pub async fn retire_data_key(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RetireDataKeyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RetireDataKeyResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/RetireDataKey",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "RetireDataKey"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Destroys every key of a tenant: its tokens become permanently
+        /// unreadable (crypto-shredding).
+        pub async fn shred_tenant(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ShredTenantRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ShredTenantResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/ShredTenant",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "ShredTenant"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Pending dual-control approvals.
+        pub async fn list_approvals(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListApprovalsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListApprovalsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/ListApprovals",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "ListApprovals"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Approves a pending destructive action (a second, distinct admin).
+        pub async fn approve(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ApproveRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ApproveResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/Approve",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "Approve"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod key_admin_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with KeyAdminServer.
+    #[async_trait]
+    pub trait KeyAdmin: std::marker::Send + std::marker::Sync + 'static {
+        /// Seal state, KMS backend, master key, and each data key version.
+        /// Answers while sealed.
+        async fn get_status(
+            &self,
+            request: tonic::Request<super::GetStatusRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetStatusResponse>,
+            tonic::Status,
+        >;
+        /// Submits one unseal share (Shamir backend). Answers while sealed.
+        async fn unseal(
+            &self,
+            request: tonic::Request<super::UnsealRequest>,
+        ) -> std::result::Result<tonic::Response<super::UnsealResponse>, tonic::Status>;
+        /// Drops every key from memory at once; the vault then serves only health,
+        /// GetStatus and Unseal.
+        async fn seal(
+            &self,
+            request: tonic::Request<super::SealRequest>,
+        ) -> std::result::Result<tonic::Response<super::SealResponse>, tonic::Status>;
+        /// Creates a new data key version for a tenant; new records use it, old
+        /// records still open.
+        async fn rotate_data_key(
+            &self,
+            request: tonic::Request<super::RotateDataKeyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RotateDataKeyResponse>,
+            tonic::Status,
+        >;
+        /// Rewraps every data key under a new master key version; no record is
+        /// touched.
+        async fn rotate_master_key(
+            &self,
+            request: tonic::Request<super::RotateMasterKeyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RotateMasterKeyResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the Reencrypt method.
+        type ReencryptStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ReencryptResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Rewrites every record of a tenant under its newest data key, streaming
+        /// progress. Resumable: a restart continues where it stopped.
+        async fn reencrypt(
+            &self,
+            request: tonic::Request<super::ReencryptRequest>,
+        ) -> std::result::Result<tonic::Response<Self::ReencryptStream>, tonic::Status>;
+        /// Destroys a data key version no live record uses any more.
+        async fn retire_data_key(
+            &self,
+            request: tonic::Request<super::RetireDataKeyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RetireDataKeyResponse>,
+            tonic::Status,
+        >;
+        /// Destroys every key of a tenant: its tokens become permanently
+        /// unreadable (crypto-shredding).
+        async fn shred_tenant(
+            &self,
+            request: tonic::Request<super::ShredTenantRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ShredTenantResponse>,
+            tonic::Status,
+        >;
+        /// Pending dual-control approvals.
+        async fn list_approvals(
+            &self,
+            request: tonic::Request<super::ListApprovalsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListApprovalsResponse>,
+            tonic::Status,
+        >;
+        /// Approves a pending destructive action (a second, distinct admin).
+        async fn approve(
+            &self,
+            request: tonic::Request<super::ApproveRequest>,
+        ) -> std::result::Result<tonic::Response<super::ApproveResponse>, tonic::Status>;
+    }
+    /// Seal state, unseal, and the key hierarchy's life cycle.
+    #[derive(Debug)]
+    pub struct KeyAdminServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> KeyAdminServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for KeyAdminServer<T>
+    where
+        T: KeyAdmin,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/tessera.v1.KeyAdmin/GetStatus" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetStatusSvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<
+                        T: KeyAdmin,
+                    > tonic::server::UnaryService<super::GetStatusRequest>
+                    for GetStatusSvc<T> {
+                        type Response = super::GetStatusResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetStatusRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::get_status(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetStatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/Unseal" => {
+                    #[allow(non_camel_case_types)]
+                    struct UnsealSvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<T: KeyAdmin> tonic::server::UnaryService<super::UnsealRequest>
+                    for UnsealSvc<T> {
+                        type Response = super::UnsealResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UnsealRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::unseal(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UnsealSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/Seal" => {
+                    #[allow(non_camel_case_types)]
+                    struct SealSvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<T: KeyAdmin> tonic::server::UnaryService<super::SealRequest>
+                    for SealSvc<T> {
+                        type Response = super::SealResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SealRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::seal(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SealSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/RotateDataKey" => {
+                    #[allow(non_camel_case_types)]
+                    struct RotateDataKeySvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<
+                        T: KeyAdmin,
+                    > tonic::server::UnaryService<super::RotateDataKeyRequest>
+                    for RotateDataKeySvc<T> {
+                        type Response = super::RotateDataKeyResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RotateDataKeyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::rotate_data_key(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RotateDataKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/RotateMasterKey" => {
+                    #[allow(non_camel_case_types)]
+                    struct RotateMasterKeySvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<
+                        T: KeyAdmin,
+                    > tonic::server::UnaryService<super::RotateMasterKeyRequest>
+                    for RotateMasterKeySvc<T> {
+                        type Response = super::RotateMasterKeyResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RotateMasterKeyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::rotate_master_key(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RotateMasterKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/Reencrypt" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReencryptSvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<
+                        T: KeyAdmin,
+                    > tonic::server::ServerStreamingService<super::ReencryptRequest>
+                    for ReencryptSvc<T> {
+                        type Response = super::ReencryptResponse;
+                        type ResponseStream = T::ReencryptStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReencryptRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::reencrypt(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReencryptSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/RetireDataKey" => {
+                    #[allow(non_camel_case_types)]
+                    struct RetireDataKeySvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<
+                        T: KeyAdmin,
+                    > tonic::server::UnaryService<super::RetireDataKeyRequest>
+                    for RetireDataKeySvc<T> {
+                        type Response = super::RetireDataKeyResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RetireDataKeyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::retire_data_key(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RetireDataKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/ShredTenant" => {
+                    #[allow(non_camel_case_types)]
+                    struct ShredTenantSvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<
+                        T: KeyAdmin,
+                    > tonic::server::UnaryService<super::ShredTenantRequest>
+                    for ShredTenantSvc<T> {
+                        type Response = super::ShredTenantResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ShredTenantRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::shred_tenant(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ShredTenantSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/ListApprovals" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListApprovalsSvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<
+                        T: KeyAdmin,
+                    > tonic::server::UnaryService<super::ListApprovalsRequest>
+                    for ListApprovalsSvc<T> {
+                        type Response = super::ListApprovalsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListApprovalsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::list_approvals(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListApprovalsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/Approve" => {
+                    #[allow(non_camel_case_types)]
+                    struct ApproveSvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<T: KeyAdmin> tonic::server::UnaryService<super::ApproveRequest>
+                    for ApproveSvc<T> {
+                        type Response = super::ApproveResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ApproveRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::approve(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ApproveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for KeyAdminServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "tessera.v1.KeyAdmin";
+    impl<T> tonic::server::NamedService for KeyAdminServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}

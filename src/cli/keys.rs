@@ -1,0 +1,222 @@
+//! Key administration commands: `unseal`, `seal`, `keys status|rotate|retire|shred`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::cli::client::{Bearer, Connection, emit, fail, fail_status};
+use crate::proto::v1;
+use crate::proto::v1::key_admin_client::KeyAdminClient;
+
+type Client = KeyAdminClient<InterceptedService<Channel, Bearer>>;
+
+/// `tessera unseal`.
+#[derive(Debug, Args)]
+pub struct UnsealArgs {
+    /// The share file written by `tessera init`.
+    #[arg(long)]
+    pub share_file: Option<PathBuf>,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// `tessera seal`.
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// `tessera keys …`.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: KeysCommand,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// Key subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Seal state, master key and data key versions.
+    Status,
+    /// New data key version for the caller's tenant.
+    Rotate,
+    /// Destroy a data key version no record uses.
+    Retire {
+        /// The version.
+        #[arg(long)]
+        version: u32,
+    },
+    /// Destroy every key of the caller's tenant (crypto-shredding).
+    Shred {
+        /// Confirms that every token of the tenant becomes unreadable forever.
+        #[arg(long)]
+        yes_destroy_all_tokens: bool,
+    },
+}
+
+async fn connect(conn: &Connection) -> Result<Client, ExitCode> {
+    let channel = crate::cli::client::channel(conn)
+        .await
+        .map_err(|e| fail(&e))?;
+    let bearer = Bearer::new(&conn.api_key)
+        .ok_or_else(|| fail("the API key is not a valid header value"))?;
+    Ok(KeyAdminClient::with_interceptor(channel, bearer))
+}
+
+/// `tessera unseal`.
+pub async fn unseal(args: UnsealArgs) -> ExitCode {
+    let share = match &args.share_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => return fail(&format!("cannot read {}: {e}", path.display())),
+        },
+        None => Vec::new(),
+    };
+    let mut client = match connect(&args.conn).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match client.unseal(v1::UnsealRequest { share }).await {
+        Ok(resp) => {
+            let r = resp.into_inner();
+            let text = if r.sealed {
+                format!(
+                    "sealed: {} of {} shares received",
+                    r.shares_received, r.threshold
+                )
+            } else {
+                "unsealed".to_owned()
+            };
+            let value = serde_json::json!({
+                "sealed": r.sealed, "shares_received": r.shares_received, "threshold": r.threshold,
+            });
+            emit(args.conn.json, &value, &text)
+        }
+        Err(status) => fail_status(&status),
+    }
+}
+
+/// `tessera seal`.
+pub async fn seal(args: SealArgs) -> ExitCode {
+    let mut client = match connect(&args.conn).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match client.seal(v1::SealRequest {}).await {
+        Ok(_) => emit(
+            args.conn.json,
+            &serde_json::json!({ "sealed": true }),
+            "sealed",
+        ),
+        Err(status) => fail_status(&status),
+    }
+}
+
+/// `tessera keys …`.
+pub async fn keys(args: KeysArgs) -> ExitCode {
+    let mut client = match connect(&args.conn).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let json = args.conn.json;
+    match args.command {
+        KeysCommand::Status => match client.get_status(v1::GetStatusRequest::default()).await {
+            Ok(resp) => {
+                let s = resp.into_inner();
+                let keys: Vec<serde_json::Value> = s
+                    .data_keys
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({
+                            "version": k.version,
+                            "state": v1::KeyState::try_from(k.state).map(|s| s.as_str_name()).unwrap_or("UNKNOWN"),
+                            "created_at": k.created_at.as_ref().map(ToString::to_string),
+                            "record_count": k.record_count,
+                            "overdue": k.overdue,
+                        })
+                    })
+                    .collect();
+                let value = serde_json::json!({
+                    "sealed": s.sealed, "kms_backend": s.kms_backend, "master_key_id": s.master_key_id,
+                    "unseal_shares_received": s.unseal_shares_received, "unseal_threshold": s.unseal_threshold,
+                    "tenant": s.tenant, "data_keys": keys,
+                });
+                let mut text = format!(
+                    "sealed:     {}\nkms:        {}\nmaster key: {}\ntenant:     {}",
+                    s.sealed, s.kms_backend, s.master_key_id, s.tenant
+                );
+                for k in &keys {
+                    text.push_str(&format!(
+                        "\n  DEK v{}  {}  records={}  overdue={}",
+                        k["version"],
+                        k["state"].as_str().unwrap_or(""),
+                        k["record_count"],
+                        k["overdue"]
+                    ));
+                }
+                emit(json, &value, &text)
+            }
+            Err(status) => fail_status(&status),
+        },
+        KeysCommand::Rotate => match client
+            .rotate_data_key(v1::RotateDataKeyRequest::default())
+            .await
+        {
+            Ok(resp) => {
+                let v = resp.into_inner().version;
+                emit(
+                    json,
+                    &serde_json::json!({ "version": v }),
+                    &format!("data key version {v} is active"),
+                )
+            }
+            Err(status) => fail_status(&status),
+        },
+        KeysCommand::Retire { version } => {
+            match client
+                .retire_data_key(v1::RetireDataKeyRequest {
+                    tenant: String::new(),
+                    version,
+                })
+                .await
+            {
+                Ok(_) => emit(
+                    json,
+                    &serde_json::json!({ "destroyed": version }),
+                    &format!("data key version {version} destroyed"),
+                ),
+                Err(status) => fail_status(&status),
+            }
+        }
+        KeysCommand::Shred {
+            yes_destroy_all_tokens,
+        } => {
+            if !yes_destroy_all_tokens {
+                return fail(
+                    "shredding makes every token of the tenant unreadable forever; pass --yes-destroy-all-tokens",
+                );
+            }
+            match client.shred_tenant(v1::ShredTenantRequest::default()).await {
+                Ok(resp) => {
+                    let n = resp.into_inner().keys_destroyed;
+                    emit(
+                        json,
+                        &serde_json::json!({ "keys_destroyed": n }),
+                        &format!("{n} keys destroyed"),
+                    )
+                }
+                Err(status) => fail_status(&status),
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! `tessera.v1.KeyAdmin`: seal state and the key life cycle. Every RPC needs
+//! the `admin` role; all but GetStatus and Unseal refuse while sealed.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::domain::{Principal, Role, TenantId};
+use crate::proto::v1;
+use crate::proto::v1::key_admin_server::KeyAdmin;
+use crate::service::{Authenticator, log_outcome, status};
+use crate::vault::Vault;
+use crate::vault::admin::KeyState;
+
+/// Implements `tessera.v1.KeyAdmin`.
+#[derive(Debug, Clone)]
+pub struct KeyAdminService {
+    vault: Arc<Vault>,
+    auth: Arc<Authenticator>,
+}
+
+impl KeyAdminService {
+    /// A service over a vault and an authenticator.
+    pub fn new(vault: Arc<Vault>, auth: Arc<Authenticator>) -> Self {
+        Self { vault, auth }
+    }
+
+    fn admin<T>(&self, request: &Request<T>, allow_sealed: bool) -> Result<Principal, Status> {
+        let principal = self.auth.authorize(request.metadata(), Role::Admin)?;
+        if !allow_sealed && self.vault.is_sealed() {
+            return Err(Status::unavailable("the vault is sealed"));
+        }
+        Ok(principal)
+    }
+}
+
+/// The tenant a request names: empty means the caller's own. Admins act on
+/// their own tenant only.
+fn target_tenant(principal: &Principal, requested: &str) -> Result<TenantId, Status> {
+    if requested.is_empty() || requested == principal.tenant.as_str() {
+        Ok(principal.tenant.clone())
+    } else {
+        Err(Status::permission_denied(
+            "admins act on their own tenant only",
+        ))
+    }
+}
+
+fn timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+type ReencryptStream = Pin<Box<dyn Stream<Item = Result<v1::ReencryptResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl KeyAdmin for KeyAdminService {
+    #[instrument(skip_all, name = "GetStatus", fields(principal, tenant))]
+    async fn get_status(
+        &self,
+        request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::GetStatusResponse>, Status> {
+        let principal = self.admin(&request, true)?;
+        let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+        let result = self
+            .vault
+            .key_status(&tenant)
+            .await
+            .map_err(|e| status::from_vault(&e));
+        log_outcome(&result);
+        let s = result?;
+        let unseal = s.unseal.unwrap_or(crate::kms::UnsealProgress {
+            sealed: s.sealed,
+            received: 0,
+            threshold: 0,
+        });
+        Ok(Response::new(v1::GetStatusResponse {
+            sealed: s.sealed,
+            kms_backend: s.kms_backend.to_owned(),
+            master_key_id: s.master_key_id.unwrap_or_default(),
+            unseal_shares_received: unseal.received,
+            unseal_threshold: unseal.threshold,
+            tenant: s.tenant.as_str().to_owned(),
+            data_keys: s
+                .data_keys
+                .into_iter()
+                .map(|k| v1::DataKeyStatus {
+                    version: k.version,
+                    state: match k.state {
+                        KeyState::Active => v1::KeyState::Active,
+                        KeyState::DecryptOnly => v1::KeyState::DecryptOnly,
+                        KeyState::Destroyed => v1::KeyState::Destroyed,
+                    }
+                    .into(),
+                    created_at: k.created_at_ms.map(timestamp),
+                    record_count: k.record_count,
+                    overdue: k.overdue,
+                    master_key_id: k.master_key_id,
+                })
+                .collect(),
+            data_key_max_age_seconds: self.vault.policy().data_key_max_age.as_secs(),
+        }))
+    }
+
+    #[instrument(skip_all, name = "Unseal", fields(principal, tenant))]
+    async fn unseal(
+        &self,
+        request: Request<v1::UnsealRequest>,
+    ) -> Result<Response<v1::UnsealResponse>, Status> {
+        let principal = self.admin(&request, true)?;
+        let result = self
+            .vault
+            .unseal(&principal.name, &request.get_ref().share)
+            .await
+            .map_err(|e| status::from_vault(&e));
+        log_outcome(&result);
+        let p = result?;
+        Ok(Response::new(v1::UnsealResponse {
+            sealed: p.sealed,
+            shares_received: p.received,
+            threshold: p.threshold,
+        }))
+    }
+
+    #[instrument(skip_all, name = "Seal", fields(principal, tenant))]
+    async fn seal(
+        &self,
+        request: Request<v1::SealRequest>,
+    ) -> Result<Response<v1::SealResponse>, Status> {
+        // Sealing is the emergency brake: allowed even when already sealed.
+        self.admin(&request, true)?;
+        self.vault.seal();
+        tracing::info!(outcome = "ok");
+        Ok(Response::new(v1::SealResponse {}))
+    }
+
+    #[instrument(skip_all, name = "RotateDataKey", fields(principal, tenant))]
+    async fn rotate_data_key(
+        &self,
+        request: Request<v1::RotateDataKeyRequest>,
+    ) -> Result<Response<v1::RotateDataKeyResponse>, Status> {
+        let principal = self.admin(&request, false)?;
+        let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+        let result = self
+            .vault
+            .rotate_data_key(&tenant)
+            .await
+            .map_err(|e| status::from_vault(&e));
+        log_outcome(&result);
+        Ok(Response::new(v1::RotateDataKeyResponse {
+            version: result?,
+        }))
+    }
+
+    #[instrument(skip_all, name = "RotateMasterKey", fields(principal, tenant))]
+    async fn rotate_master_key(
+        &self,
+        request: Request<v1::RotateMasterKeyRequest>,
+    ) -> Result<Response<v1::RotateMasterKeyResponse>, Status> {
+        self.admin(&request, false)?;
+        Err(Status::unimplemented(
+            "master key rotation is not available in this release",
+        ))
+    }
+
+    type ReencryptStream = ReencryptStream;
+
+    #[instrument(skip_all, name = "Reencrypt", fields(principal, tenant))]
+    async fn reencrypt(
+        &self,
+        request: Request<v1::ReencryptRequest>,
+    ) -> Result<Response<Self::ReencryptStream>, Status> {
+        self.admin(&request, false)?;
+        Err(Status::unimplemented(
+            "re-encryption is not available in this release",
+        ))
+    }
+
+    #[instrument(skip_all, name = "RetireDataKey", fields(principal, tenant))]
+    async fn retire_data_key(
+        &self,
+        request: Request<v1::RetireDataKeyRequest>,
+    ) -> Result<Response<v1::RetireDataKeyResponse>, Status> {
+        let principal = self.admin(&request, false)?;
+        let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+        let result = self
+            .vault
+            .retire_data_key(&tenant, request.get_ref().version)
+            .await
+            .map_err(|e| status::from_vault(&e));
+        log_outcome(&result);
+        result.map(|()| Response::new(v1::RetireDataKeyResponse {}))
+    }
+
+    #[instrument(skip_all, name = "ShredTenant", fields(principal, tenant))]
+    async fn shred_tenant(
+        &self,
+        request: Request<v1::ShredTenantRequest>,
+    ) -> Result<Response<v1::ShredTenantResponse>, Status> {
+        let principal = self.admin(&request, false)?;
+        let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+        let result = self
+            .vault
+            .shred_tenant(&tenant)
+            .await
+            .map_err(|e| status::from_vault(&e));
+        log_outcome(&result);
+        let destroyed = result?;
+        Ok(Response::new(v1::ShredTenantResponse {
+            keys_destroyed: u32::try_from(destroyed).unwrap_or(u32::MAX),
+        }))
+    }
+
+    #[instrument(skip_all, name = "ListApprovals", fields(principal, tenant))]
+    async fn list_approvals(
+        &self,
+        request: Request<v1::ListApprovalsRequest>,
+    ) -> Result<Response<v1::ListApprovalsResponse>, Status> {
+        self.admin(&request, false)?;
+        // No action requires a second approver yet, so none is ever pending.
+        Ok(Response::new(v1::ListApprovalsResponse {
+            approvals: Vec::new(),
+        }))
+    }
+
+    #[instrument(skip_all, name = "Approve", fields(principal, tenant))]
+    async fn approve(
+        &self,
+        request: Request<v1::ApproveRequest>,
+    ) -> Result<Response<v1::ApproveResponse>, Status> {
+        self.admin(&request, false)?;
+        Err(Status::not_found("no pending approval has this id"))
+    }
+}

@@ -1,0 +1,223 @@
+//! Key administration use cases: seal, unseal, status, DEK rotation and
+//! retirement, crypto-shredding. The caller has checked the `admin` role.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use crate::domain::TenantId;
+use crate::envelope;
+use crate::kms::{KeyContext, KeyPurpose, KmsError, UnsealProgress};
+use crate::vault::{Vault, VaultError};
+
+/// Records read per store page when walking a tenant.
+const SCAN_PAGE: usize = 1000;
+
+/// Life-cycle state of a data key version (PCI DSS 3.7.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Seals new records.
+    Active,
+    /// Opens existing records only.
+    DecryptOnly,
+    /// Destroyed: its records can never be opened.
+    Destroyed,
+}
+
+/// One data key version as GetStatus reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataKeyInfo {
+    /// Version.
+    pub version: u32,
+    /// State.
+    pub state: KeyState,
+    /// Creation time (ms since the epoch); `None` once destroyed.
+    pub created_at_ms: Option<u64>,
+    /// Live and dead records whose sealed PAN uses this version.
+    pub record_count: u64,
+    /// Active and older than the cryptoperiod.
+    pub overdue: bool,
+    /// The master key wrapping it; empty once destroyed.
+    pub master_key_id: String,
+}
+
+/// The vault's key status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// Sealed?
+    pub sealed: bool,
+    /// KMS backend name.
+    pub kms_backend: &'static str,
+    /// Current master key id (`None` while sealed).
+    pub master_key_id: Option<String>,
+    /// Shamir unseal progress.
+    pub unseal: Option<UnsealProgress>,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Its data keys, oldest first (empty while sealed).
+    pub data_keys: Vec<DataKeyInfo>,
+}
+
+impl Vault {
+    /// Seals the vault: every cached key is dropped and the KMS forgets its
+    /// master key (where it holds one in memory).
+    pub fn seal(&self) {
+        self.sealed.store(true, Ordering::SeqCst);
+        self.keys.clear();
+        self.kms.seal();
+        tracing::warn!(event = "sealed", "vault sealed; keys dropped from memory");
+    }
+
+    /// Offers an unseal share (Shamir) or, for backends not sealed by
+    /// shares, reopens a vault an admin sealed.
+    pub async fn unseal(&self, holder: &str, share: &[u8]) -> Result<UnsealProgress, VaultError> {
+        let progress = match self.kms.unseal_progress() {
+            Some(_) => self.kms.submit_share(holder, share).await?,
+            None => UnsealProgress {
+                sealed: false,
+                received: 0,
+                threshold: 0,
+            },
+        };
+        if !progress.sealed && self.sealed.swap(false, Ordering::SeqCst) {
+            tracing::warn!(event = "unsealed", "vault unsealed");
+        }
+        Ok(progress)
+    }
+
+    /// Key status of `tenant`. Answers while sealed (without key details).
+    pub async fn key_status(&self, tenant: &TenantId) -> Result<KeyStatus, VaultError> {
+        let sealed = self.is_sealed();
+        let data_keys = if sealed {
+            Vec::new()
+        } else {
+            self.data_key_infos(tenant).await?
+        };
+        Ok(KeyStatus {
+            sealed,
+            kms_backend: self.kms.backend_name(),
+            master_key_id: self.kms.master_key_id().map(|k| k.as_str().to_owned()),
+            unseal: self.kms.unseal_progress(),
+            tenant: tenant.clone(),
+            data_keys,
+        })
+    }
+
+    async fn data_key_infos(&self, tenant: &TenantId) -> Result<Vec<DataKeyInfo>, VaultError> {
+        let keys: BTreeMap<u32, _> = self
+            .store
+            .wrapped_keys(tenant)
+            .await?
+            .into_iter()
+            .filter(|k| k.context.purpose == KeyPurpose::Data)
+            .map(|k| (k.context.version, k))
+            .collect();
+        let Some(&latest) = keys.keys().next_back() else {
+            return Ok(Vec::new());
+        };
+        let counts = self.record_counts(tenant).await?;
+        let now = self.clock.now_ms();
+        let max_age = u64::try_from(self.policy.data_key_max_age.as_millis()).unwrap_or(u64::MAX);
+        Ok((1..=latest)
+            .map(|version| match keys.get(&version) {
+                Some(k) => DataKeyInfo {
+                    version,
+                    state: if version == latest {
+                        KeyState::Active
+                    } else {
+                        KeyState::DecryptOnly
+                    },
+                    created_at_ms: Some(k.created_at_ms),
+                    record_count: counts.get(&version).copied().unwrap_or(0),
+                    overdue: version == latest && now.saturating_sub(k.created_at_ms) > max_age,
+                    master_key_id: k.master_key_id.as_str().to_owned(),
+                },
+                None => DataKeyInfo {
+                    version,
+                    state: KeyState::Destroyed,
+                    created_at_ms: None,
+                    record_count: counts.get(&version).copied().unwrap_or(0),
+                    overdue: false,
+                    master_key_id: String::new(),
+                },
+            })
+            .collect())
+    }
+
+    /// Records per DEK version, from each record's envelope header.
+    async fn record_counts(&self, tenant: &TenantId) -> Result<BTreeMap<u32, u64>, VaultError> {
+        let mut counts = BTreeMap::new();
+        let mut after = None;
+        loop {
+            let page = self.store.scan_tenant(tenant, after, SCAN_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.record.token_id);
+            for stored in &page {
+                if let Ok(version) = envelope::dek_version(&stored.record.sealed_pan) {
+                    *counts.entry(version).or_insert(0) += 1;
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Makes a new DEK version for `tenant`; new records use it at once and
+    /// older versions keep opening their records.
+    pub async fn rotate_data_key(&self, tenant: &TenantId) -> Result<u32, VaultError> {
+        self.ensure_unsealed()?;
+        let version = self.keys.rotate(tenant).await?;
+        tracing::warn!(event = "dek_rotated", tenant = %tenant, version, "data key rotated");
+        Ok(version)
+    }
+
+    /// Destroys a DEK version that no record uses any more. The active
+    /// version can never be retired.
+    pub async fn retire_data_key(&self, tenant: &TenantId, version: u32) -> Result<(), VaultError> {
+        self.ensure_unsealed()?;
+        let infos = self.data_key_infos(tenant).await?;
+        let info = infos
+            .iter()
+            .find(|i| i.version == version && i.state != KeyState::Destroyed)
+            .ok_or_else(|| {
+                VaultError::Precondition(format!("data key version {version} does not exist"))
+            })?;
+        if info.state == KeyState::Active {
+            return Err(VaultError::Precondition(
+                "the active data key cannot be retired; rotate first".into(),
+            ));
+        }
+        if info.record_count > 0 {
+            return Err(VaultError::Precondition(format!(
+                "{} records still use data key version {version}; re-encrypt first",
+                info.record_count
+            )));
+        }
+        let ctx = KeyContext {
+            tenant: tenant.clone(),
+            purpose: KeyPurpose::Data,
+            version,
+        };
+        self.store.destroy_wrapped_key(&ctx).await?;
+        self.keys.forget_dek(tenant, version);
+        tracing::warn!(event = "dek_destroyed", tenant = %tenant, version, "data key destroyed");
+        Ok(())
+    }
+
+    /// Crypto-shreds a tenant: destroys every key it has. Its tokens answer
+    /// NOT_FOUND from then on and its records can never be opened again.
+    pub async fn shred_tenant(&self, tenant: &TenantId) -> Result<usize, VaultError> {
+        self.ensure_unsealed()?;
+        let destroyed = self.store.destroy_wrapped_keys(tenant).await?;
+        self.keys.forget_tenant(tenant);
+        tracing::warn!(event = "tenant_shredded", tenant = %tenant, destroyed, "tenant keys destroyed");
+        Ok(destroyed)
+    }
+}
+
+impl From<KmsError> for VaultError {
+    fn from(e: KmsError) -> Self {
+        match e {
+            KmsError::Sealed => Self::Sealed,
+            other => Self::Kms(other),
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Key administration end to end against the real binary: a Shamir-sealed
+//! production-profile server unsealed by custodians, DEK rotation and
+//! retirement, seal, restart; and crypto-shredding of one tenant in dev mode.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{Server, assert_no_pan_leaked};
+use tessera::cli::client::Bearer;
+use tessera::proto::v1;
+use tessera::proto::v1::key_admin_client::KeyAdminClient;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Admin = KeyAdminClient<InterceptedService<Channel, Bearer>>;
+
+const VISA: &str = "4111111111111111";
+const MASTERCARD: &str = "5555555555554444";
+
+async fn admin(addr: &str, key: &str) -> Admin {
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    KeyAdminClient::with_interceptor(channel, Bearer::new(key).unwrap())
+}
+
+fn custodian_key(shares: &Path, n: u8) -> String {
+    std::fs::read_to_string(shares.join(format!("custodian-{n}.key"))).unwrap()
+}
+
+fn share(shares: &Path, n: u8) -> Vec<u8> {
+    std::fs::read(shares.join(format!("share-{n}.json"))).unwrap()
+}
+
+#[tokio::test]
+async fn shamir_unseal_rotate_seal_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let shares = dir.path().join("shares");
+    let log = dir.path().join("server.log");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["init", "--shares", "5", "--threshold", "3", "--data-dir"])
+        .arg(&data)
+        .arg("--share-dir")
+        .arg(&shares)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A second init on the same data dir is refused.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .arg("--share-dir")
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(64));
+
+    // Add a processor principal to the generated config.
+    let processor_key = tessera::access::api_key::generate().unwrap();
+    let config = data.join("tessera.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[principals]]\nname = \"processor\"\ntenant = \"default\"\nroles = [\"tokenize\", \"detokenize\", \"read_info\"]\napi_key_hash = \"{}\"\n",
+        processor_key.hash.to_config_string()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let start = || {
+        Server::start_with(
+            &[
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &data,
+            &log,
+        )
+    };
+
+    let server = start();
+    let mut processor = common::client(&server.addr, Some(processor_key.key.expose_secret())).await;
+    let tokenize = |pan: &str| v1::TokenizeRequest {
+        pan: pan.into(),
+        ..Default::default()
+    };
+
+    // Sealed: tokenize and detokenize answer UNAVAILABLE, even with bad input.
+    assert_eq!(
+        processor.tokenize(tokenize(VISA)).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    let bad = processor
+        .detokenize(v1::DetokenizeRequest { token: "x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::Unavailable);
+
+    let mut c1 = admin(&server.addr, &custodian_key(&shares, 1)).await;
+    let mut c2 = admin(&server.addr, &custodian_key(&shares, 2)).await;
+    let mut c3 = admin(&server.addr, &custodian_key(&shares, 3)).await;
+    let status = c1
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.sealed);
+    assert_eq!(
+        (
+            status.kms_backend.as_str(),
+            status.unseal_threshold,
+            status.unseal_shares_received
+        ),
+        ("shamir", 3, 0)
+    );
+    assert!(status.master_key_id.is_empty());
+    // Other admin RPCs are refused while sealed.
+    assert_eq!(
+        c1.rotate_data_key(v1::RotateDataKeyRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unavailable
+    );
+    // A processor may not unseal.
+    let mut not_admin = KeyAdminClient::with_interceptor(
+        tonic::transport::Endpoint::from_shared(server.addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+        Bearer::new(processor_key.key.expose_secret()).unwrap(),
+    );
+    let denied = not_admin
+        .unseal(v1::UnsealRequest {
+            share: share(&shares, 1),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    let unseal = |n: u8| v1::UnsealRequest {
+        share: share(&shares, n),
+    };
+    let p = c1.unseal(unseal(1)).await.unwrap().into_inner();
+    assert_eq!((p.sealed, p.shares_received, p.threshold), (true, 1, 3));
+    // The same custodian with another share, the same share from another
+    // custodian, and garbage: all refused with INVALID_ARGUMENT on `share`.
+    for (who, req) in [
+        (1u8, unseal(2)),
+        (2, unseal(1)),
+        (
+            2,
+            v1::UnsealRequest {
+                share: b"{\"format\":\"nope\"}".to_vec(),
+            },
+        ),
+    ] {
+        let client = if who == 1 { &mut c1 } else { &mut c2 };
+        let status = client.unseal(req).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    }
+    let p = c2.unseal(unseal(2)).await.unwrap().into_inner();
+    assert_eq!((p.sealed, p.shares_received), (true, 2));
+    assert_eq!(
+        processor.tokenize(tokenize(VISA)).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    let p = c3.unseal(unseal(3)).await.unwrap().into_inner();
+    assert!(!p.sealed);
+
+    // Serving: tokenize under DEK v1, rotate, tokenize under v2; both open.
+    let t1 = processor
+        .tokenize(tokenize(VISA))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let v = c1
+        .rotate_data_key(v1::RotateDataKeyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    assert_eq!(v, 2);
+    let t2 = processor
+        .tokenize(tokenize(MASTERCARD))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    for (t, pan) in [(&t1, VISA), (&t2, MASTERCARD)] {
+        let got = processor
+            .detokenize(v1::DetokenizeRequest { token: t.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .pan;
+        assert_eq!(got, pan);
+    }
+    let status = c1
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.sealed && status.master_key_id.starts_with("shamir:"));
+    let keys: Vec<(u32, i32, u64)> = status
+        .data_keys
+        .iter()
+        .map(|k| (k.version, k.state, k.record_count))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            (1, i32::from(v1::KeyState::DecryptOnly), 1),
+            (2, i32::from(v1::KeyState::Active), 1)
+        ]
+    );
+    // Retiring a version still in use, or the active one, is refused.
+    for version in [1, 2] {
+        let status = c1
+            .retire_data_key(v1::RetireDataKeyRequest {
+                tenant: String::new(),
+                version,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+    }
+    // Admins act on their own tenant only.
+    let other = c1
+        .get_status(v1::GetStatusRequest {
+            tenant: "other".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::PermissionDenied);
+
+    // Seal: everything but GetStatus and Unseal is UNAVAILABLE again.
+    c2.seal(v1::SealRequest {}).await.unwrap();
+    assert_eq!(
+        processor
+            .detokenize(v1::DetokenizeRequest { token: t1.clone() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unavailable
+    );
+    assert!(
+        c1.get_status(v1::GetStatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .sealed
+    );
+
+    // Restart (kill -9): sealed; three other custodians unseal; old tokens open.
+    server.kill9();
+    let server = start();
+    let mut processor = common::client(&server.addr, Some(processor_key.key.expose_secret())).await;
+    assert_eq!(
+        processor
+            .detokenize(v1::DetokenizeRequest { token: t1.clone() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unavailable
+    );
+    for n in [5u8, 3, 4] {
+        let mut c = admin(&server.addr, &custodian_key(&shares, n)).await;
+        c.unseal(unseal(n)).await.unwrap();
+    }
+    for (t, pan) in [(&t1, VISA), (&t2, MASTERCARD)] {
+        let got = processor
+            .detokenize(v1::DetokenizeRequest { token: t.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .pan;
+        assert_eq!(got, pan);
+    }
+
+    drop(server);
+    assert_no_pan_leaked(&log, &data, &[VISA, MASTERCARD]);
+}
+
+#[tokio::test]
+async fn shredding_one_tenant_leaves_the_other_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let server = Server::start(&data, &log);
+    let mut processor = server.client("processor").await;
+    let mut other = server.client("other").await;
+    let mut admin_default = admin(&server.addr, &server.api_key("admin")).await;
+
+    let req = |pan: &str| v1::TokenizeRequest {
+        pan: pan.into(),
+        ..Default::default()
+    };
+    let mine = processor
+        .tokenize(req(VISA))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let theirs = other
+        .tokenize(req(MASTERCARD))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+
+    let destroyed = admin_default
+        .shred_tenant(v1::ShredTenantRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(destroyed.keys_destroyed, 2, "one DEK and one index key");
+
+    let gone = processor
+        .detokenize(v1::DetokenizeRequest {
+            token: mine.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let pan = other
+        .detokenize(v1::DetokenizeRequest {
+            token: theirs.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pan;
+    assert_eq!(pan, MASTERCARD);
+
+    // After a restart the shredded tenant's token is still unreadable.
+    server.kill9();
+    let server = Server::start(&data, &log);
+    let mut processor = server.client("processor").await;
+    let mut other = server.client("other").await;
+    assert_eq!(
+        processor
+            .detokenize(v1::DetokenizeRequest { token: mine })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        other
+            .detokenize(v1::DetokenizeRequest { token: theirs })
+            .await
+            .unwrap()
+            .into_inner()
+            .pan,
+        MASTERCARD
+    );
+
+    drop(server);
+    assert_no_pan_leaked(&log, &data, &[VISA, MASTERCARD]);
+}
