@@ -105,6 +105,9 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
+    // Re-encryptions cut short by a crash or restart continue once unsealed.
+    let resumer = Arc::clone(&app.vault);
+    tokio::spawn(async move { resumer.resume_reencryptions().await });
     let tokenizer = TokenizerServer::new(TokenizerService::new(
         Arc::clone(&app.vault),
         Arc::clone(&app.auth),

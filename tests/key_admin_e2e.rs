@@ -372,3 +372,241 @@ async fn shredding_one_tenant_leaves_the_other_intact() {
     drop(server);
     assert_no_pan_leaked(&log, &data, &[VISA, MASTERCARD]);
 }
+
+fn pan_n(n: u64) -> String {
+    let mut digits: Vec<u8> = format!("5{:014}", n * 7_919 + 11)
+        .bytes()
+        .map(|b| b - b'0')
+        .collect();
+    digits.push(0);
+    let last = digits.len() - 1;
+    digits[last] = tessera::tokens::luhn::completing_digit(&digits, last);
+    digits.into_iter().map(|d| char::from(d + b'0')).collect()
+}
+
+async fn tokenize_many(server: &Server, pans: &[String]) -> Vec<String> {
+    let mut processor = server.client("processor").await;
+    let mut tokens = Vec::new();
+    for chunk in pans.chunks(1000) {
+        let items = chunk
+            .iter()
+            .map(|p| v1::TokenizeRequest {
+                pan: p.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let results = processor
+            .tokenize_batch(v1::TokenizeBatchRequest { items })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        for r in results {
+            match r.result {
+                Some(v1::tokenize_result::Result::Token(t)) => tokens.push(t.token),
+                other => panic!("tokenize failed: {other:?}"),
+            }
+        }
+    }
+    tokens
+}
+
+async fn record_counts(admin: &mut Admin) -> Vec<(u32, u64)> {
+    admin
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .data_keys
+        .iter()
+        .map(|k| (k.version, k.record_count))
+        .collect()
+}
+
+/// Re-encryption cut short by `kill -9` resumes by itself after a restart,
+/// from its checkpoint, and every token still opens.
+#[tokio::test]
+async fn reencryption_resumes_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let config = dir.path().join("tessera.toml");
+    // Throttled so the job is reliably mid-way when the server dies.
+    std::fs::write(&config, "[keys]\nreencrypt_records_per_second = 1000\n").unwrap();
+    let args = [
+        "serve",
+        "--dev",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let server = Server::start_with(&args, &data, &log);
+    let pans: Vec<String> = (0..2500).map(pan_n).collect();
+    let tokens = tokenize_many(&server, &pans).await;
+    let mut admin_client = admin(&server.addr, &server.api_key("admin")).await;
+    assert_eq!(
+        admin_client
+            .rotate_data_key(v1::RotateDataKeyRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .version,
+        2
+    );
+
+    let mut stream = admin_client
+        .reencrypt(v1::ReencryptRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(
+        !first.finished && first.done > 0 && first.done < 2500,
+        "{first:?}"
+    );
+    assert_eq!((first.total, first.target_version), (2500, 2));
+    server.kill9();
+
+    let server = Server::start_with(&args, &data, &log);
+    let mut admin_client = admin(&server.addr, &server.api_key("admin")).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if record_counts(&mut admin_client).await == vec![(1, 0), (2, 2500)] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "re-encryption did not resume"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("resuming re-encryption from checkpoint"),
+        "the restarted job resumed, not restarted"
+    );
+
+    let mut processor = server.client("processor").await;
+    let items = tokens
+        .iter()
+        .map(|t| v1::DetokenizeRequest { token: t.clone() })
+        .collect::<Vec<_>>();
+    for (chunk, pans) in items.chunks(1000).zip(pans.chunks(1000)) {
+        let results = processor
+            .detokenize_batch(v1::DetokenizeBatchRequest {
+                items: chunk.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        for (r, pan) in results.into_iter().zip(pans) {
+            match r.result {
+                Some(v1::detokenize_result::Result::Pan(p)) => assert_eq!(&p.pan, pan),
+                other => panic!("detokenize failed: {other:?}"),
+            }
+        }
+    }
+    // The old key can now be destroyed.
+    admin_client
+        .retire_data_key(v1::RetireDataKeyRequest {
+            tenant: String::new(),
+            version: 1,
+        })
+        .await
+        .unwrap();
+
+    drop(server);
+    let sample: Vec<&str> = pans.iter().take(50).map(String::as_str).collect();
+    assert_no_pan_leaked(&log, &data, &sample);
+}
+
+/// Live traffic keeps flowing, with zero failed calls, while the DEK rotates
+/// and the tenant is re-encrypted.
+#[tokio::test]
+async fn traffic_continues_through_rotation_and_reencryption() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let server = Server::start(&data, &log);
+    let seed: Vec<String> = (10_000..10_600).map(pan_n).collect();
+    tokenize_many(&server, &seed).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4u64 {
+        let mut processor = server.client("processor").await;
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let mut issued = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let pan = pan_n(20_000 + w * 100_000 + n);
+                n += 1;
+                let token = processor
+                    .tokenize(v1::TokenizeRequest {
+                        pan: pan.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("tokenize during key operations")
+                    .into_inner()
+                    .token;
+                let back = processor
+                    .detokenize(v1::DetokenizeRequest {
+                        token: token.clone(),
+                    })
+                    .await
+                    .expect("detokenize during key operations")
+                    .into_inner()
+                    .pan;
+                assert_eq!(back, pan);
+                issued.push((token, pan));
+            }
+            issued
+        }));
+    }
+    let mut admin_client = admin(&server.addr, &server.api_key("admin")).await;
+    for round in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let v = admin_client
+            .rotate_data_key(v1::RotateDataKeyRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
+        assert_eq!(v, round + 2);
+        let mut stream = admin_client
+            .reencrypt(v1::ReencryptRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(p) = stream.message().await.unwrap() {
+            if p.finished {
+                assert_eq!(p.target_version, v);
+                break;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut processor = server.client("processor").await;
+    let mut checked = 0;
+    for w in workers {
+        for (token, pan) in w.await.unwrap() {
+            let back = processor
+                .detokenize(v1::DetokenizeRequest { token })
+                .await
+                .unwrap()
+                .into_inner()
+                .pan;
+            assert_eq!(back, pan);
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+    drop(server);
+    assert_no_pan_leaked(&log, &data, &[seed[0].as_str(), seed[1].as_str()]);
+}

@@ -19,7 +19,9 @@ use tessera::proto::v1;
 use tessera::proto::v1::tokenizer_client::TokenizerClient;
 use tessera::server::{self, App};
 use tessera::store::sled::SledStore;
-use tessera::store::{SealedRecord, Store, StoreError, StoredRecord, Tombstone, WrappedKeyRecord};
+use tessera::store::{
+    SealedRecord, SealedVersion, Store, StoreError, StoredRecord, Tombstone, WrappedKeyRecord,
+};
 use tessera::vault::{Vault, VaultPolicy};
 use tonic::Code;
 
@@ -89,6 +91,29 @@ impl Store for Switchable {
     ) -> Result<Vec<StoredRecord>, StoreError> {
         self.check()?;
         self.inner.scan_tenant(t, after, limit).await
+    }
+    async fn append_sealed_versions(
+        &self,
+        items: Vec<SealedVersion>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.check()?;
+        self.inner.append_sealed_versions(items).await
+    }
+    async fn put_checkpoint(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put_checkpoint(name, value).await
+    }
+    async fn checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check()?;
+        self.inner.checkpoint(name).await
+    }
+    async fn checkpoints(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.check()?;
+        self.inner.checkpoints(prefix).await
+    }
+    async fn delete_checkpoint(&self, name: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.delete_checkpoint(name).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.check()?;

@@ -50,6 +50,8 @@ pub enum KeysCommand {
     Status,
     /// New data key version for the caller's tenant.
     Rotate,
+    /// Rewrite every record under the newest data key, with a progress bar.
+    Reencrypt,
     /// Destroy a data key version no record uses.
     Retire {
         /// The version.
@@ -182,6 +184,7 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
             }
             Err(status) => fail_status(&status),
         },
+        KeysCommand::Reencrypt => reencrypt(&mut client, json).await,
         KeysCommand::Retire { version } => {
             match client
                 .retire_data_key(v1::RetireDataKeyRequest {
@@ -218,5 +221,75 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
                 Err(status) => fail_status(&status),
             }
         }
+    }
+}
+
+/// A one-line text progress bar: `[#####.....]  50%  500/1000`.
+pub fn progress_bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 30;
+    let done = done.min(total);
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let percent = (done * 100).checked_div(total).unwrap_or(100);
+    let bar: String = (0..WIDTH)
+        .map(|i| if i < filled { '#' } else { '.' })
+        .collect();
+    format!("[{bar}] {percent:>3}%  {done}/{total}")
+}
+
+async fn reencrypt(client: &mut Client, json: bool) -> ExitCode {
+    use std::io::Write;
+    let mut stream = match client.reencrypt(v1::ReencryptRequest::default()).await {
+        Ok(resp) => resp.into_inner(),
+        Err(status) => return fail_status(&status),
+    };
+    let mut stderr = std::io::stderr();
+    loop {
+        match stream.message().await {
+            Ok(Some(p)) => {
+                if !json {
+                    let _ = write!(stderr, "\r{}", progress_bar(p.done, p.total));
+                    let _ = stderr.flush();
+                }
+                if p.finished {
+                    if !json {
+                        let _ = writeln!(stderr);
+                    }
+                    let value = serde_json::json!({
+                        "done": p.done, "total": p.total, "rewritten": p.rewritten,
+                        "target_version": p.target_version,
+                    });
+                    let text = format!(
+                        "re-encrypted {} of {} records under data key version {}",
+                        p.rewritten, p.total, p.target_version
+                    );
+                    return emit(json, &value, &text);
+                }
+            }
+            Ok(None) => {
+                return fail("the server closed the progress stream before the job finished");
+            }
+            Err(status) => return fail_status(&status),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_bar_fills_proportionally() {
+        assert_eq!(
+            progress_bar(0, 10),
+            format!("[{}]   0%  0/10", ".".repeat(30))
+        );
+        assert_eq!(
+            progress_bar(5, 10),
+            format!("[{}{}]  50%  5/10", "#".repeat(15), ".".repeat(15))
+        );
+        assert_eq!(
+            progress_bar(0, 0),
+            format!("[{}] 100%  0/0", "#".repeat(30))
+        );
     }
 }

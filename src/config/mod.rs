@@ -92,6 +92,8 @@ pub struct RawConfig {
 pub struct RawKeys {
     /// Cryptoperiod of a data key version in days (default 365).
     pub data_key_max_age_days: Option<u64>,
+    /// Re-encryption throttle in records per second (0 or unset = no limit).
+    pub reencrypt_records_per_second: Option<u32>,
 }
 
 /// `[store]`.
@@ -276,6 +278,8 @@ impl RawConfig {
             return Err(invalid("keys.data_key_max_age_days", "must be 1 to 3650"));
         }
         policy.data_key_max_age = std::time::Duration::from_secs(max_age_days * 24 * 3600);
+        policy.reencrypt_records_per_second =
+            self.keys.reencrypt_records_per_second.filter(|r| *r > 0);
         let mut names = BTreeSet::new();
         let principals = self
             .principals

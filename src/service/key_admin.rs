@@ -14,6 +14,7 @@ use crate::proto::v1::key_admin_server::KeyAdmin;
 use crate::service::{Authenticator, log_outcome, status};
 use crate::vault::Vault;
 use crate::vault::admin::KeyState;
+use crate::vault::reencrypt::ReencryptProgress;
 
 /// Implements `tessera.v1.KeyAdmin`.
 #[derive(Debug, Clone)]
@@ -46,6 +47,16 @@ fn target_tenant(principal: &Principal, requested: &str) -> Result<TenantId, Sta
         Err(Status::permission_denied(
             "admins act on their own tenant only",
         ))
+    }
+}
+
+fn progress_message(p: ReencryptProgress) -> v1::ReencryptResponse {
+    v1::ReencryptResponse {
+        done: p.done,
+        total: p.total,
+        rewritten: p.rewritten,
+        target_version: p.target_version,
+        finished: p.finished,
     }
 }
 
@@ -170,15 +181,40 @@ impl KeyAdmin for KeyAdminService {
 
     type ReencryptStream = ReencryptStream;
 
+    /// Runs the job in its own task, so a client that disconnects does not
+    /// stop it; progress goes to the stream while anyone listens.
     #[instrument(skip_all, name = "Reencrypt", fields(principal, tenant))]
     async fn reencrypt(
         &self,
         request: Request<v1::ReencryptRequest>,
     ) -> Result<Response<Self::ReencryptStream>, Status> {
-        self.admin(&request, false)?;
-        Err(Status::unimplemented(
-            "re-encryption is not available in this release",
-        ))
+        let principal = self.admin(&request, false)?;
+        let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let vault = Arc::clone(&self.vault);
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let progress_tx = tx.clone();
+                let result = vault
+                    .reencrypt(&tenant, |p| {
+                        if !p.finished {
+                            // A slow listener misses intermediate updates, never the end.
+                            let _ = progress_tx.try_send(Ok(progress_message(p)));
+                        }
+                    })
+                    .await;
+                let last = result
+                    .map(progress_message)
+                    .map_err(|e| status::from_vault(&e));
+                log_outcome(&last);
+                let _ = tx.send(last).await;
+            },
+            span,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     #[instrument(skip_all, name = "RetireDataKey", fields(principal, tenant))]

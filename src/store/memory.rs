@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use crate::domain::{Fingerprint, TenantId, TokenId};
 use crate::kms::KeyContext;
 use crate::store::record::{fingerprint_key, tenant_prefix};
-use crate::store::{SealedRecord, Store, StoreError, StoredRecord, Tombstone, WrappedKeyRecord};
+use crate::store::{
+    SealedRecord, SealedVersion, Store, StoreError, StoredRecord, Tombstone, WrappedKeyRecord,
+};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -16,6 +18,8 @@ struct Inner {
     tombstones: HashMap<TokenId, Tombstone>,
     fingerprints: HashMap<Vec<u8>, TokenId>,
     keys: BTreeMap<Vec<u8>, WrappedKeyRecord>,
+    sealed_versions: HashMap<TokenId, Vec<Vec<u8>>>,
+    checkpoints: BTreeMap<String, Vec<u8>>,
 }
 
 /// A `HashMap`-backed store. Unit tests only.
@@ -39,9 +43,17 @@ impl MemoryStore {
 
 impl Inner {
     fn stored(&self, id: &TokenId) -> Option<StoredRecord> {
-        self.records.get(id).map(|record| StoredRecord {
-            record: record.clone(),
-            tombstone: self.tombstones.get(id).copied(),
+        self.records.get(id).map(|record| {
+            let mut record = record.clone();
+            let versions = self.sealed_versions.get(id);
+            if let Some(latest) = versions.and_then(|v| v.last()) {
+                record.sealed_pan = latest.clone();
+            }
+            StoredRecord {
+                record,
+                tombstone: self.tombstones.get(id).copied(),
+                seal_version: versions.map_or(0, |v| u32::try_from(v.len()).unwrap_or(u32::MAX)),
+            }
         })
     }
 }
@@ -119,6 +131,51 @@ impl Store for MemoryStore {
             .take_while(|(k, _)| k.starts_with(&prefix))
             .map(|(_, v)| v.clone())
             .collect())
+    }
+
+    async fn append_sealed_versions(
+        &self,
+        items: Vec<SealedVersion>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut inner = self.lock()?;
+        Ok(items
+            .into_iter()
+            .map(|item| {
+                if !inner.records.contains_key(&item.id) {
+                    return Err(StoreError::NotFound);
+                }
+                let versions = inner.sealed_versions.entry(item.id).or_default();
+                if usize::try_from(item.version).ok() != Some(versions.len() + 1) {
+                    return Err(StoreError::AlreadyExists);
+                }
+                versions.push(item.sealed_pan);
+                Ok(())
+            })
+            .collect())
+    }
+
+    async fn put_checkpoint(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.lock()?.checkpoints.insert(name.to_owned(), value);
+        Ok(())
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock()?.checkpoints.get(name).cloned())
+    }
+
+    async fn checkpoints(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .lock()?
+            .checkpoints
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    async fn delete_checkpoint(&self, name: &str) -> Result<(), StoreError> {
+        self.lock()?.checkpoints.remove(name);
+        Ok(())
     }
 
     async fn destroy_wrapped_keys(&self, tenant: &TenantId) -> Result<usize, StoreError> {

@@ -23,6 +23,17 @@ use crate::codec::DecodeError;
 use crate::domain::{Fingerprint, TenantId, TokenId};
 use crate::kms::KeyContext;
 
+/// A re-sealed PAN for an existing record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedVersion {
+    /// The record.
+    pub id: TokenId,
+    /// The new seal version: current + 1.
+    pub version: u32,
+    /// The re-sealed bytes.
+    pub sealed_pan: Vec<u8>,
+}
+
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -92,6 +103,30 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Every wrapped key of a tenant, ordered by purpose then version.
     async fn wrapped_keys(&self, tenant: &TenantId) -> Result<Vec<WrappedKeyRecord>, StoreError>;
+
+    /// Appends re-sealed PAN bytes for many records, each as seal version
+    /// `version`, which must be that record's current seal version + 1;
+    /// otherwise (a concurrent re-encryption won) that item is
+    /// `AlreadyExists`, and `NotFound` when its record does not exist.
+    /// Earlier versions stay until an explicit compaction. One durable flush
+    /// covers the whole batch; per-item outcomes come back in order.
+    async fn append_sealed_versions(
+        &self,
+        items: Vec<SealedVersion>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+
+    /// Writes a job checkpoint (the one overwritable table: progress of
+    /// background jobs, never card data).
+    async fn put_checkpoint(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError>;
+
+    /// Reads a job checkpoint.
+    async fn checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Names of the checkpoints starting with `prefix`.
+    async fn checkpoints(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Removes a job checkpoint (the job finished).
+    async fn delete_checkpoint(&self, name: &str) -> Result<(), StoreError>;
 
     /// Destroys every wrapped key of a tenant and returns how many there
     /// were. The one deletion the store performs: crypto-shredding needs the

@@ -74,6 +74,9 @@ pub struct StoredRecord {
     pub record: SealedRecord,
     /// Present once the record is dead.
     pub tombstone: Option<Tombstone>,
+    /// How many times the PAN was re-sealed (0 = as appended); the record's
+    /// `sealed_pan` is the newest version.
+    pub seal_version: u32,
 }
 
 /// A data key, wrapped, as kept in the store's key table.

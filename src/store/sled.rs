@@ -2,8 +2,10 @@
 //!
 //! Trees: `records` (token id → record), `tombstones` (token id →
 //! tombstone), `fingerprints` (tenant ‖ 0 ‖ fingerprint → token id),
-//! `tenant_records` (tenant ‖ 0 ‖ token id → empty, for paging a tenant) and
-//! `keys` (tenant ‖ 0 ‖ purpose ‖ version → wrapped key). Multi-tree checks
+//! `tenant_records` (tenant ‖ 0 ‖ token id → empty, for paging a tenant),
+//! `sealed_versions` (token id ‖ seal version → re-sealed PAN),
+//! `latest_seal` (token id → newest seal version), `checkpoints` (job name →
+//! progress) and `keys` (tenant ‖ 0 ‖ purpose ‖ version → wrapped key). Multi-tree checks
 //! and writes run in one sled transaction; every acknowledged write is
 //! flushed to disk (`flush_async`) before the method returns, and sled
 //! coalesces concurrent flushes into one fsync (group commit).
@@ -20,7 +22,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use crate::domain::{Fingerprint, TenantId, TokenId};
 use crate::kms::KeyContext;
 use crate::store::record::{fingerprint_key, tenant_prefix};
-use crate::store::{SealedRecord, Store, StoreError, StoredRecord, Tombstone, WrappedKeyRecord};
+use crate::store::{
+    SealedRecord, SealedVersion, Store, StoreError, StoredRecord, Tombstone, WrappedKeyRecord,
+};
 
 /// A sled-backed store.
 #[derive(Debug, Clone)]
@@ -30,6 +34,9 @@ pub struct SledStore {
     tombstones: sled::Tree,
     fingerprints: sled::Tree,
     tenant_records: sled::Tree,
+    sealed_versions: sled::Tree,
+    latest_seal: sled::Tree,
+    checkpoints: sled::Tree,
     keys: sled::Tree,
 }
 
@@ -58,6 +65,9 @@ impl SledStore {
             tombstones: tree("tombstones")?,
             fingerprints: tree("fingerprints")?,
             tenant_records: tree("tenant_records")?,
+            sealed_versions: tree("sealed_versions")?,
+            latest_seal: tree("latest_seal")?,
+            checkpoints: tree("checkpoints")?,
             keys: tree("keys")?,
             db,
         })
@@ -71,15 +81,45 @@ impl SledStore {
         let Some(bytes) = self.records.get(id.as_bytes()).map_err(unavailable)? else {
             return Ok(None);
         };
-        let record = SealedRecord::decode(&bytes)?;
+        let mut record = SealedRecord::decode(&bytes)?;
+        let seal_version = match self.latest_seal.get(id.as_bytes()).map_err(unavailable)? {
+            Some(v) => {
+                let version = decode_u32(&v)?;
+                let sealed = self
+                    .sealed_versions
+                    .get(version_key(id, version))
+                    .map_err(unavailable)?
+                    .ok_or_else(|| StoreError::Unavailable("missing sealed version".into()))?;
+                record.sealed_pan = sealed.to_vec();
+                version
+            }
+            None => 0,
+        };
         let tombstone = self
             .tombstones
             .get(id.as_bytes())
             .map_err(unavailable)?
             .map(|t| Tombstone::decode(&t))
             .transpose()?;
-        Ok(Some(StoredRecord { record, tombstone }))
+        Ok(Some(StoredRecord {
+            record,
+            tombstone,
+            seal_version,
+        }))
     }
+}
+
+fn version_key(id: &TokenId, version: u32) -> Vec<u8> {
+    let mut k = id.as_bytes().to_vec();
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn decode_u32(bytes: &[u8]) -> Result<u32, StoreError> {
+    let array: [u8; 4] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Unavailable("corrupt seal version".into()))?;
+    Ok(u32::from_be_bytes(array))
 }
 
 #[async_trait]
@@ -192,6 +232,69 @@ impl Store for SledStore {
                 WrappedKeyRecord::decode(&v).map_err(StoreError::from)
             })
             .collect()
+    }
+
+    async fn append_sealed_versions(
+        &self,
+        items: Vec<SealedVersion>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in items {
+            let key = version_key(&item.id, item.version);
+            let outcome = (&self.records, &self.latest_seal, &self.sealed_versions)
+                .transaction(|(records, latest, versions)| {
+                    if records.get(item.id.as_bytes())?.is_none() {
+                        return Err(abort(StoreError::NotFound));
+                    }
+                    let current = match latest.get(item.id.as_bytes())? {
+                        Some(v) => decode_u32(&v).map_err(abort)?,
+                        None => 0,
+                    };
+                    if current.checked_add(1) != Some(item.version) {
+                        return Err(abort(StoreError::AlreadyExists));
+                    }
+                    versions.insert(key.as_slice(), item.sealed_pan.as_slice())?;
+                    latest.insert(item.id.as_bytes(), &item.version.to_be_bytes())?;
+                    Ok(())
+                })
+                .map_err(flatten);
+            match outcome {
+                Err(e @ StoreError::Unavailable(_)) => return Err(e),
+                other => outcomes.push(other),
+            }
+        }
+        self.flush().await?;
+        Ok(outcomes)
+    }
+
+    async fn put_checkpoint(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.checkpoints.insert(name, value).map_err(unavailable)?;
+        self.flush().await
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .checkpoints
+            .get(name)
+            .map_err(unavailable)?
+            .map(|v| v.to_vec()))
+    }
+
+    async fn checkpoints(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.checkpoints
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| {
+                let k = k.map_err(unavailable)?;
+                String::from_utf8(k.to_vec())
+                    .map_err(|_| StoreError::Unavailable("corrupt checkpoint name".into()))
+            })
+            .collect()
+    }
+
+    async fn delete_checkpoint(&self, name: &str) -> Result<(), StoreError> {
+        self.checkpoints.remove(name).map_err(unavailable)?;
+        self.flush().await
     }
 
     async fn destroy_wrapped_keys(&self, tenant: &TenantId) -> Result<usize, StoreError> {

@@ -6,6 +6,7 @@
 //! reaches another tenant's records.
 
 pub mod admin;
+pub mod reencrypt;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +50,9 @@ pub struct VaultPolicy {
     /// Cryptoperiod of a data key version: older active keys are flagged
     /// overdue (PCI DSS 3.7.4).
     pub data_key_max_age: Duration,
+    /// Throttle for re-encryption, records per second (`None` = as fast as
+    /// the store allows), so a background job never starves live traffic.
+    pub reencrypt_records_per_second: Option<u32>,
 }
 
 impl Default for VaultPolicy {
@@ -61,6 +65,7 @@ impl Default for VaultPolicy {
             max_metadata_bytes: 2048,
             max_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
             data_key_max_age: Duration::from_secs(365 * 24 * 3600),
+            reencrypt_records_per_second: None,
         }
     }
 }
@@ -181,6 +186,7 @@ pub struct Vault {
     clock: Arc<dyn Clock>,
     policy: VaultPolicy,
     sealed: AtomicBool,
+    jobs: reencrypt::RunningJobs,
 }
 
 /// The plaintext sealed in each record: `u8 len ‖ PAN digits ‖ token digits`.
@@ -226,6 +232,7 @@ impl Vault {
             clock,
             policy,
             sealed: AtomicBool::new(sealed),
+            jobs: reencrypt::RunningJobs::default(),
         }
     }
 

@@ -299,3 +299,152 @@ async fn error_messages_never_contain_digits_of_the_pan() {
     let message = f.vault.tokenize(&t, c).await.unwrap_err().to_string();
     assert!(!message.contains("411111"), "{message}");
 }
+
+fn pan_n(n: u64) -> String {
+    let mut digits: Vec<u8> = format!("4{:014}", n * 104_729 + 7)
+        .bytes()
+        .map(|b| b - b'0')
+        .collect();
+    digits.push(0);
+    let last = digits.len() - 1;
+    digits[last] = luhn::completing_digit(&digits, last);
+    digits.into_iter().map(|d| char::from(d + b'0')).collect()
+}
+
+#[tokio::test]
+async fn rotation_reencryption_and_retirement() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let mut issued = Vec::new();
+    for n in 0..1200 {
+        let pan = pan_n(n);
+        let out = f.vault.tokenize(&t, cmd(&pan)).await.unwrap();
+        issued.push((out.token, pan));
+        if n == 700 {
+            assert_eq!(f.vault.rotate_data_key(&t).await.unwrap(), 2);
+        }
+    }
+    let status = f.vault.key_status(&t).await.unwrap();
+    let counts: Vec<(u32, u64)> = status
+        .data_keys
+        .iter()
+        .map(|k| (k.version, k.record_count))
+        .collect();
+    assert_eq!(counts, vec![(1, 701), (2, 499)]);
+    assert!(matches!(
+        f.vault.retire_data_key(&t, 1).await,
+        Err(VaultError::Precondition(_))
+    ));
+
+    // Seal after the first page: the job stops, its checkpoint stays.
+    let vault = f.vault.clone();
+    let mut pages = 0;
+    let err = f
+        .vault
+        .reencrypt(&t, |p| {
+            pages += 1;
+            if !p.finished {
+                vault.seal();
+            }
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::Sealed));
+    assert_eq!(pages, 1);
+    assert_eq!(
+        f.vault.pending_reencryptions().await.unwrap(),
+        vec![t.clone()]
+    );
+
+    // Unseal (dev KMS: an admin reopens) and run again: it resumes.
+    f.vault.unseal("admin", b"").await.unwrap();
+    let mut first_done = None;
+    let done = f
+        .vault
+        .reencrypt(&t, |p| {
+            first_done.get_or_insert(p.done);
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        first_done,
+        Some(2 * u64::try_from(reencrypt::PAGE).unwrap()),
+        "continued after the checkpoint"
+    );
+    assert!(done.finished);
+    assert_eq!(
+        (done.done, done.total, done.target_version),
+        (1200, 1200, 2)
+    );
+    assert!(f.vault.pending_reencryptions().await.unwrap().is_empty());
+
+    let status = f.vault.key_status(&t).await.unwrap();
+    let counts: Vec<(u32, u64)> = status
+        .data_keys
+        .iter()
+        .map(|k| (k.version, k.record_count))
+        .collect();
+    assert_eq!(counts, vec![(1, 0), (2, 1200)]);
+    f.vault.retire_data_key(&t, 1).await.unwrap();
+    assert_eq!(
+        f.vault.key_status(&t).await.unwrap().data_keys[0].state,
+        admin::KeyState::Destroyed
+    );
+    for (token, pan) in &issued {
+        let got = f.vault.detokenize(&t, token).await.unwrap();
+        assert_eq!(got.expose_ascii().as_slice(), pan.as_bytes());
+    }
+    // Running again finds nothing to do.
+    let again = f.vault.reencrypt(&t, |_| {}).await.unwrap();
+    assert_eq!((again.rewritten, again.done), (0, 1200));
+}
+
+#[tokio::test]
+async fn cryptoperiod_flags_an_overdue_active_key() {
+    let policy = VaultPolicy {
+        data_key_max_age: Duration::from_secs(3600),
+        ..VaultPolicy::default()
+    };
+    let f = fixture(policy);
+    let t = tenant("default");
+    f.vault.tokenize(&t, cmd(VISA)).await.unwrap();
+    assert!(!f.vault.key_status(&t).await.unwrap().data_keys[0].overdue);
+    f.clock.advance_ms(3_600_001);
+    assert!(f.vault.key_status(&t).await.unwrap().data_keys[0].overdue);
+    // Rotation moves new writes to a fresh key that is not overdue; the old
+    // one is decrypt-only and no longer flagged.
+    f.vault.rotate_data_key(&t).await.unwrap();
+    f.vault.tokenize(&t, cmd(MC19)).await.unwrap();
+    let keys = f.vault.key_status(&t).await.unwrap().data_keys;
+    assert_eq!(
+        (keys[0].state, keys[0].overdue),
+        (admin::KeyState::DecryptOnly, false)
+    );
+    assert_eq!(
+        (keys[1].state, keys[1].overdue, keys[1].record_count),
+        (admin::KeyState::Active, false, 1)
+    );
+}
+
+#[tokio::test]
+async fn sealed_vault_refuses_everything_and_forgets_keys() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let out = f.vault.tokenize(&t, cmd(VISA)).await.unwrap();
+    f.vault.seal();
+    assert!(matches!(
+        f.vault.tokenize(&t, cmd(VISA)).await,
+        Err(VaultError::Sealed)
+    ));
+    assert!(matches!(
+        f.vault.detokenize(&t, &out.token).await,
+        Err(VaultError::Sealed)
+    ));
+    assert!(matches!(
+        f.vault.rotate_data_key(&t).await,
+        Err(VaultError::Sealed)
+    ));
+    assert!(f.vault.key_status(&t).await.unwrap().sealed);
+    f.vault.unseal("admin", b"").await.unwrap();
+    assert!(f.vault.detokenize(&t, &out.token).await.is_ok());
+}

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use tessera::domain::{CardBrand, Fingerprint, MaskedPan, TenantId, TokenId};
 use tessera::kms::{KeyContext, KeyId, KeyPurpose, WrappedKey};
 use tessera::store::{
-    PublicFacts, SealedRecord, Store, StoreError, Tombstone, TombstoneReason, WrappedKeyRecord,
+    PublicFacts, SealedRecord, SealedVersion, Store, StoreError, Tombstone, TombstoneReason,
+    WrappedKeyRecord,
 };
 
 /// Makes a fresh, empty store.
@@ -296,6 +297,80 @@ pub async fn destroying_keys_is_per_tenant(f: &dyn Factory) {
     assert_eq!(store.wrapped_keys(&tenant("ab")).await.unwrap().len(), 1);
 }
 
+fn version(id: u8, v: u32, byte: u8) -> SealedVersion {
+    SealedVersion {
+        id: TokenId::from_bytes([id; 32]),
+        version: v,
+        sealed_pan: vec![byte; 40],
+    }
+}
+
+pub async fn sealed_versions_append_in_order(f: &dyn Factory) {
+    let store = f.make();
+    let rec = record(1, "a", None);
+    store.append(rec.clone()).await.unwrap();
+    assert_eq!(
+        store
+            .get(&rec.token_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .seal_version,
+        0
+    );
+    // In one batch: version 2 before 1 refused, 1 accepted, 1 again refused,
+    // an unknown record NotFound.
+    let outcomes = store
+        .append_sealed_versions(vec![
+            version(1, 2, 2),
+            version(1, 1, 1),
+            version(1, 1, 9),
+            version(8, 1, 1),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], Err(StoreError::AlreadyExists)));
+    assert!(outcomes[1].is_ok());
+    assert!(matches!(outcomes[2], Err(StoreError::AlreadyExists)));
+    assert!(matches!(outcomes[3], Err(StoreError::NotFound)));
+    let got = store.get(&rec.token_id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.seal_version, got.record.sealed_pan.clone()),
+        (1, vec![1; 40])
+    );
+    assert_eq!(got.record.facts, rec.facts, "only the sealed PAN changes");
+    store
+        .append_sealed_versions(vec![version(1, 2, 2)])
+        .await
+        .unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let scanned = store.scan_tenant(&tenant("a"), None, 10).await.unwrap();
+    assert_eq!(
+        (
+            scanned[0].seal_version,
+            scanned[0].record.sealed_pan.clone()
+        ),
+        (2, vec![2; 40])
+    );
+}
+
+pub async fn checkpoints_overwrite_and_list(f: &dyn Factory) {
+    let store = f.make();
+    assert!(store.checkpoint("job/a").await.unwrap().is_none());
+    store.put_checkpoint("job/a", vec![1]).await.unwrap();
+    store.put_checkpoint("job/a", vec![2]).await.unwrap();
+    store.put_checkpoint("job/b", vec![3]).await.unwrap();
+    store.put_checkpoint("other", vec![4]).await.unwrap();
+    assert_eq!(store.checkpoint("job/a").await.unwrap(), Some(vec![2]));
+    assert_eq!(
+        store.checkpoints("job/").await.unwrap(),
+        vec!["job/a".to_owned(), "job/b".to_owned()]
+    );
+    store.delete_checkpoint("job/a").await.unwrap();
+    assert!(store.checkpoint("job/a").await.unwrap().is_none());
+}
+
 /// Runs every case against fresh stores from `f`.
 pub async fn run_all(f: &dyn Factory) {
     append_then_get(f).await;
@@ -307,4 +382,6 @@ pub async fn run_all(f: &dyn Factory) {
     wrapped_keys_append_only_and_listed_per_tenant(f).await;
     scan_tenant_pages_in_order_and_stays_in_tenant(f).await;
     destroying_keys_is_per_tenant(f).await;
+    sealed_versions_append_in_order(f).await;
+    checkpoints_overwrite_and_list(f).await;
 }
