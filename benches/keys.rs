@@ -51,18 +51,23 @@ fn dek_cache_hit(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap_or_else(|_| std::process::abort());
     let kms: Arc<dyn Kms> = Arc::new(
-        DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap_or_else(|_| std::process::abort()),
+        DevKms::open_or_create(&dir.path().join("k"), Profile::Dev)
+            .unwrap_or_else(|_| std::process::abort()),
     );
     let keyring = Keyring::new(kms, Arc::new(MemoryStore::new()), Arc::new(SystemClock));
     let tenant = TenantId::new("bench").unwrap_or_else(|_| std::process::abort());
-    rt.block_on(keyring.current_dek(&tenant)).unwrap_or_else(|_| std::process::abort());
+    rt.block_on(keyring.current_dek(&tenant))
+        .unwrap_or_else(|_| std::process::abort());
     c.bench_function("keyring/dek_cache_hit", |b| {
         b.iter(|| rt.block_on(keyring.dek(&tenant, 1)))
     });
 }
 
 fn pan(n: u64) -> Pan {
-    let mut digits: Vec<u8> = format!("4{:014}", n * 7_919 + 3).bytes().map(|b| b - b'0').collect();
+    let mut digits: Vec<u8> = format!("4{:014}", n * 7_919 + 3)
+        .bytes()
+        .map(|b| b - b'0')
+        .collect();
     digits.push(0);
     let last = digits.len() - 1;
     digits[last] = luhn::completing_digit(&digits, last);
@@ -84,8 +89,14 @@ fn reencrypt_throughput(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let dir = tempfile::tempdir().unwrap_or_else(|_| std::process::abort());
-                let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap_or_else(|_| std::process::abort()));
-                let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap_or_else(|_| std::process::abort()));
+                let store = Arc::new(
+                    SledStore::open(&dir.path().join("store"))
+                        .unwrap_or_else(|_| std::process::abort()),
+                );
+                let kms = Arc::new(
+                    DevKms::open_or_create(&dir.path().join("k"), Profile::Dev)
+                        .unwrap_or_else(|_| std::process::abort()),
+                );
                 let vault = Vault::new(kms, store, Arc::new(SystemClock), VaultPolicy::default());
                 let tenant = TenantId::new("bench").unwrap_or_else(|_| std::process::abort());
                 rt.block_on(async {
@@ -98,11 +109,20 @@ fn reencrypt_throughput(c: &mut Criterion) {
                             single_use: false,
                             metadata: Default::default(),
                         };
-                        vault.tokenize(&tenant, cmd).await.unwrap_or_else(|_| std::process::abort());
+                        vault
+                            .tokenize(&tenant, cmd)
+                            .await
+                            .unwrap_or_else(|_| std::process::abort());
                     }
-                    vault.rotate_data_key(&tenant).await.unwrap_or_else(|_| std::process::abort());
+                    vault
+                        .rotate_data_key(&tenant)
+                        .await
+                        .unwrap_or_else(|_| std::process::abort());
                     let start = Instant::now();
-                    let done = vault.reencrypt(&tenant, |_| {}).await.unwrap_or_else(|_| std::process::abort());
+                    let done = vault
+                        .reencrypt(&tenant, |_| {})
+                        .await
+                        .unwrap_or_else(|_| std::process::abort());
                     total += start.elapsed();
                     assert_eq!(done.rewritten, RECORDS);
                 });

@@ -14,6 +14,7 @@ use crate::access::api_key::{ApiKeyRegistry, RegistryError};
 use crate::clock::SystemClock;
 use crate::config::{Config, KmsBackend, PrincipalEntry, StoreBackend};
 use crate::kms::dev::DevKms;
+use crate::kms::pkcs11::Pkcs11Kms;
 use crate::kms::shamir::ShamirKms;
 use crate::kms::{Kms, KmsError};
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -66,6 +67,7 @@ impl App {
                 Arc::new(DevKms::open_or_create(key_file, config.profile)?)
             }
             KmsBackend::Shamir => Arc::new(ShamirKms::open(&config.data_dir)?),
+            KmsBackend::Pkcs11(p11) => Arc::new(Pkcs11Kms::open(p11)?),
         };
         let mut keys = ApiKeyRegistry::new();
         for entry in principals {

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
+#[path = "common/softhsm.rs"]
+mod softhsm;
 
 use std::path::Path;
 
@@ -609,4 +611,94 @@ async fn traffic_continues_through_rotation_and_reencryption() {
     assert!(checked > 0);
     drop(server);
     assert_no_pan_leaked(&log, &data, &[seed[0].as_str(), seed[1].as_str()]);
+}
+
+/// A production-profile server whose master key lives in an HSM (SoftHSM2
+/// through PKCS#11): the KEK is made with the CLI, records survive a restart.
+#[tokio::test]
+async fn pkcs11_backed_server_round_trip_and_restart() {
+    let token = softhsm::Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "hsm",
+            "create-kek",
+            "--module",
+            softhsm::MODULE,
+            "--token-label",
+            &token.label,
+            "--pin-file",
+        ])
+        .arg(&token.pin_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let processor_key = tessera::access::api_key::generate().unwrap();
+    let admin_key = tessera::access::api_key::generate().unwrap();
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[kms]\nbackend = \"pkcs11\"\nmodule = \"{}\"\ntoken_label = \"{}\"\npin_file = \"{}\"\n\n\
+             [[principals]]\nname = \"processor\"\ntenant = \"default\"\nroles = [\"tokenize\", \"detokenize\"]\napi_key_hash = \"{}\"\n\n\
+             [[principals]]\nname = \"ops\"\ntenant = \"default\"\nroles = [\"admin\"]\napi_key_hash = \"{}\"\n",
+            data.display(),
+            softhsm::MODULE,
+            token.label,
+            token.pin_file.display(),
+            processor_key.hash.to_config_string(),
+            admin_key.hash.to_config_string(),
+        ),
+    )
+    .unwrap();
+    let args = [
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let server = Server::start_with(&args, &data, &log);
+    let mut processor = common::client(&server.addr, Some(processor_key.key.expose_secret())).await;
+    let token_value = processor
+        .tokenize(v1::TokenizeRequest {
+            pan: VISA.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut ops = admin(&server.addr, admin_key.key.expose_secret()).await;
+    let status = ops
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.sealed);
+    assert_eq!(status.kms_backend, "pkcs11");
+    assert_eq!(
+        status.master_key_id,
+        format!("pkcs11:{}/tessera-kek", token.label)
+    );
+    server.kill9();
+
+    let server = Server::start_with(&args, &data, &log);
+    let mut processor = common::client(&server.addr, Some(processor_key.key.expose_secret())).await;
+    let pan = processor
+        .detokenize(v1::DetokenizeRequest { token: token_value })
+        .await
+        .unwrap()
+        .into_inner()
+        .pan;
+    assert_eq!(pan, VISA);
+    drop(server);
+    assert_no_pan_leaked(&log, &data, &[VISA]);
 }

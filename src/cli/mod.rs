@@ -1,6 +1,7 @@
 //! The `tessera` command line: `serve` and the client commands.
 
 pub mod client;
+pub mod hsm;
 pub mod init;
 pub mod keys;
 pub mod serve;
@@ -44,6 +45,8 @@ pub enum Command {
     Seal(keys::SealArgs),
     /// Key administration.
     Keys(keys::KeysArgs),
+    /// HSM set-up (PKCS#11).
+    Hsm(hsm::HsmArgs),
 }
 
 /// Parses the command line and runs it.
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
             Command::Unseal(args) => keys::unseal(args).await,
             Command::Seal(args) => keys::seal(args).await,
             Command::Keys(args) => keys::keys(args).await,
+            Command::Hsm(args) => hsm::run(args),
         }
     })
 }

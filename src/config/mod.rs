@@ -112,6 +112,14 @@ pub struct RawKms {
     pub backend: Option<String>,
     /// Dev key file; default `DATA_DIR/dev-master.key`.
     pub key_file: Option<PathBuf>,
+    /// PKCS#11 module path.
+    pub module: Option<PathBuf>,
+    /// PKCS#11 token label.
+    pub token_label: Option<String>,
+    /// Label of the KEK on the token (default `tessera-kek`).
+    pub key_label: Option<String>,
+    /// File holding the HSM user PIN.
+    pub pin_file: Option<PathBuf>,
 }
 
 /// `[tokens]`.
@@ -173,6 +181,8 @@ pub enum KmsBackend {
     },
     /// A Shamir-split master key; setup in `DATA_DIR/shamir.json`.
     Shamir,
+    /// A PKCS#11 HSM.
+    Pkcs11(crate::kms::pkcs11::Pkcs11Config),
 }
 
 /// A principal with its key hash.
@@ -264,13 +274,41 @@ impl RawConfig {
                     .unwrap_or_else(|| data_dir.join("dev-master.key")),
             },
             Some("shamir") => KmsBackend::Shamir,
+            Some("pkcs11") => {
+                let module = self
+                    .kms
+                    .module
+                    .ok_or_else(|| invalid("kms.module", "required for pkcs11"))?;
+                let token_label = self
+                    .kms
+                    .token_label
+                    .ok_or_else(|| invalid("kms.token_label", "required for pkcs11"))?;
+                let pin_file = self
+                    .kms
+                    .pin_file
+                    .ok_or_else(|| invalid("kms.pin_file", "required for pkcs11"))?;
+                KmsBackend::Pkcs11(crate::kms::pkcs11::Pkcs11Config {
+                    module,
+                    token_label,
+                    key_label: self
+                        .kms
+                        .key_label
+                        .unwrap_or_else(|| "tessera-kek".to_owned()),
+                    pin_file,
+                })
+            }
             Some(other) => {
                 return Err(invalid(
                     "kms.backend",
-                    format!("unknown backend {other:?}; expected dev or shamir"),
+                    format!("unknown backend {other:?}; expected dev, shamir or pkcs11"),
                 ));
             }
-            None => return Err(invalid("kms.backend", "required outside --dev (shamir)")),
+            None => {
+                return Err(invalid(
+                    "kms.backend",
+                    "required outside --dev (shamir or pkcs11)",
+                ));
+            }
         };
         let mut policy = check_policy(&self.tokens, &self.limits)?;
         let max_age_days = self.keys.data_key_max_age_days.unwrap_or(365);

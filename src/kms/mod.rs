@@ -9,6 +9,7 @@
 //!   3.6.1.2); starts sealed.
 
 pub mod dev;
+pub mod pkcs11;
 pub mod shamir;
 pub mod soft;
 
