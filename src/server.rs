@@ -58,7 +58,10 @@ pub struct App {
 
 impl App {
     /// Opens the store and KMS named by `config` and registers `principals`.
-    pub fn build(config: &Config, principals: Vec<PrincipalEntry>) -> Result<Self, StartError> {
+    pub async fn build(
+        config: &Config,
+        principals: Vec<PrincipalEntry>,
+    ) -> Result<Self, StartError> {
         let store: Arc<dyn Store> = match config.store {
             StoreBackend::Sled => Arc::new(SledStore::open(&config.data_dir.join("store"))?),
         };
@@ -68,6 +71,14 @@ impl App {
             }
             KmsBackend::Shamir => Arc::new(ShamirKms::open(&config.data_dir)?),
             KmsBackend::Pkcs11(p11) => Arc::new(Pkcs11Kms::open(p11)?),
+            #[cfg(feature = "aws-kms")]
+            KmsBackend::AwsKms(aws) => Arc::new(crate::kms::aws::AwsKms::connect(aws).await?),
+            #[cfg(not(feature = "aws-kms"))]
+            KmsBackend::AwsKms(_) => {
+                return Err(StartError::Kms(KmsError::Refused(
+                    "this build lacks the aws-kms cargo feature".into(),
+                )));
+            }
         };
         let mut keys = ApiKeyRegistry::new();
         for entry in principals {

@@ -21,8 +21,9 @@ struct Dev {
     dirs: Mutex<Vec<tempfile::TempDir>>,
 }
 
+#[async_trait::async_trait]
 impl suite::Factory for Dev {
-    fn make(&self) -> Box<dyn Kms> {
+    async fn make(&self) -> Box<dyn Kms> {
         let dir = tempfile::tempdir().unwrap();
         let kms = DevKms::open_or_create(&dir.path().join("dev-master.key"), Profile::Dev).unwrap();
         self.dirs.lock().unwrap().push(dir);

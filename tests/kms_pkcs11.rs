@@ -25,8 +25,9 @@ struct Hsm {
     next: AtomicU32,
 }
 
+#[async_trait::async_trait]
 impl suite::Factory for Hsm {
-    fn make(&self) -> Box<dyn Kms> {
+    async fn make(&self) -> Box<dyn Kms> {
         // Each call: a new KEK on the token, so two instances have different master keys.
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let config = self.token.config(&format!("kek-{n}"));

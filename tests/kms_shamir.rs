@@ -17,23 +17,15 @@ use tessera::kms::shamir::{ShamirKms, split_new_master_key};
 
 struct Shamir;
 
+#[async_trait::async_trait]
 impl suite::Factory for Shamir {
-    fn make(&self) -> Box<dyn Kms> {
+    async fn make(&self) -> Box<dyn Kms> {
         let (setup, shares) = split_new_master_key(3, 5).unwrap();
         let kms = ShamirKms::sealed(setup).unwrap();
-        // submit_share is async but never awaits I/O; a runtime of its own
-        // on a scoped thread keeps the factory synchronous.
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap();
-                for (who, share) in ["alice", "bob", "carol"].iter().zip(&shares) {
-                    let bytes = serde_json::to_vec(share).unwrap();
-                    runtime.block_on(kms.submit_share(who, &bytes)).unwrap();
-                }
-            });
-        });
+        for (who, share) in ["alice", "bob", "carol"].iter().zip(&shares) {
+            let bytes = serde_json::to_vec(share).unwrap();
+            kms.submit_share(who, &bytes).await.unwrap();
+        }
         assert!(!kms.unseal_progress().unwrap().sealed);
         Box::new(kms)
     }

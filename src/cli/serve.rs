@@ -83,7 +83,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             Err(e) => return config_error(&e),
         }
     }
-    let app = match App::build(&config, principals) {
+    let app = match App::build(&config, principals).await {
         Ok(app) => app,
         Err(e @ (StartError::Kms(_) | StartError::Principals(_))) => return config_error(&e),
         Err(e) => {

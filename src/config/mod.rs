@@ -120,6 +120,12 @@ pub struct RawKms {
     pub key_label: Option<String>,
     /// File holding the HSM user PIN.
     pub pin_file: Option<PathBuf>,
+    /// AWS KMS key id, ARN or alias.
+    pub key_id: Option<String>,
+    /// AWS region.
+    pub region: Option<String>,
+    /// AWS KMS endpoint override.
+    pub endpoint: Option<String>,
 }
 
 /// `[tokens]`.
@@ -183,6 +189,8 @@ pub enum KmsBackend {
     Shamir,
     /// A PKCS#11 HSM.
     Pkcs11(crate::kms::pkcs11::Pkcs11Config),
+    /// AWS KMS.
+    AwsKms(crate::kms::AwsKmsConfig),
 }
 
 /// A principal with its key hash.
@@ -274,6 +282,17 @@ impl RawConfig {
                     .unwrap_or_else(|| data_dir.join("dev-master.key")),
             },
             Some("shamir") => KmsBackend::Shamir,
+            Some("aws-kms") => KmsBackend::AwsKms(crate::kms::AwsKmsConfig {
+                key_id: self
+                    .kms
+                    .key_id
+                    .ok_or_else(|| invalid("kms.key_id", "required for aws-kms"))?,
+                region: self
+                    .kms
+                    .region
+                    .ok_or_else(|| invalid("kms.region", "required for aws-kms"))?,
+                endpoint: self.kms.endpoint,
+            }),
             Some("pkcs11") => {
                 let module = self
                     .kms
@@ -300,13 +319,13 @@ impl RawConfig {
             Some(other) => {
                 return Err(invalid(
                     "kms.backend",
-                    format!("unknown backend {other:?}; expected dev, shamir or pkcs11"),
+                    format!("unknown backend {other:?}; expected dev, shamir, pkcs11 or aws-kms"),
                 ));
             }
             None => {
                 return Err(invalid(
                     "kms.backend",
-                    "required outside --dev (shamir or pkcs11)",
+                    "required outside --dev (shamir, pkcs11 or aws-kms)",
                 ));
             }
         };

@@ -8,6 +8,8 @@
 //!   M of which unseal it (split knowledge and dual control, PCI DSS
 //!   3.6.1.2); starts sealed.
 
+#[cfg(feature = "aws-kms")]
+pub mod aws;
 pub mod dev;
 pub mod pkcs11;
 pub mod shamir;
@@ -201,6 +203,18 @@ pub trait Kms: Send + Sync + fmt::Debug + 'static {
     /// Drops any master key material held in memory. Backends whose master
     /// key lives elsewhere (an HSM, a cloud KMS) have nothing to drop.
     fn seal(&self) {}
+}
+
+/// Which AWS KMS key, where (backend `aws-kms`, built with the cargo
+/// feature of the same name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsKmsConfig {
+    /// Key id, ARN or alias of the customer master key.
+    pub key_id: String,
+    /// AWS region.
+    pub region: String,
+    /// Endpoint override (a VPC endpoint, or an emulator in tests).
+    pub endpoint: Option<String>,
 }
 
 /// How far an unseal has come.

@@ -46,6 +46,16 @@ impl Server {
 
     /// Starts the binary with `args` (a `serve` command line).
     pub fn start_with(args: &[&str], data_dir: &Path, log: &Path) -> Self {
+        Self::start_with_env(args, &[], data_dir, log)
+    }
+
+    /// Starts the binary with `args` and extra environment variables.
+    pub fn start_with_env(
+        args: &[&str],
+        env: &[(&str, String)],
+        data_dir: &Path,
+        log: &Path,
+    ) -> Self {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -54,6 +64,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(args)
             .env("RUST_LOG", "info,tessera=trace")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .spawn()

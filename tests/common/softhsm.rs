@@ -6,7 +6,13 @@
 //! tokens by label too). Using the default configuration means no
 //! `SOFTHSM2_CONF` has to be set inside the test process.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -6,9 +6,10 @@ use tessera::domain::TenantId;
 use tessera::kms::{KeyContext, KeyPurpose, Kms, KmsError, WrappedKey};
 
 /// Makes ready KMS instances; `make` twice gives two different master keys.
-pub trait Factory {
+#[async_trait::async_trait]
+pub trait Factory: Sync {
     /// A new, unsealed KMS with its own master key.
-    fn make(&self) -> Box<dyn Kms>;
+    async fn make(&self) -> Box<dyn Kms>;
     /// Whether this backend may hold production card data.
     fn production_grade(&self) -> bool;
     /// The prefix of its key ids (`dev:`, `shamir:`, …).
@@ -24,7 +25,7 @@ fn ctx(tenant: &str, purpose: KeyPurpose, version: u32) -> KeyContext {
 }
 
 pub async fn generate_then_unwrap(f: &dyn Factory) {
-    let kms = f.make();
+    let kms = f.make().await;
     let c = ctx("default", KeyPurpose::Data, 1);
     let (key, wrapped) = kms.generate_data_key(&c).await.unwrap();
     assert_eq!(
@@ -50,7 +51,7 @@ pub async fn generate_then_unwrap(f: &dyn Factory) {
 }
 
 pub async fn context_is_bound(f: &dyn Factory) {
-    let kms = f.make();
+    let kms = f.make().await;
     let c = ctx("default", KeyPurpose::Data, 1);
     let (_, wrapped) = kms.generate_data_key(&c).await.unwrap();
     for wrong in [
@@ -69,7 +70,7 @@ pub async fn context_is_bound(f: &dyn Factory) {
 }
 
 pub async fn tampered_and_foreign_blobs_fail(f: &dyn Factory) {
-    let kms = f.make();
+    let kms = f.make().await;
     let c = ctx("default", KeyPurpose::Data, 1);
     let (_, wrapped) = kms.generate_data_key(&c).await.unwrap();
     for i in 0..wrapped.as_bytes().len() {
@@ -80,7 +81,7 @@ pub async fn tampered_and_foreign_blobs_fail(f: &dyn Factory) {
     }
     let short = WrappedKey::new(wrapped.as_bytes()[..10].to_vec()).unwrap();
     assert!(kms.unwrap_data_key(&short, &c).await.is_err());
-    let other = f.make();
+    let other = f.make().await;
     assert!(
         other.unwrap_data_key(&wrapped, &c).await.is_err(),
         "another master key cannot unwrap"
@@ -88,8 +89,8 @@ pub async fn tampered_and_foreign_blobs_fail(f: &dyn Factory) {
 }
 
 pub async fn key_ids_and_grade(f: &dyn Factory) {
-    let a = f.make();
-    let b = f.make();
+    let a = f.make().await;
+    let b = f.make().await;
     let id = a.master_key_id().unwrap();
     assert!(id.as_str().starts_with(f.key_id_prefix()), "{id}");
     assert_ne!(Some(id), b.master_key_id());

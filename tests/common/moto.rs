@@ -1,0 +1,97 @@
+//! A local AWS KMS emulator for tests: the PyPI package `moto` in server
+//! mode, installed into a virtualenv under the target dir when missing,
+//! started on a free loopback port, and stopped when dropped.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Region the tests use.
+pub const REGION: &str = "us-east-1";
+
+fn venv() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("moto-venv")
+}
+
+/// Installs moto into the virtualenv once; `flock` keeps parallel test
+/// processes from installing at the same time.
+pub fn ensure_installed() -> PathBuf {
+    let venv = venv();
+    let server = venv.join("bin/moto_server");
+    if server.exists() {
+        return server;
+    }
+    let script = format!(
+        "test -x {server} || (python3 -m venv {venv} && {venv}/bin/pip install -q 'moto[server]')",
+        server = server.display(),
+        venv = venv.display()
+    );
+    let lock = format!("{}.lock", venv.display());
+    let status = Command::new("flock")
+        .args([lock.as_str(), "sh", "-c", &script])
+        .status()
+        .expect("run pip");
+    assert!(
+        status.success() && server.exists(),
+        "moto could not be installed"
+    );
+    server
+}
+
+/// A running moto server.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts moto on a free loopback port and waits until it accepts.
+    pub fn start() -> Self {
+        let server = ensure_installed();
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let child = Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Environment for a child process that should reach this emulator.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ("AWS_REGION", REGION.to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
