@@ -249,6 +249,19 @@ async fn shamir_unseal_rotate_seal_and_restart() {
         .unwrap_err();
     assert_eq!(other.code(), Code::PermissionDenied);
 
+    // Master key rotation: a new derived version, every DEK rewrapped; it
+    // must survive seal, restart and unseal.
+    let rotated = c1
+        .rotate_master_key(v1::RotateMasterKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        rotated.master_key_id.starts_with("shamir:")
+            && rotated.master_key_id != status.master_key_id
+    );
+    assert_eq!(rotated.rewrapped, 3, "two DEKs and one index key");
+
     // Seal: everything but GetStatus and Unseal is UNAVAILABLE again.
     c2.seal(v1::SealRequest {}).await.unwrap();
     assert_eq!(
@@ -581,6 +594,15 @@ async fn traffic_continues_through_rotation_and_reencryption() {
             .into_inner()
             .version;
         assert_eq!(v, round + 2);
+        let master = admin_client
+            .rotate_master_key(v1::RotateMasterKeyRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            master.master_key_id.starts_with("dev:") && master.rewrapped >= 2,
+            "{master:?}"
+        );
         let mut stream = admin_client
             .reencrypt(v1::ReencryptRequest::default())
             .await
@@ -688,6 +710,17 @@ async fn pkcs11_backed_server_round_trip_and_restart() {
         status.master_key_id,
         format!("pkcs11:{}/tessera-kek", token.label)
     );
+    // A new HSM key version; the DEKs are rewrapped under it.
+    let rotated = ops
+        .rotate_master_key(v1::RotateMasterKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rotated.master_key_id,
+        format!("pkcs11:{}/tessera-kek.v2", token.label)
+    );
+    assert_eq!(rotated.rewrapped, 2, "one DEK and one index key");
     server.kill9();
 
     let server = Server::start_with(&args, &data, &log);

@@ -49,6 +49,9 @@ impl suite::Factory for Aws {
     fn key_id_prefix(&self) -> &'static str {
         "aws-kms:arn:aws:kms:"
     }
+    fn rotates_master_key(&self) -> bool {
+        false
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

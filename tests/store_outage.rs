@@ -115,6 +115,18 @@ impl Store for Switchable {
         self.check()?;
         self.inner.delete_checkpoint(name).await
     }
+    async fn all_wrapped_keys(&self) -> Result<Vec<WrappedKeyRecord>, StoreError> {
+        self.check()?;
+        self.inner.all_wrapped_keys().await
+    }
+    async fn replace_wrapped_key(
+        &self,
+        expected: &WrappedKeyRecord,
+        new: WrappedKeyRecord,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.replace_wrapped_key(expected, new).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.check()?;
         self.inner.ping().await

@@ -56,7 +56,19 @@ async fn reopen_sees_acknowledged_writes() {
             .await
             .unwrap();
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    // sled's background flusher thread lets go of the directory lock a
+    // moment after the last handle drops; within one process, wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let store = loop {
+        match SledStore::open(dir.path()) {
+            Ok(store) => break store,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("sled did not reopen: {e}"),
+        }
+    };
     let got = store.get(&rec.token_id).await.unwrap().unwrap();
     assert_eq!(got.record, rec);
     assert_eq!(got.tombstone.unwrap().reason, TombstoneReason::Deleted);

@@ -52,6 +52,8 @@ pub enum KeysCommand {
     Rotate,
     /// Rewrite every record under the newest data key, with a progress bar.
     Reencrypt,
+    /// New master key version; every data key is rewrapped under it.
+    RotateMaster,
     /// Destroy a data key version no record uses.
     Retire {
         /// The version.
@@ -185,6 +187,23 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
             Err(status) => fail_status(&status),
         },
         KeysCommand::Reencrypt => reencrypt(&mut client, json).await,
+        KeysCommand::RotateMaster => match client
+            .rotate_master_key(v1::RotateMasterKeyRequest {})
+            .await
+        {
+            Ok(resp) => {
+                let r = resp.into_inner();
+                emit(
+                    json,
+                    &serde_json::json!({ "master_key_id": r.master_key_id, "rewrapped": r.rewrapped }),
+                    &format!(
+                        "master key {} is current; {} data keys rewrapped",
+                        r.master_key_id, r.rewrapped
+                    ),
+                )
+            }
+            Err(status) => fail_status(&status),
+        },
         KeysCommand::Retire { version } => {
             match client
                 .retire_data_key(v1::RetireDataKeyRequest {

@@ -156,6 +156,32 @@ impl Kms for AwsKms {
         DataKey::from_slice(&plaintext).ok_or(KmsError::Unwrap)
     }
 
+    async fn wrap_data_key(&self, key: &DataKey, ctx: &KeyContext) -> Result<WrappedKey, KmsError> {
+        let out = self
+            .client
+            .encrypt()
+            .key_id(&self.key_id)
+            .plaintext(Blob::new(key.expose_secret().to_vec()))
+            .set_encryption_context(Some(encryption_context(ctx)))
+            .send()
+            .await
+            .map_err(|e| classify(&e, |_| false))?;
+        out.ciphertext_blob
+            .and_then(|b| WrappedKey::new(b.into_inner()))
+            .ok_or_else(|| KmsError::Unavailable("AWS KMS returned no ciphertext".into()))
+    }
+
+    /// AWS rotates key material inside the customer master key (automatic
+    /// or on-demand rotation, configured in AWS) and keeps every earlier
+    /// version for `Decrypt`, so there is nothing for Tessera to rewrap.
+    async fn rotate_master_key(&self) -> Result<KeyId, KmsError> {
+        Err(KmsError::Refused(
+            "rotate the AWS KMS key in AWS (automatic or on-demand rotation); \
+             its ciphertexts stay decryptable, so Tessera has nothing to rewrap"
+                .into(),
+        ))
+    }
+
     fn master_key_id(&self) -> Option<KeyId> {
         Some(self.id.clone())
     }

@@ -7,28 +7,30 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
 use crate::config::Profile;
-use crate::kms::soft::SoftwareKek;
+use crate::kms::soft::{SoftwareKek, SoftwareKeyring};
 use crate::kms::{KeyContext, KeyId, Kms, KmsError, WrappedKey};
 use crate::secret::DataKey;
 
 /// Domain separation for dev-KMS wraps.
 const WRAP_DOMAIN: &[u8] = b"tessera/kms/dev/v1";
 
-/// A file-backed master key for development.
+/// A file-backed master key for development: one hex key per line, one
+/// line per master key version, the last one current.
 pub struct DevKms {
-    kek: SoftwareKek,
+    keyring: Mutex<SoftwareKeyring>,
     path: PathBuf,
 }
 
 impl std::fmt::Debug for DevKms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DevKms")
-            .field("key_id", self.kek.key_id())
+            .field("key_id", &self.master_key_id())
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
@@ -43,49 +45,71 @@ impl DevKms {
                 "the dev KMS keeps its master key in a plain file; it runs only with --dev".into(),
             ));
         }
-        let master = match fs::read(path) {
+        let keys = match fs::read(path) {
             Ok(text) => {
                 let text = Zeroizing::new(text);
-                let bytes = Zeroizing::new(
-                    hex::decode(text.trim_ascii())
-                        .map_err(|_| KmsError::Refused("dev master key file is not hex".into()))?,
-                );
-                DataKey::from_slice(&bytes).ok_or_else(|| {
-                    KmsError::Refused("dev master key file must hold 32 bytes".into())
-                })?
+                let mut keys = Vec::new();
+                for line in text
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.trim_ascii().is_empty())
+                {
+                    let bytes =
+                        Zeroizing::new(hex::decode(line.trim_ascii()).map_err(|_| {
+                            KmsError::Refused("dev master key file is not hex".into())
+                        })?);
+                    keys.push(DataKey::from_slice(&bytes).ok_or_else(|| {
+                        KmsError::Refused("dev master key file must hold 32-byte keys".into())
+                    })?);
+                }
+                keys
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = DataKey::generate()?;
                 write_private(path, hex::encode(key.expose_secret()).as_bytes())?;
-                key
+                vec![key]
             }
             Err(e) => return Err(KmsError::Io(e)),
         };
+        let versions = keys
+            .into_iter()
+            .map(|k| SoftwareKek::new(k, "dev", WRAP_DOMAIN))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            kek: SoftwareKek::new(master, "dev", WRAP_DOMAIN)?,
+            keyring: Mutex::new(SoftwareKeyring::new(versions)?),
             path: path.to_owned(),
         })
     }
+
+    fn keyring(&self) -> std::sync::MutexGuard<'_, SoftwareKeyring> {
+        self.keyring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
+/// Writes `contents` to `path` (mode 0600) through a temporary file and a
+/// rename, so a crash leaves either the old file or the new one.
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;
     }
+    let tmp = path.with_extension("tmp");
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(path)?;
+        .open(&tmp)?;
     file.write_all(contents)?;
-    file.sync_all()
+    file.sync_all()?;
+    fs::rename(tmp, path)
 }
 
 #[async_trait]
 impl Kms for DevKms {
     async fn generate_data_key(&self, ctx: &KeyContext) -> Result<(DataKey, WrappedKey), KmsError> {
-        self.kek.generate(ctx)
+        self.keyring().generate(ctx)
     }
 
     async fn unwrap_data_key(
@@ -93,11 +117,28 @@ impl Kms for DevKms {
         wrapped: &WrappedKey,
         ctx: &KeyContext,
     ) -> Result<DataKey, KmsError> {
-        self.kek.unwrap(wrapped, ctx)
+        self.keyring().unwrap(wrapped, ctx)
+    }
+
+    async fn wrap_data_key(&self, key: &DataKey, ctx: &KeyContext) -> Result<WrappedKey, KmsError> {
+        self.keyring().wrap(key, ctx)
+    }
+
+    async fn rotate_master_key(&self) -> Result<KeyId, KmsError> {
+        let mut keyring = self.keyring();
+        let existing = Zeroizing::new(fs::read(&self.path)?);
+        let key = DataKey::generate()?;
+        let mut contents = Zeroizing::new(existing.trim_ascii_end().to_vec());
+        contents.push(b'\n');
+        contents.extend_from_slice(hex::encode(key.expose_secret()).as_bytes());
+        contents.push(b'\n');
+        write_private(&self.path, &contents)?;
+        keyring.push(SoftwareKek::new(key, "dev", WRAP_DOMAIN)?);
+        keyring.key_id().cloned().ok_or(KmsError::Unwrap)
     }
 
     fn master_key_id(&self) -> Option<KeyId> {
-        Some(self.kek.key_id().clone())
+        self.keyring().key_id().cloned()
     }
 
     fn backend_name(&self) -> &'static str {

@@ -170,12 +170,21 @@ pub trait Kms: Send + Sync + fmt::Debug + 'static {
     /// Makes a fresh data key and its wrapped form.
     async fn generate_data_key(&self, ctx: &KeyContext) -> Result<(DataKey, WrappedKey), KmsError>;
 
-    /// Unwraps a data key made by [`Kms::generate_data_key`] for `ctx`.
+    /// Unwraps a data key made by [`Kms::generate_data_key`] or
+    /// [`Kms::wrap_data_key`] for `ctx`, under any master key version.
     async fn unwrap_data_key(
         &self,
         wrapped: &WrappedKey,
         ctx: &KeyContext,
     ) -> Result<DataKey, KmsError>;
+
+    /// Wraps an existing data key under the current master key version
+    /// (master key rotation rewraps every DEK this way).
+    async fn wrap_data_key(&self, key: &DataKey, ctx: &KeyContext) -> Result<WrappedKey, KmsError>;
+
+    /// Makes a new master key version current for new wraps; wraps under
+    /// older versions keep unwrapping. Returns the new master key id.
+    async fn rotate_master_key(&self) -> Result<KeyId, KmsError>;
 
     /// The master key currently wrapping new data keys; `None` while sealed.
     fn master_key_id(&self) -> Option<KeyId>;

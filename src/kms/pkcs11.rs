@@ -2,7 +2,10 @@
 //! tested against SoftHSM2.
 //!
 //! - The master key (KEK) is an AES-256 token key, sensitive and
-//!   non-extractable, found by label; it never leaves the HSM.
+//!   non-extractable, found by label; it never leaves the HSM. Master key
+//!   versions are further token keys labelled `LABEL.v2`, `LABEL.v3`, …;
+//!   the highest is current, and a wrapped key names the version that
+//!   wrapped it.
 //! - Data keys come from the HSM's RNG (`C_GenerateRandom`) and are wrapped
 //!   with `CKM_AES_KEY_WRAP_PAD` (RFC 5649) through `C_WrapKey`, unwrapped
 //!   through `C_UnwrapKey` into a short-lived session object whose value is
@@ -15,6 +18,8 @@
 //!   state is per application, so one login serves every pooled session.
 //! - SoftHSM2 answers a bad unwrap with `CKR_GENERAL_ERROR`; every unwrap
 //!   failure is the one opaque [`KmsError::Unwrap`].
+//!
+//! Wrapped form: `1 ‖ u32 master key version ‖ u32 len ‖ KWP blob ‖ tag`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -47,25 +52,33 @@ pub struct Pkcs11Config {
     pub module: PathBuf,
     /// Label of the token holding the KEK.
     pub token_label: String,
-    /// Label of the KEK on that token.
+    /// Label of the KEK (version 1) on that token.
     pub key_label: String,
     /// File holding the user PIN (secrets come from files, PCI DSS 8.6.3).
     pub pin_file: PathBuf,
+}
+
+/// One master key version on the token.
+#[derive(Debug, Clone)]
+struct Kek {
+    handle: ObjectHandle,
+    key_id: KeyId,
 }
 
 /// The PKCS#11 KMS.
 pub struct Pkcs11Kms {
     ctx: Pkcs11,
     slot: Slot,
-    kek: ObjectHandle,
-    key_id: KeyId,
+    config: Pkcs11Config,
+    /// Master key versions, oldest first.
+    keks: Mutex<Vec<Kek>>,
     sessions: Mutex<Vec<Session>>,
 }
 
 impl std::fmt::Debug for Pkcs11Kms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pkcs11Kms")
-            .field("key_id", &self.key_id)
+            .field("key_id", &self.master_key_id())
             .finish_non_exhaustive()
     }
 }
@@ -130,61 +143,128 @@ fn find_key(session: &Session, label: &str) -> Result<Option<ObjectHandle>, KmsE
     Ok(found.into_iter().next())
 }
 
+/// Label of master key version `version`: the configured label for 1,
+/// `LABEL.vN` after.
+fn version_label(label: &str, version: u32) -> String {
+    if version == 1 {
+        label.to_owned()
+    } else {
+        format!("{label}.v{version}")
+    }
+}
+
+fn key_id(config: &Pkcs11Config, label: &str) -> Result<KeyId, KmsError> {
+    KeyId::new(format!("pkcs11:{}/{label}", config.token_label))
+        .ok_or_else(|| KmsError::Refused("empty key id".into()))
+}
+
+/// Creates an AES-256 token key: sensitive, never extractable, usable only
+/// to wrap and unwrap. Refused when a key with that label exists.
+fn create_key(session: &Session, label: &str) -> Result<ObjectHandle, KmsError> {
+    if find_key(session, label)?.is_some() {
+        return Err(KmsError::Refused(format!(
+            "a key labelled {label:?} already exists"
+        )));
+    }
+    session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
+                Attribute::Encrypt(false),
+                Attribute::Decrypt(false),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ],
+        )
+        .map_err(unavailable)
+}
+
+fn bind_tag(key: &DataKey, key_id: &KeyId, ctx: &KeyContext) -> [u8; TAG_LEN] {
+    // HMAC takes keys of any length; a 32-byte key cannot be refused.
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret())
+        .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
+    mac.update(BIND_INFO);
+    mac.update(key_id.as_str().as_bytes());
+    mac.update(&[0]);
+    mac.update(&ctx.to_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// A session object, destroyed when dropped.
+struct TempKey<'a> {
+    session: &'a Session,
+    handle: ObjectHandle,
+}
+
+impl Drop for TempKey<'_> {
+    fn drop(&mut self) {
+        let _ = self.session.destroy_object(self.handle);
+    }
+}
+
 impl Pkcs11Kms {
-    /// Opens the HSM and finds the KEK by label; refused when it is missing.
+    /// Opens the HSM and finds the KEK versions by label; refused when the
+    /// first is missing.
     pub fn open(config: &Pkcs11Config) -> Result<Self, KmsError> {
         let (ctx, slot, session) = open_token(config)?;
-        let kek = find_key(&session, &config.key_label)?.ok_or_else(|| {
-            KmsError::Refused(format!(
+        let mut keks = Vec::new();
+        for version in 1u32.. {
+            let label = version_label(&config.key_label, version);
+            match find_key(&session, &label)? {
+                Some(handle) => keks.push(Kek {
+                    handle,
+                    key_id: key_id(config, &label)?,
+                }),
+                None => break,
+            }
+        }
+        if keks.is_empty() {
+            return Err(KmsError::Refused(format!(
                 "no key labelled {:?} on token {:?}; create it with `tessera hsm create-kek`",
                 config.key_label, config.token_label
-            ))
-        })?;
-        let key_id = KeyId::new(format!(
-            "pkcs11:{}/{}",
-            config.token_label, config.key_label
-        ))
-        .ok_or_else(|| KmsError::Refused("empty key id".into()))?;
+            )));
+        }
         Ok(Self {
             ctx,
             slot,
-            kek,
-            key_id,
+            config: config.clone(),
+            keks: Mutex::new(keks),
             sessions: Mutex::new(vec![session]),
         })
     }
 
-    /// Creates the KEK on the token: AES-256, a token object, sensitive,
-    /// never extractable, usable only to wrap and unwrap. Refused when a key
-    /// with that label exists.
+    /// Creates the first KEK on the token.
     pub fn create_kek(config: &Pkcs11Config) -> Result<(), KmsError> {
         let (_ctx, _slot, session) = open_token(config)?;
-        if find_key(&session, &config.key_label)?.is_some() {
-            return Err(KmsError::Refused(format!(
-                "a key labelled {:?} already exists",
-                config.key_label
-            )));
-        }
-        session
-            .generate_key(
-                &Mechanism::AesKeyGen,
-                &[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::AES),
-                    Attribute::ValueLen(32.into()),
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Wrap(true),
-                    Attribute::Unwrap(true),
-                    Attribute::Encrypt(false),
-                    Attribute::Decrypt(false),
-                    Attribute::Label(config.key_label.as_bytes().to_vec()),
-                ],
-            )
-            .map_err(unavailable)?;
-        Ok(())
+        create_key(&session, &config.key_label).map(|_| ())
+    }
+
+    fn keks(&self) -> std::sync::MutexGuard<'_, Vec<Kek>> {
+        self.keks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn current(&self) -> Result<(u32, Kek), KmsError> {
+        let keks = self.keks();
+        let kek = keks.last().cloned().ok_or(KmsError::Unwrap)?;
+        Ok((u32::try_from(keks.len()).unwrap_or(u32::MAX), kek))
+    }
+
+    fn version(&self, version: u32) -> Result<Kek, KmsError> {
+        let index = usize::try_from(version)
+            .ok()
+            .and_then(|v| v.checked_sub(1))
+            .ok_or(KmsError::Unwrap)?;
+        self.keks().get(index).cloned().ok_or(KmsError::Unwrap)
     }
 
     fn with_session<T>(
@@ -208,27 +288,35 @@ impl Pkcs11Kms {
         result
     }
 
-    fn bind_tag(&self, key: &DataKey, ctx: &KeyContext) -> [u8; TAG_LEN] {
-        // HMAC takes keys of any length; a 32-byte key cannot be refused.
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret())
-            .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
-        mac.update(BIND_INFO);
-        mac.update(self.key_id.as_str().as_bytes());
-        mac.update(&[0]);
-        mac.update(&ctx.to_bytes());
-        mac.finalize().into_bytes().into()
-    }
-}
-
-/// A session object holding `value`, destroyed when dropped.
-struct TempKey<'a> {
-    session: &'a Session,
-    handle: ObjectHandle,
-}
-
-impl Drop for TempKey<'_> {
-    fn drop(&mut self) {
-        let _ = self.session.destroy_object(self.handle);
+    /// Wraps `key` under the current KEK.
+    fn wrap(
+        &self,
+        session: &Session,
+        key: &DataKey,
+        ctx: &KeyContext,
+    ) -> Result<WrappedKey, KmsError> {
+        let (version, kek) = self.current()?;
+        let handle = session
+            .create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(false),
+                Attribute::Sensitive(false),
+                Attribute::Extractable(true),
+                Attribute::Value(key.expose_secret().to_vec()),
+            ])
+            .map_err(unavailable)?;
+        let temp = TempKey { session, handle };
+        let wrapped = session
+            .wrap_key(&Mechanism::AesKeyWrapPad, kek.handle, temp.handle)
+            .map_err(unavailable)?;
+        drop(temp);
+        let mut w = Writer::new();
+        w.u8(BLOB_V1)
+            .u32(version)
+            .bytes(&wrapped)
+            .fixed(&bind_tag(key, &kek.key_id, ctx));
+        WrappedKey::new(w.finish()).ok_or(KmsError::Unwrap)
     }
 }
 
@@ -241,27 +329,8 @@ impl Kms for Pkcs11Kms {
                 .generate_random_slice(bytes.as_mut())
                 .map_err(unavailable)?;
             let key = DataKey::from_bytes(*bytes);
-            let handle = session
-                .create_object(&[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::AES),
-                    Attribute::Token(false),
-                    Attribute::Sensitive(false),
-                    Attribute::Extractable(true),
-                    Attribute::Value(bytes.to_vec()),
-                ])
-                .map_err(unavailable)?;
-            let temp = TempKey { session, handle };
-            let wrapped = session
-                .wrap_key(&Mechanism::AesKeyWrapPad, self.kek, temp.handle)
-                .map_err(unavailable)?;
-            drop(temp);
-            let mut w = Writer::new();
-            w.u8(BLOB_V1)
-                .bytes(&wrapped)
-                .fixed(&self.bind_tag(&key, ctx));
-            let blob = WrappedKey::new(w.finish()).ok_or(KmsError::Unwrap)?;
-            Ok((key, blob))
+            let wrapped = self.wrap(session, &key, ctx)?;
+            Ok((key, wrapped))
         })
     }
 
@@ -271,21 +340,23 @@ impl Kms for Pkcs11Kms {
         ctx: &KeyContext,
     ) -> Result<DataKey, KmsError> {
         let mut r = Reader::new(wrapped.as_bytes());
-        let (kwp, tag) = (|| {
+        let (version, kwp, tag) = (|| {
             if r.u8().ok()? != BLOB_V1 {
                 return None;
             }
+            let version = r.u32().ok()?;
             let kwp = r.bytes().ok()?;
             let tag = r.fixed(TAG_LEN).ok()?;
             r.end().ok()?;
-            Some((kwp, tag))
+            Some((version, kwp, tag))
         })()
         .ok_or(KmsError::Unwrap)?;
+        let kek = self.version(version)?;
         let key = self.with_session(|session| {
             let handle = session
                 .unwrap_key(
                     &Mechanism::AesKeyWrapPad,
-                    self.kek,
+                    kek.handle,
                     kwp,
                     &[
                         Attribute::Class(ObjectClass::SECRET_KEY),
@@ -308,14 +379,31 @@ impl Kms for Pkcs11Kms {
                 .and_then(|v| DataKey::from_slice(&v))
                 .ok_or(KmsError::Unwrap)
         })?;
-        if !bool::from(self.bind_tag(&key, ctx).as_slice().ct_eq(tag)) {
+        if !bool::from(bind_tag(&key, &kek.key_id, ctx).as_slice().ct_eq(tag)) {
             return Err(KmsError::Unwrap);
         }
         Ok(key)
     }
 
+    async fn wrap_data_key(&self, key: &DataKey, ctx: &KeyContext) -> Result<WrappedKey, KmsError> {
+        self.with_session(|session| self.wrap(session, key, ctx))
+    }
+
+    async fn rotate_master_key(&self) -> Result<KeyId, KmsError> {
+        let (version, _) = self.current()?;
+        let label = version_label(&self.config.key_label, version + 1);
+        let handle = self.with_session(|session| create_key(session, &label))?;
+        let kek = Kek {
+            handle,
+            key_id: key_id(&self.config, &label)?,
+        };
+        let id = kek.key_id.clone();
+        self.keks().push(kek);
+        Ok(id)
+    }
+
     fn master_key_id(&self) -> Option<KeyId> {
-        Some(self.key_id.clone())
+        self.keks().last().map(|k| k.key_id.clone())
     }
 
     fn backend_name(&self) -> &'static str {

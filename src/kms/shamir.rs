@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::kms::soft::SoftwareKek;
+use crate::kms::soft::{SoftwareKek, SoftwareKeyring};
 use crate::kms::{KeyContext, KeyId, Kms, KmsError, UnsealProgress, WrappedKey};
 use crate::secret::DataKey;
 
@@ -56,6 +56,37 @@ pub struct ShamirSetup {
     pub share_sha256: Vec<String>,
     /// Hex HMAC-SHA256(master key, "tessera/shamir/check/v1").
     pub check: String,
+    /// Current master key version. Version N wraps with
+    /// HKDF-SHA256(rebuilt key, info = "tessera/shamir/kek/vN"), so rotating
+    /// the master key needs no new shares (as HashiCorp Vault's keyring
+    /// rotation keeps its unseal keys); `tessera init` on a new data dir
+    /// replaces the shares themselves.
+    #[serde(default = "first_version")]
+    pub kek_version: u32,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// The wrapping key of master key version `version`.
+fn derive_kek(root: &DataKey, version: u32) -> Result<SoftwareKek, KmsError> {
+    let hkdf = hkdf::Hkdf::<Sha256>::new(None, root.expose_secret());
+    let mut okm = Zeroizing::new([0u8; 32]);
+    hkdf.expand(
+        format!("tessera/shamir/kek/v{version}").as_bytes(),
+        okm.as_mut(),
+    )
+    .map_err(|_| KmsError::Unwrap)?;
+    SoftwareKek::new(DataKey::from_bytes(*okm), "shamir", WRAP_DOMAIN)
+}
+
+fn keyring(root: &DataKey, versions: u32) -> Result<SoftwareKeyring, KmsError> {
+    SoftwareKeyring::new(
+        (1..=versions.max(1))
+            .map(|v| derive_kek(root, v))
+            .collect::<Result<Vec<_>, _>>()?,
+    )
 }
 
 /// One custodian's share, as written to its own file.
@@ -137,6 +168,7 @@ pub fn split_new_master_key(
         shares,
         share_sha256: hashes,
         check: hex::encode(check_value(&master)),
+        kek_version: 1,
     };
     Ok((setup, files))
 }
@@ -145,12 +177,19 @@ enum State {
     Sealed {
         received: BTreeMap<u8, (String, Share)>,
     },
-    Unsealed(SoftwareKek),
+    Unsealed {
+        root: DataKey,
+        keyring: SoftwareKeyring,
+    },
 }
 
 /// The Shamir-unsealed KMS.
 pub struct ShamirKms {
     setup: ShamirSetup,
+    /// Current master key version (starts at `setup.kek_version`).
+    kek_version: std::sync::atomic::AtomicU32,
+    /// Where `shamir.json` lives, to record master key rotations.
+    setup_path: Option<std::path::PathBuf>,
     state: Mutex<State>,
 }
 
@@ -175,7 +214,9 @@ impl ShamirKms {
             )));
         }
         Ok(Self {
+            kek_version: std::sync::atomic::AtomicU32::new(setup.kek_version.max(1)),
             setup,
+            setup_path: None,
             state: Mutex::new(State::Sealed {
                 received: BTreeMap::new(),
             }),
@@ -194,7 +235,9 @@ impl ShamirKms {
         let setup: ShamirSetup = serde_json::from_slice(&bytes).map_err(|_| {
             KmsError::Refused(format!("{} is not a valid Shamir setup", path.display()))
         })?;
-        Self::sealed(setup)
+        let mut kms = Self::sealed(setup)?;
+        kms.setup_path = Some(path);
+        Ok(kms)
     }
 
     /// The public setup.
@@ -212,10 +255,10 @@ impl ShamirKms {
 
     fn with_kek<T>(
         &self,
-        f: impl FnOnce(&SoftwareKek) -> Result<T, KmsError>,
+        f: impl FnOnce(&SoftwareKeyring) -> Result<T, KmsError>,
     ) -> Result<T, KmsError> {
         match &*self.lock() {
-            State::Unsealed(kek) => f(kek),
+            State::Unsealed { keyring, .. } => f(keyring),
             State::Sealed { .. } => Err(KmsError::Sealed),
         }
     }
@@ -228,7 +271,7 @@ impl ShamirKms {
                 received: u32::try_from(received.len()).unwrap_or(u32::MAX),
                 threshold,
             },
-            State::Unsealed(_) => UnsealProgress {
+            State::Unsealed { .. } => UnsealProgress {
                 sealed: false,
                 received: threshold,
                 threshold,
@@ -276,9 +319,36 @@ impl Kms for ShamirKms {
         self.with_kek(|kek| kek.unwrap(wrapped, ctx))
     }
 
+    async fn wrap_data_key(&self, key: &DataKey, ctx: &KeyContext) -> Result<WrappedKey, KmsError> {
+        self.with_kek(|kek| kek.wrap(key, ctx))
+    }
+
+    async fn rotate_master_key(&self) -> Result<KeyId, KmsError> {
+        let mut state = self.lock();
+        let State::Unsealed { root, keyring } = &mut *state else {
+            return Err(KmsError::Sealed);
+        };
+        let next = keyring.current_version() + 1;
+        let kek = derive_kek(root, next)?;
+        let mut updated = self.setup.clone();
+        updated.kek_version = next;
+        if let Some(path) = &self.setup_path {
+            let json = serde_json::to_vec_pretty(&updated)
+                .map_err(|e| KmsError::Refused(e.to_string()))?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, json)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+        }
+        self.kek_version
+            .store(next, std::sync::atomic::Ordering::SeqCst);
+        keyring.push(kek);
+        keyring.key_id().cloned().ok_or(KmsError::Unwrap)
+    }
+
     fn master_key_id(&self) -> Option<KeyId> {
         match &*self.lock() {
-            State::Unsealed(kek) => Some(kek.key_id().clone()),
+            State::Unsealed { keyring, .. } => keyring.key_id().cloned(),
             State::Sealed { .. } => None,
         }
     }
@@ -328,8 +398,13 @@ impl Kms for ShamirKms {
         let expected = hex::decode(&self.setup.check).unwrap_or_default();
         match key {
             Some(key) if bool::from(check_value(&key).as_slice().ct_eq(&expected)) => {
-                let kek = SoftwareKek::new(key, "shamir", WRAP_DOMAIN)?;
-                if kek.key_id().as_str() != self.setup.key_id {
+                let root_id = SoftwareKek::new(
+                    DataKey::from_bytes(*key.expose_secret()),
+                    "shamir",
+                    WRAP_DOMAIN,
+                )?;
+                let versions = self.kek_version.load(std::sync::atomic::Ordering::SeqCst);
+                if root_id.key_id().as_str() != self.setup.key_id {
                     *state = State::Sealed {
                         received: BTreeMap::new(),
                     };
@@ -337,7 +412,8 @@ impl Kms for ShamirKms {
                         "the shares rebuilt another key; start again".into(),
                     ));
                 }
-                *state = State::Unsealed(kek);
+                let keyring = keyring(&key, versions)?;
+                *state = State::Unsealed { root: key, keyring };
                 Ok(self.progress(&state))
             }
             _ => {

@@ -65,14 +65,14 @@ impl SoftwareKek {
     }
 
     /// Generates a data key and wraps it: `nonce ‖ ciphertext ‖ tag`.
-    pub fn generate(&self, ctx: &KeyContext) -> Result<(DataKey, WrappedKey), KmsError> {
+    pub(crate) fn generate(&self, ctx: &KeyContext) -> Result<(DataKey, WrappedKey), KmsError> {
         let key = DataKey::generate()?;
         let wrapped = self.wrap(&key, ctx)?;
         Ok((key, wrapped))
     }
 
     /// Wraps an existing data key (used when rewrapping under a new master key).
-    pub fn wrap(&self, key: &DataKey, ctx: &KeyContext) -> Result<WrappedKey, KmsError> {
+    pub(crate) fn wrap(&self, key: &DataKey, ctx: &KeyContext) -> Result<WrappedKey, KmsError> {
         let mut nonce = [0u8; NONCE_LEN];
         csprng::fill(&mut nonce)?;
         let aad = self.aad(ctx);
@@ -92,7 +92,11 @@ impl SoftwareKek {
     }
 
     /// Unwraps a key made by [`SoftwareKek::generate`] for `ctx`.
-    pub fn unwrap(&self, wrapped: &WrappedKey, ctx: &KeyContext) -> Result<DataKey, KmsError> {
+    pub(crate) fn unwrap(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &KeyContext,
+    ) -> Result<DataKey, KmsError> {
         let bytes = wrapped.as_bytes();
         if bytes.len() != NONCE_LEN + KEY_LEN + TAG_LEN {
             return Err(KmsError::Unwrap);
@@ -112,5 +116,78 @@ impl SoftwareKek {
                 .map_err(|_| KmsError::Unwrap)?,
         );
         DataKey::from_slice(&plain).ok_or(KmsError::Unwrap)
+    }
+}
+
+/// Master key versions held in memory; the newest wraps, any unwraps.
+///
+/// A wrapped key names the version that wrapped it in its first four bytes
+/// (big-endian), so rotation never strands an existing wrap.
+#[derive(Debug)]
+pub struct SoftwareKeyring {
+    versions: Vec<SoftwareKek>,
+}
+
+impl SoftwareKeyring {
+    /// A keyring over versions 1..=n, oldest first; at least one.
+    pub fn new(versions: Vec<SoftwareKek>) -> Result<Self, KmsError> {
+        if versions.is_empty() {
+            return Err(KmsError::Refused(
+                "a keyring needs at least one master key".into(),
+            ));
+        }
+        Ok(Self { versions })
+    }
+
+    /// Adds a new current version.
+    pub fn push(&mut self, kek: SoftwareKek) {
+        self.versions.push(kek);
+    }
+
+    /// The current (newest) version number, from 1.
+    pub fn current_version(&self) -> u32 {
+        u32::try_from(self.versions.len()).unwrap_or(u32::MAX)
+    }
+
+    fn current(&self) -> Result<&SoftwareKek, KmsError> {
+        self.versions.last().ok_or(KmsError::Unwrap)
+    }
+
+    /// The current master key's id.
+    pub fn key_id(&self) -> Option<&KeyId> {
+        self.versions.last().map(SoftwareKek::key_id)
+    }
+
+    fn tagged(version: u32, wrapped: &WrappedKey) -> Result<WrappedKey, KmsError> {
+        let mut out = version.to_be_bytes().to_vec();
+        out.extend_from_slice(wrapped.as_bytes());
+        WrappedKey::new(out).ok_or(KmsError::Unwrap)
+    }
+
+    /// Generates a data key wrapped under the current version.
+    pub fn generate(&self, ctx: &KeyContext) -> Result<(DataKey, WrappedKey), KmsError> {
+        let (key, wrapped) = self.current()?.generate(ctx)?;
+        Ok((key, Self::tagged(self.current_version(), &wrapped)?))
+    }
+
+    /// Wraps an existing data key under the current version.
+    pub fn wrap(&self, key: &DataKey, ctx: &KeyContext) -> Result<WrappedKey, KmsError> {
+        let wrapped = self.current()?.wrap(key, ctx)?;
+        Self::tagged(self.current_version(), &wrapped)
+    }
+
+    /// Unwraps with the version the wrap names.
+    pub fn unwrap(&self, wrapped: &WrappedKey, ctx: &KeyContext) -> Result<DataKey, KmsError> {
+        let bytes = wrapped.as_bytes();
+        let (version, rest) = bytes.split_first_chunk::<4>().ok_or(KmsError::Unwrap)?;
+        let index = usize::try_from(u32::from_be_bytes(*version))
+            .ok()
+            .and_then(|v| v.checked_sub(1))
+            .ok_or(KmsError::Unwrap)?;
+        let kek = self.versions.get(index).ok_or(KmsError::Unwrap)?;
+        kek.unwrap(
+            &WrappedKey::new(rest.to_vec()).ok_or(KmsError::Unwrap)?,
+            ctx,
+        )
     }
 }

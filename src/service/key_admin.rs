@@ -174,9 +174,17 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::RotateMasterKeyRequest>,
     ) -> Result<Response<v1::RotateMasterKeyResponse>, Status> {
         self.admin(&request, false)?;
-        Err(Status::unimplemented(
-            "master key rotation is not available in this release",
-        ))
+        let result = self
+            .vault
+            .rotate_master_key()
+            .await
+            .map_err(|e| status::from_vault(&e));
+        log_outcome(&result);
+        let (master_key_id, rewrapped) = result?;
+        Ok(Response::new(v1::RotateMasterKeyResponse {
+            master_key_id,
+            rewrapped: u32::try_from(rewrapped).unwrap_or(u32::MAX),
+        }))
     }
 
     type ReencryptStream = ReencryptStream;

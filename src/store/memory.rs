@@ -178,6 +178,27 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn all_wrapped_keys(&self) -> Result<Vec<WrappedKeyRecord>, StoreError> {
+        Ok(self.lock()?.keys.values().cloned().collect())
+    }
+
+    async fn replace_wrapped_key(
+        &self,
+        expected: &WrappedKeyRecord,
+        new: WrappedKeyRecord,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        let slot = inner
+            .keys
+            .get_mut(&WrappedKeyRecord::store_key(&expected.context))
+            .ok_or(StoreError::NotFound)?;
+        if slot != expected || new.context != expected.context {
+            return Err(StoreError::AlreadyExists);
+        }
+        *slot = new;
+        Ok(())
+    }
+
     async fn destroy_wrapped_keys(&self, tenant: &TenantId) -> Result<usize, StoreError> {
         let prefix = tenant_prefix(tenant);
         let mut inner = self.lock()?;

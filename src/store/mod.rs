@@ -128,6 +128,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Removes a job checkpoint (the job finished).
     async fn delete_checkpoint(&self, name: &str) -> Result<(), StoreError>;
 
+    /// Every wrapped key of every tenant (master key rotation rewraps them).
+    async fn all_wrapped_keys(&self) -> Result<Vec<WrappedKeyRecord>, StoreError>;
+
+    /// Replaces a wrapped key with the same key rewrapped, if it is still
+    /// exactly `expected`; otherwise `AlreadyExists` and nothing changes.
+    /// The key table is not card data: a rewrap replaces the old wrap so no
+    /// copy under a retired master key lingers.
+    async fn replace_wrapped_key(
+        &self,
+        expected: &WrappedKeyRecord,
+        new: WrappedKeyRecord,
+    ) -> Result<(), StoreError>;
+
     /// Destroys every wrapped key of a tenant and returns how many there
     /// were. The one deletion the store performs: crypto-shredding needs the
     /// keys gone, not tombstoned (PCI DSS 3.7.5, DESIGN.md §3).

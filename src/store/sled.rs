@@ -297,6 +297,37 @@ impl Store for SledStore {
         self.flush().await
     }
 
+    async fn all_wrapped_keys(&self) -> Result<Vec<WrappedKeyRecord>, StoreError> {
+        self.keys
+            .iter()
+            .values()
+            .map(|v| WrappedKeyRecord::decode(&v.map_err(unavailable)?).map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn replace_wrapped_key(
+        &self,
+        expected: &WrappedKeyRecord,
+        new: WrappedKeyRecord,
+    ) -> Result<(), StoreError> {
+        if new.context != expected.context {
+            return Err(StoreError::AlreadyExists);
+        }
+        let swapped = self
+            .keys
+            .compare_and_swap(
+                WrappedKeyRecord::store_key(&expected.context),
+                Some(expected.encode()),
+                Some(new.encode()),
+            )
+            .map_err(unavailable)?;
+        match swapped {
+            Ok(()) => self.flush().await,
+            Err(cas) if cas.current.is_none() => Err(StoreError::NotFound),
+            Err(_) => Err(StoreError::AlreadyExists),
+        }
+    }
+
     async fn destroy_wrapped_keys(&self, tenant: &TenantId) -> Result<usize, StoreError> {
         let mut destroyed = 0;
         for item in self.keys.scan_prefix(tenant_prefix(tenant)).keys() {

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use crate::domain::TenantId;
 use crate::envelope;
 use crate::kms::{KeyContext, KeyPurpose, KmsError, UnsealProgress};
+use crate::store::{StoreError, WrappedKeyRecord};
 use crate::vault::{Vault, VaultError};
 
 /// Records read per store page when walking a tenant.
@@ -200,6 +201,38 @@ impl Vault {
         self.keys.forget_dek(tenant, version);
         tracing::warn!(event = "dek_destroyed", tenant = %tenant, version, "data key destroyed");
         Ok(())
+    }
+
+    /// Makes a new master key version and rewraps every data key of every
+    /// tenant under it. No record is touched: the DEKs themselves do not
+    /// change, only their wrapping.
+    pub async fn rotate_master_key(&self) -> Result<(String, usize), VaultError> {
+        self.ensure_unsealed()?;
+        let new_id = self.kms.rotate_master_key().await?;
+        let mut rewrapped = 0;
+        for record in self.store.all_wrapped_keys().await? {
+            if record.master_key_id == new_id {
+                continue;
+            }
+            let key = self
+                .kms
+                .unwrap_data_key(&record.wrapped, &record.context)
+                .await?;
+            let wrapped = self.kms.wrap_data_key(&key, &record.context).await?;
+            let new = WrappedKeyRecord {
+                master_key_id: new_id.clone(),
+                wrapped,
+                ..record.clone()
+            };
+            match self.store.replace_wrapped_key(&record, new).await {
+                Ok(()) => rewrapped += 1,
+                // Destroyed or rewrapped meanwhile (a shred, a retirement).
+                Err(StoreError::AlreadyExists | StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::warn!(event = "kek_rotated", master_key = %new_id, rewrapped, "master key rotated");
+        Ok((new_id.as_str().to_owned(), rewrapped))
     }
 
     /// Crypto-shreds a tenant: destroys every key it has. Its tokens answer

@@ -14,6 +14,11 @@ pub trait Factory: Sync {
     fn production_grade(&self) -> bool;
     /// The prefix of its key ids (`dev:`, `shamir:`, …).
     fn key_id_prefix(&self) -> &'static str;
+    /// Whether Tessera rotates this backend's master key (AWS rotates its
+    /// own key material and refuses).
+    fn rotates_master_key(&self) -> bool {
+        true
+    }
 }
 
 fn ctx(tenant: &str, purpose: KeyPurpose, version: u32) -> KeyContext {
@@ -98,10 +103,59 @@ pub async fn key_ids_and_grade(f: &dyn Factory) {
     assert!(!a.backend_name().is_empty());
 }
 
+pub async fn master_key_rotation_keeps_old_wraps(f: &dyn Factory) {
+    let kms = f.make().await;
+    let c = ctx("default", KeyPurpose::Data, 1);
+    let (key, old_wrap) = kms.generate_data_key(&c).await.unwrap();
+    let old_id = kms.master_key_id().unwrap();
+    if !f.rotates_master_key() {
+        assert!(matches!(
+            kms.rotate_master_key().await,
+            Err(KmsError::Refused(_))
+        ));
+        return;
+    }
+    let new_id = kms.rotate_master_key().await.unwrap();
+    assert_ne!(new_id, old_id);
+    assert_eq!(kms.master_key_id(), Some(new_id));
+    // The old wrap still opens; a rewrap under the new version opens too,
+    // differs from the old one, and stays bound to its context.
+    assert_eq!(
+        kms.unwrap_data_key(&old_wrap, &c)
+            .await
+            .unwrap()
+            .expose_secret(),
+        key.expose_secret()
+    );
+    let rewrapped = kms.wrap_data_key(&key, &c).await.unwrap();
+    assert_ne!(rewrapped, old_wrap);
+    assert_eq!(
+        kms.unwrap_data_key(&rewrapped, &c)
+            .await
+            .unwrap()
+            .expose_secret(),
+        key.expose_secret()
+    );
+    assert!(
+        kms.unwrap_data_key(&rewrapped, &ctx("other", KeyPurpose::Data, 1))
+            .await
+            .is_err()
+    );
+    let (fresh, fresh_wrap) = kms.generate_data_key(&c).await.unwrap();
+    assert_eq!(
+        kms.unwrap_data_key(&fresh_wrap, &c)
+            .await
+            .unwrap()
+            .expose_secret(),
+        fresh.expose_secret()
+    );
+}
+
 /// Runs every case.
 pub async fn run_all(f: &dyn Factory) {
     generate_then_unwrap(f).await;
     context_is_bound(f).await;
     tampered_and_foreign_blobs_fail(f).await;
     key_ids_and_grade(f).await;
+    master_key_rotation_keeps_old_wraps(f).await;
 }

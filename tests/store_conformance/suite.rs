@@ -371,6 +371,41 @@ pub async fn checkpoints_overwrite_and_list(f: &dyn Factory) {
     assert!(store.checkpoint("job/a").await.unwrap().is_none());
 }
 
+pub async fn wrapped_keys_replace_by_compare_and_swap(f: &dyn Factory) {
+    let store = f.make();
+    let original = key("a", KeyPurpose::Data, 1);
+    store.put_wrapped_key(original.clone()).await.unwrap();
+    store
+        .put_wrapped_key(key("b", KeyPurpose::Index, 1))
+        .await
+        .unwrap();
+    assert_eq!(store.all_wrapped_keys().await.unwrap().len(), 2);
+    let rewrapped = WrappedKeyRecord {
+        master_key_id: KeyId::new("dev:second").unwrap(),
+        wrapped: WrappedKey::new(vec![0xAB; 60]).unwrap(),
+        ..original.clone()
+    };
+    store
+        .replace_wrapped_key(&original, rewrapped.clone())
+        .await
+        .unwrap();
+    // A stale expectation changes nothing.
+    assert!(matches!(
+        store.replace_wrapped_key(&original, original.clone()).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert_eq!(
+        store.wrapped_key(&original.context).await.unwrap().unwrap(),
+        rewrapped
+    );
+    // Moving a wrap to another context is refused.
+    let moved = WrappedKeyRecord {
+        context: key("a", KeyPurpose::Data, 2).context,
+        ..rewrapped.clone()
+    };
+    assert!(store.replace_wrapped_key(&rewrapped, moved).await.is_err());
+}
+
 /// Runs every case against fresh stores from `f`.
 pub async fn run_all(f: &dyn Factory) {
     append_then_get(f).await;
@@ -384,4 +419,5 @@ pub async fn run_all(f: &dyn Factory) {
     destroying_keys_is_per_tenant(f).await;
     sealed_versions_append_in_order(f).await;
     checkpoints_overwrite_and_list(f).await;
+    wrapped_keys_replace_by_compare_and_swap(f).await;
 }
