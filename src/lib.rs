@@ -34,6 +34,7 @@
 //! | [`server`] | wiring from config, serving with health and reflection, graceful drain |
 //! | [`config`] | TOML + environment configuration, checked once at start |
 //! | [`cli`] | the `tessera` command line |
+//! | [`telemetry`] | logging and the Prometheus metrics endpoint |
 //! | [`proto`] | checked-in generated gRPC code |
 //! | [`secret`], [`csprng`], [`codec`], [`clock`], [`leak`], [`devcreds`] | small shared pieces |
 //!
@@ -63,5 +64,6 @@ pub mod secret;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod tokens;
 pub mod vault;

@@ -98,6 +98,9 @@ impl App {
     }
 }
 
+/// How often key ages are published as metrics.
+pub const KEY_METRICS_INTERVAL: Duration = Duration::from_secs(15);
+
 /// How long in-flight calls may take to finish after a shutdown signal.
 /// Idle keep-alive connections would otherwise hold the server open.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,6 +124,17 @@ pub async fn run(
     // Re-encryptions cut short by a crash or restart continue once unsealed.
     let resumer = Arc::clone(&app.vault);
     tokio::spawn(async move { resumer.resume_reencryptions().await });
+    // Key ages and seal state for the metrics endpoint.
+    let publisher = Arc::clone(&app.vault);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(KEY_METRICS_INTERVAL);
+        loop {
+            tick.tick().await;
+            if let Err(e) = publisher.publish_key_metrics().await {
+                tracing::warn!(error = %e, "could not publish key metrics");
+            }
+        }
+    });
     let tokenizer = TokenizerServer::new(TokenizerService::new(
         Arc::clone(&app.vault),
         Arc::clone(&app.auth),

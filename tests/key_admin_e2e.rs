@@ -261,6 +261,16 @@ async fn shamir_unseal_rotate_seal_and_restart() {
             && rotated.master_key_id != status.master_key_id
     );
     assert_eq!(rotated.rewrapped, 3, "two DEKs and one index key");
+    assert_eq!(status.master_key_version, 1);
+    let after = c1
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (after.master_key_version, after.master_key_id.as_str()),
+        (2, rotated.master_key_id.as_str())
+    );
 
     // Seal: everything but GetStatus and Unseal is UNAVAILABLE again.
     c2.seal(v1::SealRequest {}).await.unwrap();
@@ -732,6 +742,85 @@ async fn pkcs11_backed_server_round_trip_and_restart() {
         .into_inner()
         .pan;
     assert_eq!(pan, VISA);
+    drop(server);
+    assert_no_pan_leaked(&log, &data, &[VISA]);
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// The Prometheus endpoint exposes the seal state and every data key's age
+/// (and never a token or PAN).
+#[tokio::test]
+async fn metrics_expose_key_age_and_seal_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let metrics_addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(&config, format!("[metrics]\nlisten = \"{metrics_addr}\"\n")).unwrap();
+    let args = [
+        "serve",
+        "--dev",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let server = Server::start_with(&args, &data, &log);
+    let mut processor = server.client("processor").await;
+    let token = processor
+        .tokenize(v1::TokenizeRequest {
+            pan: VISA.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut ops = admin(&server.addr, &server.api_key("admin")).await;
+    ops.rotate_data_key(v1::RotateDataKeyRequest::default())
+        .await
+        .unwrap();
+    let status = ops
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.master_key_version, 1);
+    let body = http_get(&metrics_addr, "/metrics");
+    assert!(body.contains("tessera_sealed 0"), "{body}");
+    for version in ["1", "2"] {
+        let line =
+            format!("tessera_data_key_age_seconds{{tenant=\"default\",version=\"{version}\"}}");
+        assert!(body.contains(&line), "missing {line} in {body}");
+    }
+    assert!(
+        body.contains("tessera_data_key_overdue{tenant=\"default\",version=\"2\"} 0"),
+        "{body}"
+    );
+    assert!(!body.contains(&token) && !tessera::leak::contains_pan(&body));
+
+    ops.seal(v1::SealRequest {}).await.unwrap();
+    ops.get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap();
+    assert!(http_get(&metrics_addr, "/metrics").contains("tessera_sealed 1"));
     drop(server);
     assert_no_pan_leaked(&log, &data, &[VISA]);
 }

@@ -42,7 +42,7 @@ fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
 
 /// Runs the server until SIGTERM or ctrl-c.
 pub async fn run(args: ServeArgs) -> ExitCode {
-    init_logging();
+    crate::telemetry::init_logging();
     let profile = if args.dev {
         Profile::Dev
     } else {
@@ -91,6 +91,13 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(addr) = config.metrics_listen {
+        if let Err(e) = crate::telemetry::serve_metrics(addr) {
+            eprintln!("tessera: {e}");
+            return ExitCode::FAILURE;
+        }
+        tracing::info!(%addr, "serving Prometheus metrics");
+    }
     let listener = match TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -144,14 +151,4 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown signal received; draining");
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
 }

@@ -81,9 +81,20 @@ pub struct RawConfig {
     /// Key life-cycle settings.
     #[serde(default)]
     pub keys: RawKeys,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: RawMetrics,
     /// Principals and their API key hashes.
     #[serde(default)]
     pub principals: Vec<RawPrincipal>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Address for the Prometheus endpoint; unset = no endpoint.
+    pub listen: Option<String>,
 }
 
 /// `[keys]`.
@@ -219,6 +230,8 @@ pub struct Config {
     pub policy: VaultPolicy,
     /// Configured principals (dev mode adds generated ones).
     pub principals: Vec<PrincipalEntry>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Default listen address: loopback, so nothing is exposed by accident.
@@ -337,6 +350,21 @@ impl RawConfig {
         policy.data_key_max_age = std::time::Duration::from_secs(max_age_days * 24 * 3600);
         policy.reencrypt_records_per_second =
             self.keys.reencrypt_records_per_second.filter(|r| *r > 0);
+        let metrics_listen = self
+            .metrics
+            .listen
+            .as_deref()
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| invalid("metrics.listen", "not a socket address (HOST:PORT)"))
+            })
+            .transpose()?;
+        if profile == Profile::Dev && metrics_listen.is_some_and(|a| !a.ip().is_loopback()) {
+            return Err(invalid(
+                "metrics.listen",
+                "--dev binds loopback addresses only",
+            ));
+        }
         let mut names = BTreeSet::new();
         let principals = self
             .principals
@@ -357,6 +385,7 @@ impl RawConfig {
             kms,
             policy,
             principals,
+            metrics_listen,
         })
     }
 }

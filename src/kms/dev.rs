@@ -141,6 +141,10 @@ impl Kms for DevKms {
         self.keyring().key_id().cloned()
     }
 
+    fn master_key_version(&self) -> Option<u32> {
+        Some(self.keyring().current_version())
+    }
+
     fn backend_name(&self) -> &'static str {
         "dev"
     }

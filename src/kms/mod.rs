@@ -189,6 +189,12 @@ pub trait Kms: Send + Sync + fmt::Debug + 'static {
     /// The master key currently wrapping new data keys; `None` while sealed.
     fn master_key_id(&self) -> Option<KeyId>;
 
+    /// The current master key version (from 1) where the backend numbers
+    /// them; `None` while sealed or when the versions live elsewhere (AWS).
+    fn master_key_version(&self) -> Option<u32> {
+        None
+    }
+
     /// The backend's configuration name (`dev`, `shamir`, …).
     fn backend_name(&self) -> &'static str;
 

@@ -406,6 +406,10 @@ impl Kms for Pkcs11Kms {
         self.keks().last().map(|k| k.key_id.clone())
     }
 
+    fn master_key_version(&self) -> Option<u32> {
+        u32::try_from(self.keks().len()).ok()
+    }
+
     fn backend_name(&self) -> &'static str {
         "pkcs11"
     }

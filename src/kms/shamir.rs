@@ -353,6 +353,13 @@ impl Kms for ShamirKms {
         }
     }
 
+    fn master_key_version(&self) -> Option<u32> {
+        match &*self.lock() {
+            State::Unsealed { keyring, .. } => Some(keyring.current_version()),
+            State::Sealed { .. } => None,
+        }
+    }
+
     fn backend_name(&self) -> &'static str {
         "shamir"
     }

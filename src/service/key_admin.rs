@@ -83,6 +83,10 @@ impl KeyAdmin for KeyAdminService {
             .key_status(&tenant)
             .await
             .map_err(|e| status::from_vault(&e));
+        // Refresh the key-age metrics too, so an operator's check is current.
+        if let Err(e) = self.vault.publish_key_metrics().await {
+            tracing::warn!(error = %e, "could not publish key metrics");
+        }
         log_outcome(&result);
         let s = result?;
         let unseal = s.unseal.unwrap_or(crate::kms::UnsealProgress {
@@ -115,6 +119,7 @@ impl KeyAdmin for KeyAdminService {
                 })
                 .collect(),
             data_key_max_age_seconds: self.vault.policy().data_key_max_age.as_secs(),
+            master_key_version: self.vault.master_key_version().unwrap_or(0),
         }))
     }
 

@@ -1062,6 +1062,10 @@ pub struct GetStatusResponse {
     /// Maximum age of a data key version before it is overdue, in seconds.
     #[prost(uint64, tag = "8")]
     pub data_key_max_age_seconds: u64,
+    /// Version of the current master key, from 1 (0 while sealed, or when the
+    /// backend versions its key itself, as AWS KMS does).
+    #[prost(uint32, tag = "9")]
+    pub master_key_version: u32,
 }
 /// One unseal share.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
