@@ -458,17 +458,7 @@ async fn reencryption_resumes_after_kill_9() {
     let config = dir.path().join("tessera.toml");
     // Throttled so the job is reliably mid-way when the server dies.
     std::fs::write(&config, "[keys]\nreencrypt_records_per_second = 1000\n").unwrap();
-    let args = [
-        "serve",
-        "--dev",
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    let server = Server::start_with(&args, &data, &log);
+    let server = Server::start_dev_with_config(&config, &data, &log);
     let pans: Vec<String> = (0..2500).map(pan_n).collect();
     let tokens = tokenize_many(&server, &pans).await;
     let mut admin_client = admin(&server.addr, &server.api_key("admin")).await;
@@ -495,7 +485,7 @@ async fn reencryption_resumes_after_kill_9() {
     assert_eq!((first.total, first.target_version), (2500, 2));
     server.kill9();
 
-    let server = Server::start_with(&args, &data, &log);
+    let server = Server::start_dev_with_config(&config, &data, &log);
     let mut admin_client = admin(&server.addr, &server.api_key("admin")).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -772,17 +762,7 @@ async fn metrics_expose_key_age_and_seal_state() {
     };
     let config = dir.path().join("tessera.toml");
     std::fs::write(&config, format!("[metrics]\nlisten = \"{metrics_addr}\"\n")).unwrap();
-    let args = [
-        "serve",
-        "--dev",
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    let server = Server::start_with(&args, &data, &log);
+    let server = Server::start_dev_with_config(&config, &data, &log);
     let mut processor = server.client("processor").await;
     let token = processor
         .tokenize(v1::TokenizeRequest {

@@ -44,6 +44,21 @@ impl Server {
         )
     }
 
+    /// `serve --dev` on `data_dir` with an extra config file.
+    pub fn start_dev_with_config(config: &Path, data_dir: &Path, log: &Path) -> Self {
+        let args = [
+            "serve",
+            "--dev",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        Self::start_with(&args, data_dir, log)
+    }
+
     /// Starts the binary with `args` (a `serve` command line).
     pub fn start_with(args: &[&str], data_dir: &Path, log: &Path) -> Self {
         Self::start_with_env(args, &[], data_dir, log)
