@@ -34,6 +34,8 @@ pub const TOKEN_ID_INFO: &[u8] = b"tessera/token-id/v1";
 pub const FINGERPRINT_INFO: &[u8] = b"tessera/fingerprint/v1";
 /// HKDF info for the FF1 key.
 pub const FF1_INFO: &[u8] = b"tessera/ff1/v1";
+/// HKDF info for the audit-log signing key (from the system index key).
+pub const AUDIT_INFO: &[u8] = b"tessera/audit/v1";
 
 /// Loading or creating a key failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +123,7 @@ pub struct Keyring {
     deks: RwLock<HashMap<(TenantId, u32), Arc<DataKey>>>,
     current: RwLock<HashMap<TenantId, u32>>,
     tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
+    audit: RwLock<Option<Arc<DataKey>>>,
 }
 
 impl std::fmt::Debug for TenantKeys {
@@ -139,6 +142,7 @@ impl Keyring {
             deks: RwLock::default(),
             current: RwLock::default(),
             tenants: RwLock::default(),
+            audit: RwLock::default(),
         }
     }
 
@@ -245,12 +249,37 @@ impl Keyring {
         write(&self.deks).remove(&(tenant.clone(), version));
     }
 
+    /// The key that signs the audit chain head: HKDF of the system index
+    /// key, which the KMS wraps like any other; made on first use.
+    pub async fn audit_key(&self) -> Result<Arc<DataKey>, KeyringError> {
+        if let Some(key) = read(&self.audit).as_ref() {
+            return Ok(Arc::clone(key));
+        }
+        let ctx = KeyContext {
+            tenant: TenantId::system(),
+            purpose: KeyPurpose::Index,
+            version: 1,
+        };
+        let root = self
+            .load_or_create(&ctx, true)
+            .await?
+            .ok_or(KeyringError::MissingKey)?;
+        let hkdf = Hkdf::<Sha256>::new(None, root.expose_secret());
+        let mut okm = Zeroizing::new([0u8; KEY_LEN]);
+        hkdf.expand(AUDIT_INFO, okm.as_mut())
+            .map_err(|_| KeyringError::MissingKey)?;
+        let key = Arc::new(DataKey::from_bytes(*okm));
+        *write(&self.audit) = Some(Arc::clone(&key));
+        Ok(key)
+    }
+
     /// Drops every cached key at once (seal). The `Arc`s still held by
     /// in-flight calls zeroize when those calls finish.
     pub fn clear(&self) {
         write(&self.deks).clear();
         write(&self.current).clear();
         write(&self.tenants).clear();
+        *write(&self.audit) = None;
     }
 
     /// Reads and unwraps the key of `ctx`; with `create`, generates and

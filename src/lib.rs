@@ -30,6 +30,7 @@
 //! | [`store`] | the append-only `Store` trait, its record encodings, sled and memory backends |
 //! | [`vault`] | use cases: tokenize, detokenize, info, delete, batches' rules |
 //! | [`access`] | API keys, roles |
+//! | [`audit`] | the hash-chained, signed audit log and its verification |
 //! | [`service`] | the tonic `Tokenizer` impl, wire conversion, status mapping |
 //! | [`server`] | wiring from config, serving with health and reflection, graceful drain |
 //! | [`config`] | TOML + environment configuration, checked once at start |
@@ -48,6 +49,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod codec;

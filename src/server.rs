@@ -18,8 +18,10 @@ use crate::kms::pkcs11::Pkcs11Kms;
 use crate::kms::shamir::ShamirKms;
 use crate::kms::{Kms, KmsError};
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::v1::audit_server::AuditServer;
 use crate::proto::v1::key_admin_server::KeyAdminServer;
 use crate::proto::v1::tokenizer_server::TokenizerServer;
+use crate::service::audit_log::AuditService;
 use crate::service::key_admin::KeyAdminService;
 use crate::service::{Authenticator, TokenizerService};
 use crate::store::sled::SledStore;
@@ -139,6 +141,10 @@ pub async fn run(
         Arc::clone(&app.vault),
         Arc::clone(&app.auth),
     ));
+    let audit = AuditServer::new(AuditService::new(
+        Arc::clone(&app.vault),
+        Arc::clone(&app.auth),
+    ));
     let key_admin = KeyAdminServer::new(KeyAdminService::new(app.vault, app.auth));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut serve_rx = stop_rx.clone();
@@ -148,6 +154,7 @@ pub async fn run(
         .add_service(reflection)
         .add_service(tokenizer)
         .add_service(key_admin)
+        .add_service(audit)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = serve_rx.wait_for(|stop| *stop).await;
         });

@@ -260,7 +260,10 @@ async fn shamir_unseal_rotate_seal_and_restart() {
         rotated.master_key_id.starts_with("shamir:")
             && rotated.master_key_id != status.master_key_id
     );
-    assert_eq!(rotated.rewrapped, 3, "two DEKs and one index key");
+    assert_eq!(
+        rotated.rewrapped, 4,
+        "two DEKs, one index key and the audit key"
+    );
     assert_eq!(status.master_key_version, 1);
     let after = c1
         .get_status(v1::GetStatusRequest::default())
@@ -720,7 +723,10 @@ async fn pkcs11_backed_server_round_trip_and_restart() {
         rotated.master_key_id,
         format!("pkcs11:{}/tessera-kek.v2", token.label)
     );
-    assert_eq!(rotated.rewrapped, 2, "one DEK and one index key");
+    assert_eq!(
+        rotated.rewrapped, 3,
+        "one DEK, one index key and the audit key"
+    );
     server.kill9();
 
     let server = Server::start_with(&args, &data, &log);

@@ -15,6 +15,7 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "proto/tessera/v1/tokenizer.proto",
     "proto/tessera/v1/key_admin.proto",
+    "proto/tessera/v1/audit.proto",
 ];
 
 /// Messages that carry a PAN: their `Debug` is written by hand, redacted, in

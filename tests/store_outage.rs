@@ -29,6 +29,8 @@ use tonic::Code;
 struct Switchable {
     inner: SledStore,
     down: AtomicBool,
+    /// Only the audit log fails (an unwritable audit sink).
+    audit_down: AtomicBool,
 }
 
 impl Switchable {
@@ -127,6 +129,34 @@ impl Store for Switchable {
         self.check()?;
         self.inner.replace_wrapped_key(expected, new).await
     }
+    async fn append_audit(
+        &self,
+        seq: u64,
+        record: Vec<u8>,
+        head: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        if self.audit_down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected audit outage".into()));
+        }
+        self.inner.append_audit(seq, record, head).await
+    }
+    async fn audit_records(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.check()?;
+        self.inner.audit_records(from, limit).await
+    }
+    async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.check()?;
+        self.inner.last_audit_record().await
+    }
+    async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check()?;
+        self.inner.audit_head().await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.check()?;
         self.inner.ping().await
@@ -139,6 +169,7 @@ async fn store_outage_is_unavailable_then_recovers() {
     let store = Arc::new(Switchable {
         inner: SledStore::open(&dir.path().join("store")).unwrap(),
         down: AtomicBool::new(false),
+        audit_down: AtomicBool::new(false),
     });
     let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
     let vault = Vault::new(
@@ -192,12 +223,37 @@ async fn store_outage_is_unavailable_then_recovers() {
 
     store.down.store(false, Ordering::SeqCst);
     let pan = client
-        .detokenize(v1::DetokenizeRequest { token })
+        .detokenize(v1::DetokenizeRequest {
+            token: token.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
         .pan;
     assert_eq!(pan, "4111111111111111");
+
+    // The audit sink fails alone: no PAN leaves without its event, and
+    // tokenize fails closed by default too (SECURITY.md §1.5).
+    store.audit_down.store(true, Ordering::SeqCst);
+    let status = client
+        .detokenize(v1::DetokenizeRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("audit"), "{}", status.message());
+    assert_eq!(
+        client.tokenize(req()).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    store.audit_down.store(false, Ordering::SeqCst);
+    assert!(
+        client
+            .detokenize(v1::DetokenizeRequest { token })
+            .await
+            .is_ok()
+    );
 
     stop.send(()).unwrap();
     serving.await.unwrap().unwrap();

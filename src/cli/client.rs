@@ -21,14 +21,31 @@ use crate::proto::v1::tokenizer_client::TokenizerClient;
 #[derive(Debug, Args)]
 pub struct Connection {
     /// Server address.
-    #[arg(long, env = "TESSERA_ADDR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "TESSERA_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     pub addr: String,
     /// API key (prefer the environment variable over the flag).
-    #[arg(long, env = "TESSERA_API_KEY", hide_env_values = true)]
-    pub api_key: String,
+    #[arg(long, env = "TESSERA_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
     /// Print JSON instead of text.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
+}
+
+impl Connection {
+    /// The bearer header for the API key, or why there is none.
+    pub fn bearer(&self) -> Result<Bearer, String> {
+        let key = self
+            .api_key
+            .as_deref()
+            .ok_or_else(|| "no API key: set TESSERA_API_KEY or pass --api-key".to_owned())?;
+        Bearer::new(key)
+            .ok_or_else(|| "the API key contains characters not allowed in a header".to_owned())
+    }
 }
 
 /// Generators as CLI values.
@@ -143,8 +160,7 @@ pub async fn channel(conn: &Connection) -> Result<Channel, String> {
 }
 
 async fn connect(conn: &Connection) -> Result<Client, String> {
-    let header = Bearer::new(&conn.api_key)
-        .ok_or_else(|| "the API key contains characters not allowed in a header".to_owned())?;
+    let header = conn.bearer()?;
     Ok(TokenizerClient::with_interceptor(
         channel(conn).await?,
         header,

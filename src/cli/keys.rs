@@ -72,8 +72,7 @@ async fn connect(conn: &Connection) -> Result<Client, ExitCode> {
     let channel = crate::cli::client::channel(conn)
         .await
         .map_err(|e| fail(&e))?;
-    let bearer = Bearer::new(&conn.api_key)
-        .ok_or_else(|| fail("the API key is not a valid header value"))?;
+    let bearer = conn.bearer().map_err(|e| fail(&e))?;
     Ok(KeyAdminClient::with_interceptor(channel, bearer))
 }
 

@@ -1,5 +1,6 @@
 //! The `tessera` command line: `serve` and the client commands.
 
+pub mod audit;
 pub mod client;
 pub mod hsm;
 pub mod init;
@@ -47,6 +48,8 @@ pub enum Command {
     Keys(keys::KeysArgs),
     /// HSM set-up (PKCS#11).
     Hsm(hsm::HsmArgs),
+    /// Read and verify the audit log.
+    Audit(audit::AuditArgs),
 }
 
 /// Parses the command line and runs it.
@@ -74,6 +77,39 @@ pub fn main() -> ExitCode {
             Command::Seal(args) => keys::seal(args).await,
             Command::Keys(args) => keys::keys(args).await,
             Command::Hsm(args) => hsm::run(args),
+            Command::Audit(args) => audit::run(args).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn connection_flags_go_after_subcommands() {
+        let cli = Cli::try_parse_from([
+            "tessera",
+            "audit",
+            "verify",
+            "--addr",
+            "http://h:1",
+            "--api-key",
+            "k",
+        ])
+        .unwrap();
+        let Command::Audit(args) = cli.command else {
+            panic!("not audit")
+        };
+        assert_eq!(args.conn.addr, "http://h:1");
+        assert_eq!(args.conn.api_key.as_deref(), Some("k"));
+        assert!(Cli::try_parse_from(["tessera", "keys", "status", "--json"]).is_ok());
+    }
 }

@@ -84,9 +84,21 @@ pub struct RawConfig {
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// Audit log policy.
+    #[serde(default)]
+    pub audit: RawAudit,
     /// Principals and their API key hashes.
     #[serde(default)]
     pub principals: Vec<RawPrincipal>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Let tokenize succeed when its audit event cannot be written
+    /// (default false: fail closed like detokenize and admin calls).
+    pub tokenize_fail_open: Option<bool>,
 }
 
 /// `[metrics]`.
@@ -350,6 +362,7 @@ impl RawConfig {
         policy.data_key_max_age = std::time::Duration::from_secs(max_age_days * 24 * 3600);
         policy.reencrypt_records_per_second =
             self.keys.reencrypt_records_per_second.filter(|r| *r > 0);
+        policy.audit_tokenize_fail_closed = !self.audit.tokenize_fail_open.unwrap_or(false);
         let metrics_listen = self
             .metrics
             .listen

@@ -4,12 +4,15 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// The reserved id of the vault's own keys.
+const SYSTEM: &str = "_system";
+
 /// Longest tenant id accepted.
 pub const MAX_TENANT_LEN: usize = 64;
 
 /// A tenant id was malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("tenant id must be 1 to 64 characters of a-z, 0-9, '-' or '_'")]
+#[error("tenant id must be 1 to 64 characters of a-z, 0-9, '-' or '_', not starting with '_'")]
 pub struct TenantIdError;
 
 /// A tenant identifier: 1–64 characters of `a-z 0-9 - _`. Cheap to clone.
@@ -17,9 +20,11 @@ pub struct TenantIdError;
 pub struct TenantId(Arc<str>);
 
 impl TenantId {
-    /// Validates and wraps a tenant id.
+    /// Validates and wraps a tenant id. Ids starting with `_` are reserved
+    /// for the vault's own keys.
     pub fn new(id: &str) -> Result<Self, TenantIdError> {
         let ok = !id.is_empty()
+            && !id.starts_with('_')
             && id.len() <= MAX_TENANT_LEN
             && id
                 .bytes()
@@ -28,6 +33,20 @@ impl TenantId {
             Ok(Self(id.into()))
         } else {
             Err(TenantIdError)
+        }
+    }
+
+    /// The vault's own key owner (audit key); no principal can name it.
+    pub fn system() -> Self {
+        Self(SYSTEM.into())
+    }
+
+    /// Reads an id back from storage, where the system tenant may appear.
+    pub fn from_stored(id: &str) -> Result<Self, TenantIdError> {
+        if id == SYSTEM {
+            Ok(Self::system())
+        } else {
+            Self::new(id)
         }
     }
 
@@ -60,6 +79,7 @@ mod tests {
         assert!(TenantId::new("").is_err());
         assert!(TenantId::new("Acme").is_err());
         assert!(TenantId::new("a/b").is_err());
+        assert!(TenantId::new("_system").is_err(), "reserved");
         assert!(TenantId::new(&"a".repeat(65)).is_err());
     }
 }

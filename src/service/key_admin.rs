@@ -1,5 +1,7 @@
 //! `tessera.v1.KeyAdmin`: seal state and the key life cycle. Every RPC needs
-//! the `admin` role; all but GetStatus and Unseal refuse while sealed.
+//! the `admin` role; all but GetStatus and Unseal refuse while sealed. Every
+//! call is audited, and an admin action whose event cannot be written is
+//! refused (fail closed).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use tracing::instrument;
 use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
 use crate::proto::v1::key_admin_server::KeyAdmin;
+use crate::service::audited::{CallContext, audited};
 use crate::service::{Authenticator, log_outcome, status};
 use crate::vault::Vault;
 use crate::vault::admin::KeyState;
@@ -29,12 +32,50 @@ impl KeyAdminService {
         Self { vault, auth }
     }
 
-    fn admin<T>(&self, request: &Request<T>, allow_sealed: bool) -> Result<Principal, Status> {
-        let principal = self.auth.authorize(request.metadata(), Role::Admin)?;
-        if !allow_sealed && self.vault.is_sealed() {
-            return Err(Status::unavailable("the vault is sealed"));
+    /// Authenticates an admin (and, unless `allow_sealed`, refuses while
+    /// sealed). Refusals are audited, best effort.
+    async fn admin<T>(
+        &self,
+        call: &CallContext,
+        request: &Request<T>,
+        allow_sealed: bool,
+    ) -> Result<Principal, Status> {
+        let result = self
+            .auth
+            .authorize(request.metadata(), Role::Admin)
+            .and_then(|p| {
+                if !allow_sealed && self.vault.is_sealed() {
+                    Err(Status::unavailable("the vault is sealed"))
+                } else {
+                    Ok(p)
+                }
+            });
+        if let Err(status) = &result {
+            let principal = self.auth.authenticate(request.metadata()).ok();
+            let event = call.event(
+                principal.as_ref(),
+                String::new(),
+                &format!("{:?}", status.code()),
+            );
+            if let Err(e) = self.vault.record_audit(event).await {
+                tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a refused call");
+            }
         }
-        Ok(principal)
+        result
+    }
+
+    /// Audits an admin call's outcome; refuses it when the event is lost.
+    async fn finish<T>(
+        &self,
+        call: &CallContext,
+        principal: &Principal,
+        resource: String,
+        result: Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
+        log_outcome(&result);
+        audited(&self.vault, call, Some(principal), resource, result, true)
+            .await
+            .map(Response::new)
     }
 }
 
@@ -76,51 +117,55 @@ impl KeyAdmin for KeyAdminService {
         &self,
         request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::GetStatusResponse>, Status> {
-        let principal = self.admin(&request, true)?;
-        let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
-        let result = self
-            .vault
-            .key_status(&tenant)
-            .await
-            .map_err(|e| status::from_vault(&e));
-        // Refresh the key-age metrics too, so an operator's check is current.
-        if let Err(e) = self.vault.publish_key_metrics().await {
-            tracing::warn!(error = %e, "could not publish key metrics");
+        let call = CallContext::of("GetStatus", &request);
+        let principal = self.admin(&call, &request, true).await?;
+        let result = async {
+            let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+            let s = self
+                .vault
+                .key_status(&tenant)
+                .await
+                .map_err(|e| status::from_vault(&e))?;
+            // Refresh the key-age metrics too, so an operator's check is current.
+            if let Err(e) = self.vault.publish_key_metrics().await {
+                tracing::warn!(error = %e, "could not publish key metrics");
+            }
+            let unseal = s.unseal.unwrap_or(crate::kms::UnsealProgress {
+                sealed: s.sealed,
+                received: 0,
+                threshold: 0,
+            });
+            Ok(v1::GetStatusResponse {
+                sealed: s.sealed,
+                kms_backend: s.kms_backend.to_owned(),
+                master_key_id: s.master_key_id.unwrap_or_default(),
+                unseal_shares_received: unseal.received,
+                unseal_threshold: unseal.threshold,
+                tenant: s.tenant.as_str().to_owned(),
+                data_keys: s
+                    .data_keys
+                    .into_iter()
+                    .map(|k| v1::DataKeyStatus {
+                        version: k.version,
+                        state: match k.state {
+                            KeyState::Active => v1::KeyState::Active,
+                            KeyState::DecryptOnly => v1::KeyState::DecryptOnly,
+                            KeyState::Destroyed => v1::KeyState::Destroyed,
+                        }
+                        .into(),
+                        created_at: k.created_at_ms.map(timestamp),
+                        record_count: k.record_count,
+                        overdue: k.overdue,
+                        master_key_id: k.master_key_id,
+                    })
+                    .collect(),
+                data_key_max_age_seconds: self.vault.policy().data_key_max_age.as_secs(),
+                master_key_version: self.vault.master_key_version().unwrap_or(0),
+            })
         }
-        log_outcome(&result);
-        let s = result?;
-        let unseal = s.unseal.unwrap_or(crate::kms::UnsealProgress {
-            sealed: s.sealed,
-            received: 0,
-            threshold: 0,
-        });
-        Ok(Response::new(v1::GetStatusResponse {
-            sealed: s.sealed,
-            kms_backend: s.kms_backend.to_owned(),
-            master_key_id: s.master_key_id.unwrap_or_default(),
-            unseal_shares_received: unseal.received,
-            unseal_threshold: unseal.threshold,
-            tenant: s.tenant.as_str().to_owned(),
-            data_keys: s
-                .data_keys
-                .into_iter()
-                .map(|k| v1::DataKeyStatus {
-                    version: k.version,
-                    state: match k.state {
-                        KeyState::Active => v1::KeyState::Active,
-                        KeyState::DecryptOnly => v1::KeyState::DecryptOnly,
-                        KeyState::Destroyed => v1::KeyState::Destroyed,
-                    }
-                    .into(),
-                    created_at: k.created_at_ms.map(timestamp),
-                    record_count: k.record_count,
-                    overdue: k.overdue,
-                    master_key_id: k.master_key_id,
-                })
-                .collect(),
-            data_key_max_age_seconds: self.vault.policy().data_key_max_age.as_secs(),
-            master_key_version: self.vault.master_key_version().unwrap_or(0),
-        }))
+        .await;
+        let resource = format!("tenant:{}", principal.tenant);
+        self.finish(&call, &principal, resource, result).await
     }
 
     #[instrument(skip_all, name = "Unseal", fields(principal, tenant))]
@@ -128,19 +173,20 @@ impl KeyAdmin for KeyAdminService {
         &self,
         request: Request<v1::UnsealRequest>,
     ) -> Result<Response<v1::UnsealResponse>, Status> {
-        let principal = self.admin(&request, true)?;
+        let call = CallContext::of("Unseal", &request);
+        let principal = self.admin(&call, &request, true).await?;
         let result = self
             .vault
             .unseal(&principal.name, &request.get_ref().share)
             .await
+            .map(|p| v1::UnsealResponse {
+                sealed: p.sealed,
+                shares_received: p.received,
+                threshold: p.threshold,
+            })
             .map_err(|e| status::from_vault(&e));
-        log_outcome(&result);
-        let p = result?;
-        Ok(Response::new(v1::UnsealResponse {
-            sealed: p.sealed,
-            shares_received: p.received,
-            threshold: p.threshold,
-        }))
+        self.finish(&call, &principal, "vault".to_owned(), result)
+            .await
     }
 
     #[instrument(skip_all, name = "Seal", fields(principal, tenant))]
@@ -148,10 +194,15 @@ impl KeyAdmin for KeyAdminService {
         &self,
         request: Request<v1::SealRequest>,
     ) -> Result<Response<v1::SealResponse>, Status> {
-        // Sealing is the emergency brake: allowed even when already sealed.
-        self.admin(&request, true)?;
+        // Sealing is the emergency brake: allowed even when already sealed,
+        // and it happens before the audit write, which may not block it.
+        let call = CallContext::of("Seal", &request);
+        let principal = self.admin(&call, &request, true).await?;
         self.vault.seal();
-        tracing::info!(outcome = "ok");
+        let event = call.event(Some(&principal), "vault".to_owned(), "OK");
+        if let Err(e) = self.vault.record_audit(event).await {
+            tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a seal");
+        }
         Ok(Response::new(v1::SealResponse {}))
     }
 
@@ -160,17 +211,23 @@ impl KeyAdmin for KeyAdminService {
         &self,
         request: Request<v1::RotateDataKeyRequest>,
     ) -> Result<Response<v1::RotateDataKeyResponse>, Status> {
-        let principal = self.admin(&request, false)?;
-        let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
-        let result = self
-            .vault
-            .rotate_data_key(&tenant)
-            .await
-            .map_err(|e| status::from_vault(&e));
-        log_outcome(&result);
-        Ok(Response::new(v1::RotateDataKeyResponse {
-            version: result?,
-        }))
+        let call = CallContext::of("RotateDataKey", &request);
+        let principal = self.admin(&call, &request, false).await?;
+        let result = async {
+            let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+            let version = self
+                .vault
+                .rotate_data_key(&tenant)
+                .await
+                .map_err(|e| status::from_vault(&e))?;
+            Ok(v1::RotateDataKeyResponse { version })
+        }
+        .await;
+        let resource = match &result {
+            Ok(r) => format!("tenant:{} dek:v{}", principal.tenant, r.version),
+            Err(_) => format!("tenant:{}", principal.tenant),
+        };
+        self.finish(&call, &principal, resource, result).await
     }
 
     #[instrument(skip_all, name = "RotateMasterKey", fields(principal, tenant))]
@@ -178,31 +235,42 @@ impl KeyAdmin for KeyAdminService {
         &self,
         request: Request<v1::RotateMasterKeyRequest>,
     ) -> Result<Response<v1::RotateMasterKeyResponse>, Status> {
-        self.admin(&request, false)?;
+        let call = CallContext::of("RotateMasterKey", &request);
+        let principal = self.admin(&call, &request, false).await?;
         let result = self
             .vault
             .rotate_master_key()
             .await
+            .map(|(master_key_id, rewrapped)| v1::RotateMasterKeyResponse {
+                master_key_id,
+                rewrapped: u32::try_from(rewrapped).unwrap_or(u32::MAX),
+            })
             .map_err(|e| status::from_vault(&e));
-        log_outcome(&result);
-        let (master_key_id, rewrapped) = result?;
-        Ok(Response::new(v1::RotateMasterKeyResponse {
-            master_key_id,
-            rewrapped: u32::try_from(rewrapped).unwrap_or(u32::MAX),
-        }))
+        let resource = match &result {
+            Ok(r) => format!("master:{}", r.master_key_id),
+            Err(_) => "master".to_owned(),
+        };
+        self.finish(&call, &principal, resource, result).await
     }
 
     type ReencryptStream = ReencryptStream;
 
     /// Runs the job in its own task, so a client that disconnects does not
-    /// stop it; progress goes to the stream while anyone listens.
+    /// stop it; progress goes to the stream while anyone listens. The start
+    /// is audited (fail closed); the job's end is logged.
     #[instrument(skip_all, name = "Reencrypt", fields(principal, tenant))]
     async fn reencrypt(
         &self,
         request: Request<v1::ReencryptRequest>,
     ) -> Result<Response<Self::ReencryptStream>, Status> {
-        let principal = self.admin(&request, false)?;
-        let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+        let call = CallContext::of("Reencrypt", &request);
+        let principal = self.admin(&call, &request, false).await?;
+        let tenant = target_tenant(&principal, &request.get_ref().tenant);
+        let resource = format!("tenant:{}", principal.tenant);
+        let tenant = self
+            .finish(&call, &principal, resource, tenant)
+            .await?
+            .into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let vault = Arc::clone(&self.vault);
         let span = tracing::Span::current();
@@ -235,15 +303,20 @@ impl KeyAdmin for KeyAdminService {
         &self,
         request: Request<v1::RetireDataKeyRequest>,
     ) -> Result<Response<v1::RetireDataKeyResponse>, Status> {
-        let principal = self.admin(&request, false)?;
-        let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
-        let result = self
-            .vault
-            .retire_data_key(&tenant, request.get_ref().version)
-            .await
-            .map_err(|e| status::from_vault(&e));
-        log_outcome(&result);
-        result.map(|()| Response::new(v1::RetireDataKeyResponse {}))
+        let call = CallContext::of("RetireDataKey", &request);
+        let principal = self.admin(&call, &request, false).await?;
+        let version = request.get_ref().version;
+        let result = async {
+            let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+            self.vault
+                .retire_data_key(&tenant, version)
+                .await
+                .map_err(|e| status::from_vault(&e))?;
+            Ok(v1::RetireDataKeyResponse {})
+        }
+        .await;
+        let resource = format!("tenant:{} dek:v{version}", principal.tenant);
+        self.finish(&call, &principal, resource, result).await
     }
 
     #[instrument(skip_all, name = "ShredTenant", fields(principal, tenant))]
@@ -251,18 +324,22 @@ impl KeyAdmin for KeyAdminService {
         &self,
         request: Request<v1::ShredTenantRequest>,
     ) -> Result<Response<v1::ShredTenantResponse>, Status> {
-        let principal = self.admin(&request, false)?;
-        let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
-        let result = self
-            .vault
-            .shred_tenant(&tenant)
-            .await
-            .map_err(|e| status::from_vault(&e));
-        log_outcome(&result);
-        let destroyed = result?;
-        Ok(Response::new(v1::ShredTenantResponse {
-            keys_destroyed: u32::try_from(destroyed).unwrap_or(u32::MAX),
-        }))
+        let call = CallContext::of("ShredTenant", &request);
+        let principal = self.admin(&call, &request, false).await?;
+        let result = async {
+            let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+            let destroyed = self
+                .vault
+                .shred_tenant(&tenant)
+                .await
+                .map_err(|e| status::from_vault(&e))?;
+            Ok(v1::ShredTenantResponse {
+                keys_destroyed: u32::try_from(destroyed).unwrap_or(u32::MAX),
+            })
+        }
+        .await;
+        let resource = format!("tenant:{}", principal.tenant);
+        self.finish(&call, &principal, resource, result).await
     }
 
     #[instrument(skip_all, name = "ListApprovals", fields(principal, tenant))]
@@ -270,11 +347,14 @@ impl KeyAdmin for KeyAdminService {
         &self,
         request: Request<v1::ListApprovalsRequest>,
     ) -> Result<Response<v1::ListApprovalsResponse>, Status> {
-        self.admin(&request, false)?;
+        let call = CallContext::of("ListApprovals", &request);
+        let principal = self.admin(&call, &request, false).await?;
         // No action requires a second approver yet, so none is ever pending.
-        Ok(Response::new(v1::ListApprovalsResponse {
+        let result = Ok(v1::ListApprovalsResponse {
             approvals: Vec::new(),
-        }))
+        });
+        self.finish(&call, &principal, "approvals".to_owned(), result)
+            .await
     }
 
     #[instrument(skip_all, name = "Approve", fields(principal, tenant))]
@@ -282,7 +362,10 @@ impl KeyAdmin for KeyAdminService {
         &self,
         request: Request<v1::ApproveRequest>,
     ) -> Result<Response<v1::ApproveResponse>, Status> {
-        self.admin(&request, false)?;
-        Err(Status::not_found("no pending approval has this id"))
+        let call = CallContext::of("Approve", &request);
+        let principal = self.admin(&call, &request, false).await?;
+        let result = Err(Status::not_found("no pending approval has this id"));
+        self.finish(&call, &principal, "approval".to_owned(), result)
+            .await
     }
 }

@@ -5,6 +5,8 @@
 //! Logging: handlers record the RPC, principal, tenant and outcome, never a
 //! request or response body (`skip_all`).
 
+pub mod audit_log;
+pub mod audited;
 pub mod convert;
 pub mod key_admin;
 pub mod status;
@@ -21,6 +23,7 @@ use crate::domain::{Principal, Role};
 use crate::proto::v1;
 use crate::proto::v1::tokenizer_server::Tokenizer;
 use crate::vault::{TokenizeCommand, Vault};
+use audited::{CallContext, audited};
 
 /// Turns request metadata into a principal.
 #[derive(Debug)]
@@ -84,13 +87,32 @@ impl TokenizerService {
         Self { vault, auth }
     }
 
-    /// Refuses while sealed, then authenticates and checks `role`.
-    fn authorize(&self, metadata: &MetadataMap, role: Role) -> Result<Principal, Status> {
+    /// Refuses while sealed, then authenticates and checks `role`. Every
+    /// refusal is audited (best effort: a refusal must not wait on the log).
+    async fn authorize<T>(
+        &self,
+        call: &CallContext,
+        request: &Request<T>,
+        role: Role,
+    ) -> Result<Principal, Status> {
         // A sealed vault answers nothing else, whoever asks.
-        if self.vault.is_sealed() {
-            return Err(Status::unavailable("the vault is sealed"));
+        let result = if self.vault.is_sealed() {
+            Err(Status::unavailable("the vault is sealed"))
+        } else {
+            self.auth.authorize(request.metadata(), role)
+        };
+        if let Err(status) = &result {
+            let principal = self.auth.authenticate(request.metadata()).ok();
+            let event = call.event(
+                principal.as_ref(),
+                String::new(),
+                &format!("{:?}", status.code()),
+            );
+            if let Err(e) = self.vault.record_audit(event).await {
+                tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a refused call");
+            }
         }
-        self.auth.authorize(metadata, role)
+        result
     }
 
     async fn tokenize_one(
@@ -160,10 +182,28 @@ impl Tokenizer for TokenizerService {
         &self,
         request: Request<v1::TokenizeRequest>,
     ) -> Result<Response<v1::TokenizeResponse>, Status> {
-        let principal = self.authorize(request.metadata(), Role::Tokenize)?;
+        let call = CallContext::of("Tokenize", &request);
+        let principal = self.authorize(&call, &request, Role::Tokenize).await?;
         let result = self.tokenize_one(&principal, request.into_inner()).await;
         log_outcome(&result);
-        result.map(Response::new)
+        let resource = match &result {
+            Ok(r) => match crate::domain::Token::parse(&r.token) {
+                Ok(token) => self.vault.token_ref(&principal.tenant, &token).await,
+                Err(_) => String::new(),
+            },
+            Err(_) => String::new(),
+        };
+        let fail_closed = self.vault.policy().audit_tokenize_fail_closed;
+        audited(
+            &self.vault,
+            &call,
+            Some(&principal),
+            resource,
+            result,
+            fail_closed,
+        )
+        .await
+        .map(Response::new)
     }
 
     #[instrument(skip_all, name = "TokenizeBatch", fields(principal, tenant, items))]
@@ -171,22 +211,38 @@ impl Tokenizer for TokenizerService {
         &self,
         request: Request<v1::TokenizeBatchRequest>,
     ) -> Result<Response<v1::TokenizeBatchResponse>, Status> {
-        let principal = self.authorize(request.metadata(), Role::Tokenize)?;
+        let call = CallContext::of("TokenizeBatch", &request);
+        let principal = self.authorize(&call, &request, Role::Tokenize).await?;
         let items = request.into_inner().items;
-        self.check_batch(items.len())?;
-        let mut outcomes = Vec::with_capacity(items.len());
-        for item in items {
-            outcomes.push(self.tokenize_one(&principal, item).await);
+        let total = items.len();
+        let result = async {
+            self.check_batch(total)?;
+            let mut outcomes = Vec::with_capacity(total);
+            for item in items {
+                outcomes.push(self.tokenize_one(&principal, item).await);
+            }
+            Ok(per_item_statuses(outcomes))
         }
-        let results = per_item_statuses(outcomes)
-            .into_iter()
-            .map(|r| v1::TokenizeResult {
-                result: Some(match r {
-                    Ok(token) => v1::tokenize_result::Result::Token(token),
-                    Err(e) => v1::tokenize_result::Result::Error(e),
-                }),
-            })
-            .collect();
+        .await;
+        let resource = batch_resource(total, &result);
+        let fail_closed = self.vault.policy().audit_tokenize_fail_closed;
+        let results = audited(
+            &self.vault,
+            &call,
+            Some(&principal),
+            resource,
+            result,
+            fail_closed,
+        )
+        .await?
+        .into_iter()
+        .map(|r| v1::TokenizeResult {
+            result: Some(match r {
+                Ok(token) => v1::tokenize_result::Result::Token(token),
+                Err(e) => v1::tokenize_result::Result::Error(e),
+            }),
+        })
+        .collect();
         Ok(Response::new(v1::TokenizeBatchResponse { results }))
     }
 
@@ -195,10 +251,15 @@ impl Tokenizer for TokenizerService {
         &self,
         request: Request<v1::DetokenizeRequest>,
     ) -> Result<Response<v1::DetokenizeResponse>, Status> {
-        let principal = self.authorize(request.metadata(), Role::Detokenize)?;
+        let call = CallContext::of("Detokenize", &request);
+        let principal = self.authorize(&call, &request, Role::Detokenize).await?;
+        let resource = self.resource_of(&principal, &request.get_ref().token).await;
         let result = self.detokenize_one(&principal, request.get_ref()).await;
         log_outcome(&result);
-        result.map(Response::new)
+        // Audit before the PAN leaves: no event, no PAN (SECURITY.md §1.5).
+        audited(&self.vault, &call, Some(&principal), resource, result, true)
+            .await
+            .map(Response::new)
     }
 
     #[instrument(skip_all, name = "DetokenizeBatch", fields(principal, tenant, items))]
@@ -206,14 +267,22 @@ impl Tokenizer for TokenizerService {
         &self,
         request: Request<v1::DetokenizeBatchRequest>,
     ) -> Result<Response<v1::DetokenizeBatchResponse>, Status> {
-        let principal = self.authorize(request.metadata(), Role::Detokenize)?;
+        let call = CallContext::of("DetokenizeBatch", &request);
+        let principal = self.authorize(&call, &request, Role::Detokenize).await?;
         let items = request.into_inner().items;
-        self.check_batch(items.len())?;
-        let mut outcomes = Vec::with_capacity(items.len());
-        for item in &items {
-            outcomes.push(self.detokenize_one(&principal, item).await);
+        let total = items.len();
+        let result = async {
+            self.check_batch(total)?;
+            let mut outcomes = Vec::with_capacity(total);
+            for item in &items {
+                outcomes.push(self.detokenize_one(&principal, item).await);
+            }
+            Ok(per_item_statuses(outcomes))
         }
-        let results = per_item_statuses(outcomes)
+        .await;
+        let resource = batch_resource(total, &result);
+        let results = audited(&self.vault, &call, Some(&principal), resource, result, true)
+            .await?
             .into_iter()
             .map(|r| v1::DetokenizeResult {
                 result: Some(match r {
@@ -230,7 +299,9 @@ impl Tokenizer for TokenizerService {
         &self,
         request: Request<v1::GetTokenInfoRequest>,
     ) -> Result<Response<v1::TokenInfo>, Status> {
-        let principal = self.authorize(request.metadata(), Role::ReadInfo)?;
+        let call = CallContext::of("GetTokenInfo", &request);
+        let principal = self.authorize(&call, &request, Role::ReadInfo).await?;
+        let resource = self.resource_of(&principal, &request.get_ref().token).await;
         let result = async {
             let token = convert::token(&request.get_ref().token)?;
             self.vault
@@ -241,7 +312,9 @@ impl Tokenizer for TokenizerService {
         }
         .await;
         log_outcome(&result);
-        result.map(Response::new)
+        audited(&self.vault, &call, Some(&principal), resource, result, true)
+            .await
+            .map(Response::new)
     }
 
     #[instrument(skip_all, name = "DeleteToken", fields(principal, tenant))]
@@ -249,7 +322,9 @@ impl Tokenizer for TokenizerService {
         &self,
         request: Request<v1::DeleteTokenRequest>,
     ) -> Result<Response<()>, Status> {
-        let principal = self.authorize(request.metadata(), Role::Delete)?;
+        let call = CallContext::of("DeleteToken", &request);
+        let principal = self.authorize(&call, &request, Role::Delete).await?;
+        let resource = self.resource_of(&principal, &request.get_ref().token).await;
         let result = async {
             let token = convert::token(&request.get_ref().token)?;
             self.vault
@@ -259,6 +334,29 @@ impl Tokenizer for TokenizerService {
         }
         .await;
         log_outcome(&result);
-        result.map(Response::new)
+        audited(&self.vault, &call, Some(&principal), resource, result, true)
+            .await
+            .map(Response::new)
+    }
+}
+
+impl TokenizerService {
+    /// The audit resource for a token field: its keyed id, or `token:invalid`.
+    async fn resource_of(&self, principal: &Principal, token: &str) -> String {
+        match crate::domain::Token::parse(token) {
+            Ok(token) => self.vault.token_ref(&principal.tenant, &token).await,
+            Err(_) => "token:invalid".to_owned(),
+        }
+    }
+}
+
+/// The audit resource of a batch: how many items, how many failed.
+fn batch_resource<O, E>(total: usize, result: &Result<Vec<Result<O, E>>, Status>) -> String {
+    match result {
+        Ok(items) => format!(
+            "items={total} failed={}",
+            items.iter().filter(|r| r.is_err()).count()
+        ),
+        Err(_) => format!("items={total}"),
     }
 }

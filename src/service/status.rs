@@ -35,6 +35,11 @@ pub fn from_vault(e: &VaultError) -> Status {
         VaultError::InvalidArgument { field, reason } => invalid_argument(field, reason),
         VaultError::NotFound => Status::not_found("token not found"),
         VaultError::Sealed => Status::unavailable("the vault is sealed"),
+        VaultError::Audit(a) => {
+            tracing::error!(error = %a, alert = "audit_write_failed", "audit log unavailable; failing closed");
+            metrics::counter!("tessera_audit_failures_total").increment(1);
+            Status::unavailable("the audit log is unavailable; the call was refused")
+        }
         VaultError::Precondition(why) => Status::failed_precondition(why.clone()),
         VaultError::Kms(KmsError::ShareRefused(why)) => invalid_argument("share", why),
         VaultError::Kms(KmsError::Refused(why)) => Status::failed_precondition(why.clone()),

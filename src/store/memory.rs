@@ -20,6 +20,8 @@ struct Inner {
     keys: BTreeMap<Vec<u8>, WrappedKeyRecord>,
     sealed_versions: HashMap<TokenId, Vec<Vec<u8>>>,
     checkpoints: BTreeMap<String, Vec<u8>>,
+    audit: Vec<Vec<u8>>,
+    audit_head: Option<Vec<u8>>,
 }
 
 /// A `HashMap`-backed store. Unit tests only.
@@ -241,6 +243,54 @@ impl Store for MemoryStore {
             .take(limit)
             .filter_map(|id| inner.stored(id))
             .collect())
+    }
+
+    async fn append_audit(
+        &self,
+        seq: u64,
+        record: Vec<u8>,
+        head: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if usize::try_from(seq).ok() != Some(inner.audit.len()) {
+            return Err(StoreError::AlreadyExists);
+        }
+        inner.audit.push(record);
+        if let Some(head) = head {
+            inner.audit_head = Some(head);
+        }
+        Ok(())
+    }
+
+    async fn audit_records(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let inner = self.lock()?;
+        let start = usize::try_from(from).unwrap_or(usize::MAX);
+        Ok(inner
+            .audit
+            .iter()
+            .enumerate()
+            .skip(start)
+            .take(limit)
+            .map(|(i, r)| (u64::try_from(i).unwrap_or(u64::MAX), r.clone()))
+            .collect())
+    }
+
+    async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner.audit.last().map(|r| {
+            (
+                u64::try_from(inner.audit.len() - 1).unwrap_or(u64::MAX),
+                r.clone(),
+            )
+        }))
+    }
+
+    async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock()?.audit_head.clone())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

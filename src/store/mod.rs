@@ -158,6 +158,30 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError>;
 
+    /// Appends audit record `seq`, which must be the next position (the
+    /// log's length); otherwise `AlreadyExists` and nothing is written.
+    /// With `head`, the signed chain head is replaced in the same atomic
+    /// write. Durable on return.
+    async fn append_audit(
+        &self,
+        seq: u64,
+        record: Vec<u8>,
+        head: Option<Vec<u8>>,
+    ) -> Result<(), StoreError>;
+
+    /// Audit records from position `from`, at most `limit`, in order.
+    async fn audit_records(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
+    /// The newest audit record, to continue the chain after a restart.
+    async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// The signed chain head, if one was written.
+    async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// Checks the backend answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -127,7 +127,7 @@ impl SealedRecord {
         if r.u8()? != RECORD_V1 {
             return Err(bad(0));
         }
-        let tenant = TenantId::new(r.str()?).map_err(|_| bad(1))?;
+        let tenant = TenantId::from_stored(r.str()?).map_err(|_| bad(1))?;
         let token_id = TokenId::from_slice(r.fixed(TOKEN_ID_LEN)?).ok_or(bad(1))?;
         let fingerprint = if r.bool()? {
             Some(Fingerprint::from_slice(r.fixed(FINGERPRINT_LEN)?).ok_or(bad(1))?)
@@ -226,7 +226,7 @@ impl WrappedKeyRecord {
         if r.u8()? != KEY_V1 {
             return Err(bad(0));
         }
-        let tenant = TenantId::new(r.str()?).map_err(|_| bad(1))?;
+        let tenant = TenantId::from_stored(r.str()?).map_err(|_| bad(1))?;
         let purpose = KeyPurpose::from_code(r.u8()?).ok_or(bad(1))?;
         let version = r.u32()?;
         let master_key_id = KeyId::new(r.str()?).ok_or(bad(1))?;

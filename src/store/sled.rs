@@ -38,6 +38,8 @@ pub struct SledStore {
     latest_seal: sled::Tree,
     checkpoints: sled::Tree,
     keys: sled::Tree,
+    audit: sled::Tree,
+    audit_meta: sled::Tree,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -68,6 +70,8 @@ impl SledStore {
             sealed_versions: tree("sealed_versions")?,
             latest_seal: tree("latest_seal")?,
             checkpoints: tree("checkpoints")?,
+            audit: tree("audit")?,
+            audit_meta: tree("audit_meta")?,
             keys: tree("keys")?,
             db,
         })
@@ -108,6 +112,9 @@ impl SledStore {
         }))
     }
 }
+
+/// Key of the signed chain head in `audit_meta`.
+const AUDIT_HEAD: &[u8] = b"head";
 
 fn version_key(id: &TokenId, version: u32) -> Vec<u8> {
     let mut k = id.as_bytes().to_vec();
@@ -383,6 +390,72 @@ impl Store for SledStore {
             }
         }
         Ok(out)
+    }
+
+    async fn append_audit(
+        &self,
+        seq: u64,
+        record: Vec<u8>,
+        head: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        (&self.audit, &self.audit_meta)
+            .transaction(|(audit, meta)| {
+                // The next position: nothing at `seq`, something at `seq - 1`.
+                let previous_present = match seq.checked_sub(1) {
+                    Some(prev) => audit.get(prev.to_be_bytes())?.is_some(),
+                    None => true,
+                };
+                if audit.get(seq.to_be_bytes())?.is_some() || !previous_present {
+                    return Err(abort(StoreError::AlreadyExists));
+                }
+                audit.insert(&seq.to_be_bytes(), record.as_slice())?;
+                if let Some(head) = &head {
+                    meta.insert(AUDIT_HEAD, head.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(flatten)?;
+        self.flush().await
+    }
+
+    async fn audit_records(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.audit
+            .range(from.to_be_bytes()..)
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item.map_err(unavailable)?;
+                let key: [u8; 8] = k
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Unavailable("corrupt audit key".into()))?;
+                Ok((u64::from_be_bytes(key), v.to_vec()))
+            })
+            .collect()
+    }
+
+    async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        match self.audit.last().map_err(unavailable)? {
+            Some((k, v)) => {
+                let key: [u8; 8] = k
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Unavailable("corrupt audit key".into()))?;
+                Ok(Some((u64::from_be_bytes(key), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .audit_meta
+            .get(AUDIT_HEAD)
+            .map_err(unavailable)?
+            .map(|v| v.to_vec()))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@
 //! reaches another tenant's records.
 
 pub mod admin;
+pub mod auditing;
 pub mod reencrypt;
 
 use std::collections::BTreeMap;
@@ -53,6 +54,9 @@ pub struct VaultPolicy {
     /// Throttle for re-encryption, records per second (`None` = as fast as
     /// the store allows), so a background job never starves live traffic.
     pub reencrypt_records_per_second: Option<u32>,
+    /// Whether a tokenize whose audit event cannot be written is refused
+    /// (detokenize and admin calls always are).
+    pub audit_tokenize_fail_closed: bool,
 }
 
 impl Default for VaultPolicy {
@@ -66,6 +70,7 @@ impl Default for VaultPolicy {
             max_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
             data_key_max_age: Duration::from_secs(365 * 24 * 3600),
             reencrypt_records_per_second: None,
+            audit_tokenize_fail_closed: true,
         }
     }
 }
@@ -110,6 +115,9 @@ pub enum VaultError {
     /// An admin action cannot run in the current state.
     #[error("{0}")]
     Precondition(String),
+    /// The audit event could not be written: the call must fail closed.
+    #[error("audit log unavailable: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 impl From<KeyringError> for VaultError {
@@ -187,6 +195,7 @@ pub struct Vault {
     policy: VaultPolicy,
     sealed: AtomicBool,
     jobs: reencrypt::RunningJobs,
+    audit: crate::audit::AuditLog,
 }
 
 /// The plaintext sealed in each record: `u8 len ‖ PAN digits ‖ token digits`.
@@ -225,6 +234,7 @@ impl Vault {
         policy: VaultPolicy,
     ) -> Self {
         let sealed = kms.unseal_progress().is_some_and(|p| p.sealed);
+        let audit = crate::audit::AuditLog::new(Arc::clone(&store));
         Self {
             keys: Keyring::new(Arc::clone(&kms), Arc::clone(&store), Arc::clone(&clock)),
             kms,
@@ -233,6 +243,7 @@ impl Vault {
             policy,
             sealed: AtomicBool::new(sealed),
             jobs: reencrypt::RunningJobs::default(),
+            audit,
         }
     }
 

@@ -406,6 +406,31 @@ pub async fn wrapped_keys_replace_by_compare_and_swap(f: &dyn Factory) {
     assert!(store.replace_wrapped_key(&rewrapped, moved).await.is_err());
 }
 
+pub async fn audit_log_appends_only_at_the_end(f: &dyn Factory) {
+    let store = f.make();
+    assert!(store.last_audit_record().await.unwrap().is_none());
+    assert!(matches!(
+        store.append_audit(1, vec![1], None).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    store.append_audit(0, vec![0], None).await.unwrap();
+    store.append_audit(1, vec![1], Some(vec![9])).await.unwrap();
+    assert!(matches!(
+        store.append_audit(1, vec![7], None).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert!(matches!(
+        store.append_audit(5, vec![7], None).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    store.append_audit(2, vec![2], None).await.unwrap();
+    assert_eq!(store.audit_head().await.unwrap(), Some(vec![9]));
+    assert_eq!(store.last_audit_record().await.unwrap(), Some((2, vec![2])));
+    let all = store.audit_records(0, 10).await.unwrap();
+    assert_eq!(all, vec![(0, vec![0]), (1, vec![1]), (2, vec![2])]);
+    assert_eq!(store.audit_records(1, 1).await.unwrap(), vec![(1, vec![1])]);
+}
+
 /// Runs every case against fresh stores from `f`.
 pub async fn run_all(f: &dyn Factory) {
     append_then_get(f).await;
@@ -420,4 +445,5 @@ pub async fn run_all(f: &dyn Factory) {
     sealed_versions_append_in_order(f).await;
     checkpoints_overwrite_and_list(f).await;
     wrapped_keys_replace_by_compare_and_swap(f).await;
+    audit_log_appends_only_at_the_end(f).await;
 }

@@ -1,0 +1,164 @@
+//! The tamper-evident audit log (PCI DSS 10.2, 10.3.2).
+//!
+//! Every tokenize, detokenize, info, delete, admin action, approval, auth
+//! failure and seal/unseal becomes an [`AuditEvent`] with the PCI DSS
+//! 10.2.2 fields — who, what, when (UTC), outcome, origin, affected resource
+//! — plus tenant and request id. Never a PAN, never a token: resources are
+//! named by keyed token ids. Events are hash-chained ([`chain`]) and appended
+//! durably to the store; the chain head is HMAC-signed with the audit key,
+//! which is derived from a KMS-wrapped system key and therefore exists only
+//! while the vault is unsealed. Events written while sealed (auth failures,
+//! unseal attempts) are chained at once and covered by the next signature.
+//!
+//! Fail closed (SECURITY.md §1.5): the service refuses detokenize, admin and
+//! (by default) tokenize calls whose event cannot be written.
+
+pub mod chain;
+pub mod verify;
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::codec::DecodeError;
+use crate::secret::DataKey;
+use crate::store::{Store, StoreError};
+use chain::{ChainHash, ChainedEvent, SignedHead};
+
+/// One audited action.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditEvent {
+    /// When, milliseconds since the Unix epoch (UTC).
+    pub time_ms: u64,
+    /// The caller's `x-request-id`, or one Tessera made.
+    pub request_id: String,
+    /// Who: the principal's name, or empty when authentication failed.
+    pub principal: String,
+    /// The principal's tenant (empty when unknown).
+    pub tenant: String,
+    /// What: the RPC or action, e.g. `Detokenize`, `auth_failure`.
+    pub action: String,
+    /// Affected resource: `token:<keyed id>`, counts for batches, a key version.
+    pub resource: String,
+    /// `OK` or the gRPC status code name.
+    pub outcome: String,
+    /// The peer address.
+    pub origin: String,
+}
+
+/// The audit log could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored event did not decode.
+    #[error("audit record is corrupt: {0}")]
+    Corrupt(#[from] DecodeError),
+    /// The log ends before, or differs from, its signed head: it was
+    /// truncated or rewritten. Nothing more is appended (so the evidence is
+    /// not signed over) until an operator investigates with `Verify`.
+    #[error("the audit log does not match its signed head (truncated or rewritten)")]
+    Tampered,
+}
+
+#[derive(Debug)]
+struct ChainState {
+    loaded: bool,
+    next_seq: u64,
+    last_hash: ChainHash,
+}
+
+/// The chained, signed, append-only event log over a store.
+#[derive(Debug)]
+pub struct AuditLog {
+    store: Arc<dyn Store>,
+    state: Mutex<ChainState>,
+}
+
+impl AuditLog {
+    /// A log over `store`; the chain resumes from the store's last event.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            state: Mutex::new(ChainState {
+                loaded: false,
+                next_seq: 0,
+                last_hash: [0; 32],
+            }),
+        }
+    }
+
+    /// Appends `event`, signing the new head with `key` when given. Returns
+    /// the event's position. Durable on return; on error nothing is written.
+    pub async fn record(
+        &self,
+        event: AuditEvent,
+        key: Option<&DataKey>,
+    ) -> Result<u64, AuditError> {
+        let mut state = self.state.lock().await;
+        if !state.loaded {
+            if let Some((seq, bytes)) = self.store.last_audit_record().await? {
+                let last = ChainedEvent::decode(&bytes)?;
+                state.next_seq = seq + 1;
+                state.last_hash = last.hash;
+            }
+            self.check_head(state.next_seq).await?;
+            state.loaded = true;
+        }
+        let chained = ChainedEvent::new(state.next_seq, state.last_hash, event);
+        let head = key.map(|k| SignedHead::sign(k, chained.seq, chained.hash).encode());
+        if let Err(e) = self
+            .store
+            .append_audit(chained.seq, chained.encode(), head)
+            .await
+        {
+            // Another writer moved the end (or the store failed): reload next time.
+            state.loaded = false;
+            return Err(e.into());
+        }
+        state.next_seq = chained.seq + 1;
+        state.last_hash = chained.hash;
+        Ok(chained.seq)
+    }
+
+    /// Refuses to continue a chain whose end does not reach its signed head
+    /// with the same hash: appending would sign over a truncation.
+    async fn check_head(&self, next_seq: u64) -> Result<(), AuditError> {
+        let Some(bytes) = self.store.audit_head().await? else {
+            return Ok(());
+        };
+        let head = SignedHead::decode(&bytes)?;
+        if head.seq >= next_seq {
+            return Err(AuditError::Tampered);
+        }
+        let at_head = self.store.audit_records(head.seq, 1).await?;
+        match at_head.first() {
+            Some((seq, bytes))
+                if *seq == head.seq && ChainedEvent::decode(bytes)?.hash == head.hash =>
+            {
+                Ok(())
+            }
+            _ => Err(AuditError::Tampered),
+        }
+    }
+
+    /// Events from position `from`, at most `limit`, decoded.
+    pub async fn events(&self, from: u64, limit: usize) -> Result<Vec<ChainedEvent>, AuditError> {
+        self.store
+            .audit_records(from, limit)
+            .await?
+            .iter()
+            .map(|(_, bytes)| ChainedEvent::decode(bytes).map_err(AuditError::from))
+            .collect()
+    }
+
+    /// Checks the whole chain and the signed head; see [`verify::verify`].
+    pub async fn verify(&self, key: Option<&DataKey>) -> Result<verify::VerifyReport, AuditError> {
+        verify::verify(self.store.as_ref(), key).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+//! `tessera.v1.Audit`: list and verify the audit log. Needs the `audit`
+//! role; every read is itself audited (PCI DSS 10.2.1.3).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::audit::chain::ChainedEvent;
+use crate::domain::{Principal, Role};
+use crate::proto::v1;
+use crate::proto::v1::audit_server::Audit;
+use crate::service::audited::{CallContext, audited};
+use crate::service::{Authenticator, status};
+use crate::vault::Vault;
+
+/// Events read from the store per page while streaming.
+const PAGE: usize = 500;
+
+/// Implements `tessera.v1.Audit`.
+#[derive(Debug, Clone)]
+pub struct AuditService {
+    vault: Arc<Vault>,
+    auth: Arc<Authenticator>,
+}
+
+impl AuditService {
+    /// A service over a vault and an authenticator.
+    pub fn new(vault: Arc<Vault>, auth: Arc<Authenticator>) -> Self {
+        Self { vault, auth }
+    }
+
+    async fn auditor<T>(
+        &self,
+        call: &CallContext,
+        request: &Request<T>,
+    ) -> Result<Principal, Status> {
+        let result = self.auth.authorize(request.metadata(), Role::Audit);
+        if let Err(status) = &result {
+            let principal = self.auth.authenticate(request.metadata()).ok();
+            let event = call.event(
+                principal.as_ref(),
+                String::new(),
+                &format!("{:?}", status.code()),
+            );
+            if let Err(e) = self.vault.record_audit(event).await {
+                tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a refused call");
+            }
+        }
+        result
+    }
+}
+
+fn millis(t: &prost_types::Timestamp) -> u64 {
+    let seconds = u64::try_from(t.seconds).unwrap_or(0);
+    let nanos = u64::try_from(t.nanos).unwrap_or(0);
+    seconds
+        .saturating_mul(1000)
+        .saturating_add(nanos / 1_000_000)
+}
+
+/// A filter built from a request; tenant scoping always applies.
+struct Filter {
+    tenant: String,
+    start_ms: Option<u64>,
+    end_ms: Option<u64>,
+    principal: String,
+    action: String,
+}
+
+impl Filter {
+    fn matches(&self, e: &ChainedEvent) -> bool {
+        let ev = &e.event;
+        (ev.tenant == self.tenant || ev.tenant.is_empty())
+            && self.start_ms.is_none_or(|s| ev.time_ms >= s)
+            && self.end_ms.is_none_or(|end| ev.time_ms < end)
+            && (self.principal.is_empty() || ev.principal == self.principal)
+            && (self.action.is_empty() || ev.action == self.action)
+    }
+}
+
+fn to_message(e: ChainedEvent) -> v1::AuditEvent {
+    let ev = e.event;
+    v1::AuditEvent {
+        position: e.seq,
+        time: Some(prost_types::Timestamp {
+            seconds: i64::try_from(ev.time_ms / 1000).unwrap_or(i64::MAX),
+            nanos: i32::try_from((ev.time_ms % 1000) * 1_000_000).unwrap_or(0),
+        }),
+        request_id: ev.request_id,
+        principal: ev.principal,
+        tenant: ev.tenant,
+        action: ev.action,
+        resource: ev.resource,
+        outcome: ev.outcome,
+        origin: ev.origin,
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::ListEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Audit for AuditService {
+    type ListEventsStream = EventStream;
+
+    #[instrument(skip_all, name = "ListEvents", fields(principal, tenant))]
+    async fn list_events(
+        &self,
+        request: Request<v1::ListEventsRequest>,
+    ) -> Result<Response<Self::ListEventsStream>, Status> {
+        let call = CallContext::of("ListEvents", &request);
+        let principal = self.auditor(&call, &request).await?;
+        let req = request.into_inner();
+        let filter = Filter {
+            tenant: principal.tenant.as_str().to_owned(),
+            start_ms: req.start_time.as_ref().map(millis),
+            end_ms: req.end_time.as_ref().map(millis),
+            principal: req.principal,
+            action: req.action,
+        };
+        // Record the read. Reading must work on a damaged log (that is when
+        // it matters most), so this one event is best effort.
+        audited(
+            &self.vault,
+            &call,
+            Some(&principal),
+            format!("tenant:{}", principal.tenant),
+            Ok(()),
+            false,
+        )
+        .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let vault = Arc::clone(&self.vault);
+        tokio::spawn(async move {
+            let mut from = 0u64;
+            loop {
+                let page = match vault.audit_events(from, PAGE).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(status::from_vault(&e))).await;
+                        return;
+                    }
+                };
+                let Some(last) = page.last() else { return };
+                from = last.seq + 1;
+                let events: Vec<_> = page
+                    .into_iter()
+                    .filter(|e| filter.matches(e))
+                    .map(to_message)
+                    .collect();
+                if !events.is_empty()
+                    && tx
+                        .send(Ok(v1::ListEventsResponse { events }))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    #[instrument(skip_all, name = "Verify", fields(principal, tenant))]
+    async fn verify(
+        &self,
+        request: Request<v1::VerifyRequest>,
+    ) -> Result<Response<v1::VerifyResponse>, Status> {
+        let call = CallContext::of("Verify", &request);
+        let principal = self.auditor(&call, &request).await?;
+        let result = self
+            .vault
+            .verify_audit()
+            .await
+            .map(|r| v1::VerifyResponse {
+                intact: r.ok(),
+                events: r.events,
+                first_bad_position: r.first_bad,
+                problem: r.problem,
+                head_signature_checked: r.head_checked,
+                signed_through: r.signed_through,
+            })
+            .map_err(|e| status::from_vault(&e));
+        // A broken chain is the answer, not a failure; and verifying must work
+        // on a damaged log, so its own event is best effort.
+        audited(
+            &self.vault,
+            &call,
+            Some(&principal),
+            "audit-log".to_owned(),
+            result,
+            false,
+        )
+        .await
+        .map(Response::new)
+    }
+}

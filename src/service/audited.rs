@@ -1,0 +1,105 @@
+//! Turning calls into audit events: who, what, from where, with which
+//! outcome, under which request id. Fail closed where the policy says so.
+
+use tonic::{Request, Status};
+
+use crate::audit::AuditEvent;
+use crate::csprng;
+use crate::domain::Principal;
+use crate::service::status;
+use crate::vault::Vault;
+
+/// The facts of one call that every audit event carries.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// The RPC name, e.g. `Detokenize`.
+    pub rpc: &'static str,
+    /// The caller's `x-request-id` when well formed, else a random one.
+    pub request_id: String,
+    /// The peer address.
+    pub origin: String,
+}
+
+fn well_formed_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl CallContext {
+    /// Reads the request id and peer of `request`.
+    pub fn of<T>(rpc: &'static str, request: &Request<T>) -> Self {
+        let given = request
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| well_formed_request_id(id))
+            .map(str::to_owned);
+        let request_id = given.unwrap_or_else(|| {
+            let mut bytes = [0u8; 8];
+            // A request id needs no secrecy; zeros on an RNG failure still log.
+            let _ = csprng::fill(&mut bytes);
+            hex::encode(bytes)
+        });
+        let origin = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        Self {
+            rpc,
+            request_id,
+            origin,
+        }
+    }
+
+    /// The event for this call.
+    pub fn event(
+        &self,
+        principal: Option<&Principal>,
+        resource: String,
+        outcome: &str,
+    ) -> AuditEvent {
+        AuditEvent {
+            time_ms: 0,
+            request_id: self.request_id.clone(),
+            principal: principal.map(|p| p.name.clone()).unwrap_or_default(),
+            tenant: principal
+                .map(|p| p.tenant.as_str().to_owned())
+                .unwrap_or_default(),
+            action: self.rpc.to_owned(),
+            resource,
+            outcome: outcome.to_owned(),
+            origin: self.origin.clone(),
+        }
+    }
+}
+
+/// `OK` or the status code's name.
+pub fn outcome<T>(result: &Result<T, Status>) -> String {
+    match result {
+        Ok(_) => "OK".to_owned(),
+        Err(s) => format!("{:?}", s.code()),
+    }
+}
+
+/// Records the call's event, then returns `result`. When the event cannot
+/// be written and `fail_closed`, the caller gets UNAVAILABLE instead (the
+/// PAN or the admin action's answer is withheld).
+pub async fn audited<T>(
+    vault: &Vault,
+    call: &CallContext,
+    principal: Option<&Principal>,
+    resource: String,
+    result: Result<T, Status>,
+    fail_closed: bool,
+) -> Result<T, Status> {
+    let event = call.event(principal, resource, &outcome(&result));
+    match vault.record_audit(event).await {
+        Ok(_) => result,
+        Err(e) if fail_closed => Err(status::from_vault(&e)),
+        Err(e) => {
+            tracing::error!(error = %e, alert = "audit_write_failed", "audit event lost (fail-open policy)");
+            result
+        }
+    }
+}

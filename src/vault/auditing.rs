@@ -1,0 +1,51 @@
+//! The vault's side of auditing: signing with the audit key while unsealed,
+//! naming tokens by keyed id, reading and verifying the log.
+
+use crate::audit::AuditEvent;
+use crate::audit::chain::ChainedEvent;
+use crate::audit::verify::VerifyReport;
+use crate::domain::{TenantId, Token};
+use crate::vault::{Vault, VaultError};
+
+impl Vault {
+    /// Appends an audit event (durable on return). While unsealed the new
+    /// chain head is signed; while sealed the event is chained only, and
+    /// the next signed append covers it.
+    pub async fn record_audit(&self, mut event: AuditEvent) -> Result<u64, VaultError> {
+        event.time_ms = self.clock.now_ms();
+        let key = if self.is_sealed() {
+            None
+        } else {
+            Some(self.keys.audit_key().await?)
+        };
+        Ok(self.audit.record(event, key.as_deref()).await?)
+    }
+
+    /// How an audit event names a token: `token:` and the first 8 bytes of
+    /// its keyed id, never the token itself.
+    pub async fn token_ref(&self, tenant: &TenantId, token: &Token) -> String {
+        match self.keys.tenant_keys(tenant, false).await {
+            Ok(Some(keys)) => format!("token:{}", keys.token_id(token).short()),
+            _ => "token:unknown".to_owned(),
+        }
+    }
+
+    /// Audit events from position `from`, at most `limit`.
+    pub async fn audit_events(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<ChainedEvent>, VaultError> {
+        Ok(self.audit.events(from, limit).await?)
+    }
+
+    /// Verifies the audit chain; the head signature too while unsealed.
+    pub async fn verify_audit(&self) -> Result<VerifyReport, VaultError> {
+        let key = if self.is_sealed() {
+            None
+        } else {
+            Some(self.keys.audit_key().await?)
+        };
+        Ok(self.audit.verify(key.as_deref()).await?)
+    }
+}
