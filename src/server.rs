@@ -87,7 +87,10 @@ impl App {
             keys.insert(entry.key_hash, entry.principal)?;
         }
         let vault = Vault::new(kms, store, Arc::new(SystemClock), config.policy.clone());
-        Ok(Self::from_parts(vault, keys))
+        Ok(Self {
+            vault: Arc::new(vault),
+            auth: Arc::new(Authenticator::with_limits(keys, config.limits.clone())),
+        })
     }
 
     /// Assembles an app from a ready vault and key registry (tests and

@@ -77,8 +77,8 @@ pub fn generate() -> Result<NewApiKey, RngError> {
     })
 }
 
-/// The key id of a well-formed key; `None` for anything else.
-fn key_id(key: &str) -> Option<&str> {
+/// The key id (public part) of a well-formed key; `None` for anything else.
+pub fn key_id(key: &str) -> Option<&str> {
     let rest = key.strip_prefix(PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
     let well_formed = id.len() == 2 * ID_BYTES

@@ -87,9 +87,31 @@ pub struct RawConfig {
     /// Audit log policy.
     #[serde(default)]
     pub audit: RawAudit,
+    /// Rate limits, lockout and anomaly detection.
+    #[serde(default)]
+    pub access: RawAccess,
     /// Principals and their API key hashes.
     #[serde(default)]
     pub principals: Vec<RawPrincipal>,
+}
+
+/// `[access]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccess {
+    /// Sustained calls per second per principal and RPC (default 10000).
+    pub rate_per_second: Option<u32>,
+    /// Burst (default 2 × rate).
+    pub burst: Option<u32>,
+    /// Failed authentications before a key id locks: 1 to 10 (default 10).
+    pub max_failed_auth: Option<u32>,
+    /// Lock duration in minutes: at least 30 (default 30).
+    pub lockout_minutes: Option<u64>,
+    /// NOT_FOUND answers per principal per minute before an enumeration
+    /// alert (default 100).
+    pub not_found_per_minute: Option<u32>,
+    /// Lock a principal on an enumeration alert (default true).
+    pub lock_on_anomaly: Option<bool>,
 }
 
 /// `[audit]`.
@@ -244,6 +266,8 @@ pub struct Config {
     pub principals: Vec<PrincipalEntry>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Rate limits, lockout, anomaly detection.
+    pub limits: crate::access::limits::LimitsConfig,
 }
 
 /// Default listen address: loopback, so nothing is exposed by accident.
@@ -378,6 +402,7 @@ impl RawConfig {
                 "--dev binds loopback addresses only",
             ));
         }
+        let limits = check_access(&self.access)?;
         let mut names = BTreeSet::new();
         let principals = self
             .principals
@@ -399,8 +424,45 @@ impl RawConfig {
             policy,
             principals,
             metrics_listen,
+            limits,
         })
     }
+}
+
+fn check_access(raw: &RawAccess) -> Result<crate::access::limits::LimitsConfig, ConfigError> {
+    let defaults = crate::access::limits::LimitsConfig::default();
+    let rate = raw
+        .rate_per_second
+        .map_or(defaults.rate_per_second, f64::from);
+    if rate <= 0.0 {
+        return Err(invalid("access.rate_per_second", "must be positive"));
+    }
+    let burst = raw.burst.map_or(rate * 2.0, f64::from).max(1.0);
+    let max_failed_auth = raw.max_failed_auth.unwrap_or(defaults.max_failed_auth);
+    if !(1..=10).contains(&max_failed_auth) {
+        return Err(invalid(
+            "access.max_failed_auth",
+            "must be 1 to 10 (PCI DSS 8.3.4)",
+        ));
+    }
+    let lockout_minutes = raw.lockout_minutes.unwrap_or(30);
+    if lockout_minutes < 30 {
+        return Err(invalid(
+            "access.lockout_minutes",
+            "must be at least 30 (PCI DSS 8.3.4)",
+        ));
+    }
+    Ok(crate::access::limits::LimitsConfig {
+        rate_per_second: rate,
+        burst,
+        max_failed_auth,
+        lockout: std::time::Duration::from_secs(lockout_minutes * 60),
+        not_found_per_minute: raw
+            .not_found_per_minute
+            .unwrap_or(defaults.not_found_per_minute)
+            .max(1),
+        lock_on_anomaly: raw.lock_on_anomaly.unwrap_or(defaults.lock_on_anomaly),
+    })
 }
 
 fn check_policy(tokens: &RawTokens, limits: &RawLimits) -> Result<VaultPolicy, ConfigError> {
@@ -536,6 +598,8 @@ mod tests {
             "data_dir = \"/x\"\n[tokens]\nluhn = \"maybe\"",
             "data_dir = \"/x\"\n[store]\nbackend = \"mongo\"",
             "data_dir = \"/x\"\n[limits]\nmax_batch_items = 0",
+            "data_dir = \"/x\"\n[access]\nmax_failed_auth = 11",
+            "data_dir = \"/x\"\n[access]\nlockout_minutes = 5",
             "data_dir = \"/x\"\n[[principals]]\nname = \"a\"\ntenant = \"t\"\nroles = [\"root\"]\napi_key_hash = \"sha256:00\"",
             "listen = \"127.0.0.1:1\"",
         ];

@@ -37,7 +37,9 @@ impl AuditService {
         call: &CallContext,
         request: &Request<T>,
     ) -> Result<Principal, Status> {
-        let result = self.auth.authorize(request.metadata(), Role::Audit);
+        let result = self
+            .auth
+            .authorize(request.metadata(), Role::Audit, call.rpc);
         if let Err(status) = &result {
             let principal = self.auth.authenticate(request.metadata()).ok();
             let event = call.event(

@@ -42,7 +42,7 @@ impl KeyAdminService {
     ) -> Result<Principal, Status> {
         let result = self
             .auth
-            .authorize(request.metadata(), Role::Admin)
+            .authorize(request.metadata(), Role::Admin, call.rpc)
             .and_then(|p| {
                 if !allow_sealed && self.vault.is_sealed() {
                     Err(Status::unavailable("the vault is sealed"))

@@ -17,59 +17,134 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::access::api_key::ApiKeyRegistry;
+use crate::access::api_key::{self, ApiKeyRegistry};
+use crate::access::limits::{Anomaly, Guard, LimitsConfig};
 use crate::access::{self, AccessError};
 use crate::domain::{Principal, Role};
 use crate::proto::v1;
 use crate::proto::v1::tokenizer_server::Tokenizer;
 use crate::vault::{TokenizeCommand, Vault};
 use audited::{CallContext, audited};
+use tonic_types::StatusExt;
 
-/// Turns request metadata into a principal.
+/// Turns request metadata into a principal, enforcing lockouts and rate
+/// limits on the way.
 #[derive(Debug)]
 pub struct Authenticator {
     keys: ApiKeyRegistry,
+    guard: Guard,
+}
+
+/// The bearer key in `authorization`, if the header is well formed.
+fn bearer_key(metadata: &MetadataMap) -> Result<&str, AccessError> {
+    let header = metadata
+        .get("authorization")
+        .ok_or(AccessError::MissingCredentials)?
+        .to_str()
+        .map_err(|_| AccessError::InvalidCredentials)?;
+    let (scheme, key) = header
+        .split_once(' ')
+        .ok_or(AccessError::InvalidCredentials)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AccessError::InvalidCredentials);
+    }
+    Ok(key.trim())
 }
 
 impl Authenticator {
-    /// Authenticates against `keys`.
+    /// Authenticates against `keys` with the default limits.
     pub fn new(keys: ApiKeyRegistry) -> Self {
-        Self { keys }
+        Self::with_limits(keys, LimitsConfig::default())
     }
 
-    /// The principal named by `authorization: Bearer <key>`.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, AccessError> {
-        let header = metadata
-            .get("authorization")
-            .ok_or(AccessError::MissingCredentials)?
-            .to_str()
-            .map_err(|_| AccessError::InvalidCredentials)?;
-        let (scheme, key) = header
-            .split_once(' ')
-            .ok_or(AccessError::InvalidCredentials)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AccessError::InvalidCredentials);
+    /// Authenticates against `keys` with `limits`.
+    pub fn with_limits(keys: ApiKeyRegistry, limits: LimitsConfig) -> Self {
+        Self {
+            keys,
+            guard: Guard::new(limits),
         }
+    }
+
+    /// The lockout, rate-limit and anomaly state.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// The principal named by `authorization: Bearer <key>` (no limits).
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, AccessError> {
+        let key = bearer_key(metadata)?;
         self.keys
-            .authenticate(key.trim())
+            .authenticate(key)
             .cloned()
             .ok_or(AccessError::InvalidCredentials)
     }
 
-    /// Authenticates and checks `role`, recording who called in the
+    /// Authenticates, applies lockouts, checks `role` and takes one call
+    /// from the principal's `rpc` rate limit, recording who called in the
     /// current span. Failures are logged without the credentials.
-    pub fn authorize(&self, metadata: &MetadataMap, role: Role) -> Result<Principal, Status> {
+    pub fn authorize(
+        &self,
+        metadata: &MetadataMap,
+        role: Role,
+        rpc: &str,
+    ) -> Result<Principal, Status> {
         let span = tracing::Span::current();
-        let principal = self.authenticate(metadata).map_err(|e| {
-            tracing::warn!(outcome = "unauthenticated", "authentication failed");
-            status::from_access(e)
-        })?;
+        let key_id = bearer_key(metadata)
+            .ok()
+            .and_then(api_key::key_id)
+            .map(str::to_owned);
+        if key_id
+            .as_deref()
+            .is_some_and(|id| self.guard.key_locked(id))
+        {
+            tracing::warn!(
+                outcome = "locked",
+                "credentials locked after repeated failures"
+            );
+            return Err(Status::unauthenticated(
+                "these credentials are locked after repeated failures",
+            ));
+        }
+        let principal = match self.authenticate(metadata) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(outcome = "unauthenticated", "authentication failed");
+                if let Some(id) = &key_id
+                    && self.guard.auth_failed(id)
+                {
+                    tracing::error!(alert = "lockout", key_id = %id, "API key id locked after repeated failures");
+                    metrics::counter!("tessera_lockouts_total").increment(1);
+                }
+                return Err(status::from_access(e));
+            }
+        };
+        if let Some(id) = &key_id {
+            self.guard.auth_succeeded(id);
+        }
         span.record("principal", principal.name.as_str());
         span.record("tenant", principal.tenant.as_str());
+        if self.guard.principal_locked(&principal.name) {
+            tracing::warn!(
+                outcome = "locked",
+                "principal locked for suspicious activity"
+            );
+            return Err(Status::unauthenticated(
+                "this principal is locked for suspicious activity",
+            ));
+        }
         access::require(&principal, role).map_err(|e| {
             tracing::warn!(outcome = "permission_denied", "role missing");
             status::from_access(e)
         })?;
+        if let Err(wait) = self.guard.take(&principal.name, rpc) {
+            tracing::warn!(outcome = "rate_limited", "rate limit reached");
+            metrics::counter!("tessera_rate_limited_total", "rpc" => rpc.to_owned()).increment(1);
+            return Err(Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                "rate limit reached; retry later",
+                tonic_types::ErrorDetails::with_retry_info(Some(wait)),
+            ));
+        }
         Ok(principal)
     }
 }
@@ -99,7 +174,7 @@ impl TokenizerService {
         let result = if self.vault.is_sealed() {
             Err(Status::unavailable("the vault is sealed"))
         } else {
-            self.auth.authorize(request.metadata(), role)
+            self.auth.authorize(request.metadata(), role, call.rpc)
         };
         if let Err(status) = &result {
             let principal = self.auth.authenticate(request.metadata()).ok();
@@ -256,6 +331,8 @@ impl Tokenizer for TokenizerService {
         let resource = self.resource_of(&principal, &request.get_ref().token).await;
         let result = self.detokenize_one(&principal, request.get_ref()).await;
         log_outcome(&result);
+        self.watch_not_found(&call, &principal, usize::from(is_not_found(&result)))
+            .await;
         // Audit before the PAN leaves: no event, no PAN (SECURITY.md §1.5).
         audited(&self.vault, &call, Some(&principal), resource, result, true)
             .await
@@ -277,6 +354,8 @@ impl Tokenizer for TokenizerService {
             for item in &items {
                 outcomes.push(self.detokenize_one(&principal, item).await);
             }
+            let not_found = outcomes.iter().filter(|r| is_not_found(r)).count();
+            self.watch_not_found(&call, &principal, not_found).await;
             Ok(per_item_statuses(outcomes))
         }
         .await;
@@ -312,6 +391,8 @@ impl Tokenizer for TokenizerService {
         }
         .await;
         log_outcome(&result);
+        self.watch_not_found(&call, &principal, usize::from(is_not_found(&result)))
+            .await;
         audited(&self.vault, &call, Some(&principal), resource, result, true)
             .await
             .map(Response::new)
@@ -334,6 +415,8 @@ impl Tokenizer for TokenizerService {
         }
         .await;
         log_outcome(&result);
+        self.watch_not_found(&call, &principal, usize::from(is_not_found(&result)))
+            .await;
         audited(&self.vault, &call, Some(&principal), resource, result, true)
             .await
             .map(Response::new)
@@ -341,6 +424,31 @@ impl Tokenizer for TokenizerService {
 }
 
 impl TokenizerService {
+    /// Counts NOT_FOUND answers to the principal; crossing the enumeration
+    /// threshold raises an alert: a log line, a metric, an audit event, and
+    /// (per config) a lock on the principal.
+    async fn watch_not_found(&self, call: &CallContext, principal: &Principal, not_found: usize) {
+        for _ in 0..not_found {
+            let Some(Anomaly::TokenEnumeration { locked }) =
+                self.auth.guard().not_found(&principal.name)
+            else {
+                continue;
+            };
+            tracing::error!(alert = "token_enumeration", principal = %principal.name, locked, "many NOT_FOUND answers: possible token enumeration");
+            metrics::counter!("tessera_anomalies_total", "kind" => "token_enumeration")
+                .increment(1);
+            let mut event = call.event(
+                Some(principal),
+                "anomaly:token_enumeration".to_owned(),
+                if locked { "LOCKED" } else { "ALERT" },
+            );
+            event.action = "Anomaly".to_owned();
+            if let Err(e) = self.vault.record_audit(event).await {
+                tracing::error!(error = %e, alert = "audit_write_failed", "could not audit an anomaly");
+            }
+        }
+    }
+
     /// The audit resource for a token field: its keyed id, or `token:invalid`.
     async fn resource_of(&self, principal: &Principal, token: &str) -> String {
         match crate::domain::Token::parse(token) {
@@ -348,6 +456,10 @@ impl TokenizerService {
             Err(_) => "token:invalid".to_owned(),
         }
     }
+}
+
+fn is_not_found<T>(result: &Result<T, Status>) -> bool {
+    matches!(result, Err(s) if s.code() == tonic::Code::NotFound)
 }
 
 /// The audit resource of a batch: how many items, how many failed.

@@ -1,0 +1,142 @@
+//! Suspicious-activity controls end to end: rate limits answer
+//! RESOURCE_EXHAUSTED with retry info; ten failed authentications lock a
+//! key (PCI DSS 8.3.4); token enumeration raises an audited alert and locks
+//! the principal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use common::Server;
+use tessera::cli::client::Bearer;
+use tessera::proto::v1;
+use tessera::proto::v1::audit_client::AuditClient;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const VISA: &str = "4111111111111111";
+
+fn server_with(access: &str) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(&config, format!("[access]\n{access}")).unwrap();
+    let server = Server::start_dev_with_config(
+        &config,
+        &dir.path().join("data"),
+        &dir.path().join("server.log"),
+    );
+    (server, dir)
+}
+
+fn tokenize() -> v1::TokenizeRequest {
+    v1::TokenizeRequest {
+        pan: VISA.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_answers_resource_exhausted_with_retry_info() {
+    let (server, _dir) = server_with("rate_per_second = 1\nburst = 3\n");
+    let mut processor = server.client("processor").await;
+    for _ in 0..3 {
+        processor.tokenize(tokenize()).await.unwrap();
+    }
+    let limited = processor.tokenize(tokenize()).await.unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    let retry = limited.get_details_retry_info().expect("RetryInfo");
+    assert!(
+        retry
+            .retry_delay
+            .is_some_and(|d| d > std::time::Duration::ZERO)
+    );
+    // Another principal has its own bucket.
+    let mut pos = server.client("pos").await;
+    pos.tokenize(tokenize()).await.unwrap();
+}
+
+#[tokio::test]
+async fn ten_failed_authentications_lock_the_key() {
+    let (server, _dir) = server_with("");
+    let real = server.api_key("processor");
+    // Same public key id, wrong secret.
+    let (id_part, secret) = real.rsplit_once('_').unwrap();
+    let wrong_secret: String = secret
+        .chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect();
+    let forged = format!("{id_part}_{wrong_secret}");
+    let mut attacker = common::client(&server.addr, Some(&forged)).await;
+    for _ in 0..10 {
+        assert_eq!(
+            attacker.tokenize(tokenize()).await.unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    }
+    let mut processor = server.client("processor").await;
+    let locked = processor.tokenize(tokenize()).await.unwrap_err();
+    assert_eq!(locked.code(), Code::Unauthenticated);
+    assert!(locked.message().contains("locked"), "{}", locked.message());
+    // Other principals are untouched.
+    let mut pos = server.client("pos").await;
+    pos.tokenize(tokenize()).await.unwrap();
+}
+
+#[tokio::test]
+async fn token_enumeration_is_alerted_audited_and_locked() {
+    let (server, _dir) = server_with("not_found_per_minute = 5\n");
+    let mut processor = server.client("processor").await;
+    let token = processor
+        .tokenize(tokenize())
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    for n in 0..6u64 {
+        let guess = format!("411111{n:06}1111");
+        let status = processor
+            .detokenize(v1::DetokenizeRequest { token: guess })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    let locked = processor
+        .detokenize(v1::DetokenizeRequest { token })
+        .await
+        .unwrap_err();
+    assert_eq!(locked.code(), Code::Unauthenticated);
+    assert!(
+        locked.message().contains("suspicious"),
+        "{}",
+        locked.message()
+    );
+
+    let channel = tonic::transport::Endpoint::from_shared(server.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut audit =
+        AuditClient::with_interceptor(channel, Bearer::new(&server.api_key("admin")).unwrap());
+    let mut stream = audit
+        .list_events(v1::ListEventsRequest {
+            action: "Anomaly".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut anomalies = Vec::new();
+    while let Some(page) = stream.message().await.unwrap() {
+        anomalies.extend(page.events);
+    }
+    assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+    assert_eq!(
+        (
+            anomalies[0].principal.as_str(),
+            anomalies[0].resource.as_str(),
+            anomalies[0].outcome.as_str()
+        ),
+        ("processor", "anomaly:token_enumeration", "LOCKED")
+    );
+}
