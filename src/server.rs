@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::access::api_key::{ApiKeyRegistry, RegistryError};
+use crate::access::approvals::Approvals;
 use crate::clock::SystemClock;
 use crate::config::{Config, KmsBackend, PrincipalEntry, StoreBackend};
 use crate::kms::dev::DevKms;
@@ -56,6 +57,8 @@ pub struct App {
     pub vault: Arc<Vault>,
     /// Authentication.
     pub auth: Arc<Authenticator>,
+    /// Pending dual-control approvals.
+    pub approvals: Arc<Approvals>,
 }
 
 impl App {
@@ -90,6 +93,7 @@ impl App {
         Ok(Self {
             vault: Arc::new(vault),
             auth: Arc::new(Authenticator::with_limits(keys, config.limits.clone())),
+            approvals: Arc::new(Approvals::new(config.approval_window)),
         })
     }
 
@@ -99,9 +103,13 @@ impl App {
         Self {
             vault: Arc::new(vault),
             auth: Arc::new(Authenticator::new(keys)),
+            approvals: Arc::new(Approvals::new(DEFAULT_APPROVAL_WINDOW)),
         }
     }
 }
+
+/// How long a dual-control request waits when no config says otherwise.
+pub const DEFAULT_APPROVAL_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// How often key ages are published as metrics.
 pub const KEY_METRICS_INTERVAL: Duration = Duration::from_secs(15);
@@ -148,7 +156,7 @@ pub async fn run(
         Arc::clone(&app.vault),
         Arc::clone(&app.auth),
     ));
-    let key_admin = KeyAdminServer::new(KeyAdminService::new(app.vault, app.auth));
+    let key_admin = KeyAdminServer::new(KeyAdminService::new(app.vault, app.auth, app.approvals));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut serve_rx = stop_rx.clone();
     let mut drain_rx = stop_rx;

@@ -20,6 +20,69 @@ use tonic::transport::Channel;
 
 type Admin = KeyAdminClient<InterceptedService<Channel, Bearer>>;
 
+/// What a master key rotation did.
+#[derive(Debug)]
+struct Rotated {
+    master_key_id: String,
+    rewrapped: u32,
+}
+
+/// The approval id a dual-control request answered with.
+fn approval_id(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    status.get_details_error_info().expect("ErrorInfo").metadata["approval_id"].clone()
+}
+
+/// Rotates the master key under dual control: `requester` files it (and
+/// may not approve it), `approver` approves and so runs it.
+async fn rotate_master(requester: &mut Admin, approver: &mut Admin) -> Rotated {
+    let id = approval_id(
+        &requester
+            .rotate_master_key(v1::RotateMasterKeyRequest {})
+            .await
+            .unwrap_err(),
+    );
+    let listed = approver
+        .list_approvals(v1::ListApprovalsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed
+            .approvals
+            .iter()
+            .any(|a| a.id == id && a.action == "RotateMasterKey")
+    );
+    let same = requester
+        .approve(v1::ApproveRequest { id: id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        same.code(),
+        Code::PermissionDenied,
+        "the same admin cannot approve"
+    );
+    let done = approver
+        .approve(v1::ApproveRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.action, "RotateMasterKey");
+    let again = approver
+        .approve(v1::ApproveRequest { id })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound, "an approval runs once");
+    // "master key KEY; N keys rewrapped"
+    let rest = done.result.strip_prefix("master key ").unwrap();
+    let (key, count) = rest.split_once("; ").unwrap();
+    Rotated {
+        master_key_id: key.to_owned(),
+        rewrapped: count.split(' ').next().unwrap().parse().unwrap(),
+    }
+}
+
 const VISA: &str = "4111111111111111";
 const MASTERCARD: &str = "5555555555554444";
 
@@ -251,11 +314,7 @@ async fn shamir_unseal_rotate_seal_and_restart() {
 
     // Master key rotation: a new derived version, every DEK rewrapped; it
     // must survive seal, restart and unseal.
-    let rotated = c1
-        .rotate_master_key(v1::RotateMasterKeyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let rotated = rotate_master(&mut c1, &mut c2).await;
     assert!(
         rotated.master_key_id.starts_with("shamir:")
             && rotated.master_key_id != status.master_key_id
@@ -350,12 +409,31 @@ async fn shredding_one_tenant_leaves_the_other_intact() {
         .into_inner()
         .token;
 
-    let destroyed = admin_default
-        .shred_tenant(v1::ShredTenantRequest::default())
+    // Dual control: one admin files the shred, a second one approves it.
+    let id = approval_id(
+        &admin_default
+            .shred_tenant(v1::ShredTenantRequest::default())
+            .await
+            .unwrap_err(),
+    );
+    let still = processor
+        .detokenize(v1::DetokenizeRequest {
+            token: mine.clone(),
+        })
+        .await;
+    assert!(still.is_ok(), "nothing happens before the approval");
+    let mut admin2 = admin(&server.addr, &server.api_key("admin2")).await;
+    let done = admin2
+        .approve(v1::ApproveRequest { id })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(destroyed.keys_destroyed, 2, "one DEK and one index key");
+    assert_eq!(done.action, "ShredTenant");
+    assert!(
+        done.result.contains("2 keys destroyed"),
+        "one DEK and one index key: {}",
+        done.result
+    );
 
     let gone = processor
         .detokenize(v1::DetokenizeRequest {
@@ -588,6 +666,7 @@ async fn traffic_continues_through_rotation_and_reencryption() {
         }));
     }
     let mut admin_client = admin(&server.addr, &server.api_key("admin")).await;
+    let mut admin2 = admin(&server.addr, &server.api_key("admin2")).await;
     for round in 0..3 {
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         let v = admin_client
@@ -597,11 +676,7 @@ async fn traffic_continues_through_rotation_and_reencryption() {
             .into_inner()
             .version;
         assert_eq!(v, round + 2);
-        let master = admin_client
-            .rotate_master_key(v1::RotateMasterKeyRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let master = rotate_master(&mut admin_client, &mut admin2).await;
         assert!(
             master.master_key_id.starts_with("dev:") && master.rewrapped >= 2,
             "{master:?}"
@@ -667,19 +742,22 @@ async fn pkcs11_backed_server_round_trip_and_restart() {
 
     let processor_key = tessera::access::api_key::generate().unwrap();
     let admin_key = tessera::access::api_key::generate().unwrap();
+    let admin2_key = tessera::access::api_key::generate().unwrap();
     let config = dir.path().join("tessera.toml");
     std::fs::write(
         &config,
         format!(
             "data_dir = \"{}\"\n[kms]\nbackend = \"pkcs11\"\nmodule = \"{}\"\ntoken_label = \"{}\"\npin_file = \"{}\"\n\n\
              [[principals]]\nname = \"processor\"\ntenant = \"default\"\nroles = [\"tokenize\", \"detokenize\"]\napi_key_hash = \"{}\"\n\n\
-             [[principals]]\nname = \"ops\"\ntenant = \"default\"\nroles = [\"admin\"]\napi_key_hash = \"{}\"\n",
+             [[principals]]\nname = \"ops\"\ntenant = \"default\"\nroles = [\"admin\"]\napi_key_hash = \"{}\"\n\n\
+             [[principals]]\nname = \"ops2\"\ntenant = \"default\"\nroles = [\"admin\"]\napi_key_hash = \"{}\"\n",
             data.display(),
             softhsm::MODULE,
             token.label,
             token.pin_file.display(),
             processor_key.hash.to_config_string(),
             admin_key.hash.to_config_string(),
+            admin2_key.hash.to_config_string(),
         ),
     )
     .unwrap();
@@ -714,11 +792,8 @@ async fn pkcs11_backed_server_round_trip_and_restart() {
         format!("pkcs11:{}/tessera-kek", token.label)
     );
     // A new HSM key version; the DEKs are rewrapped under it.
-    let rotated = ops
-        .rotate_master_key(v1::RotateMasterKeyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut ops2 = admin(&server.addr, admin2_key.key.expose_secret()).await;
+    let rotated = rotate_master(&mut ops, &mut ops2).await;
     assert_eq!(
         rotated.master_key_id,
         format!("pkcs11:{}/tessera-kek.v2", token.label)

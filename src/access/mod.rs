@@ -4,6 +4,7 @@
 //! then needs one [`Role`], checked before any lookup.
 
 pub mod api_key;
+pub mod approvals;
 pub mod limits;
 
 use crate::domain::{Principal, Role};

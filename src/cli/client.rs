@@ -186,7 +186,17 @@ pub fn fail(message: &str) -> ExitCode {
 }
 
 /// Prints a gRPC status (code and message) and fails.
+///
+/// A dual-control request that is now waiting for its second admin is not a
+/// failure: its message (with the approval id) goes to stdout, exit 0.
 pub fn fail_status(status: &Status) -> ExitCode {
+    use tonic_types::StatusExt;
+    let pending = status
+        .get_details_error_info()
+        .is_some_and(|info| info.reason == "APPROVAL_PENDING");
+    if pending {
+        return emit(false, &serde_json::Value::Null, status.message());
+    }
     fail(&format!("{:?}: {}", status.code(), status.message()))
 }
 

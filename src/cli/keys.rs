@@ -53,7 +53,15 @@ pub enum KeysCommand {
     /// Rewrite every record under the newest data key, with a progress bar.
     Reencrypt,
     /// New master key version; every data key is rewrapped under it.
+    /// Needs a second admin's approval (dual control).
     RotateMaster,
+    /// Pending dual-control approvals.
+    Approvals,
+    /// Approve (and so run) another admin's pending action.
+    Approve {
+        /// The approval id.
+        id: String,
+    },
     /// Destroy a data key version no record uses.
     Retire {
         /// The version.
@@ -186,6 +194,36 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
             Err(status) => fail_status(&status),
         },
         KeysCommand::Reencrypt => reencrypt(&mut client, json).await,
+        KeysCommand::Approvals => match client.list_approvals(v1::ListApprovalsRequest {}).await {
+            Ok(resp) => {
+                let list = resp.into_inner().approvals;
+                let value: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|a| serde_json::json!({ "id": a.id, "action": a.action, "requested_by": a.requested_by }))
+                    .collect();
+                let text = if list.is_empty() {
+                    "no pending approvals".to_owned()
+                } else {
+                    list.iter()
+                        .map(|a| format!("{}  {}  requested by {}", a.id, a.action, a.requested_by))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                emit(json, &serde_json::Value::Array(value), &text)
+            }
+            Err(status) => fail_status(&status),
+        },
+        KeysCommand::Approve { id } => match client.approve(v1::ApproveRequest { id }).await {
+            Ok(resp) => {
+                let r = resp.into_inner();
+                emit(
+                    json,
+                    &serde_json::json!({ "action": r.action, "result": r.result }),
+                    &format!("{}: {}", r.action, r.result),
+                )
+            }
+            Err(status) => fail_status(&status),
+        },
         KeysCommand::RotateMaster => match client
             .rotate_master_key(v1::RotateMasterKeyRequest {})
             .await

@@ -112,6 +112,8 @@ pub struct RawAccess {
     pub not_found_per_minute: Option<u32>,
     /// Lock a principal on an enumeration alert (default true).
     pub lock_on_anomaly: Option<bool>,
+    /// Minutes a dual-control request waits for its second admin (default 15).
+    pub approval_window_minutes: Option<u64>,
 }
 
 /// `[audit]`.
@@ -268,6 +270,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Rate limits, lockout, anomaly detection.
     pub limits: crate::access::limits::LimitsConfig,
+    /// How long a dual-control request waits for its second admin.
+    pub approval_window: std::time::Duration,
 }
 
 /// Default listen address: loopback, so nothing is exposed by accident.
@@ -403,6 +407,14 @@ impl RawConfig {
             ));
         }
         let limits = check_access(&self.access)?;
+        let approval_minutes = self.access.approval_window_minutes.unwrap_or(15);
+        if !(1..=24 * 60).contains(&approval_minutes) {
+            return Err(invalid(
+                "access.approval_window_minutes",
+                "must be 1 to 1440",
+            ));
+        }
+        let approval_window = std::time::Duration::from_secs(approval_minutes * 60);
         let mut names = BTreeSet::new();
         let principals = self
             .principals
@@ -425,6 +437,7 @@ impl RawConfig {
             principals,
             metrics_listen,
             limits,
+            approval_window,
         })
     }
 }

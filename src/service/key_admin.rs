@@ -10,6 +10,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::access::approvals::{ApprovalError, Approvals, DualControlAction};
 use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
 use crate::proto::v1::key_admin_server::KeyAdmin;
@@ -18,18 +19,59 @@ use crate::service::{Authenticator, log_outcome, status};
 use crate::vault::Vault;
 use crate::vault::admin::KeyState;
 use crate::vault::reencrypt::ReencryptProgress;
+use tonic_types::StatusExt;
 
 /// Implements `tessera.v1.KeyAdmin`.
 #[derive(Debug, Clone)]
 pub struct KeyAdminService {
     vault: Arc<Vault>,
     auth: Arc<Authenticator>,
+    approvals: Arc<Approvals>,
 }
 
 impl KeyAdminService {
     /// A service over a vault and an authenticator.
-    pub fn new(vault: Arc<Vault>, auth: Arc<Authenticator>) -> Self {
-        Self { vault, auth }
+    pub fn new(vault: Arc<Vault>, auth: Arc<Authenticator>, approvals: Arc<Approvals>) -> Self {
+        Self {
+            vault,
+            auth,
+            approvals,
+        }
+    }
+
+    /// Files a dual-control request and answers FAILED_PRECONDITION with its
+    /// id (in the message and as `ErrorInfo` metadata `approval_id`).
+    async fn request_approval(
+        &self,
+        call: &CallContext,
+        principal: &Principal,
+        action: DualControlAction,
+    ) -> Result<(), Status> {
+        let pending = self.approvals.request(
+            action,
+            &principal.name,
+            &principal.tenant,
+            self.vault.now_ms(),
+        );
+        let event = call.event(
+            Some(principal),
+            format!("approval:{}", pending.id),
+            "PENDING",
+        );
+        self.vault
+            .record_audit(event)
+            .await
+            .map_err(|e| status::from_vault(&e))?;
+        let metadata =
+            std::collections::HashMap::from([("approval_id".to_owned(), pending.id.clone())]);
+        Err(Status::with_error_details(
+            tonic::Code::FailedPrecondition,
+            format!(
+                "approval {} pending: a second admin must run `tessera keys approve {}` before it expires",
+                pending.id, pending.id
+            ),
+            tonic_types::ErrorDetails::with_error_info("APPROVAL_PENDING", "tessera.v1", metadata),
+        ))
     }
 
     /// Authenticates an admin (and, unless `allow_sealed`, refuses while
@@ -237,20 +279,10 @@ impl KeyAdmin for KeyAdminService {
     ) -> Result<Response<v1::RotateMasterKeyResponse>, Status> {
         let call = CallContext::of("RotateMasterKey", &request);
         let principal = self.admin(&call, &request, false).await?;
-        let result = self
-            .vault
-            .rotate_master_key()
-            .await
-            .map(|(master_key_id, rewrapped)| v1::RotateMasterKeyResponse {
-                master_key_id,
-                rewrapped: u32::try_from(rewrapped).unwrap_or(u32::MAX),
-            })
-            .map_err(|e| status::from_vault(&e));
-        let resource = match &result {
-            Ok(r) => format!("master:{}", r.master_key_id),
-            Err(_) => "master".to_owned(),
-        };
-        self.finish(&call, &principal, resource, result).await
+        // Dual control: this only files the request; Approve runs it.
+        self.request_approval(&call, &principal, DualControlAction::RotateMasterKey)
+            .await?;
+        Err(Status::internal("unreachable: approval requested"))
     }
 
     type ReencryptStream = ReencryptStream;
@@ -326,20 +358,11 @@ impl KeyAdmin for KeyAdminService {
     ) -> Result<Response<v1::ShredTenantResponse>, Status> {
         let call = CallContext::of("ShredTenant", &request);
         let principal = self.admin(&call, &request, false).await?;
-        let result = async {
-            let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
-            let destroyed = self
-                .vault
-                .shred_tenant(&tenant)
-                .await
-                .map_err(|e| status::from_vault(&e))?;
-            Ok(v1::ShredTenantResponse {
-                keys_destroyed: u32::try_from(destroyed).unwrap_or(u32::MAX),
-            })
-        }
-        .await;
-        let resource = format!("tenant:{}", principal.tenant);
-        self.finish(&call, &principal, resource, result).await
+        let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+        // Dual control: this only files the request; Approve runs it.
+        self.request_approval(&call, &principal, DualControlAction::ShredTenant(tenant))
+            .await?;
+        Err(Status::internal("unreachable: approval requested"))
     }
 
     #[instrument(skip_all, name = "ListApprovals", fields(principal, tenant))]
@@ -349,10 +372,18 @@ impl KeyAdmin for KeyAdminService {
     ) -> Result<Response<v1::ListApprovalsResponse>, Status> {
         let call = CallContext::of("ListApprovals", &request);
         let principal = self.admin(&call, &request, false).await?;
-        // No action requires a second approver yet, so none is ever pending.
-        let result = Ok(v1::ListApprovalsResponse {
-            approvals: Vec::new(),
-        });
+        let approvals = self
+            .approvals
+            .list(&principal.tenant)
+            .into_iter()
+            .map(|p| v1::Approval {
+                id: p.id,
+                action: p.action.name().to_owned(),
+                requested_by: p.requested_by,
+                expires_at: Some(timestamp(p.expires_at_ms)),
+            })
+            .collect();
+        let result = Ok(v1::ListApprovalsResponse { approvals });
         self.finish(&call, &principal, "approvals".to_owned(), result)
             .await
     }
@@ -364,8 +395,44 @@ impl KeyAdmin for KeyAdminService {
     ) -> Result<Response<v1::ApproveResponse>, Status> {
         let call = CallContext::of("Approve", &request);
         let principal = self.admin(&call, &request, false).await?;
-        let result = Err(Status::not_found("no pending approval has this id"));
-        self.finish(&call, &principal, "approval".to_owned(), result)
-            .await
+        let id = request.get_ref().id.clone();
+        let pending = match self
+            .approvals
+            .approve(&id, &principal.name, &principal.tenant)
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let status = match e {
+                    ApprovalError::SameAdmin => Status::permission_denied(e.to_string()),
+                    _ => Status::not_found(e.to_string()),
+                };
+                return self
+                    .finish(&call, &principal, format!("approval:{id}"), Err(status))
+                    .await;
+            }
+        };
+        let action = pending.action.name().to_owned();
+        let result = match &pending.action {
+            DualControlAction::RotateMasterKey => self
+                .vault
+                .rotate_master_key()
+                .await
+                .map(|(key, rewrapped)| format!("master key {key}; {rewrapped} keys rewrapped")),
+            DualControlAction::ShredTenant(tenant) => self
+                .vault
+                .shred_tenant(tenant)
+                .await
+                .map(|destroyed| format!("tenant {tenant}: {destroyed} keys destroyed")),
+        }
+        .map(|result| v1::ApproveResponse {
+            action: action.clone(),
+            result,
+        })
+        .map_err(|e| status::from_vault(&e));
+        let resource = format!(
+            "approval:{id} {action} requested_by:{}",
+            pending.requested_by
+        );
+        self.finish(&call, &principal, resource, result).await
     }
 }

@@ -21,6 +21,11 @@ impl Vault {
         Ok(self.audit.record(event, key.as_deref()).await?)
     }
 
+    /// Now, by the vault's clock (milliseconds since the epoch).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     /// How an audit event names a token: `token:` and the first 8 bytes of
     /// its keyed id, never the token itself.
     pub async fn token_ref(&self, tenant: &TenantId, token: &Token) -> String {

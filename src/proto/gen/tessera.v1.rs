@@ -1206,9 +1206,16 @@ pub struct ApproveRequest {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
 }
-/// The action was approved (and has run).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct ApproveResponse {}
+/// The action was approved and has run.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ApproveResponse {
+    /// The action that ran, e.g. "RotateMasterKey".
+    #[prost(string, tag = "1")]
+    pub action: ::prost::alloc::string::String,
+    /// What it did, e.g. the new master key id and how many keys were rewrapped.
+    #[prost(string, tag = "2")]
+    pub result: ::prost::alloc::string::String,
+}
 /// Life-cycle state of a data key version (PCI DSS 3.7.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
