@@ -190,6 +190,22 @@ async fn shamir_unseal_rotate_seal_and_restart() {
         ("shamir", 3, 0)
     );
     assert!(status.master_key_id.is_empty());
+    // Audit reads are refused while sealed too.
+    {
+        let channel = tonic::transport::Endpoint::from_shared(server.addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut audit = v1::audit_client::AuditClient::with_interceptor(
+            channel,
+            Bearer::new(&custodian_key(&shares, 1)).unwrap(),
+        );
+        assert_eq!(
+            audit.verify(v1::VerifyRequest {}).await.unwrap_err().code(),
+            Code::Unavailable
+        );
+    }
     // Other admin RPCs are refused while sealed.
     assert_eq!(
         c1.rotate_data_key(v1::RotateDataKeyRequest::default())

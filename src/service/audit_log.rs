@@ -12,7 +12,7 @@ use crate::audit::chain::ChainedEvent;
 use crate::domain::{Principal, Role};
 use crate::proto::v1;
 use crate::proto::v1::audit_server::Audit;
-use crate::service::audited::{CallContext, audited};
+use crate::service::audited::{CallContext, audit_refusal, audited};
 use crate::service::{Authenticator, status};
 use crate::vault::Vault;
 
@@ -37,19 +37,15 @@ impl AuditService {
         call: &CallContext,
         request: &Request<T>,
     ) -> Result<Principal, Status> {
-        let result = self
-            .auth
-            .authorize(request.metadata(), Role::Audit, call.rpc);
+        // A sealed vault answers nothing but health, GetStatus and Unseal.
+        let result = if self.vault.is_sealed() {
+            Err(Status::unavailable("the vault is sealed"))
+        } else {
+            self.auth
+                .authorize(request.metadata(), Role::Audit, call.rpc)
+        };
         if let Err(status) = &result {
-            let principal = self.auth.authenticate(request.metadata()).ok();
-            let event = call.event(
-                principal.as_ref(),
-                String::new(),
-                &format!("{:?}", status.code()),
-            );
-            if let Err(e) = self.vault.record_audit(event).await {
-                tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a refused call");
-            }
+            audit_refusal(&self.vault, &self.auth, call, request.metadata(), status).await;
         }
         result
     }

@@ -103,3 +103,24 @@ pub async fn audited<T>(
         }
     }
 }
+
+/// Audits a refused call (bad credentials, missing role, sealed, locked,
+/// rate limited), naming the principal when the credentials do. Best
+/// effort: a refusal must not wait on, or fail because of, the log.
+pub async fn audit_refusal(
+    vault: &Vault,
+    auth: &crate::service::Authenticator,
+    call: &CallContext,
+    metadata: &tonic::metadata::MetadataMap,
+    status: &Status,
+) {
+    let principal = auth.authenticate(metadata).ok();
+    let event = call.event(
+        principal.as_ref(),
+        String::new(),
+        &format!("{:?}", status.code()),
+    );
+    if let Err(e) = vault.record_audit(event).await {
+        tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a refused call");
+    }
+}

@@ -14,7 +14,7 @@ use crate::access::approvals::{ApprovalError, Approvals, DualControlAction};
 use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
 use crate::proto::v1::key_admin_server::KeyAdmin;
-use crate::service::audited::{CallContext, audited};
+use crate::service::audited::{CallContext, audit_refusal, audited};
 use crate::service::{Authenticator, log_outcome, status};
 use crate::vault::Vault;
 use crate::vault::admin::KeyState;
@@ -93,15 +93,7 @@ impl KeyAdminService {
                 }
             });
         if let Err(status) = &result {
-            let principal = self.auth.authenticate(request.metadata()).ok();
-            let event = call.event(
-                principal.as_ref(),
-                String::new(),
-                &format!("{:?}", status.code()),
-            );
-            if let Err(e) = self.vault.record_audit(event).await {
-                tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a refused call");
-            }
+            audit_refusal(&self.vault, &self.auth, call, request.metadata(), status).await;
         }
         result
     }

@@ -24,7 +24,7 @@ use crate::domain::{Principal, Role};
 use crate::proto::v1;
 use crate::proto::v1::tokenizer_server::Tokenizer;
 use crate::vault::{TokenizeCommand, Vault};
-use audited::{CallContext, audited};
+use audited::{CallContext, audit_refusal, audited};
 use tonic_types::StatusExt;
 
 /// Turns request metadata into a principal, enforcing lockouts and rate
@@ -177,15 +177,7 @@ impl TokenizerService {
             self.auth.authorize(request.metadata(), role, call.rpc)
         };
         if let Err(status) = &result {
-            let principal = self.auth.authenticate(request.metadata()).ok();
-            let event = call.event(
-                principal.as_ref(),
-                String::new(),
-                &format!("{:?}", status.code()),
-            );
-            if let Err(e) = self.vault.record_audit(event).await {
-                tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a refused call");
-            }
+            audit_refusal(&self.vault, &self.auth, call, request.metadata(), status).await;
         }
         result
     }
