@@ -97,6 +97,12 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// A fixed-size array.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let at = self.err();
+        self.fixed(N)?.try_into().map_err(|_| at)
+    }
+
     /// One byte.
     pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.fixed(1)?[0])

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use hkdf::Hkdf;
-use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -100,18 +99,7 @@ impl TenantKeys {
 
 fn hmac(key: &DataKey, message: &[u8]) -> [u8; TOKEN_ID_LEN] {
     const _: () = assert!(TOKEN_ID_LEN == FINGERPRINT_LEN);
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret())
-        .unwrap_or_else(|_| unreachable_hmac());
-    mac.update(message);
-    mac.finalize().into_bytes().into()
-}
-
-#[cold]
-fn unreachable_hmac() -> Hmac<Sha256> {
-    // HMAC keys of any length are valid (RFC 2104 §2); a 32-byte key of zeros
-    // keeps this total without a panic path.
-    <Hmac<Sha256> as KeyInit>::new(&Default::default())
+    key.hmac_sha256(&[message])
 }
 
 /// Caches unwrapped keys; creates a tenant's first keys on first tokenize.

@@ -42,6 +42,19 @@ impl DataKey {
     pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
+
+    /// HMAC-SHA256 under this key over the concatenation of `parts`.
+    pub fn hmac_sha256(&self, parts: &[&[u8]]) -> [u8; 32] {
+        use hmac::{Hmac, KeyInit, Mac};
+        // HMAC accepts keys of any length (RFC 2104 §2), so this cannot
+        // fail; the all-zero fallback keeps it total without a panic path.
+        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| <Hmac<sha2::Sha256> as KeyInit>::new(&Default::default()));
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
 }
 
 impl fmt::Debug for DataKey {

@@ -6,7 +6,6 @@
 //! (`HMAC-SHA256(audit key, "tessera/audit/head/v1" ‖ seq ‖ hash)`) so the
 //! chain cannot be recomputed or truncated by someone without the key.
 
-use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -100,10 +99,8 @@ impl ChainedEvent {
             return Err(DecodeError { offset: 0 });
         }
         let seq = r.u64()?;
-        let mut prev = [0u8; 32];
-        prev.copy_from_slice(r.fixed(32)?);
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(r.fixed(32)?);
+        let prev = r.array()?;
+        let hash = r.array()?;
         let event = decode_event(&mut r)?;
         r.end()?;
         Ok(Self {
@@ -127,13 +124,7 @@ pub struct SignedHead {
 }
 
 fn head_mac(key: &DataKey, seq: u64, hash: &ChainHash) -> [u8; 32] {
-    // HMAC takes keys of any length; a 32-byte key cannot be refused.
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret())
-        .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
-    mac.update(HEAD_DOMAIN);
-    mac.update(&seq.to_be_bytes());
-    mac.update(hash);
-    mac.finalize().into_bytes().into()
+    key.hmac_sha256(&[HEAD_DOMAIN, &seq.to_be_bytes(), hash])
 }
 
 impl SignedHead {
@@ -168,10 +159,8 @@ impl SignedHead {
             return Err(DecodeError { offset: 0 });
         }
         let seq = r.u64()?;
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(r.fixed(32)?);
-        let mut mac = [0u8; 32];
-        mac.copy_from_slice(r.fixed(32)?);
+        let hash = r.array()?;
+        let mac = r.array()?;
         r.end()?;
         Ok(Self { seq, hash, mac })
     }

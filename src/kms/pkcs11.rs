@@ -32,8 +32,6 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -188,14 +186,7 @@ fn create_key(session: &Session, label: &str) -> Result<ObjectHandle, KmsError> 
 }
 
 fn bind_tag(key: &DataKey, key_id: &KeyId, ctx: &KeyContext) -> [u8; TAG_LEN] {
-    // HMAC takes keys of any length; a 32-byte key cannot be refused.
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret())
-        .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
-    mac.update(BIND_INFO);
-    mac.update(key_id.as_str().as_bytes());
-    mac.update(&[0]);
-    mac.update(&ctx.to_bytes());
-    mac.finalize().into_bytes().into()
+    key.hmac_sha256(&[BIND_INFO, key_id.as_str().as_bytes(), &[0], &ctx.to_bytes()])
 }
 
 /// A session object, destroyed when dropped.

@@ -20,7 +20,6 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use blahaj::{Share, Sharks};
-use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -113,11 +112,7 @@ impl Drop for ShareFile {
 }
 
 fn check_value(key: &DataKey) -> [u8; 32] {
-    // HMAC takes keys of any length; a 32-byte key cannot be refused.
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret())
-        .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
-    mac.update(CHECK_INFO);
-    mac.finalize().into_bytes().into()
+    key.hmac_sha256(&[CHECK_INFO])
 }
 
 /// Makes a new master key and splits it into `shares` shares, any
