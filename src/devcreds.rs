@@ -7,12 +7,14 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::access::api_key::{self, KeyHash};
-use crate::config::PrincipalEntry;
-use crate::csprng::{self, RngError};
+use crate::access::principals::PrincipalEntry;
+use crate::access::totp::TotpSecret;
+use crate::csprng::RngError;
 use crate::domain::{Principal, Role, TenantId};
 
 /// File name inside the data dir.
@@ -65,30 +67,6 @@ fn spec() -> [(&'static str, &'static str, &'static [Role], bool); 5] {
     ]
 }
 
-/// RFC 4648 base32 without padding (the otpauth:// convention).
-fn base32(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut out = String::new();
-    let mut buffer = 0u32;
-    let mut bits = 0u32;
-    for &b in bytes {
-        buffer = (buffer << 8) | u32::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(char::from(
-                ALPHABET[usize::try_from((buffer >> bits) & 31).unwrap_or(0)],
-            ));
-        }
-    }
-    if bits > 0 {
-        out.push(char::from(
-            ALPHABET[usize::try_from((buffer << (5 - bits)) & 31).unwrap_or(0)],
-        ));
-    }
-    out
-}
-
 /// Loads the file in `dir`, creating it on first start.
 pub fn load_or_create(dir: &Path) -> Result<BTreeMap<String, DevCredential>, DevCredsError> {
     let path = dir.join(FILE_NAME);
@@ -101,9 +79,8 @@ pub fn load_or_create(dir: &Path) -> Result<BTreeMap<String, DevCredential>, Dev
             for (name, tenant, roles, admin) in spec() {
                 let key = api_key::generate()?;
                 let totp_secret = if admin {
-                    let mut secret = [0u8; 20];
-                    csprng::fill(&mut secret)?;
-                    Some(base32(&secret))
+                    let secret = TotpSecret::generate()?;
+                    Some(secret.to_base32().expose_secret().to_owned())
                 } else {
                     None
                 };
@@ -117,7 +94,7 @@ pub fn load_or_create(dir: &Path) -> Result<BTreeMap<String, DevCredential>, Dev
                     },
                 );
             }
-            write_private(
+            crate::private_file::replace(
                 &path,
                 &serde_json::to_vec_pretty(&creds)
                     .map_err(|e| DevCredsError::Malformed(e.to_string()))?,
@@ -126,21 +103,6 @@ pub fn load_or_create(dir: &Path) -> Result<BTreeMap<String, DevCredential>, Dev
         }
         Err(e) => Err(e.into()),
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(tmp, path)
 }
 
 /// The principals the file describes.
@@ -158,13 +120,24 @@ pub fn principals(
                 .map(|r| Role::parse(r))
                 .collect::<Result<BTreeSet<_>, _>>()
                 .map_err(|e| DevCredsError::Malformed(e.to_string()))?;
+            let totp = c
+                .totp_secret
+                .as_deref()
+                .map(|t| {
+                    TotpSecret::from_base32(t)
+                        .map(Arc::new)
+                        .ok_or_else(|| DevCredsError::Malformed("bad totp_secret".into()))
+                })
+                .transpose()?;
             Ok(PrincipalEntry {
                 principal: Principal {
                     name: name.clone(),
                     tenant,
                     roles,
                 },
-                key_hash: KeyHash::of(&c.api_key),
+                key_hash: Some(KeyHash::of(&c.api_key)),
+                cert_identity: Some(format!("spiffe://tessera/{name}")),
+                totp,
             })
         })
         .collect()
@@ -173,13 +146,6 @@ pub fn principals(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base32_matches_rfc4648() {
-        assert_eq!(base32(b""), "");
-        assert_eq!(base32(b"f"), "MY");
-        assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
-    }
 
     #[test]
     fn created_once_then_kept() {

@@ -10,8 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::access::api_key::{ApiKeyRegistry, RegistryError};
 use crate::access::approvals::Approvals;
+use crate::access::principals::{self, BookError, PrincipalBook};
 use crate::clock::SystemClock;
 use crate::config::{Config, KmsBackend, PrincipalEntry, StoreBackend};
 use crate::kms::dev::DevKms;
@@ -21,9 +21,11 @@ use crate::kms::{Kms, KmsError};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::v1::audit_server::AuditServer;
 use crate::proto::v1::key_admin_server::KeyAdminServer;
+use crate::proto::v1::principals_server::PrincipalsServer;
 use crate::proto::v1::tokenizer_server::TokenizerServer;
 use crate::service::audit_log::AuditService;
 use crate::service::key_admin::KeyAdminService;
+use crate::service::principals::PrincipalsService;
 use crate::service::{Authenticator, TokenizerService};
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
@@ -39,9 +41,12 @@ pub enum StartError {
     /// The KMS did not open.
     #[error("kms: {0}")]
     Kms(#[from] KmsError),
-    /// Principals clash.
+    /// Principals clash or their file is unreadable.
     #[error("principals: {0}")]
-    Principals(#[from] RegistryError),
+    Principals(#[from] BookError),
+    /// TLS material is unusable.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// Reflection descriptors did not load.
     #[error("reflection: {0}")]
     Reflection(String),
@@ -59,6 +64,8 @@ pub struct App {
     pub auth: Arc<Authenticator>,
     /// Pending dual-control approvals.
     pub approvals: Arc<Approvals>,
+    /// TLS for the listener (`None`: plaintext, dev on loopback only).
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl App {
@@ -85,25 +92,31 @@ impl App {
                 )));
             }
         };
-        let mut keys = ApiKeyRegistry::new();
-        for entry in principals {
-            keys.insert(entry.key_hash, entry.principal)?;
-        }
+        let book = PrincipalBook::open(
+            principals,
+            Some(config.data_dir.join(principals::FILE_NAME)),
+        )?;
         let vault = Vault::new(kms, store, Arc::new(SystemClock), config.policy.clone());
         Ok(Self {
             vault: Arc::new(vault),
-            auth: Arc::new(Authenticator::with_limits(keys, config.limits.clone())),
+            auth: Arc::new(Authenticator::with_limits(
+                Arc::new(book),
+                config.limits.clone(),
+                config.otp_step,
+            )),
             approvals: Arc::new(Approvals::new(config.approval_window)),
+            tls: config.tls.clone(),
         })
     }
 
-    /// Assembles an app from a ready vault and key registry (tests and
-    /// embedders).
-    pub fn from_parts(vault: Vault, keys: ApiKeyRegistry) -> Self {
+    /// Assembles a plaintext app from a ready vault and principals (tests
+    /// and embedders).
+    pub fn from_parts(vault: Vault, principals: PrincipalBook) -> Self {
         Self {
             vault: Arc::new(vault),
-            auth: Arc::new(Authenticator::new(keys)),
+            auth: Arc::new(Authenticator::new(Arc::new(principals))),
             approvals: Arc::new(Approvals::new(DEFAULT_APPROVAL_WINDOW)),
+            tls: None,
         }
     }
 }
@@ -156,16 +169,25 @@ pub async fn run(
         Arc::clone(&app.vault),
         Arc::clone(&app.auth),
     ));
+    let principals = PrincipalsServer::new(PrincipalsService::new(
+        Arc::clone(&app.vault),
+        Arc::clone(&app.auth),
+    ));
     let key_admin = KeyAdminServer::new(KeyAdminService::new(app.vault, app.auth, app.approvals));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &app.tls {
+        builder = builder.tls_config(crate::tls::server_config(tls)?)?;
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut serve_rx = stop_rx.clone();
     let mut drain_rx = stop_rx;
-    let serve = tonic::transport::Server::builder()
+    let serve = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(tokenizer)
         .add_service(key_admin)
         .add_service(audit)
+        .add_service(principals)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = serve_rx.wait_for(|stop| *stop).await;
         });

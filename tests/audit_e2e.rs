@@ -9,25 +9,18 @@ mod common;
 
 use std::path::Path;
 
-use common::{Server, assert_no_pan_leaked};
+use common::{AdminChannel, Server, assert_no_pan_leaked, otp};
 use tessera::cli::client::Bearer;
 use tessera::proto::v1;
 use tessera::proto::v1::audit_client::AuditClient;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-type Auditor = AuditClient<InterceptedService<Channel, Bearer>>;
+type Auditor = AuditClient<AdminChannel>;
 
 const VISA: &str = "4111111111111111";
 
 async fn auditor(server: &Server) -> Auditor {
-    let channel = tonic::transport::Endpoint::from_shared(server.addr.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    AuditClient::with_interceptor(channel, Bearer::new(&server.api_key("admin")).unwrap())
+    AuditClient::with_interceptor(server.channel().await, server.admin_auth("admin"))
 }
 
 async fn all_events(client: &mut Auditor) -> Vec<v1::AuditEvent> {
@@ -171,11 +164,7 @@ async fn every_call_is_an_event_with_the_required_fields() {
     // Another tenant's auditor sees none of these events... the dev "other"
     // principal has no audit role, which is refused and audited itself.
     let mut other = AuditClient::with_interceptor(
-        tonic::transport::Endpoint::from_shared(server.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
+        server.channel().await,
         Bearer::new(&server.api_key("other")).unwrap(),
     );
     assert_eq!(
@@ -316,6 +305,8 @@ async fn tampering_is_detected_at_the_first_bad_position() {
                 &server.addr,
                 "--api-key",
                 &server.api_key("admin"),
+                "--otp",
+                &otp(&server.totp_secret("admin")),
             ])
             .output()
             .unwrap();
@@ -357,6 +348,8 @@ async fn tampering_is_detected_at_the_first_bad_position() {
             &server.addr,
             "--api-key",
             &server.api_key("admin"),
+            "--otp",
+            &otp(&server.totp_secret("admin")),
         ])
         .output()
         .unwrap();

@@ -33,16 +33,18 @@ async fn aws_kms_backed_server_round_trip_and_restart() {
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
     let processor_key = tessera::access::api_key::generate().unwrap();
+    let pki = common::TestPki::new(&dir.path().join("pki"));
     let config = dir.path().join("tessera.toml");
     std::fs::write(
         &config,
         format!(
             "data_dir = \"{}\"\n[kms]\nbackend = \"aws-kms\"\nkey_id = \"{arn}\"\nregion = \"{}\"\nendpoint = \"{}\"\n\n\
-             [[principals]]\nname = \"processor\"\ntenant = \"default\"\nroles = [\"tokenize\", \"detokenize\"]\napi_key_hash = \"{}\"\n",
+             [[principals]]\nname = \"processor\"\ntenant = \"default\"\nroles = [\"tokenize\", \"detokenize\"]\napi_key_hash = \"{}\"\n{}",
             data.display(),
             moto::REGION,
             moto.endpoint,
             processor_key.hash.to_config_string(),
+            pki.config(false, false),
         ),
     )
     .unwrap();
@@ -54,8 +56,10 @@ async fn aws_kms_backed_server_round_trip_and_restart() {
         "127.0.0.1:0",
     ];
     let env = moto.env();
-    let server = Server::start_with_env(&args, &env, &data, &log);
-    let mut processor = common::client(&server.addr, Some(processor_key.key.expose_secret())).await;
+    let server = Server::start_with_env(&args, &env, &data, &log).with_tls(&pki.ca());
+    let mut processor = server
+        .client_with_key(Some(processor_key.key.expose_secret()))
+        .await;
     let token = processor
         .tokenize(v1::TokenizeRequest {
             pan: VISA.into(),
@@ -67,8 +71,10 @@ async fn aws_kms_backed_server_round_trip_and_restart() {
         .token;
     server.kill9();
 
-    let server = Server::start_with_env(&args, &env, &data, &log);
-    let mut processor = common::client(&server.addr, Some(processor_key.key.expose_secret())).await;
+    let server = Server::start_with_env(&args, &env, &data, &log).with_tls(&pki.ca());
+    let mut processor = server
+        .client_with_key(Some(processor_key.key.expose_secret()))
+        .await;
     let pan = processor
         .detokenize(v1::DetokenizeRequest { token })
         .await

@@ -10,15 +10,13 @@ mod softhsm;
 
 use std::path::Path;
 
-use common::{Server, assert_no_pan_leaked};
+use common::{AdminChannel, OtpAuth, Server, assert_no_pan_leaked};
 use tessera::cli::client::Bearer;
 use tessera::proto::v1;
 use tessera::proto::v1::key_admin_client::KeyAdminClient;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-type Admin = KeyAdminClient<InterceptedService<Channel, Bearer>>;
+type Admin = KeyAdminClient<AdminChannel>;
 
 /// What a master key rotation did.
 #[derive(Debug)]
@@ -86,17 +84,18 @@ async fn rotate_master(requester: &mut Admin, approver: &mut Admin) -> Rotated {
 const VISA: &str = "4111111111111111";
 const MASTERCARD: &str = "5555555555554444";
 
-async fn admin(addr: &str, key: &str) -> Admin {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    KeyAdminClient::with_interceptor(channel, Bearer::new(key).unwrap())
+async fn admin(server: &Server, auth: OtpAuth) -> Admin {
+    KeyAdminClient::with_interceptor(server.channel().await, auth)
 }
 
 fn custodian_key(shares: &Path, n: u8) -> String {
     std::fs::read_to_string(shares.join(format!("custodian-{n}.key"))).unwrap()
+}
+
+/// Custodian `n`'s API key and TOTP codes, from the files `tessera init` wrote.
+fn custodian(shares: &Path, n: u8) -> OtpAuth {
+    let uri = std::fs::read_to_string(shares.join(format!("custodian-{n}.otpauth"))).unwrap();
+    OtpAuth::new(&custodian_key(shares, n), &common::secret_of_uri(&uri))
 }
 
 fn share(shares: &Path, n: u8) -> Vec<u8> {
@@ -140,6 +139,7 @@ async fn shamir_unseal_rotate_seal_and_restart() {
         processor_key.hash.to_config_string()
     ));
     std::fs::write(&config, text).unwrap();
+    let ca = data.join("tls").join("ca.pem");
     let start = || {
         Server::start_with(
             &[
@@ -152,10 +152,13 @@ async fn shamir_unseal_rotate_seal_and_restart() {
             &data,
             &log,
         )
+        .with_tls(&ca)
     };
 
     let server = start();
-    let mut processor = common::client(&server.addr, Some(processor_key.key.expose_secret())).await;
+    let mut processor = server
+        .client_with_key(Some(processor_key.key.expose_secret()))
+        .await;
     let tokenize = |pan: &str| v1::TokenizeRequest {
         pan: pan.into(),
         ..Default::default()
@@ -172,9 +175,9 @@ async fn shamir_unseal_rotate_seal_and_restart() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::Unavailable);
 
-    let mut c1 = admin(&server.addr, &custodian_key(&shares, 1)).await;
-    let mut c2 = admin(&server.addr, &custodian_key(&shares, 2)).await;
-    let mut c3 = admin(&server.addr, &custodian_key(&shares, 3)).await;
+    let mut c1 = admin(&server, custodian(&shares, 1)).await;
+    let mut c2 = admin(&server, custodian(&shares, 2)).await;
+    let mut c3 = admin(&server, custodian(&shares, 3)).await;
     let status = c1
         .get_status(v1::GetStatusRequest::default())
         .await
@@ -192,14 +195,9 @@ async fn shamir_unseal_rotate_seal_and_restart() {
     assert!(status.master_key_id.is_empty());
     // Audit reads are refused while sealed too.
     {
-        let channel = tonic::transport::Endpoint::from_shared(server.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
         let mut audit = v1::audit_client::AuditClient::with_interceptor(
-            channel,
-            Bearer::new(&custodian_key(&shares, 1)).unwrap(),
+            server.channel().await,
+            custodian(&shares, 1),
         );
         assert_eq!(
             audit.verify(v1::VerifyRequest {}).await.unwrap_err().code(),
@@ -216,11 +214,7 @@ async fn shamir_unseal_rotate_seal_and_restart() {
     );
     // A processor may not unseal.
     let mut not_admin = KeyAdminClient::with_interceptor(
-        tonic::transport::Endpoint::from_shared(server.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
+        server.channel().await,
         Bearer::new(processor_key.key.expose_secret()).unwrap(),
     );
     let denied = not_admin
@@ -371,7 +365,9 @@ async fn shamir_unseal_rotate_seal_and_restart() {
     // Restart (kill -9): sealed; three other custodians unseal; old tokens open.
     server.kill9();
     let server = start();
-    let mut processor = common::client(&server.addr, Some(processor_key.key.expose_secret())).await;
+    let mut processor = server
+        .client_with_key(Some(processor_key.key.expose_secret()))
+        .await;
     assert_eq!(
         processor
             .detokenize(v1::DetokenizeRequest { token: t1.clone() })
@@ -381,7 +377,7 @@ async fn shamir_unseal_rotate_seal_and_restart() {
         Code::Unavailable
     );
     for n in [5u8, 3, 4] {
-        let mut c = admin(&server.addr, &custodian_key(&shares, n)).await;
+        let mut c = admin(&server, custodian(&shares, n)).await;
         c.unseal(unseal(n)).await.unwrap();
     }
     for (t, pan) in [(&t1, VISA), (&t2, MASTERCARD)] {
@@ -406,7 +402,7 @@ async fn shredding_one_tenant_leaves_the_other_intact() {
     let server = Server::start(&data, &log);
     let mut processor = server.client("processor").await;
     let mut other = server.client("other").await;
-    let mut admin_default = admin(&server.addr, &server.api_key("admin")).await;
+    let mut admin_default = admin(&server, server.admin_auth("admin")).await;
 
     let req = |pan: &str| v1::TokenizeRequest {
         pan: pan.into(),
@@ -438,7 +434,7 @@ async fn shredding_one_tenant_leaves_the_other_intact() {
         })
         .await;
     assert!(still.is_ok(), "nothing happens before the approval");
-    let mut admin2 = admin(&server.addr, &server.api_key("admin2")).await;
+    let mut admin2 = admin(&server, server.admin_auth("admin2")).await;
     let done = admin2
         .approve(v1::ApproveRequest { id })
         .await
@@ -558,7 +554,7 @@ async fn reencryption_resumes_after_kill_9() {
     let server = Server::start_dev_with_config(&config, &data, &log);
     let pans: Vec<String> = (0..2500).map(pan_n).collect();
     let tokens = tokenize_many(&server, &pans).await;
-    let mut admin_client = admin(&server.addr, &server.api_key("admin")).await;
+    let mut admin_client = admin(&server, server.admin_auth("admin")).await;
     assert_eq!(
         admin_client
             .rotate_data_key(v1::RotateDataKeyRequest::default())
@@ -583,7 +579,7 @@ async fn reencryption_resumes_after_kill_9() {
     server.kill9();
 
     let server = Server::start_dev_with_config(&config, &data, &log);
-    let mut admin_client = admin(&server.addr, &server.api_key("admin")).await;
+    let mut admin_client = admin(&server, server.admin_auth("admin")).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         if record_counts(&mut admin_client).await == vec![(1, 0), (2, 2500)] {
@@ -681,8 +677,8 @@ async fn traffic_continues_through_rotation_and_reencryption() {
             issued
         }));
     }
-    let mut admin_client = admin(&server.addr, &server.api_key("admin")).await;
-    let mut admin2 = admin(&server.addr, &server.api_key("admin2")).await;
+    let mut admin_client = admin(&server, server.admin_auth("admin")).await;
+    let mut admin2 = admin(&server, server.admin_auth("admin2")).await;
     for round in 0..3 {
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         let v = admin_client
@@ -759,21 +755,27 @@ async fn pkcs11_backed_server_round_trip_and_restart() {
     let processor_key = tessera::access::api_key::generate().unwrap();
     let admin_key = tessera::access::api_key::generate().unwrap();
     let admin2_key = tessera::access::api_key::generate().unwrap();
+    let (ops_totp, ops_secret) = common::totp_file(dir.path(), "ops");
+    let (ops2_totp, ops2_secret) = common::totp_file(dir.path(), "ops2");
+    let pki = common::TestPki::new(&dir.path().join("pki"));
     let config = dir.path().join("tessera.toml");
     std::fs::write(
         &config,
         format!(
             "data_dir = \"{}\"\n[kms]\nbackend = \"pkcs11\"\nmodule = \"{}\"\ntoken_label = \"{}\"\npin_file = \"{}\"\n\n\
              [[principals]]\nname = \"processor\"\ntenant = \"default\"\nroles = [\"tokenize\", \"detokenize\"]\napi_key_hash = \"{}\"\n\n\
-             [[principals]]\nname = \"ops\"\ntenant = \"default\"\nroles = [\"admin\"]\napi_key_hash = \"{}\"\n\n\
-             [[principals]]\nname = \"ops2\"\ntenant = \"default\"\nroles = [\"admin\"]\napi_key_hash = \"{}\"\n",
+             [[principals]]\nname = \"ops\"\ntenant = \"default\"\nroles = [\"admin\"]\napi_key_hash = \"{}\"\ntotp_secret_file = \"{}\"\n\n\
+             [[principals]]\nname = \"ops2\"\ntenant = \"default\"\nroles = [\"admin\"]\napi_key_hash = \"{}\"\ntotp_secret_file = \"{}\"\n{}",
             data.display(),
             softhsm::MODULE,
             token.label,
             token.pin_file.display(),
             processor_key.hash.to_config_string(),
             admin_key.hash.to_config_string(),
+            ops_totp.display(),
             admin2_key.hash.to_config_string(),
+            ops2_totp.display(),
+            pki.config(false, false),
         ),
     )
     .unwrap();
@@ -784,8 +786,10 @@ async fn pkcs11_backed_server_round_trip_and_restart() {
         "--listen",
         "127.0.0.1:0",
     ];
-    let server = Server::start_with(&args, &data, &log);
-    let mut processor = common::client(&server.addr, Some(processor_key.key.expose_secret())).await;
+    let server = Server::start_with(&args, &data, &log).with_tls(&pki.ca());
+    let mut processor = server
+        .client_with_key(Some(processor_key.key.expose_secret()))
+        .await;
     let token_value = processor
         .tokenize(v1::TokenizeRequest {
             pan: VISA.into(),
@@ -795,7 +799,11 @@ async fn pkcs11_backed_server_round_trip_and_restart() {
         .unwrap()
         .into_inner()
         .token;
-    let mut ops = admin(&server.addr, admin_key.key.expose_secret()).await;
+    let mut ops = admin(
+        &server,
+        OtpAuth::new(admin_key.key.expose_secret(), &ops_secret),
+    )
+    .await;
     let status = ops
         .get_status(v1::GetStatusRequest::default())
         .await
@@ -808,7 +816,11 @@ async fn pkcs11_backed_server_round_trip_and_restart() {
         format!("pkcs11:{}/tessera-kek", token.label)
     );
     // A new HSM key version; the DEKs are rewrapped under it.
-    let mut ops2 = admin(&server.addr, admin2_key.key.expose_secret()).await;
+    let mut ops2 = admin(
+        &server,
+        OtpAuth::new(admin2_key.key.expose_secret(), &ops2_secret),
+    )
+    .await;
     let rotated = rotate_master(&mut ops, &mut ops2).await;
     assert_eq!(
         rotated.master_key_id,
@@ -820,8 +832,10 @@ async fn pkcs11_backed_server_round_trip_and_restart() {
     );
     server.kill9();
 
-    let server = Server::start_with(&args, &data, &log);
-    let mut processor = common::client(&server.addr, Some(processor_key.key.expose_secret())).await;
+    let server = Server::start_with(&args, &data, &log).with_tls(&pki.ca());
+    let mut processor = server
+        .client_with_key(Some(processor_key.key.expose_secret()))
+        .await;
     let pan = processor
         .detokenize(v1::DetokenizeRequest { token: token_value })
         .await
@@ -870,7 +884,7 @@ async fn metrics_expose_key_age_and_seal_state() {
         .unwrap()
         .into_inner()
         .token;
-    let mut ops = admin(&server.addr, &server.api_key("admin")).await;
+    let mut ops = admin(&server, server.admin_auth("admin")).await;
     ops.rotate_data_key(v1::RotateDataKeyRequest::default())
         .await
         .unwrap();

@@ -8,7 +8,6 @@
 mod common;
 
 use common::Server;
-use tessera::cli::client::Bearer;
 use tessera::proto::v1;
 use tessera::proto::v1::audit_client::AuditClient;
 use tonic::Code;
@@ -66,7 +65,7 @@ async fn ten_failed_authentications_lock_the_key() {
         .map(|c| if c == '0' { '1' } else { '0' })
         .collect();
     let forged = format!("{id_part}_{wrong_secret}");
-    let mut attacker = common::client(&server.addr, Some(&forged)).await;
+    let mut attacker = server.client_with_key(Some(&forged)).await;
     for _ in 0..10 {
         assert_eq!(
             attacker.tokenize(tokenize()).await.unwrap_err().code(),
@@ -111,13 +110,8 @@ async fn token_enumeration_is_alerted_audited_and_locked() {
         locked.message()
     );
 
-    let channel = tonic::transport::Endpoint::from_shared(server.addr.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
     let mut audit =
-        AuditClient::with_interceptor(channel, Bearer::new(&server.api_key("admin")).unwrap());
+        AuditClient::with_interceptor(server.channel().await, server.admin_auth("admin"));
     let mut stream = audit
         .list_events(v1::ListEventsRequest {
             action: "Anomaly".into(),

@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "proto/tessera/v1/tokenizer.proto",
     "proto/tessera/v1/key_admin.proto",
     "proto/tessera/v1/audit.proto",
+    "proto/tessera/v1/principals.proto",
 ];
 
 /// Messages that carry a PAN: their `Debug` is written by hand, redacted, in
@@ -23,6 +24,7 @@ const PROTOS: &[&str] = &[
 const REDACTED_DEBUG: &[&str] = &[
     ".tessera.v1.TokenizeRequest",
     ".tessera.v1.DetokenizeResponse",
+    ".tessera.v1.AddPrincipalResponse",
 ];
 
 #[test]

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use tessera::access::api_key::{self, ApiKeyRegistry};
+use tessera::access::api_key;
+use tessera::access::principals::{PrincipalBook, PrincipalEntry};
 use tessera::cli::client::Bearer;
 use tessera::clock::SystemClock;
 use tessera::config::Profile;
@@ -179,14 +180,18 @@ async fn store_outage_is_unavailable_then_recovers() {
         VaultPolicy::default(),
     );
     let key = api_key::generate().unwrap();
-    let mut keys = ApiKeyRegistry::new();
-    keys.insert(
-        key.hash.clone(),
-        Principal {
-            name: "processor".into(),
-            tenant: TenantId::new("default").unwrap(),
-            roles: [Role::Tokenize, Role::Detokenize].into(),
-        },
+    let keys = PrincipalBook::open(
+        vec![PrincipalEntry {
+            principal: Principal {
+                name: "processor".into(),
+                tenant: TenantId::new("default").unwrap(),
+                roles: [Role::Tokenize, Role::Detokenize].into(),
+            },
+            key_hash: Some(key.hash.clone()),
+            cert_identity: None,
+            totp: None,
+        }],
+        None,
     )
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -151,6 +151,15 @@ impl Guard {
             .is_some_and(|until| now < *until)
     }
 
+    /// Lifts an anomaly lock on `name`; whether one was in force.
+    pub fn unlock_principal(&self, name: &str) -> bool {
+        let now = Instant::now();
+        self.state()
+            .locked_principals
+            .remove(name)
+            .is_some_and(|until| now < until)
+    }
+
     /// Takes one call from the principal's bucket for `rpc`; when empty,
     /// the time until the next call is allowed.
     pub fn take(&self, principal: &str, rpc: &str) -> Result<(), Duration> {

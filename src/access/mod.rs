@@ -1,11 +1,14 @@
 //! Authentication and authorization.
 //!
-//! Principals authenticate with `authorization: Bearer <api key>`; each RPC
-//! then needs one [`Role`], checked before any lookup.
+//! Principals authenticate with `authorization: Bearer <api key>` or a
+//! client certificate (mTLS); each RPC then needs one [`Role`], checked
+//! before any lookup, and KeyAdmin and Audit calls a TOTP code as well.
 
 pub mod api_key;
 pub mod approvals;
 pub mod limits;
+pub mod principals;
+pub mod totp;
 
 use crate::domain::{Principal, Role};
 
@@ -22,6 +25,9 @@ pub enum AccessError {
     /// The principal lacks the role the RPC needs.
     #[error("the caller lacks the {} role", .0.name())]
     MissingRole(Role),
+    /// The second factor is missing, wrong or replayed.
+    #[error(transparent)]
+    SecondFactor(#[from] totp::OtpError),
 }
 
 /// Checks that `principal` holds `role`.

@@ -44,7 +44,7 @@ async fn connect(
     let channel = crate::cli::client::channel(conn)
         .await
         .map_err(|e| fail(&e))?;
-    let bearer = conn.bearer().map_err(|e| fail(&e))?;
+    let bearer = conn.admin_bearer().map_err(|e| fail(&e))?;
     Ok(AuditClient::with_interceptor(channel, bearer))
 }
 

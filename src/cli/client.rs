@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
@@ -34,17 +35,76 @@ pub struct Connection {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// TOTP code for KeyAdmin, Audit and Principals calls; asked for on
+    /// the terminal when omitted.
+    #[arg(long, env = "TESSERA_OTP", hide_env_values = true, global = true)]
+    pub otp: Option<String>,
+    /// CA certificate (PEM) to verify the server with (`https://` addresses).
+    #[arg(long, env = "TESSERA_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(
+        long,
+        env = "TESSERA_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mTLS.
+    #[arg(
+        long,
+        env = "TESSERA_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+    /// Name to verify in the server certificate, when not the address's host.
+    #[arg(long, global = true)]
+    pub tls_server_name: Option<String>,
 }
 
 impl Connection {
-    /// The bearer header for the API key, or why there is none.
+    /// The bearer header for the API key, or why there is none. Without an
+    /// API key a client certificate may still authenticate the call.
     pub fn bearer(&self) -> Result<Bearer, String> {
-        let key = self
-            .api_key
-            .as_deref()
-            .ok_or_else(|| "no API key: set TESSERA_API_KEY or pass --api-key".to_owned())?;
-        Bearer::new(key)
-            .ok_or_else(|| "the API key contains characters not allowed in a header".to_owned())
+        match self.api_key.as_deref() {
+            Some(key) => Bearer::new(key).ok_or_else(|| {
+                "the API key contains characters not allowed in a header".to_owned()
+            }),
+            None if self.client_cert.is_some() => Ok(Bearer::none()),
+            None => Err(
+                "no credentials: set TESSERA_API_KEY, pass --api-key or a client certificate"
+                    .to_owned(),
+            ),
+        }
+    }
+
+    /// Credentials plus the TOTP code administrative RPCs need: `--otp`,
+    /// else one line read from the terminal.
+    pub fn admin_bearer(&self) -> Result<Bearer, String> {
+        let code = match &self.otp {
+            Some(code) => code.trim().to_owned(),
+            None => {
+                eprint!("TOTP code: ");
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| format!("could not read the TOTP code: {e}"))?;
+                line.trim().to_owned()
+            }
+        };
+        self.bearer()?
+            .with_otp(&code)
+            .ok_or_else(|| "the TOTP code must be six digits".to_owned())
+    }
+
+    fn tls(&self) -> crate::tls::ClientTls {
+        crate::tls::ClientTls {
+            ca_file: self.ca_cert.clone(),
+            cert_file: self.client_cert.clone(),
+            key_file: self.client_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        }
     }
 }
 
@@ -121,39 +181,70 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
 /// A Tokenizer client that sends an API key.
 pub type Client = TokenizerClient<InterceptedService<Channel, Bearer>>;
 
-/// Adds `authorization: Bearer <key>` to every call.
+/// Adds `authorization: Bearer <key>` (and `x-tessera-otp` when set) to
+/// every call.
 #[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+pub struct Bearer {
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    otp: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
 
 impl Bearer {
     /// A bearer header for `api_key`; `None` if it cannot be a header value.
     pub fn new(api_key: &str) -> Option<Self> {
         MetadataValue::try_from(format!("Bearer {api_key}"))
             .ok()
-            .map(|v| Self(Some(v)))
+            .map(|v| Self {
+                authorization: Some(v),
+                otp: None,
+            })
     }
 
-    /// Sends no credentials (to test refusals).
+    /// Sends no API key (certificate-only calls, and tests of refusals).
     pub fn none() -> Self {
-        Self(None)
+        Self {
+            authorization: None,
+            otp: None,
+        }
+    }
+
+    /// Also sends the six-digit TOTP `code`; `None` if it is not six digits.
+    pub fn with_otp(self, code: &str) -> Option<Self> {
+        let well_formed = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
+        let value = MetadataValue::try_from(code).ok().filter(|_| well_formed)?;
+        Some(Self {
+            otp: Some(value),
+            ..self
+        })
     }
 }
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
+        if let Some(value) = &self.authorization {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
+        }
+        if let Some(value) = &self.otp {
+            request
+                .metadata_mut()
+                .insert(crate::access::totp::OTP_HEADER, value.clone());
         }
         Ok(request)
     }
 }
 
-/// Opens a channel to `--addr`.
+/// Opens a channel to `--addr`: TLS for `https://` addresses.
 pub async fn channel(conn: &Connection) -> Result<Channel, String> {
-    Endpoint::from_shared(conn.addr.clone())
-        .map_err(|e| format!("bad --addr: {e}"))?
+    let mut endpoint =
+        Endpoint::from_shared(conn.addr.clone()).map_err(|e| format!("bad --addr: {e}"))?;
+    if conn.addr.starts_with("https://") {
+        crate::tls::install_crypto_provider();
+        let tls = conn.tls().config().map_err(|e| e.to_string())?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+    }
+    endpoint
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", conn.addr))

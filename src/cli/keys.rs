@@ -80,7 +80,7 @@ async fn connect(conn: &Connection) -> Result<Client, ExitCode> {
     let channel = crate::cli::client::channel(conn)
         .await
         .map_err(|e| fail(&e))?;
-    let bearer = conn.bearer().map_err(|e| fail(&e))?;
+    let bearer = conn.admin_bearer().map_err(|e| fail(&e))?;
     Ok(KeyAdminClient::with_interceptor(channel, bearer))
 }
 

@@ -5,6 +5,7 @@ pub mod client;
 pub mod hsm;
 pub mod init;
 pub mod keys;
+pub mod principal;
 pub mod serve;
 
 use std::process::ExitCode;
@@ -50,11 +51,14 @@ pub enum Command {
     Hsm(hsm::HsmArgs),
     /// Read and verify the audit log.
     Audit(audit::AuditArgs),
+    /// Manage principals on a running server: add, list, revoke, unlock.
+    Principal(principal::PrincipalArgs),
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,6 +82,7 @@ pub fn main() -> ExitCode {
             Command::Keys(args) => keys::keys(args).await,
             Command::Hsm(args) => hsm::run(args),
             Command::Audit(args) => audit::run(args).await,
+            Command::Principal(args) => principal::run(args).await,
         }
     })
 }

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::access::api_key::KeyHash;
+pub use crate::access::principals::PrincipalEntry;
+use crate::access::totp::TotpSecret;
 use crate::domain::{Principal, Role, TenantId};
 use crate::tokens::{GeneratorKind, LuhnPolicy, TokenFormat};
 use crate::vault::VaultPolicy;
@@ -93,6 +95,22 @@ pub struct RawConfig {
     /// Principals and their API key hashes.
     #[serde(default)]
     pub principals: Vec<RawPrincipal>,
+    /// TLS for the listener.
+    pub tls: Option<RawTls>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Server certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Server private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// CA of client certificates that authenticate principals (PEM).
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate (default false).
+    pub require_client_cert: Option<bool>,
 }
 
 /// `[access]`.
@@ -114,6 +132,8 @@ pub struct RawAccess {
     pub lock_on_anomaly: Option<bool>,
     /// Minutes a dual-control request waits for its second admin (default 15).
     pub approval_window_minutes: Option<u64>,
+    /// TOTP time step in seconds (default 30, as authenticator apps use).
+    pub totp_step_seconds: Option<u64>,
 }
 
 /// `[audit]`.
@@ -214,7 +234,12 @@ pub struct RawPrincipal {
     /// Role names.
     pub roles: Vec<String>,
     /// `sha256:<hex>` of the API key (`tessera` never stores the key).
-    pub api_key_hash: String,
+    pub api_key_hash: Option<String>,
+    /// Client-certificate identity (SAN URI or DNS name) under mTLS.
+    pub cert_identity: Option<String>,
+    /// File holding the RFC 6238 TOTP secret (base32); required for the
+    /// admin and audit roles.
+    pub totp_secret_file: Option<PathBuf>,
 }
 
 /// Store backend.
@@ -240,15 +265,6 @@ pub enum KmsBackend {
     AwsKms(crate::kms::AwsKmsConfig),
 }
 
-/// A principal with its key hash.
-#[derive(Debug, Clone)]
-pub struct PrincipalEntry {
-    /// Who.
-    pub principal: Principal,
-    /// The key hash.
-    pub key_hash: KeyHash,
-}
-
 /// Checked configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -272,6 +288,10 @@ pub struct Config {
     pub limits: crate::access::limits::LimitsConfig,
     /// How long a dual-control request waits for its second admin.
     pub approval_window: std::time::Duration,
+    /// TLS for the listener; `None` (plaintext) only in dev on loopback.
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// TOTP time step.
+    pub otp_step: std::time::Duration,
 }
 
 /// Default listen address: loopback, so nothing is exposed by accident.
@@ -415,6 +435,11 @@ impl RawConfig {
             ));
         }
         let approval_window = std::time::Duration::from_secs(approval_minutes * 60);
+        let tls = check_tls(self.tls, profile)?;
+        let otp_step_seconds = self.access.totp_step_seconds.unwrap_or(30);
+        if !(1..=300).contains(&otp_step_seconds) {
+            return Err(invalid("access.totp_step_seconds", "must be 1 to 300"));
+        }
         let mut names = BTreeSet::new();
         let principals = self
             .principals
@@ -438,8 +463,44 @@ impl RawConfig {
             metrics_listen,
             limits,
             approval_window,
+            tls,
+            otp_step: std::time::Duration::from_secs(otp_step_seconds),
         })
     }
+}
+
+fn check_tls(
+    raw: Option<RawTls>,
+    profile: Profile,
+) -> Result<Option<crate::tls::TlsSettings>, ConfigError> {
+    let Some(raw) = raw else {
+        return match profile {
+            Profile::Dev => Ok(None),
+            Profile::Production => Err(invalid(
+                "tls.cert_file",
+                "required outside --dev: plaintext is served only by --dev on loopback",
+            )),
+        };
+    };
+    let cert_file = raw
+        .cert_file
+        .ok_or_else(|| invalid("tls.cert_file", "required in [tls]"))?;
+    let key_file = raw
+        .key_file
+        .ok_or_else(|| invalid("tls.key_file", "required in [tls]"))?;
+    let require_client_cert = raw.require_client_cert.unwrap_or(false);
+    if require_client_cert && raw.client_ca_file.is_none() {
+        return Err(invalid(
+            "tls.require_client_cert",
+            "needs tls.client_ca_file to verify client certificates",
+        ));
+    }
+    Ok(Some(crate::tls::TlsSettings {
+        cert_file,
+        key_file,
+        client_ca_file: raw.client_ca_file,
+        require_client_cert,
+    }))
 }
 
 fn check_access(raw: &RawAccess) -> Result<crate::access::limits::LimitsConfig, ConfigError> {
@@ -545,8 +606,43 @@ fn check_principal(i: usize, p: RawPrincipal) -> Result<PrincipalEntry, ConfigEr
     if roles.is_empty() {
         return Err(invalid(&key("roles"), "at least one role"));
     }
-    let key_hash = KeyHash::parse(&p.api_key_hash)
-        .ok_or_else(|| invalid(&key("api_key_hash"), "expected sha256:<64 hex digits>"))?;
+    let key_hash = p
+        .api_key_hash
+        .as_deref()
+        .map(|h| {
+            KeyHash::parse(h)
+                .ok_or_else(|| invalid(&key("api_key_hash"), "expected sha256:<64 hex digits>"))
+        })
+        .transpose()?;
+    if key_hash.is_none() && p.cert_identity.is_none() {
+        return Err(invalid(
+            &key("api_key_hash"),
+            "a principal needs an api_key_hash, a cert_identity or both",
+        ));
+    }
+    if p.cert_identity.as_deref().is_some_and(str::is_empty) {
+        return Err(invalid(&key("cert_identity"), "must not be empty"));
+    }
+    let needs_otp = roles.contains(&Role::Admin) || roles.contains(&Role::Audit);
+    if needs_otp && p.totp_secret_file.is_none() {
+        return Err(invalid(
+            &key("totp_secret_file"),
+            "required for the admin and audit roles (PCI DSS 8.4: MFA for administrative access)",
+        ));
+    }
+    let totp = p
+        .totp_secret_file
+        .as_deref()
+        .map(|path| {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| invalid(&key("totp_secret_file"), e.to_string()))?,
+            );
+            TotpSecret::from_base32(&text)
+                .map(std::sync::Arc::new)
+                .ok_or_else(|| invalid(&key("totp_secret_file"), "expected base32 (80+ bits)"))
+        })
+        .transpose()?;
     Ok(PrincipalEntry {
         principal: Principal {
             name: p.name,
@@ -554,6 +650,8 @@ fn check_principal(i: usize, p: RawPrincipal) -> Result<PrincipalEntry, ConfigEr
             roles,
         },
         key_hash,
+        cert_identity: p.cert_identity,
+        totp,
     })
 }
 
@@ -614,6 +712,9 @@ mod tests {
             "data_dir = \"/x\"\n[access]\nmax_failed_auth = 11",
             "data_dir = \"/x\"\n[access]\nlockout_minutes = 5",
             "data_dir = \"/x\"\n[[principals]]\nname = \"a\"\ntenant = \"t\"\nroles = [\"root\"]\napi_key_hash = \"sha256:00\"",
+            "data_dir = \"/x\"\n[[principals]]\nname = \"a\"\ntenant = \"t\"\nroles = [\"tokenize\"]",
+            "data_dir = \"/x\"\n[[principals]]\nname = \"a\"\ntenant = \"t\"\nroles = [\"admin\"]\ncert_identity = \"spiffe://x/a\"",
+            "data_dir = \"/x\"\n[access]\ntotp_step_seconds = 0",
             "listen = \"127.0.0.1:1\"",
         ];
         for text in bad {
@@ -636,14 +737,27 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().contains("kms.backend"), "{err}");
         }
-        let ok = load(
-            "data_dir = \"/x\"\nlisten = \"0.0.0.0:1\"\n[kms]\nbackend = \"shamir\"",
-            &[],
-        )
-        .unwrap()
-        .check(Profile::Production)
-        .unwrap();
+        let shamir = "data_dir = \"/x\"\nlisten = \"0.0.0.0:1\"\n[kms]\nbackend = \"shamir\"\n";
+        let plaintext = load(shamir, &[])
+            .unwrap()
+            .check(Profile::Production)
+            .unwrap_err();
+        assert!(
+            plaintext.to_string().contains("tls.cert_file"),
+            "{plaintext}"
+        );
+        let tls = "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n";
+        let ok = load(&format!("{shamir}{tls}"), &[])
+            .unwrap()
+            .check(Profile::Production)
+            .unwrap();
         assert_eq!(ok.kms, KmsBackend::Shamir);
+        assert!(ok.tls.is_some_and(|t| !t.require_client_cert));
+        let required_without_ca = load(&format!("{shamir}{tls}require_client_cert = true\n"), &[])
+            .unwrap()
+            .check(Profile::Production)
+            .unwrap_err();
+        assert!(required_without_ca.to_string().contains("client_ca_file"));
     }
 
     #[test]

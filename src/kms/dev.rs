@@ -5,7 +5,6 @@
 //! dev profile (`tessera serve --dev`).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -65,7 +64,7 @@ impl DevKms {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = DataKey::generate()?;
-                write_private(path, hex::encode(key.expose_secret()).as_bytes())?;
+                crate::private_file::replace(path, hex::encode(key.expose_secret()).as_bytes())?;
                 vec![key]
             }
             Err(e) => return Err(KmsError::Io(e)),
@@ -85,25 +84,6 @@ impl DevKms {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-/// Writes `contents` to `path` (mode 0600) through a temporary file and a
-/// rename, so a crash leaves either the old file or the new one.
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    fs::rename(tmp, path)
 }
 
 #[async_trait]
@@ -132,7 +112,7 @@ impl Kms for DevKms {
         contents.push(b'\n');
         contents.extend_from_slice(hex::encode(key.expose_secret()).as_bytes());
         contents.push(b'\n');
-        write_private(&self.path, &contents)?;
+        crate::private_file::replace(&self.path, &contents)?;
         keyring.push(SoftwareKek::new(key, "dev", WRAP_DOMAIN)?);
         keyring.key_id().cloned().ok_or(KmsError::Unwrap)
     }

@@ -63,6 +63,16 @@ impl fmt::Debug for v1::DetokenizeResponse {
     }
 }
 
+impl fmt::Debug for v1::AddPrincipalResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AddPrincipalResponse")
+            .field("name", &self.name)
+            .field("api_key", &"<redacted>")
+            .field("otpauth_uri", &"<redacted>")
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -86,5 +96,12 @@ mod tests {
         };
         assert!(!format!("{req:?}").contains("4111"));
         assert!(!format!("{resp:?}").contains("4111"));
+        let added = v1::AddPrincipalResponse {
+            name: "ops".into(),
+            api_key: "tsk_secret".into(),
+            otpauth_uri: "otpauth://totp/x?secret=ABC".into(),
+        };
+        let shown = format!("{added:?}");
+        assert!(!shown.contains("tsk_secret") && !shown.contains("ABC"));
     }
 }

@@ -12,7 +12,7 @@ use crate::audit::chain::ChainedEvent;
 use crate::domain::{Principal, Role};
 use crate::proto::v1;
 use crate::proto::v1::audit_server::Audit;
-use crate::service::audited::{CallContext, audit_refusal, audited};
+use crate::service::audited::{CallContext, WhenSealed, audited, authorize_call};
 use crate::service::{Authenticator, status};
 use crate::vault::Vault;
 
@@ -37,17 +37,15 @@ impl AuditService {
         call: &CallContext,
         request: &Request<T>,
     ) -> Result<Principal, Status> {
-        // A sealed vault answers nothing but health, GetStatus and Unseal.
-        let result = if self.vault.is_sealed() {
-            Err(Status::unavailable("the vault is sealed"))
-        } else {
-            self.auth
-                .authorize(request.metadata(), Role::Audit, call.rpc)
-        };
-        if let Err(status) = &result {
-            audit_refusal(&self.vault, &self.auth, call, request.metadata(), status).await;
-        }
-        result
+        authorize_call(
+            &self.vault,
+            &self.auth,
+            call,
+            request,
+            Role::Audit,
+            WhenSealed::Refuse,
+        )
+        .await
     }
 }
 

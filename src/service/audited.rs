@@ -5,8 +5,8 @@ use tonic::{Request, Status};
 
 use crate::audit::AuditEvent;
 use crate::csprng;
-use crate::domain::Principal;
-use crate::service::status;
+use crate::domain::{Principal, Role};
+use crate::service::{Authenticator, Credentials, status};
 use crate::vault::Vault;
 
 /// The facts of one call that every audit event carries.
@@ -109,12 +109,12 @@ pub async fn audited<T>(
 /// effort: a refusal must not wait on, or fail because of, the log.
 pub async fn audit_refusal(
     vault: &Vault,
-    auth: &crate::service::Authenticator,
+    auth: &Authenticator,
     call: &CallContext,
-    metadata: &tonic::metadata::MetadataMap,
+    creds: &Credentials<'_>,
     status: &Status,
 ) {
-    let principal = auth.authenticate(metadata).ok();
+    let principal = auth.authenticate(creds).ok();
     let event = call.event(
         principal.as_ref(),
         String::new(),
@@ -123,4 +123,52 @@ pub async fn audit_refusal(
     if let Err(e) = vault.record_audit(event).await {
         tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a refused call");
     }
+}
+
+/// Whether a call may run while the vault is sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenSealed {
+    /// Refuse with UNAVAILABLE before looking at credentials (every RPC
+    /// but the two below).
+    Refuse,
+    /// Answer (GetStatus, Unseal).
+    Serve,
+}
+
+/// The gate every RPC passes: sealed check, authentication, lockouts,
+/// role, second factor and rate limit. Every refusal is audited (best
+/// effort: a refusal must not wait on the log).
+pub async fn authorize_call<T>(
+    vault: &Vault,
+    auth: &Authenticator,
+    call: &CallContext,
+    request: &Request<T>,
+    role: Role,
+    when_sealed: WhenSealed,
+) -> Result<Principal, Status> {
+    let creds = Credentials::of(request);
+    let result = if when_sealed == WhenSealed::Refuse && vault.is_sealed() {
+        Err(Status::unavailable("the vault is sealed"))
+    } else {
+        auth.authorize(&creds, role, call.rpc)
+    };
+    if let Err(status) = &result {
+        audit_refusal(vault, auth, call, &creds, status).await;
+    }
+    result
+}
+
+/// Logs and audits an administrative call's outcome; refuses it when the
+/// event is lost (fail closed).
+pub async fn finish_admin<T>(
+    vault: &Vault,
+    call: &CallContext,
+    principal: &Principal,
+    resource: String,
+    result: Result<T, Status>,
+) -> Result<tonic::Response<T>, Status> {
+    crate::service::log_outcome(&result);
+    audited(vault, call, Some(principal), resource, result, true)
+        .await
+        .map(tonic::Response::new)
 }

@@ -14,7 +14,7 @@ use crate::access::approvals::{ApprovalError, Approvals, DualControlAction};
 use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
 use crate::proto::v1::key_admin_server::KeyAdmin;
-use crate::service::audited::{CallContext, audit_refusal, audited};
+use crate::service::audited::{CallContext, WhenSealed, authorize_call, finish_admin};
 use crate::service::{Authenticator, log_outcome, status};
 use crate::vault::Vault;
 use crate::vault::admin::KeyState;
@@ -74,28 +74,23 @@ impl KeyAdminService {
         ))
     }
 
-    /// Authenticates an admin (and, unless `allow_sealed`, refuses while
-    /// sealed). Refusals are audited, best effort.
+    /// Authenticates an admin; refuses while sealed unless `when_sealed`
+    /// says the RPC answers then.
     async fn admin<T>(
         &self,
         call: &CallContext,
         request: &Request<T>,
-        allow_sealed: bool,
+        when_sealed: WhenSealed,
     ) -> Result<Principal, Status> {
-        let result = self
-            .auth
-            .authorize(request.metadata(), Role::Admin, call.rpc)
-            .and_then(|p| {
-                if !allow_sealed && self.vault.is_sealed() {
-                    Err(Status::unavailable("the vault is sealed"))
-                } else {
-                    Ok(p)
-                }
-            });
-        if let Err(status) = &result {
-            audit_refusal(&self.vault, &self.auth, call, request.metadata(), status).await;
-        }
-        result
+        authorize_call(
+            &self.vault,
+            &self.auth,
+            call,
+            request,
+            Role::Admin,
+            when_sealed,
+        )
+        .await
     }
 
     /// Audits an admin call's outcome; refuses it when the event is lost.
@@ -106,10 +101,7 @@ impl KeyAdminService {
         resource: String,
         result: Result<T, Status>,
     ) -> Result<Response<T>, Status> {
-        log_outcome(&result);
-        audited(&self.vault, call, Some(principal), resource, result, true)
-            .await
-            .map(Response::new)
+        finish_admin(&self.vault, call, principal, resource, result).await
     }
 }
 
@@ -152,7 +144,7 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::GetStatusResponse>, Status> {
         let call = CallContext::of("GetStatus", &request);
-        let principal = self.admin(&call, &request, true).await?;
+        let principal = self.admin(&call, &request, WhenSealed::Serve).await?;
         let result = async {
             let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
             let s = self
@@ -208,7 +200,7 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::UnsealRequest>,
     ) -> Result<Response<v1::UnsealResponse>, Status> {
         let call = CallContext::of("Unseal", &request);
-        let principal = self.admin(&call, &request, true).await?;
+        let principal = self.admin(&call, &request, WhenSealed::Serve).await?;
         let result = self
             .vault
             .unseal(&principal.name, &request.get_ref().share)
@@ -231,7 +223,7 @@ impl KeyAdmin for KeyAdminService {
         // Sealing is the emergency brake: allowed even when already sealed,
         // and it happens before the audit write, which may not block it.
         let call = CallContext::of("Seal", &request);
-        let principal = self.admin(&call, &request, true).await?;
+        let principal = self.admin(&call, &request, WhenSealed::Serve).await?;
         self.vault.seal();
         let event = call.event(Some(&principal), "vault".to_owned(), "OK");
         if let Err(e) = self.vault.record_audit(event).await {
@@ -246,7 +238,7 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::RotateDataKeyRequest>,
     ) -> Result<Response<v1::RotateDataKeyResponse>, Status> {
         let call = CallContext::of("RotateDataKey", &request);
-        let principal = self.admin(&call, &request, false).await?;
+        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
         let result = async {
             let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
             let version = self
@@ -270,7 +262,7 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::RotateMasterKeyRequest>,
     ) -> Result<Response<v1::RotateMasterKeyResponse>, Status> {
         let call = CallContext::of("RotateMasterKey", &request);
-        let principal = self.admin(&call, &request, false).await?;
+        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
         // Dual control: this only files the request; Approve runs it.
         self.request_approval(&call, &principal, DualControlAction::RotateMasterKey)
             .await?;
@@ -288,7 +280,7 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::ReencryptRequest>,
     ) -> Result<Response<Self::ReencryptStream>, Status> {
         let call = CallContext::of("Reencrypt", &request);
-        let principal = self.admin(&call, &request, false).await?;
+        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
         let tenant = target_tenant(&principal, &request.get_ref().tenant);
         let resource = format!("tenant:{}", principal.tenant);
         let tenant = self
@@ -328,7 +320,7 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::RetireDataKeyRequest>,
     ) -> Result<Response<v1::RetireDataKeyResponse>, Status> {
         let call = CallContext::of("RetireDataKey", &request);
-        let principal = self.admin(&call, &request, false).await?;
+        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
         let version = request.get_ref().version;
         let result = async {
             let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
@@ -349,7 +341,7 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::ShredTenantRequest>,
     ) -> Result<Response<v1::ShredTenantResponse>, Status> {
         let call = CallContext::of("ShredTenant", &request);
-        let principal = self.admin(&call, &request, false).await?;
+        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
         let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
         // Dual control: this only files the request; Approve runs it.
         self.request_approval(&call, &principal, DualControlAction::ShredTenant(tenant))
@@ -363,7 +355,7 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::ListApprovalsRequest>,
     ) -> Result<Response<v1::ListApprovalsResponse>, Status> {
         let call = CallContext::of("ListApprovals", &request);
-        let principal = self.admin(&call, &request, false).await?;
+        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
         let approvals = self
             .approvals
             .list(&principal.tenant)
@@ -386,7 +378,7 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::ApproveRequest>,
     ) -> Result<Response<v1::ApproveResponse>, Status> {
         let call = CallContext::of("Approve", &request);
-        let principal = self.admin(&call, &request, false).await?;
+        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
         let id = request.get_ref().id.clone();
         let pending = match self
             .approvals

@@ -7,147 +7,24 @@
 
 pub mod audit_log;
 pub mod audited;
+pub mod authenticator;
 pub mod convert;
 pub mod key_admin;
+pub mod principals;
 pub mod status;
 
 use std::sync::Arc;
 
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::access::api_key::{self, ApiKeyRegistry};
-use crate::access::limits::{Anomaly, Guard, LimitsConfig};
-use crate::access::{self, AccessError};
+use crate::access::limits::Anomaly;
 use crate::domain::{Principal, Role};
 use crate::proto::v1;
 use crate::proto::v1::tokenizer_server::Tokenizer;
 use crate::vault::{TokenizeCommand, Vault};
-use audited::{CallContext, audit_refusal, audited};
-use tonic_types::StatusExt;
-
-/// Turns request metadata into a principal, enforcing lockouts and rate
-/// limits on the way.
-#[derive(Debug)]
-pub struct Authenticator {
-    keys: ApiKeyRegistry,
-    guard: Guard,
-}
-
-/// The bearer key in `authorization`, if the header is well formed.
-fn bearer_key(metadata: &MetadataMap) -> Result<&str, AccessError> {
-    let header = metadata
-        .get("authorization")
-        .ok_or(AccessError::MissingCredentials)?
-        .to_str()
-        .map_err(|_| AccessError::InvalidCredentials)?;
-    let (scheme, key) = header
-        .split_once(' ')
-        .ok_or(AccessError::InvalidCredentials)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AccessError::InvalidCredentials);
-    }
-    Ok(key.trim())
-}
-
-impl Authenticator {
-    /// Authenticates against `keys` with the default limits.
-    pub fn new(keys: ApiKeyRegistry) -> Self {
-        Self::with_limits(keys, LimitsConfig::default())
-    }
-
-    /// Authenticates against `keys` with `limits`.
-    pub fn with_limits(keys: ApiKeyRegistry, limits: LimitsConfig) -> Self {
-        Self {
-            keys,
-            guard: Guard::new(limits),
-        }
-    }
-
-    /// The lockout, rate-limit and anomaly state.
-    pub fn guard(&self) -> &Guard {
-        &self.guard
-    }
-
-    /// The principal named by `authorization: Bearer <key>` (no limits).
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, AccessError> {
-        let key = bearer_key(metadata)?;
-        self.keys
-            .authenticate(key)
-            .cloned()
-            .ok_or(AccessError::InvalidCredentials)
-    }
-
-    /// Authenticates, applies lockouts, checks `role` and takes one call
-    /// from the principal's `rpc` rate limit, recording who called in the
-    /// current span. Failures are logged without the credentials.
-    pub fn authorize(
-        &self,
-        metadata: &MetadataMap,
-        role: Role,
-        rpc: &str,
-    ) -> Result<Principal, Status> {
-        let span = tracing::Span::current();
-        let key_id = bearer_key(metadata)
-            .ok()
-            .and_then(api_key::key_id)
-            .map(str::to_owned);
-        if key_id
-            .as_deref()
-            .is_some_and(|id| self.guard.key_locked(id))
-        {
-            tracing::warn!(
-                outcome = "locked",
-                "credentials locked after repeated failures"
-            );
-            return Err(Status::unauthenticated(
-                "these credentials are locked after repeated failures",
-            ));
-        }
-        let principal = match self.authenticate(metadata) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(outcome = "unauthenticated", "authentication failed");
-                if let Some(id) = &key_id
-                    && self.guard.auth_failed(id)
-                {
-                    tracing::error!(alert = "lockout", key_id = %id, "API key id locked after repeated failures");
-                    metrics::counter!("tessera_lockouts_total").increment(1);
-                }
-                return Err(status::from_access(e));
-            }
-        };
-        if let Some(id) = &key_id {
-            self.guard.auth_succeeded(id);
-        }
-        span.record("principal", principal.name.as_str());
-        span.record("tenant", principal.tenant.as_str());
-        if self.guard.principal_locked(&principal.name) {
-            tracing::warn!(
-                outcome = "locked",
-                "principal locked for suspicious activity"
-            );
-            return Err(Status::unauthenticated(
-                "this principal is locked for suspicious activity",
-            ));
-        }
-        access::require(&principal, role).map_err(|e| {
-            tracing::warn!(outcome = "permission_denied", "role missing");
-            status::from_access(e)
-        })?;
-        if let Err(wait) = self.guard.take(&principal.name, rpc) {
-            tracing::warn!(outcome = "rate_limited", "rate limit reached");
-            metrics::counter!("tessera_rate_limited_total", "rpc" => rpc.to_owned()).increment(1);
-            return Err(Status::with_error_details(
-                tonic::Code::ResourceExhausted,
-                "rate limit reached; retry later",
-                tonic_types::ErrorDetails::with_retry_info(Some(wait)),
-            ));
-        }
-        Ok(principal)
-    }
-}
+use audited::{CallContext, WhenSealed, audited, authorize_call};
+pub use authenticator::{Authenticator, Credentials};
 
 /// Implements `tessera.v1.Tokenizer`.
 #[derive(Debug, Clone)]
@@ -162,24 +39,22 @@ impl TokenizerService {
         Self { vault, auth }
     }
 
-    /// Refuses while sealed, then authenticates and checks `role`. Every
-    /// refusal is audited (best effort: a refusal must not wait on the log).
+    /// Refuses while sealed, then authenticates and checks `role`.
     async fn authorize<T>(
         &self,
         call: &CallContext,
         request: &Request<T>,
         role: Role,
     ) -> Result<Principal, Status> {
-        // A sealed vault answers nothing else, whoever asks.
-        let result = if self.vault.is_sealed() {
-            Err(Status::unavailable("the vault is sealed"))
-        } else {
-            self.auth.authorize(request.metadata(), role, call.rpc)
-        };
-        if let Err(status) = &result {
-            audit_refusal(&self.vault, &self.auth, call, request.metadata(), status).await;
-        }
-        result
+        authorize_call(
+            &self.vault,
+            &self.auth,
+            call,
+            request,
+            role,
+            WhenSealed::Refuse,
+        )
+        .await
     }
 
     async fn tokenize_one(

@@ -22,9 +22,9 @@ pub fn invalid_argument(field: &str, reason: &str) -> Status {
 /// Maps an access failure.
 pub fn from_access(e: AccessError) -> Status {
     match e {
-        AccessError::MissingCredentials | AccessError::InvalidCredentials => {
-            Status::unauthenticated(e.to_string())
-        }
+        AccessError::MissingCredentials
+        | AccessError::InvalidCredentials
+        | AccessError::SecondFactor(_) => Status::unauthenticated(e.to_string()),
         AccessError::MissingRole(_) => Status::permission_denied(e.to_string()),
     }
 }

@@ -14,8 +14,99 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tessera::access::totp::{self, OTP_HEADER, TotpSecret};
 use tessera::cli::client::{Bearer, Client};
 use tessera::proto::v1::tokenizer_client::TokenizerClient;
+use tessera::tls::ClientTls;
+use tonic::transport::Channel;
+
+/// The TOTP step every test server runs with (`access.totp_step_seconds`),
+/// so tests can make several admin calls per second.
+pub const OTP_STEP: Duration = Duration::from_secs(1);
+
+/// A TOTP code for `secret` (base32) that this process has not used yet:
+/// the server accepts each code once, for the current step ± 1. Waits for
+/// the next step when all three are spent.
+pub fn otp(secret: &str) -> String {
+    static USED: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+    let parsed = TotpSecret::from_base32(secret).expect("base32 TOTP secret");
+    loop {
+        let now = totp::counter(std::time::SystemTime::now(), OTP_STEP);
+        let mut used = USED.lock().unwrap();
+        let last = used
+            .get_or_insert_with(HashMap::new)
+            .entry(secret.to_owned())
+            .or_insert(0);
+        let next = (*last + 1).max(now.saturating_sub(1));
+        if next <= now + 1 {
+            *last = next;
+            return format!("{:06}", parsed.code_at(next));
+        }
+        drop(used);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The TOTP secret in an `otpauth://` URI.
+pub fn secret_of_uri(uri: &str) -> String {
+    uri.split("secret=")
+        .nth(1)
+        .and_then(|rest| rest.split('&').next())
+        .expect("otpauth URI with a secret")
+        .to_owned()
+}
+
+/// Sends an API key and a fresh TOTP code with every call, as an admin
+/// with an authenticator app would.
+#[derive(Clone)]
+pub struct OtpAuth {
+    bearer: Bearer,
+    secret: String,
+}
+
+impl OtpAuth {
+    pub fn new(api_key: &str, secret: &str) -> Self {
+        Self {
+            bearer: Bearer::new(api_key).unwrap(),
+            secret: secret.to_owned(),
+        }
+    }
+
+    /// Certificate-authenticated admin: no API key, just the code.
+    pub fn cert_only(secret: &str) -> Self {
+        Self {
+            bearer: Bearer::none(),
+            secret: secret.to_owned(),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for OtpAuth {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let mut request = self.bearer.call(request)?;
+        let code = otp(&self.secret);
+        request
+            .metadata_mut()
+            .insert(OTP_HEADER, code.parse().unwrap());
+        Ok(request)
+    }
+}
+
+/// An admin-side client type: `KeyAdminClient<AdminChannel>` and so on.
+pub type AdminChannel = tonic::service::interceptor::InterceptedService<Channel, OtpAuth>;
+
+/// Opens a channel to `addr`, over TLS when `tls` is set.
+pub async fn open_channel(addr: &str, tls: Option<&ClientTls>) -> Channel {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned()).unwrap();
+    if let Some(tls) = tls {
+        tessera::tls::install_crypto_provider();
+        endpoint = endpoint.tls_config(tls.config().unwrap()).unwrap();
+    }
+    endpoint.connect().await.unwrap()
+}
 
 /// A `tessera serve --dev` child process.
 pub struct Server {
@@ -23,6 +114,8 @@ pub struct Server {
     pub addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// TLS options when the server serves TLS.
+    pub tls: Option<ClientTls>,
 }
 
 impl Server {
@@ -79,6 +172,10 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(args)
             .env("RUST_LOG", "info,tessera=trace")
+            .env(
+                "TESSERA__ACCESS__TOTP_STEP_SECONDS",
+                OTP_STEP.as_secs().to_string(),
+            )
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -106,7 +203,41 @@ impl Server {
             addr: format!("http://{addr}"),
             data_dir: data_dir.to_owned(),
             log: log.to_owned(),
+            tls: None,
         }
+    }
+
+    /// Talks TLS to this server, trusting `ca` (PEM file).
+    pub fn with_tls(mut self, ca: &Path) -> Self {
+        self.addr = self.addr.replacen("http://", "https://", 1);
+        self.tls = Some(ClientTls {
+            ca_file: Some(ca.to_owned()),
+            ..ClientTls::default()
+        });
+        self
+    }
+
+    /// A channel to the server (TLS when configured).
+    pub async fn channel(&self) -> Channel {
+        open_channel(&self.addr, self.tls.as_ref()).await
+    }
+
+    fn dev_credentials(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.data_dir.join("dev-credentials.json")).unwrap())
+            .unwrap()
+    }
+
+    /// The TOTP secret (base32) of a dev admin (admin, admin2).
+    pub fn totp_secret(&self, who: &str) -> String {
+        self.dev_credentials()[who]["totp_secret"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// API key plus fresh TOTP codes of a dev admin.
+    pub fn admin_auth(&self, who: &str) -> OtpAuth {
+        OtpAuth::new(&self.api_key(who), &self.totp_secret(who))
     }
 
     /// `kill -9`: no chance to flush anything.
@@ -131,16 +262,24 @@ impl Server {
 
     /// The API key of a dev principal (pos, processor, admin, admin2, other).
     pub fn api_key(&self, who: &str) -> String {
-        let creds: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(self.data_dir.join("dev-credentials.json")).unwrap(),
-        )
-        .unwrap();
-        creds[who]["api_key"].as_str().unwrap().to_owned()
+        self.dev_credentials()[who]["api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// A client authenticated as `who`.
     pub async fn client(&self, who: &str) -> Client {
-        client(&self.addr, Some(&self.api_key(who))).await
+        self.client_with_key(Some(&self.api_key(who))).await
+    }
+
+    /// A Tokenizer client sending `api_key` (`None`: no credentials).
+    pub async fn client_with_key(&self, api_key: Option<&str>) -> Client {
+        let bearer = match api_key {
+            Some(key) => Bearer::new(key).unwrap(),
+            None => Bearer::none(),
+        };
+        TokenizerClient::with_interceptor(self.channel().await, bearer)
     }
 }
 
@@ -203,4 +342,80 @@ pub fn assert_no_pan_leaked(log: &Path, data_dir: &Path, pans: &[&str]) {
         !tessera::leak::contains_pan(&text),
         "a PAN-shaped number appears in the server log"
     );
+}
+
+/// A throw-away PKI for a test deployment: CA, server certificate for
+/// localhost and 127.0.0.1, and client certificates on demand.
+pub struct TestPki {
+    pub dir: PathBuf,
+    authority: tessera::tls::pki::Authority,
+}
+
+impl TestPki {
+    /// Writes ca.pem, server.pem and server.key under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        use tessera::tls::pki::{Authority, Validity};
+        std::fs::create_dir_all(dir).unwrap();
+        let authority = Authority::generate("test CA", Validity::days(2)).unwrap();
+        let server = authority
+            .issue_server(&["localhost".into(), "127.0.0.1".into()], Validity::days(2))
+            .unwrap();
+        std::fs::write(dir.join("ca.pem"), authority.cert_pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), &server.cert_pem).unwrap();
+        std::fs::write(dir.join("server.key"), server.key_pem.expose_secret()).unwrap();
+        Self {
+            dir: dir.to_owned(),
+            authority,
+        }
+    }
+
+    /// The CA certificate file.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A `[tls]` section serving this PKI's server certificate; with
+    /// `client_ca`, client certificates authenticate, and with `require`
+    /// they are mandatory.
+    pub fn config(&self, client_ca: bool, require: bool) -> String {
+        let mut text = format!(
+            "\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            self.dir.join("server.pem").display(),
+            self.dir.join("server.key").display()
+        );
+        if client_ca {
+            text.push_str(&format!(
+                "client_ca_file = \"{}\"\nrequire_client_cert = {require}\n",
+                self.ca().display()
+            ));
+        }
+        text
+    }
+
+    /// A client certificate for `identity`: (cert file, key file).
+    pub fn client(
+        &self,
+        file_name: &str,
+        identity: &str,
+        validity: tessera::tls::pki::Validity,
+    ) -> (PathBuf, PathBuf) {
+        let issued = self.authority.issue_client(identity, validity).unwrap();
+        let cert = self.dir.join(format!("{file_name}.crt"));
+        let key = self.dir.join(format!("{file_name}.key.pem"));
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&key, issued.key_pem.expose_secret()).unwrap();
+        (cert, key)
+    }
+}
+
+/// Writes a fresh TOTP secret to `DIR/NAME.totp`: (file, base32 secret).
+pub fn totp_file(dir: &Path, name: &str) -> (PathBuf, String) {
+    let secret = TotpSecret::generate()
+        .unwrap()
+        .to_base32()
+        .expose_secret()
+        .to_owned();
+    let path = dir.join(format!("{name}.totp"));
+    std::fs::write(&path, &secret).unwrap();
+    (path, secret)
 }

@@ -1,0 +1,540 @@
+//! The live set of principals: those in the configuration plus those added
+//! at run time, minus the revoked ones.
+//!
+//! Authentication reads an immutable snapshot; `add` and `revoke` persist
+//! the change to `DATA_DIR/principals.json` (mode 0600, written atomically)
+//! and then swap the snapshot, so a revoked key stops working on the very
+//! next call, and stays revoked across restarts.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::access::api_key::{self, ApiKeyRegistry, KeyHash, RegistryError};
+use crate::access::totp::TotpSecret;
+use crate::domain::{Principal, Role, TenantId};
+use crate::secret::SecretString;
+
+/// File name of the run-time principals inside the data dir.
+pub const FILE_NAME: &str = "principals.json";
+
+/// A principal with its credentials.
+#[derive(Clone)]
+pub struct PrincipalEntry {
+    /// Who.
+    pub principal: Principal,
+    /// The API key hash, if it authenticates by key.
+    pub key_hash: Option<KeyHash>,
+    /// The client-certificate identity (SAN URI or DNS), if it
+    /// authenticates by mTLS.
+    pub cert_identity: Option<String>,
+    /// The TOTP secret, needed by admin and audit principals.
+    pub totp: Option<Arc<TotpSecret>>,
+}
+
+impl std::fmt::Debug for PrincipalEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrincipalEntry")
+            .field("principal", &self.principal)
+            .field("cert_identity", &self.cert_identity)
+            .field("totp", &self.totp.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a principal is defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The configuration file (or dev credentials).
+    Config,
+    /// `tessera principal add`.
+    Added,
+}
+
+/// One row of `tessera principal list`.
+#[derive(Debug, Clone)]
+pub struct PrincipalSummary {
+    /// Who.
+    pub principal: Principal,
+    /// Where it is defined.
+    pub origin: Origin,
+    /// Revoked: no credential of it works.
+    pub revoked: bool,
+    /// Authenticates by API key.
+    pub has_api_key: bool,
+    /// Its certificate identity.
+    pub cert_identity: Option<String>,
+    /// Has a second factor enrolled.
+    pub has_totp: bool,
+}
+
+/// A principal to create.
+#[derive(Debug, Clone)]
+pub struct NewPrincipal {
+    /// Unique name.
+    pub name: String,
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Roles (at least one).
+    pub roles: BTreeSet<Role>,
+    /// Optional certificate identity.
+    pub cert_identity: Option<String>,
+}
+
+/// What a new principal receives, once.
+pub struct IssuedCredentials {
+    /// The API key.
+    pub api_key: SecretString,
+    /// The TOTP secret (admin and audit roles).
+    pub totp: Option<Arc<TotpSecret>>,
+}
+
+/// Managing principals failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BookError {
+    /// The name is taken (possibly by a revoked principal).
+    #[error("a principal named {0:?} exists or existed")]
+    NameTaken(String),
+    /// The certificate identity is taken.
+    #[error("certificate identity {0:?} belongs to another principal")]
+    IdentityTaken(String),
+    /// No such principal.
+    #[error("no principal named {0:?}")]
+    NotFound(String),
+    /// Two principals share a key.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The file could not be read or written.
+    #[error("principals file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// No randomness for keys.
+    #[error(transparent)]
+    Rng(#[from] crate::csprng::RngError),
+}
+
+/// `principals.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BookFile {
+    added: Vec<StoredPrincipal>,
+    revoked: BTreeSet<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredPrincipal {
+    name: String,
+    tenant: String,
+    roles: Vec<String>,
+    api_key_hash: Option<String>,
+    cert_identity: Option<String>,
+    /// Base32; the server must read it to verify codes, so it is kept in
+    /// this 0600 file rather than hashed.
+    totp_secret: Option<String>,
+}
+
+impl StoredPrincipal {
+    fn from_entry(e: &PrincipalEntry) -> Self {
+        Self {
+            name: e.principal.name.clone(),
+            tenant: e.principal.tenant.as_str().to_owned(),
+            roles: e
+                .principal
+                .roles
+                .iter()
+                .map(|r| r.name().to_owned())
+                .collect(),
+            api_key_hash: e.key_hash.as_ref().map(KeyHash::to_config_string),
+            cert_identity: e.cert_identity.clone(),
+            totp_secret: e
+                .totp
+                .as_ref()
+                .map(|t| t.to_base32().expose_secret().to_owned()),
+        }
+    }
+
+    fn into_entry(self) -> Result<PrincipalEntry, String> {
+        let tenant = TenantId::new(&self.tenant).map_err(|e| e.to_string())?;
+        let roles = self
+            .roles
+            .iter()
+            .map(|r| Role::parse(r))
+            .collect::<Result<BTreeSet<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let key_hash = self
+            .api_key_hash
+            .as_deref()
+            .map(|h| KeyHash::parse(h).ok_or("bad api_key_hash"))
+            .transpose()?;
+        let totp = self
+            .totp_secret
+            .as_deref()
+            .map(|s| {
+                TotpSecret::from_base32(s)
+                    .map(Arc::new)
+                    .ok_or("bad totp_secret")
+            })
+            .transpose()?;
+        Ok(PrincipalEntry {
+            principal: Principal {
+                name: self.name,
+                tenant,
+                roles,
+            },
+            key_hash,
+            cert_identity: self.cert_identity,
+            totp,
+        })
+    }
+}
+
+/// What authentication reads: rebuilt on every change.
+#[derive(Default)]
+struct Snapshot {
+    keys: ApiKeyRegistry,
+    certs: HashMap<String, Principal>,
+    totp: HashMap<String, Arc<TotpSecret>>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("keys", &self.keys.len())
+            .field("certs", &self.certs.len())
+            .field("totp", &self.totp.len())
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct BookState {
+    added: Vec<PrincipalEntry>,
+    revoked: BTreeSet<String>,
+    snapshot: Arc<Snapshot>,
+}
+
+/// The live principals.
+#[derive(Debug)]
+pub struct PrincipalBook {
+    configured: Vec<PrincipalEntry>,
+    file: Option<PathBuf>,
+    state: RwLock<BookState>,
+}
+
+fn file_error(path: &Path, reason: impl std::fmt::Display) -> BookError {
+    BookError::File {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+impl PrincipalBook {
+    /// The configured principals plus those in `file` (when given and
+    /// present); changes are persisted to `file`.
+    pub fn open(configured: Vec<PrincipalEntry>, file: Option<PathBuf>) -> Result<Self, BookError> {
+        let stored = match &file {
+            Some(path) => match std::fs::read(path) {
+                Ok(bytes) => {
+                    serde_json::from_slice::<BookFile>(&bytes).map_err(|e| file_error(path, e))?
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => BookFile::default(),
+                Err(e) => return Err(file_error(path, e)),
+            },
+            None => BookFile::default(),
+        };
+        let added = stored
+            .added
+            .into_iter()
+            .map(|p| {
+                p.into_entry()
+                    .map_err(|e| file_error(file.as_deref().unwrap_or(Path::new("")), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut names = BTreeSet::new();
+        for entry in configured.iter().chain(&added) {
+            if !names.insert(entry.principal.name.clone()) {
+                return Err(BookError::NameTaken(entry.principal.name.clone()));
+            }
+        }
+        let snapshot = Arc::new(build_snapshot(&configured, &added, &stored.revoked)?);
+        Ok(Self {
+            configured,
+            file,
+            state: RwLock::new(BookState {
+                added,
+                revoked: stored.revoked,
+                snapshot,
+            }),
+        })
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(&state.snapshot)
+    }
+
+    /// The principal holding API key `key` (constant-time comparison).
+    pub fn authenticate_key(&self, key: &str) -> Option<Principal> {
+        self.snapshot().keys.authenticate(key).cloned()
+    }
+
+    /// The principal a verified client certificate's identities name.
+    pub fn authenticate_cert(&self, identities: &[String]) -> Option<Principal> {
+        let snapshot = self.snapshot();
+        identities
+            .iter()
+            .find_map(|id| snapshot.certs.get(id).cloned())
+    }
+
+    /// The TOTP secret of a live principal.
+    pub fn totp(&self, name: &str) -> Option<Arc<TotpSecret>> {
+        self.snapshot().totp.get(name).cloned()
+    }
+
+    /// Whether `name` exists (revoked or not).
+    fn exists(&self, state: &BookState, name: &str) -> bool {
+        self.configured
+            .iter()
+            .chain(&state.added)
+            .any(|e| e.principal.name == name)
+    }
+
+    /// Creates a principal with a fresh API key (and a TOTP secret for the
+    /// admin and audit roles), persists it and makes it live.
+    pub fn add(&self, new: NewPrincipal) -> Result<IssuedCredentials, BookError> {
+        let key = api_key::generate()?;
+        let needs_otp = new.roles.contains(&Role::Admin) || new.roles.contains(&Role::Audit);
+        let totp = if needs_otp {
+            Some(Arc::new(TotpSecret::generate()?))
+        } else {
+            None
+        };
+        let entry = PrincipalEntry {
+            principal: Principal {
+                name: new.name,
+                tenant: new.tenant,
+                roles: new.roles,
+            },
+            key_hash: Some(key.hash),
+            cert_identity: new.cert_identity,
+            totp: totp.clone(),
+        };
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if self.exists(&state, &entry.principal.name)
+            || state.revoked.contains(&entry.principal.name)
+        {
+            return Err(BookError::NameTaken(entry.principal.name));
+        }
+        if let Some(id) = &entry.cert_identity
+            && self
+                .configured
+                .iter()
+                .chain(&state.added)
+                .any(|e| e.cert_identity.as_deref() == Some(id))
+        {
+            return Err(BookError::IdentityTaken(id.clone()));
+        }
+        let mut added = state.added.clone();
+        added.push(entry);
+        let snapshot = build_snapshot(&self.configured, &added, &state.revoked)?;
+        self.persist(&added, &state.revoked)?;
+        state.added = added;
+        state.snapshot = Arc::new(snapshot);
+        Ok(IssuedCredentials {
+            api_key: key.key,
+            totp,
+        })
+    }
+
+    /// Revokes `name`: every credential of it stops working now.
+    pub fn revoke(&self, name: &str) -> Result<(), BookError> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if !self.exists(&state, name) {
+            return Err(BookError::NotFound(name.to_owned()));
+        }
+        let mut revoked = state.revoked.clone();
+        revoked.insert(name.to_owned());
+        let snapshot = build_snapshot(&self.configured, &state.added, &revoked)?;
+        self.persist(&state.added, &revoked)?;
+        state.revoked = revoked;
+        state.snapshot = Arc::new(snapshot);
+        Ok(())
+    }
+
+    /// The principal named `name`, revoked or not.
+    pub fn get(&self, name: &str) -> Option<PrincipalSummary> {
+        self.list().into_iter().find(|s| s.principal.name == name)
+    }
+
+    /// Every principal, configured first.
+    pub fn list(&self) -> Vec<PrincipalSummary> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let configured = self.configured.iter().map(|e| (e, Origin::Config));
+        let added = state.added.iter().map(|e| (e, Origin::Added));
+        configured
+            .chain(added)
+            .map(|(e, origin)| PrincipalSummary {
+                principal: e.principal.clone(),
+                origin,
+                revoked: state.revoked.contains(&e.principal.name),
+                has_api_key: e.key_hash.is_some(),
+                cert_identity: e.cert_identity.clone(),
+                has_totp: e.totp.is_some(),
+            })
+            .collect()
+    }
+
+    /// Writes the run-time part atomically: temp file, fsync, rename.
+    fn persist(
+        &self,
+        added: &[PrincipalEntry],
+        revoked: &BTreeSet<String>,
+    ) -> Result<(), BookError> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let file = BookFile {
+            added: added.iter().map(StoredPrincipal::from_entry).collect(),
+            revoked: revoked.clone(),
+        };
+        let bytes = zeroize::Zeroizing::new(
+            serde_json::to_vec_pretty(&file).map_err(|e| file_error(path, e))?,
+        );
+        let tmp = path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| file_error(path, e))
+    }
+}
+
+fn build_snapshot(
+    configured: &[PrincipalEntry],
+    added: &[PrincipalEntry],
+    revoked: &BTreeSet<String>,
+) -> Result<Snapshot, BookError> {
+    let mut snapshot = Snapshot {
+        keys: ApiKeyRegistry::new(),
+        ..Snapshot::default()
+    };
+    for entry in configured.iter().chain(added) {
+        let name = &entry.principal.name;
+        if revoked.contains(name) {
+            continue;
+        }
+        if let Some(hash) = &entry.key_hash {
+            snapshot
+                .keys
+                .insert(hash.clone(), entry.principal.clone())?;
+        }
+        if let Some(id) = &entry.cert_identity
+            && snapshot
+                .certs
+                .insert(id.clone(), entry.principal.clone())
+                .is_some()
+        {
+            return Err(BookError::IdentityTaken(id.clone()));
+        }
+        if let Some(totp) = &entry.totp {
+            snapshot.totp.insert(name.clone(), Arc::clone(totp));
+        }
+    }
+    Ok(snapshot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(name: &str, roles: &[Role]) -> NewPrincipal {
+        NewPrincipal {
+            name: name.into(),
+            tenant: TenantId::new("default").unwrap(),
+            roles: roles.iter().copied().collect(),
+            cert_identity: Some(format!("spiffe://tessera/{name}")),
+        }
+    }
+
+    #[test]
+    fn added_principals_authenticate_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        let book = PrincipalBook::open(Vec::new(), Some(file.clone())).unwrap();
+        let pos = book.add(new("pos", &[Role::Tokenize])).unwrap();
+        assert!(pos.totp.is_none());
+        let admin = book.add(new("ops", &[Role::Admin])).unwrap();
+        assert!(admin.totp.is_some());
+        let key = pos.api_key.expose_secret().to_owned();
+        assert_eq!(book.authenticate_key(&key).unwrap().name, "pos");
+        assert_eq!(
+            book.authenticate_cert(&["spiffe://tessera/ops".into()])
+                .unwrap()
+                .name,
+            "ops"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains(&key), "the API key itself is never stored");
+
+        let reopened = PrincipalBook::open(Vec::new(), Some(file)).unwrap();
+        assert_eq!(reopened.authenticate_key(&key).unwrap().name, "pos");
+        let code_before = admin.totp.as_ref().unwrap().code_at(42);
+        assert_eq!(reopened.totp("ops").unwrap().code_at(42), code_before);
+    }
+
+    #[test]
+    fn revocation_is_immediate_and_persistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        let book = PrincipalBook::open(Vec::new(), Some(file.clone())).unwrap();
+        let pos = book.add(new("pos", &[Role::Tokenize])).unwrap();
+        let key = pos.api_key.expose_secret().to_owned();
+        book.revoke("pos").unwrap();
+        assert!(book.authenticate_key(&key).is_none());
+        assert!(
+            book.authenticate_cert(&["spiffe://tessera/pos".into()])
+                .is_none()
+        );
+        assert!(book.get("pos").unwrap().revoked);
+        assert!(matches!(
+            book.add(new("pos", &[Role::Tokenize])),
+            Err(BookError::NameTaken(_))
+        ));
+        assert!(matches!(book.revoke("ghost"), Err(BookError::NotFound(_))));
+        let reopened = PrincipalBook::open(Vec::new(), Some(file)).unwrap();
+        assert!(reopened.authenticate_key(&key).is_none());
+    }
+
+    #[test]
+    fn duplicate_identities_are_refused() {
+        let book = PrincipalBook::open(Vec::new(), None).unwrap();
+        book.add(new("a", &[Role::Tokenize])).unwrap();
+        let mut b = new("b", &[Role::Tokenize]);
+        b.cert_identity = Some("spiffe://tessera/a".into());
+        assert!(matches!(book.add(b), Err(BookError::IdentityTaken(_))));
+    }
+}

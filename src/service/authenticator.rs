@@ -1,0 +1,269 @@
+//! Who is calling, and may they: credentials → principal, with lockouts,
+//! the second factor for administrative RPCs, role checks and rate limits.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
+use tonic_types::StatusExt;
+
+use crate::access::limits::{Guard, LimitsConfig};
+use crate::access::principals::PrincipalBook;
+use crate::access::totp::{OTP_HEADER, OtpVerifier};
+use crate::access::{self, AccessError, api_key};
+use crate::domain::{Principal, Role};
+use crate::service::status;
+
+/// What one call presents: its metadata and the identities of a client
+/// certificate that rustls verified against the client CA.
+#[derive(Debug)]
+pub struct Credentials<'a> {
+    metadata: &'a MetadataMap,
+    cert_identities: Vec<String>,
+}
+
+impl<'a> Credentials<'a> {
+    /// The credentials of `request`.
+    pub fn of<T>(request: &'a Request<T>) -> Self {
+        let cert_identities = request
+            .peer_certs()
+            .and_then(|chain| {
+                chain
+                    .first()
+                    .map(|leaf| crate::tls::certificate_identities(leaf))
+            })
+            .unwrap_or_default();
+        Self {
+            metadata: request.metadata(),
+            cert_identities,
+        }
+    }
+
+    /// Bare metadata, no certificate (tests and embedders).
+    pub fn from_metadata(metadata: &'a MetadataMap) -> Self {
+        Self {
+            metadata,
+            cert_identities: Vec::new(),
+        }
+    }
+
+    /// The bearer key in `authorization`, if the header is well formed.
+    fn bearer_key(&self) -> Result<&str, AccessError> {
+        let header = self
+            .metadata
+            .get("authorization")
+            .ok_or(AccessError::MissingCredentials)?
+            .to_str()
+            .map_err(|_| AccessError::InvalidCredentials)?;
+        let (scheme, key) = header
+            .split_once(' ')
+            .ok_or(AccessError::InvalidCredentials)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AccessError::InvalidCredentials);
+        }
+        Ok(key.trim())
+    }
+
+    fn otp(&self) -> Option<&str> {
+        self.metadata.get(OTP_HEADER).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Whether RPCs needing `role` also need a TOTP code (PCI DSS 8.4.1: MFA
+/// for administrative access, which includes reading the audit trail).
+fn needs_second_factor(role: Role) -> bool {
+    matches!(role, Role::Admin | Role::Audit)
+}
+
+/// Turns credentials into a principal, enforcing lockouts, the second
+/// factor and rate limits on the way.
+#[derive(Debug)]
+pub struct Authenticator {
+    principals: Arc<PrincipalBook>,
+    guard: Guard,
+    otp: OtpVerifier,
+}
+
+/// The TOTP step when none is configured.
+pub const DEFAULT_OTP_STEP: Duration = Duration::from_secs(30);
+
+impl Authenticator {
+    /// Authenticates against `principals` with the default limits.
+    pub fn new(principals: Arc<PrincipalBook>) -> Self {
+        Self::with_limits(principals, LimitsConfig::default(), DEFAULT_OTP_STEP)
+    }
+
+    /// Authenticates against `principals` with `limits` and TOTP `otp_step`.
+    pub fn with_limits(
+        principals: Arc<PrincipalBook>,
+        limits: LimitsConfig,
+        otp_step: Duration,
+    ) -> Self {
+        Self {
+            principals,
+            guard: Guard::new(limits),
+            otp: OtpVerifier::new(otp_step),
+        }
+    }
+
+    /// The lockout, rate-limit and anomaly state.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// The live principals.
+    pub fn principals(&self) -> &Arc<PrincipalBook> {
+        &self.principals
+    }
+
+    /// The TOTP time step.
+    pub fn otp_step(&self) -> Duration {
+        self.otp.step()
+    }
+
+    /// The principal the credentials name (no limits, no second factor).
+    ///
+    /// An API key names its principal; without one, a verified client
+    /// certificate does. When both are sent they must name the same one.
+    pub fn authenticate(&self, creds: &Credentials<'_>) -> Result<Principal, AccessError> {
+        let by_cert = self.principals.authenticate_cert(&creds.cert_identities);
+        match creds.bearer_key() {
+            Ok(key) => {
+                let principal = self
+                    .principals
+                    .authenticate_key(key)
+                    .ok_or(AccessError::InvalidCredentials)?;
+                match by_cert {
+                    Some(c) if c.name != principal.name => Err(AccessError::InvalidCredentials),
+                    _ => Ok(principal),
+                }
+            }
+            Err(AccessError::MissingCredentials) => by_cert.ok_or(AccessError::MissingCredentials),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Counts a failure against `lock_id`, alerting when it locks.
+    fn failed(&self, lock_id: &str) {
+        if self.guard.auth_failed(lock_id) {
+            tracing::error!(
+                alert = "lockout",
+                lock_id,
+                "credentials locked after repeated failures"
+            );
+            metrics::counter!("tessera_lockouts_total").increment(1);
+        }
+    }
+
+    /// Authenticates, applies lockouts, checks `role` (and the second
+    /// factor where the role needs one) and takes one call from the
+    /// principal's `rpc` rate limit, recording who called in the current
+    /// span. Failures are logged without the credentials.
+    pub fn authorize(
+        &self,
+        creds: &Credentials<'_>,
+        role: Role,
+        rpc: &str,
+    ) -> Result<Principal, Status> {
+        let span = tracing::Span::current();
+        let key_id = creds
+            .bearer_key()
+            .ok()
+            .and_then(api_key::key_id)
+            .map(str::to_owned);
+        if key_id
+            .as_deref()
+            .is_some_and(|id| self.guard.key_locked(id))
+        {
+            tracing::warn!(
+                outcome = "locked",
+                "credentials locked after repeated failures"
+            );
+            return Err(Status::unauthenticated(
+                "these credentials are locked after repeated failures",
+            ));
+        }
+        let principal = match self.authenticate(creds) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(outcome = "unauthenticated", "authentication failed");
+                if let Some(id) = &key_id {
+                    self.failed(id);
+                }
+                return Err(status::from_access(e));
+            }
+        };
+        if let Some(id) = &key_id {
+            self.guard.auth_succeeded(id);
+        }
+        span.record("principal", principal.name.as_str());
+        span.record("tenant", principal.tenant.as_str());
+        if self.guard.principal_locked(&principal.name) {
+            tracing::warn!(
+                outcome = "locked",
+                "principal locked for suspicious activity"
+            );
+            return Err(Status::unauthenticated(
+                "this principal is locked for suspicious activity",
+            ));
+        }
+        access::require(&principal, role).map_err(|e| {
+            tracing::warn!(outcome = "permission_denied", "role missing");
+            status::from_access(e)
+        })?;
+        if needs_second_factor(role) {
+            self.check_second_factor(creds, &principal)?;
+        }
+        if let Err(wait) = self.guard.take(&principal.name, rpc) {
+            tracing::warn!(outcome = "rate_limited", "rate limit reached");
+            metrics::counter!("tessera_rate_limited_total", "rpc" => rpc.to_owned()).increment(1);
+            return Err(Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                "rate limit reached; retry later",
+                tonic_types::ErrorDetails::with_retry_info(Some(wait)),
+            ));
+        }
+        Ok(principal)
+    }
+
+    /// The TOTP code in `x-tessera-otp`: valid now and never used before.
+    /// Wrong codes count towards a lockout of the principal's second
+    /// factor, so six digits cannot be guessed online.
+    fn check_second_factor(
+        &self,
+        creds: &Credentials<'_>,
+        principal: &Principal,
+    ) -> Result<(), Status> {
+        let lock_id = format!("otp:{}", principal.name);
+        if self.guard.key_locked(&lock_id) {
+            tracing::warn!(
+                outcome = "locked",
+                "second factor locked after repeated failures"
+            );
+            return Err(Status::unauthenticated(
+                "the second factor is locked after repeated failures",
+            ));
+        }
+        let Some(secret) = self.principals.totp(&principal.name) else {
+            tracing::warn!(outcome = "unauthenticated", "no second factor enrolled");
+            return Err(Status::unauthenticated(
+                "this principal has no TOTP secret enrolled; administrative RPCs need one",
+            ));
+        };
+        match self
+            .otp
+            .verify(&principal.name, &secret, creds.otp(), SystemTime::now())
+        {
+            Ok(()) => {
+                self.guard.auth_succeeded(&lock_id);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(outcome = "unauthenticated", reason = %e, "second factor refused");
+                self.failed(&lock_id);
+                Err(status::from_access(AccessError::SecondFactor(e)))
+            }
+        }
+    }
+}
