@@ -100,7 +100,9 @@ async fn token_enumeration_is_alerted_audited_and_locked() {
         assert_eq!(status.code(), Code::NotFound);
     }
     let locked = processor
-        .detokenize(v1::DetokenizeRequest { token })
+        .detokenize(v1::DetokenizeRequest {
+            token: token.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(locked.code(), Code::Unauthenticated);
@@ -133,4 +135,29 @@ async fn token_enumeration_is_alerted_audited_and_locked() {
         ),
         ("processor", "anomaly:token_enumeration", "LOCKED")
     );
+
+    // Locked until an admin unlocks it; then it works again.
+    let mut principals = v1::principals_client::PrincipalsClient::with_interceptor(
+        server.channel().await,
+        server.admin_auth("admin"),
+    );
+    let listed = principals
+        .list_principals(v1::ListPrincipalsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .principals;
+    assert!(listed.iter().any(|p| p.name == "processor" && p.locked));
+    let unlocked = principals
+        .unlock_principal(v1::UnlockPrincipalRequest {
+            name: "processor".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(unlocked.was_locked);
+    processor
+        .detokenize(v1::DetokenizeRequest { token })
+        .await
+        .unwrap();
 }

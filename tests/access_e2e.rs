@@ -1,0 +1,442 @@
+//! Access control end to end: TLS and mTLS (wrong CA, expired certificate,
+//! no certificate when required, identity mismatch), the TOTP second factor
+//! (valid, missing, expired, replayed), and principals managed on a running
+//! server (added, listed, revoked at once and across restarts).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::{OtpAuth, Server, TestPki, otp, secret_of_uri};
+use tessera::access::totp::{OTP_HEADER, TotpSecret};
+use tessera::cli::client::Bearer;
+use tessera::proto::v1;
+use tessera::proto::v1::key_admin_client::KeyAdminClient;
+use tessera::proto::v1::principals_client::PrincipalsClient;
+use tessera::proto::v1::tokenizer_client::TokenizerClient;
+use tessera::tls::ClientTls;
+use tessera::tls::pki::Validity;
+use tonic::Code;
+
+const VISA: &str = "4111111111111111";
+
+fn tokenize() -> v1::TokenizeRequest {
+    v1::TokenizeRequest {
+        pan: VISA.into(),
+        ..Default::default()
+    }
+}
+
+/// A dev server serving TLS from `pki` (the dev principals carry the
+/// certificate identities spiffe://tessera/NAME).
+fn tls_server(dir: &Path, pki: &TestPki, client_ca: bool, require: bool) -> Server {
+    let config = dir.join("tessera.toml");
+    std::fs::write(&config, pki.config(client_ca, require)).unwrap();
+    Server::start_dev_with_config(&config, &dir.join("data"), &dir.join("server.log"))
+        .with_tls(&pki.ca())
+}
+
+/// Connects with `tls`; `Err` when the handshake (or connection) fails.
+async fn try_channel(addr: &str, tls: &ClientTls) -> Result<tonic::transport::Channel, String> {
+    tessera::tls::install_crypto_provider();
+    tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .unwrap()
+        .tls_config(tls.config().unwrap())
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Tokenizes over `tls` with no API key: Ok(token) or the failure.
+async fn tokenize_with_cert(
+    addr: &str,
+    tls: &ClientTls,
+    key: Option<&str>,
+) -> Result<String, String> {
+    let channel = try_channel(addr, tls).await?;
+    let bearer = key.map_or_else(Bearer::none, |k| Bearer::new(k).unwrap());
+    TokenizerClient::with_interceptor(channel, bearer)
+        .tokenize(tokenize())
+        .await
+        .map(|r| r.into_inner().token)
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+#[tokio::test]
+async fn tls_serves_with_the_right_ca_and_refuses_the_wrong_one_and_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let server = tls_server(dir.path(), &pki, false, false);
+    let mut processor = server.client("processor").await;
+    let token = processor
+        .tokenize(tokenize())
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let pan = processor
+        .detokenize(v1::DetokenizeRequest { token })
+        .await
+        .unwrap()
+        .into_inner()
+        .pan;
+    assert_eq!(pan, VISA);
+
+    // A client that trusts another CA refuses the server.
+    let other = TestPki::new(&dir.path().join("other-pki"));
+    let wrong_ca = ClientTls {
+        ca_file: Some(other.ca()),
+        ..ClientTls::default()
+    };
+    let key = server.api_key("processor");
+    assert!(
+        tokenize_with_cert(&server.addr, &wrong_ca, Some(&key))
+            .await
+            .is_err()
+    );
+
+    // Plaintext gRPC to the TLS port gets no answer.
+    let plain_addr = server.addr.replacen("https://", "http://", 1);
+    let plaintext = async {
+        let channel = tonic::transport::Endpoint::from_shared(plain_addr)
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        TokenizerClient::with_interceptor(channel, Bearer::new(&key).unwrap())
+            .tokenize(tokenize())
+            .await
+            .map_err(|s| s.to_string())
+    };
+    assert!(plaintext.await.is_err());
+
+    // The CLI speaks TLS with --ca-cert.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "tokenize",
+            VISA,
+            "--json",
+            "--addr",
+            &server.addr,
+            "--ca-cert",
+        ])
+        .arg(pki.ca())
+        .env("TESSERA_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = server.log.clone();
+    let data = server.data_dir.clone();
+    drop(server);
+    common::assert_no_pan_leaked(&log, &data, &[VISA]);
+}
+
+#[tokio::test]
+async fn mtls_maps_certificates_to_principals_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let server = tls_server(dir.path(), &pki, true, true);
+    let with_cert = |(cert, key): (std::path::PathBuf, std::path::PathBuf)| ClientTls {
+        ca_file: Some(pki.ca()),
+        cert_file: Some(cert),
+        key_file: Some(key),
+        server_name: None,
+    };
+
+    // The processor's certificate alone authenticates it.
+    let processor =
+        with_cert(pki.client("processor", "spiffe://tessera/processor", Validity::days(1)));
+    let token = tokenize_with_cert(&server.addr, &processor, None)
+        .await
+        .unwrap();
+    let channel = try_channel(&server.addr, &processor).await.unwrap();
+    let pan = TokenizerClient::with_interceptor(channel, Bearer::none())
+        .detokenize(v1::DetokenizeRequest { token })
+        .await
+        .unwrap()
+        .into_inner()
+        .pan;
+    assert_eq!(pan, VISA);
+
+    // The pos certificate names a principal without the detokenize role.
+    let pos = with_cert(pki.client("pos", "spiffe://tessera/pos", Validity::days(1)));
+    let channel = try_channel(&server.addr, &pos).await.unwrap();
+    let denied = TokenizerClient::with_interceptor(channel, Bearer::none())
+        .detokenize(v1::DetokenizeRequest {
+            token: "4111110000001111".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // A certificate and an API key that name different principals.
+    let processor_key = server.api_key("processor");
+    let mismatch = tokenize_with_cert(&server.addr, &pos, Some(&processor_key))
+        .await
+        .unwrap_err();
+    assert!(mismatch.starts_with("Unauthenticated"), "{mismatch}");
+
+    // A valid certificate whose identity no principal holds.
+    let stranger =
+        with_cert(pki.client("stranger", "spiffe://tessera/stranger", Validity::days(1)));
+    let unknown = tokenize_with_cert(&server.addr, &stranger, None)
+        .await
+        .unwrap_err();
+    assert!(unknown.starts_with("Unauthenticated"), "{unknown}");
+
+    // No certificate, an expired one, and one from another CA: refused
+    // during the handshake, even with a valid API key.
+    let none = ClientTls {
+        ca_file: Some(pki.ca()),
+        ..ClientTls::default()
+    };
+    let expired =
+        with_cert(pki.client("expired", "spiffe://tessera/processor", Validity::expired()));
+    let other = TestPki::new(&dir.path().join("other-pki"));
+    let (foreign_cert, foreign_key) =
+        other.client("foreign", "spiffe://tessera/processor", Validity::days(1));
+    let foreign = ClientTls {
+        ca_file: Some(pki.ca()),
+        cert_file: Some(foreign_cert),
+        key_file: Some(foreign_key),
+        server_name: None,
+    };
+    for (name, tls) in [
+        ("no cert", &none),
+        ("expired", &expired),
+        ("wrong CA", &foreign),
+    ] {
+        let result = tokenize_with_cert(&server.addr, tls, Some(&processor_key)).await;
+        assert!(result.is_err(), "{name}: {result:?}");
+    }
+}
+
+#[tokio::test]
+async fn admin_calls_need_a_fresh_totp_code_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &dir.path().join("server.log"));
+    let key = server.api_key("admin");
+    let secret = server.totp_secret("admin");
+    let channel = server.channel().await;
+    let call = |code: Option<String>| {
+        let channel = channel.clone();
+        let key = key.clone();
+        async move {
+            let mut request = tonic::Request::new(v1::GetStatusRequest::default());
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {key}").parse().unwrap());
+            if let Some(code) = code {
+                request
+                    .metadata_mut()
+                    .insert(OTP_HEADER, code.parse().unwrap());
+            }
+            KeyAdminClient::new(channel).get_status(request).await
+        }
+    };
+    let missing = call(None).await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    assert!(
+        missing.message().contains("x-tessera-otp"),
+        "{}",
+        missing.message()
+    );
+
+    // A code from ten steps ago has expired.
+    let parsed = TotpSecret::from_base32(&secret).unwrap();
+    let stale = parsed.code(
+        SystemTime::now() - Duration::from_secs(10),
+        common::OTP_STEP,
+    );
+    let expired = call(Some(stale)).await.unwrap_err();
+    assert_eq!(expired.code(), Code::Unauthenticated);
+
+    let code = otp(&secret);
+    call(Some(code.clone())).await.unwrap();
+    let replayed = call(Some(code)).await.unwrap_err();
+    assert_eq!(replayed.code(), Code::Unauthenticated);
+    assert!(
+        replayed.message().contains("already used"),
+        "{}",
+        replayed.message()
+    );
+
+    // A wrong code never works, and a valid API key alone is not enough for
+    // the audit log either.
+    let now = tessera::access::totp::counter(SystemTime::now(), common::OTP_STEP);
+    let wrong = (parsed.code_at(now) + 1) % 1_000_000;
+    let refused = call(Some(format!("{wrong:06}"))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let mut audit = v1::audit_client::AuditClient::with_interceptor(
+        server.channel().await,
+        Bearer::new(&key).unwrap(),
+    );
+    let status = audit.verify(v1::VerifyRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn principals_are_added_and_revoked_on_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let server = Server::start(&data, &log);
+    let mut admin =
+        PrincipalsClient::with_interceptor(server.channel().await, server.admin_auth("admin"));
+
+    // The CLI adds a POS principal; its key works at once.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "principal",
+            "add",
+            "till-7",
+            "--role",
+            "tokenize",
+            "--json",
+            "--addr",
+            &server.addr,
+        ])
+        .args(["--otp", &otp(&server.totp_secret("admin"))])
+        .env("TESSERA_API_KEY", server.api_key("admin"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let till_key = added["api_key"].as_str().unwrap().to_owned();
+    assert!(added["otpauth_uri"].as_str().unwrap().is_empty());
+    let mut till = server.client_with_key(Some(&till_key)).await;
+    till.tokenize(tokenize()).await.unwrap();
+
+    // An admin gets an otpauth:// URI, and its codes work.
+    let ops = admin
+        .add_principal(v1::AddPrincipalRequest {
+            name: "ops".into(),
+            roles: vec!["admin".into()],
+            cert_identity: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        ops.otpauth_uri
+            .starts_with("otpauth://totp/Tessera:ops?secret=")
+    );
+    let ops_auth = OtpAuth::new(&ops.api_key, &secret_of_uri(&ops.otpauth_uri));
+    let mut ops_admin = KeyAdminClient::with_interceptor(server.channel().await, ops_auth.clone());
+    ops_admin
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap();
+
+    // Names are unique; bad requests say which field is wrong.
+    let dup = admin
+        .add_principal(v1::AddPrincipalRequest {
+            name: "till-7".into(),
+            roles: vec!["tokenize".into()],
+            cert_identity: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    let bad = admin
+        .add_principal(v1::AddPrincipalRequest {
+            name: "x".into(),
+            roles: vec!["root".into()],
+            cert_identity: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+
+    let listed = admin
+        .list_principals(v1::ListPrincipalsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .principals;
+    let names: Vec<_> = listed.iter().map(|p| p.name.as_str()).collect();
+    assert!(names.contains(&"till-7") && names.contains(&"ops") && names.contains(&"processor"));
+    assert!(
+        !names.contains(&"other"),
+        "another tenant's principals stay hidden"
+    );
+
+    // Revocation: the very next call fails; self-revocation is refused;
+    // another tenant's principal is not found.
+    admin
+        .revoke_principal(v1::RevokePrincipalRequest {
+            name: "till-7".into(),
+        })
+        .await
+        .unwrap();
+    let revoked = till.tokenize(tokenize()).await.unwrap_err();
+    assert_eq!(revoked.code(), Code::Unauthenticated);
+    let own = admin
+        .revoke_principal(v1::RevokePrincipalRequest {
+            name: "admin".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(own.code(), Code::FailedPrecondition);
+    let foreign = admin
+        .revoke_principal(v1::RevokePrincipalRequest {
+            name: "other".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code(), Code::NotFound);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["principal", "revoke", "ops", "--addr", &server.addr])
+        .args(["--otp", &otp(&server.totp_secret("admin2"))])
+        .env("TESSERA_API_KEY", server.api_key("admin2"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = ops_admin
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // Still revoked after a restart; the added key was never stored in clear.
+    drop(server);
+    let server = Server::start(&data, &log);
+    let mut till = server.client_with_key(Some(&till_key)).await;
+    assert_eq!(
+        till.tokenize(tokenize()).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let stored = std::fs::read_to_string(data.join("principals.json")).unwrap();
+    assert!(!stored.contains(&till_key) && !stored.contains(&ops.api_key));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["principal", "list", "--json", "--addr", &server.addr])
+        .args(["--otp", &otp(&server.totp_secret("admin"))])
+        .env("TESSERA_API_KEY", server.api_key("admin"))
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let till_row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "till-7")
+        .unwrap();
+    assert_eq!(till_row["revoked"], true);
+    assert_eq!(till_row["origin"], "added");
+}
