@@ -64,22 +64,22 @@ pub fn secret_of_uri(uri: &str) -> String {
 #[derive(Clone)]
 pub struct OtpAuth {
     bearer: Bearer,
-    secret: String,
+    secret: Option<String>,
 }
 
 impl OtpAuth {
     pub fn new(api_key: &str, secret: &str) -> Self {
         Self {
             bearer: Bearer::new(api_key).unwrap(),
-            secret: secret.to_owned(),
+            secret: Some(secret.to_owned()),
         }
     }
 
-    /// Certificate-authenticated admin: no API key, just the code.
-    pub fn cert_only(secret: &str) -> Self {
+    /// A principal without a second factor: the API key only.
+    pub fn key_only(api_key: &str) -> Self {
         Self {
-            bearer: Bearer::none(),
-            secret: secret.to_owned(),
+            bearer: Bearer::new(api_key).unwrap(),
+            secret: None,
         }
     }
 }
@@ -87,10 +87,11 @@ impl OtpAuth {
 impl tonic::service::Interceptor for OtpAuth {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let mut request = self.bearer.call(request)?;
-        let code = otp(&self.secret);
-        request
-            .metadata_mut()
-            .insert(OTP_HEADER, code.parse().unwrap());
+        if let Some(secret) = &self.secret {
+            request
+                .metadata_mut()
+                .insert(OTP_HEADER, otp(secret).parse().unwrap());
+        }
         Ok(request)
     }
 }
