@@ -91,7 +91,7 @@ impl Rpc {
 
     /// What a caller holding the role, from the other tenant, gets when
     /// the request targets the home tenant's resources.
-    fn from_away(self) -> Option<Code> {
+    fn answer_to_other_tenant(self) -> Option<Code> {
         match self {
             Self::Detokenize
             | Self::DetokenizeBatch
@@ -444,7 +444,7 @@ async fn every_role_every_rpc_own_and_other_tenant() {
                         | Code::Internal
                 )
             } else {
-                match rpc.from_away() {
+                match rpc.answer_to_other_tenant() {
                     Some(expected) => got.code == expected,
                     None => {
                         !got.saw_home
