@@ -1,7 +1,8 @@
 //! Suspicious-activity controls end to end: rate limits answer
 //! RESOURCE_EXHAUSTED with retry info; ten failed authentications lock a
-//! key (PCI DSS 8.3.4); token enumeration raises an audited alert and locks
-//! the principal.
+//! key (PCI DSS 8.3.4); token enumeration and a detokenize volume far above
+//! the baseline raise audited alerts and lock the principal; a call from a
+//! new network raises an audited alert.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -160,4 +161,109 @@ async fn token_enumeration_is_alerted_audited_and_locked() {
         .detokenize(v1::DetokenizeRequest { token })
         .await
         .unwrap();
+}
+
+async fn anomaly_events(server: &Server) -> Vec<v1::AuditEvent> {
+    let mut audit =
+        AuditClient::with_interceptor(server.channel().await, server.admin_auth("admin"));
+    let mut stream = audit
+        .list_events(v1::ListEventsRequest {
+            action: "Anomaly".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(page) = stream.message().await.unwrap() {
+        events.extend(page.events);
+    }
+    events
+}
+
+#[tokio::test]
+async fn detokenize_volume_far_above_baseline_alerts_and_locks() {
+    let (server, _dir) = server_with(
+        "volume_window_seconds = 1\ndetokenize_spike_floor = 20\ndetokenize_spike_factor = 5\n",
+    );
+    let mut processor = server.client("processor").await;
+    let token = processor
+        .tokenize(tokenize())
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let detokenize = || v1::DetokenizeRequest {
+        token: token.clone(),
+    };
+    // Baseline: two PANs in the first window.
+    for _ in 0..2 {
+        processor.detokenize(detokenize()).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Ten in the next window is within 5 × 2 … a batch of 30 is not.
+    let batch = v1::DetokenizeBatchRequest {
+        items: (0..30).map(|_| detokenize()).collect(),
+    };
+    processor.detokenize_batch(batch).await.unwrap();
+    let locked = processor.detokenize(detokenize()).await.unwrap_err();
+    assert_eq!(locked.code(), Code::Unauthenticated);
+    let events = anomaly_events(&server).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].resource.as_str(), events[0].outcome.as_str()),
+        ("anomaly:detokenize_volume", "LOCKED")
+    );
+    // Another principal is unaffected.
+    let mut other = server.client("other").await;
+    other.tokenize(tokenize()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_call_from_a_new_network_is_alerted() {
+    let (server, _dir) = server_with("");
+    let key = server.api_key("processor");
+    let mut home = common::client_from(&server.addr, "127.0.0.1", &key).await;
+    home.tokenize(tokenize()).await.unwrap();
+    assert!(
+        anomaly_events(&server).await.is_empty(),
+        "the first network is learned"
+    );
+    // Same /24: nothing. Another /24: one alert, the call still served
+    // (lock_on_new_network is off by default).
+    let mut neighbour = common::client_from(&server.addr, "127.0.0.2", &key).await;
+    neighbour.tokenize(tokenize()).await.unwrap();
+    let mut away = common::client_from(&server.addr, "127.0.1.1", &key).await;
+    away.tokenize(tokenize()).await.unwrap();
+    away.tokenize(tokenize()).await.unwrap();
+    let events = anomaly_events(&server).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (
+            events[0].principal.as_str(),
+            events[0].resource.as_str(),
+            events[0].outcome.as_str()
+        ),
+        ("processor", "anomaly:new_network", "ALERT")
+    );
+    assert!(
+        events[0].origin.starts_with("127.0.1.1:"),
+        "{}",
+        events[0].origin
+    );
+
+    // With lock_on_new_network, the call is refused and the principal locked.
+    let (server, _dir) = server_with("lock_on_new_network = true\n");
+    let key = server.api_key("processor");
+    let mut home = common::client_from(&server.addr, "127.0.0.1", &key).await;
+    home.tokenize(tokenize()).await.unwrap();
+    let mut away = common::client_from(&server.addr, "127.0.1.1", &key).await;
+    assert_eq!(
+        away.tokenize(tokenize()).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        home.tokenize(tokenize()).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 }

@@ -13,8 +13,12 @@
 //! State lives in memory, per server; a restart forgets it (documented).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+pub use crate::access::anomaly::Anomaly;
+use crate::access::anomaly::{KnownNetworks, VolumeBaseline, VolumeRule, network_of};
 
 /// Limits and thresholds.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +33,15 @@ pub struct LimitsConfig {
     pub lockout: Duration,
     /// NOT_FOUND answers per principal per minute before it is an anomaly.
     pub not_found_per_minute: u32,
-    /// Lock a principal whose traffic looks like token enumeration.
+    /// Lock a principal whose traffic looks like token enumeration or a
+    /// detokenize volume spike.
     pub lock_on_anomaly: bool,
+    /// The detokenize-volume rule.
+    pub volume: VolumeRule,
+    /// Alert on calls from a network new to the principal.
+    pub alert_on_new_network: bool,
+    /// Also lock the principal then (off by default: people move).
+    pub lock_on_new_network: bool,
 }
 
 impl Default for LimitsConfig {
@@ -42,6 +53,9 @@ impl Default for LimitsConfig {
             lockout: Duration::from_secs(30 * 60),
             not_found_per_minute: 100,
             lock_on_anomaly: true,
+            volume: VolumeRule::default(),
+            alert_on_new_network: true,
+            lock_on_new_network: false,
         }
     }
 }
@@ -70,16 +84,8 @@ struct State {
     failures: HashMap<String, Failures>,
     locked_principals: HashMap<String, Instant>,
     not_found: HashMap<String, Window>,
-}
-
-/// An anomaly worth an alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Anomaly {
-    /// Many NOT_FOUND answers: someone is guessing tokens.
-    TokenEnumeration {
-        /// Whether the principal was locked for it.
-        locked: bool,
-    },
+    volumes: HashMap<String, VolumeBaseline>,
+    networks: KnownNetworks,
 }
 
 /// The per-server guard.
@@ -189,6 +195,51 @@ impl Guard {
         }
     }
 
+    /// Locks `principal` for the lockout period.
+    fn lock(state: &mut State, principal: &str, until: Instant) {
+        state.locked_principals.insert(principal.to_owned(), until);
+    }
+
+    /// Counts `n` successful detokenizes by `principal`; the anomaly when
+    /// its volume crosses the rule.
+    pub fn detokenized(&self, principal: &str, n: u64) -> Option<Anomaly> {
+        if n == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let mut state = self.state();
+        let spike = state
+            .volumes
+            .entry(principal.to_owned())
+            .or_insert_with(|| VolumeBaseline::new(now))
+            .record(n, now, &self.config.volume);
+        if !spike {
+            return None;
+        }
+        let locked = self.config.lock_on_anomaly;
+        if locked {
+            Self::lock(&mut state, principal, now + self.config.lockout);
+        }
+        Some(Anomaly::DetokenizeVolume { locked })
+    }
+
+    /// Records that `principal` called from `peer`; the anomaly when the
+    /// network is new to it.
+    pub fn called_from(&self, principal: &str, peer: IpAddr) -> Option<Anomaly> {
+        if !self.config.alert_on_new_network {
+            return None;
+        }
+        let mut state = self.state();
+        if !state.networks.record(principal, &network_of(peer)) {
+            return None;
+        }
+        let locked = self.config.lock_on_new_network;
+        if locked {
+            Self::lock(&mut state, principal, Instant::now() + self.config.lockout);
+        }
+        Some(Anomaly::NewNetwork { locked })
+    }
+
     /// Counts a NOT_FOUND answer to `principal`; returns the anomaly when
     /// this one crosses the threshold.
     pub fn not_found(&self, principal: &str) -> Option<Anomaly> {
@@ -213,9 +264,7 @@ impl Guard {
         }
         let locked = self.config.lock_on_anomaly;
         if locked {
-            state
-                .locked_principals
-                .insert(principal.to_owned(), now + self.config.lockout);
+            Self::lock(&mut state, principal, now + self.config.lockout);
         }
         Some(Anomaly::TokenEnumeration { locked })
     }

@@ -4,6 +4,7 @@
 //! client certificate (mTLS); each RPC then needs one [`Role`], checked
 //! before any lookup, and KeyAdmin and Audit calls a TOTP code as well.
 
+pub mod anomaly;
 pub mod api_key;
 pub mod approvals;
 pub mod limits;

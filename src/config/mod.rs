@@ -134,6 +134,17 @@ pub struct RawAccess {
     pub approval_window_minutes: Option<u64>,
     /// TOTP time step in seconds (default 30, as authenticator apps use).
     pub totp_step_seconds: Option<u64>,
+    /// Detokenize-volume rule: alert when a window holds more than this
+    /// many times the principal's baseline (default 10) …
+    pub detokenize_spike_factor: Option<f64>,
+    /// … and more than this many detokenizes (default 1000).
+    pub detokenize_spike_floor: Option<u64>,
+    /// Length of a volume window in seconds (default 60).
+    pub volume_window_seconds: Option<u64>,
+    /// Alert on a call from a network new to the principal (default true).
+    pub alert_on_new_network: Option<bool>,
+    /// Also lock the principal then (default false).
+    pub lock_on_new_network: Option<bool>,
 }
 
 /// `[audit]`.
@@ -526,6 +537,26 @@ fn check_access(raw: &RawAccess) -> Result<crate::access::limits::LimitsConfig, 
             "must be at least 30 (PCI DSS 8.3.4)",
         ));
     }
+    let factor = raw
+        .detokenize_spike_factor
+        .unwrap_or(defaults.volume.factor);
+    if !(factor.is_finite() && factor >= 1.0) {
+        return Err(invalid(
+            "access.detokenize_spike_factor",
+            "must be at least 1",
+        ));
+    }
+    let window = raw
+        .volume_window_seconds
+        .unwrap_or(defaults.volume.window.as_secs());
+    if !(1..=3600).contains(&window) {
+        return Err(invalid("access.volume_window_seconds", "must be 1 to 3600"));
+    }
+    let volume = crate::access::anomaly::VolumeRule {
+        window: std::time::Duration::from_secs(window),
+        factor,
+        floor: raw.detokenize_spike_floor.unwrap_or(defaults.volume.floor),
+    };
     Ok(crate::access::limits::LimitsConfig {
         rate_per_second: rate,
         burst,
@@ -536,6 +567,13 @@ fn check_access(raw: &RawAccess) -> Result<crate::access::limits::LimitsConfig, 
             .unwrap_or(defaults.not_found_per_minute)
             .max(1),
         lock_on_anomaly: raw.lock_on_anomaly.unwrap_or(defaults.lock_on_anomaly),
+        volume,
+        alert_on_new_network: raw
+            .alert_on_new_network
+            .unwrap_or(defaults.alert_on_new_network),
+        lock_on_new_network: raw
+            .lock_on_new_network
+            .unwrap_or(defaults.lock_on_new_network),
     })
 }
 

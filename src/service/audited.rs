@@ -147,15 +147,49 @@ pub async fn authorize_call<T>(
     when_sealed: WhenSealed,
 ) -> Result<Principal, Status> {
     let creds = Credentials::of(request);
-    let result = if when_sealed == WhenSealed::Refuse && vault.is_sealed() {
+    let mut result = if when_sealed == WhenSealed::Refuse && vault.is_sealed() {
         Err(Status::unavailable("the vault is sealed"))
     } else {
         auth.authorize(&creds, role, call.rpc)
     };
+    if let (Ok(principal), Some(peer)) = (&result, request.remote_addr())
+        && let Some(anomaly) = auth.guard().called_from(&principal.name, peer.ip())
+    {
+        raise_anomaly(vault, call, principal, anomaly).await;
+        if anomaly.locked() {
+            result = Err(Status::unauthenticated(
+                "this principal is locked for suspicious activity",
+            ));
+        }
+    }
     if let Err(status) = &result {
         audit_refusal(vault, auth, call, &creds, status).await;
     }
     result
+}
+
+/// Raises an anomaly alert: an error log line, the
+/// `tessera_anomalies_total{kind}` metric and an `Anomaly` audit event
+/// (outcome LOCKED or ALERT). Best effort on the log: the alert must not
+/// fail the call that caused it.
+pub async fn raise_anomaly(
+    vault: &Vault,
+    call: &CallContext,
+    principal: &Principal,
+    anomaly: crate::access::anomaly::Anomaly,
+) {
+    let (kind, locked) = (anomaly.kind(), anomaly.locked());
+    tracing::error!(alert = kind, principal = %principal.name, locked, origin = %call.origin, "anomaly");
+    metrics::counter!("tessera_anomalies_total", "kind" => kind).increment(1);
+    let mut event = call.event(
+        Some(principal),
+        format!("anomaly:{kind}"),
+        if locked { "LOCKED" } else { "ALERT" },
+    );
+    event.action = "Anomaly".to_owned();
+    if let Err(e) = vault.record_audit(event).await {
+        tracing::error!(error = %e, alert = "audit_write_failed", "could not audit an anomaly");
+    }
 }
 
 /// Logs and audits an administrative call's outcome; refuses it when the

@@ -18,12 +18,11 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::access::limits::Anomaly;
 use crate::domain::{Principal, Role};
 use crate::proto::v1;
 use crate::proto::v1::tokenizer_server::Tokenizer;
 use crate::vault::{TokenizeCommand, Vault};
-use audited::{CallContext, WhenSealed, audited, authorize_call};
+use audited::{CallContext, WhenSealed, audited, authorize_call, raise_anomaly};
 pub use authenticator::{Authenticator, Credentials};
 
 /// Implements `tessera.v1.Tokenizer`.
@@ -200,6 +199,8 @@ impl Tokenizer for TokenizerService {
         log_outcome(&result);
         self.watch_not_found(&call, &principal, usize::from(is_not_found(&result)))
             .await;
+        self.watch_volume(&call, &principal, usize::from(result.is_ok()))
+            .await;
         // Audit before the PAN leaves: no event, no PAN (SECURITY.md §1.5).
         audited(&self.vault, &call, Some(&principal), resource, result, true)
             .await
@@ -223,6 +224,8 @@ impl Tokenizer for TokenizerService {
             }
             let not_found = outcomes.iter().filter(|r| is_not_found(r)).count();
             self.watch_not_found(&call, &principal, not_found).await;
+            let revealed = outcomes.iter().filter(|r| r.is_ok()).count();
+            self.watch_volume(&call, &principal, revealed).await;
             Ok(per_item_statuses(outcomes))
         }
         .await;
@@ -296,23 +299,18 @@ impl TokenizerService {
     /// (per config) a lock on the principal.
     async fn watch_not_found(&self, call: &CallContext, principal: &Principal, not_found: usize) {
         for _ in 0..not_found {
-            let Some(Anomaly::TokenEnumeration { locked }) =
-                self.auth.guard().not_found(&principal.name)
-            else {
-                continue;
-            };
-            tracing::error!(alert = "token_enumeration", principal = %principal.name, locked, "many NOT_FOUND answers: possible token enumeration");
-            metrics::counter!("tessera_anomalies_total", "kind" => "token_enumeration")
-                .increment(1);
-            let mut event = call.event(
-                Some(principal),
-                "anomaly:token_enumeration".to_owned(),
-                if locked { "LOCKED" } else { "ALERT" },
-            );
-            event.action = "Anomaly".to_owned();
-            if let Err(e) = self.vault.record_audit(event).await {
-                tracing::error!(error = %e, alert = "audit_write_failed", "could not audit an anomaly");
+            if let Some(anomaly) = self.auth.guard().not_found(&principal.name) {
+                raise_anomaly(&self.vault, call, principal, anomaly).await;
             }
+        }
+    }
+
+    /// Counts PANs handed out; a volume far above the principal's baseline
+    /// raises an alert (and, per config, locks the principal).
+    async fn watch_volume(&self, call: &CallContext, principal: &Principal, detokenized: usize) {
+        let n = u64::try_from(detokenized).unwrap_or(u64::MAX);
+        if let Some(anomaly) = self.auth.guard().detokenized(&principal.name, n) {
+            raise_anomaly(&self.vault, call, principal, anomaly).await;
         }
     }
 

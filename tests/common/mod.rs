@@ -420,3 +420,24 @@ pub fn totp_file(dir: &Path, name: &str) -> (PathBuf, String) {
     std::fs::write(&path, &secret).unwrap();
     (path, secret)
 }
+
+/// A Tokenizer client whose connections leave from `local_ip` (any
+/// 127.0.0.0/8 address works on Linux), to look like another network.
+pub async fn client_from(addr: &str, local_ip: &str, api_key: &str) -> Client {
+    let local: std::net::SocketAddr = format!("{local_ip}:0").parse().unwrap();
+    let connector = tower::service_fn(move |uri: tonic::transport::Uri| async move {
+        let host = uri.host().unwrap_or("127.0.0.1").to_owned();
+        let port = uri.port_u16().unwrap_or(80);
+        let remote: std::net::SocketAddr = format!("{host}:{port}").parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(local)?;
+        let stream = socket.connect(remote).await?;
+        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+    });
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .unwrap();
+    TokenizerClient::with_interceptor(channel, Bearer::new(api_key).unwrap())
+}
