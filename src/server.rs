@@ -12,6 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::access::approvals::Approvals;
 use crate::access::principals::{self, BookError, PrincipalBook};
+use crate::audit::sink::AuditSink;
 use crate::clock::SystemClock;
 use crate::config::{Config, KmsBackend, PrincipalEntry, StoreBackend};
 use crate::kms::dev::DevKms;
@@ -44,6 +45,14 @@ pub enum StartError {
     /// Principals clash or their file is unreadable.
     #[error("principals: {0}")]
     Principals(#[from] BookError),
+    /// A second audit sink did not open.
+    #[error("audit sink {target}: {source}")]
+    AuditSink {
+        /// Which.
+        target: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// TLS material is unusable.
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -96,7 +105,14 @@ impl App {
             principals,
             Some(config.data_dir.join(principals::FILE_NAME)),
         )?;
-        let vault = Vault::new(kms, store, Arc::new(SystemClock), config.policy.clone());
+        let mut vault = Vault::new(kms, store, Arc::new(SystemClock), config.policy.clone());
+        for target in &config.audit_sinks {
+            let sink = AuditSink::open(target).map_err(|source| StartError::AuditSink {
+                target: format!("{target:?}"),
+                source,
+            })?;
+            vault = vault.with_audit_sink(sink);
+        }
         Ok(Self {
             vault: Arc::new(vault),
             auth: Arc::new(Authenticator::with_limits(

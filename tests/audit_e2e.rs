@@ -359,3 +359,56 @@ async fn tampering_is_detected_at_the_first_bad_position() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test]
+async fn the_second_sink_gets_every_event_as_a_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let jsonl = dir.path().join("siem").join("audit.jsonl");
+    std::fs::create_dir_all(jsonl.parent().unwrap()).unwrap();
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(
+        &config,
+        format!("[audit]\njsonl_file = \"{}\"\n", jsonl.display()),
+    )
+    .unwrap();
+    let server = Server::start_dev_with_config(&config, &data, &log);
+    let mut processor = server.client("processor").await;
+    let token = processor
+        .tokenize(v1::TokenizeRequest {
+            pan: VISA.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    processor
+        .detokenize(v1::DetokenizeRequest { token })
+        .await
+        .unwrap();
+    let mut audit = auditor(&server).await;
+    let events = all_events(&mut audit).await;
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The ListEvents call itself is audited after it streams.
+    assert!(
+        lines.len() >= events.len(),
+        "{} < {}",
+        lines.len(),
+        events.len()
+    );
+    for (line, event) in lines.iter().zip(&events) {
+        assert_eq!(line["position"], event.position);
+        assert_eq!(line["action"], event.action.as_str());
+        assert_eq!(line["principal"], event.principal.as_str());
+        assert_eq!(line["outcome"], event.outcome.as_str());
+    }
+    assert!(lines.iter().any(|l| l["action"] == "Detokenize"));
+    drop(server);
+    assert_no_pan_leaked(&log, dir.path(), &[VISA]);
+}

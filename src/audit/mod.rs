@@ -14,6 +14,7 @@
 //! (by default) tokenize calls whose event cannot be written.
 
 pub mod chain;
+pub mod sink;
 pub mod verify;
 
 use std::sync::Arc;

@@ -154,6 +154,10 @@ pub struct RawAudit {
     /// Let tokenize succeed when its audit event cannot be written
     /// (default false: fail closed like detokenize and admin calls).
     pub tokenize_fail_open: Option<bool>,
+    /// Second sink: append every event as a JSON line to this file.
+    pub jsonl_file: Option<PathBuf>,
+    /// Second sink: send every event to this syslog socket (e.g. /dev/log).
+    pub syslog_socket: Option<PathBuf>,
 }
 
 /// `[metrics]`.
@@ -303,6 +307,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsSettings>,
     /// TOTP time step.
     pub otp_step: std::time::Duration,
+    /// Second audit sinks.
+    pub audit_sinks: Vec<crate::audit::sink::SinkTarget>,
 }
 
 /// Default listen address: loopback, so nothing is exposed by accident.
@@ -446,6 +452,17 @@ impl RawConfig {
             ));
         }
         let approval_window = std::time::Duration::from_secs(approval_minutes * 60);
+        let audit_sinks = self
+            .audit
+            .jsonl_file
+            .map(crate::audit::sink::SinkTarget::JsonLines)
+            .into_iter()
+            .chain(
+                self.audit
+                    .syslog_socket
+                    .map(crate::audit::sink::SinkTarget::Syslog),
+            )
+            .collect();
         let tls = check_tls(self.tls, profile)?;
         let otp_step_seconds = self.access.totp_step_seconds.unwrap_or(30);
         if !(1..=300).contains(&otp_step_seconds) {
@@ -476,6 +493,7 @@ impl RawConfig {
             approval_window,
             tls,
             otp_step: std::time::Duration::from_secs(otp_step_seconds),
+            audit_sinks,
         })
     }
 }

@@ -18,7 +18,17 @@ impl Vault {
         } else {
             Some(self.keys.audit_key().await?)
         };
-        Ok(self.audit.record(event, key.as_deref()).await?)
+        let copy = (!self.sinks.is_empty()).then(|| event.clone());
+        let position = self.audit.record(event, key.as_deref()).await?;
+        if let Some(event) = &copy {
+            for sink in &self.sinks {
+                if let Err(e) = sink.send(position, event) {
+                    tracing::error!(error = %e, alert = "audit_sink_failed", "second audit sink failed; the event is in the primary log");
+                    metrics::counter!("tessera_audit_sink_failures_total").increment(1);
+                }
+            }
+        }
+        Ok(position)
     }
 
     /// Now, by the vault's clock (milliseconds since the epoch).

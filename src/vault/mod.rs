@@ -196,6 +196,7 @@ pub struct Vault {
     sealed: AtomicBool,
     jobs: reencrypt::RunningJobs,
     audit: crate::audit::AuditLog,
+    sinks: Vec<crate::audit::sink::AuditSink>,
 }
 
 /// The plaintext sealed in each record: `u8 len ‖ PAN digits ‖ token digits`.
@@ -244,7 +245,14 @@ impl Vault {
             sealed: AtomicBool::new(sealed),
             jobs: reencrypt::RunningJobs::default(),
             audit,
+            sinks: Vec::new(),
         }
+    }
+
+    /// Also sends every audit event, once durable, to `sink` (a SIEM feed).
+    pub fn with_audit_sink(mut self, sink: crate::audit::sink::AuditSink) -> Self {
+        self.sinks.push(sink);
+        self
     }
 
     /// Whether the vault is sealed.
