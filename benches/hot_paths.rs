@@ -1,12 +1,16 @@
 //! Criterion benches of the per-request hot paths: PAN parsing, token
-//! generation (random and FF1), sealing and opening a record.
+//! generation (random and FF1), sealing and opening a record, and the
+//! authentication every call makes (API key lookup, client-certificate
+//! identities under mTLS, the admin TOTP check).
 //!
 //! Run: `cargo bench --bench hot_paths`. Numbers go to BENCHMARKS.md.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tessera::domain::{Pan, TenantId, TokenId};
+use tessera::access::principals::{NewPrincipal, PrincipalBook};
+use tessera::access::totp::{OtpVerifier, TotpSecret};
+use tessera::domain::{Pan, Role, TenantId, TokenId};
 use tessera::envelope::{self, Binding};
 use tessera::secret::DataKey;
 use tessera::tokens::ff1::Ff1Generator;
@@ -64,6 +68,49 @@ fn envelope_seal_open(c: &mut Criterion) {
     });
 }
 
+fn authentication(c: &mut Criterion) {
+    let book = PrincipalBook::open(Vec::new(), None).unwrap_or_else(|_| unreachable_bench());
+    let tenant = TenantId::new("default").unwrap_or_else(|_| unreachable_bench());
+    let mut key = String::new();
+    for n in 0..1000 {
+        let issued = book
+            .add(NewPrincipal {
+                name: format!("pos-{n}"),
+                tenant: tenant.clone(),
+                roles: [Role::Tokenize].into_iter().collect(),
+                cert_identity: Some(format!("spiffe://tessera/pos-{n}")),
+            })
+            .unwrap_or_else(|_| unreachable_bench());
+        key = issued.api_key.expose_secret().to_owned();
+    }
+    c.bench_function("auth/api_key_1000_principals", |b| {
+        b.iter(|| book.authenticate_key(black_box(&key)))
+    });
+    let ca =
+        tessera::tls::pki::Authority::generate("bench CA", tessera::tls::pki::Validity::days(1))
+            .unwrap_or_else(|_| unreachable_bench());
+    let client = ca
+        .issue_client(
+            "spiffe://tessera/pos-999",
+            tessera::tls::pki::Validity::days(1),
+        )
+        .unwrap_or_else(|_| unreachable_bench());
+    let der =
+        tessera::tls::pki::pem_to_der(&client.cert_pem).unwrap_or_else(|| unreachable_bench());
+    c.bench_function("auth/client_cert_identity", |b| {
+        b.iter(|| {
+            let ids = tessera::tls::certificate_identities(black_box(&der));
+            book.authenticate_cert(&ids)
+        })
+    });
+    let secret = TotpSecret::generate().unwrap_or_else(|_| unreachable_bench());
+    let verifier = OtpVerifier::new(std::time::Duration::from_secs(30));
+    let now = std::time::SystemTime::now();
+    c.bench_function("auth/totp_verify_wrong_code", |b| {
+        b.iter(|| verifier.verify("ops", &secret, black_box(Some("000000")), now))
+    });
+}
+
 #[cold]
 fn unreachable_bench<T>() -> T {
     // Bench inputs are constants known to be valid; reaching this means the
@@ -71,5 +118,11 @@ fn unreachable_bench<T>() -> T {
     std::process::abort()
 }
 
-criterion_group!(benches, pan_parse, token_generation, envelope_seal_open);
+criterion_group!(
+    benches,
+    pan_parse,
+    token_generation,
+    envelope_seal_open,
+    authentication
+);
 criterion_main!(benches);
