@@ -95,8 +95,7 @@ fn authentication(c: &mut Criterion) {
             tessera::tls::pki::Validity::days(1),
         )
         .unwrap_or_else(|_| unreachable_bench());
-    let der =
-        tessera::tls::pki::pem_to_der(&client.cert_pem).unwrap_or_else(|| unreachable_bench());
+    let der = tessera::tls::pki::pem_to_der(&client.cert_pem).unwrap_or_else(unreachable_bench);
     c.bench_function("auth/client_cert_identity", |b| {
         b.iter(|| {
             let ids = tessera::tls::certificate_identities(black_box(&der));
