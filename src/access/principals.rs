@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -228,6 +228,9 @@ pub struct PrincipalBook {
     configured: Vec<PrincipalEntry>,
     file: Option<PathBuf>,
     state: RwLock<BookState>,
+    /// Serializes changes, so the file write happens outside `state`'s
+    /// write lock and authentication never waits on an fsync.
+    writer: Mutex<()>,
 }
 
 fn file_error(path: &Path, reason: impl std::fmt::Display) -> BookError {
@@ -274,6 +277,7 @@ impl PrincipalBook {
                 revoked: stored.revoked,
                 snapshot,
             }),
+            writer: Mutex::new(()),
         })
     }
 
@@ -301,11 +305,34 @@ impl PrincipalBook {
     }
 
     /// Whether `name` exists (revoked or not).
-    fn exists(&self, state: &BookState, name: &str) -> bool {
+    fn exists(&self, added: &[PrincipalEntry], name: &str) -> bool {
         self.configured
             .iter()
-            .chain(&state.added)
+            .chain(added)
             .any(|e| e.principal.name == name)
+    }
+
+    /// Applies `change` to copies of the run-time principals, persists the
+    /// result and only then makes it live.
+    fn mutate(
+        &self,
+        change: impl FnOnce(&mut Vec<PrincipalEntry>, &mut BTreeSet<String>) -> Result<(), BookError>,
+    ) -> Result<(), BookError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut added, mut revoked) = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            (state.added.clone(), state.revoked.clone())
+        };
+        change(&mut added, &mut revoked)?;
+        let snapshot = Arc::new(build_snapshot(&self.configured, &added, &revoked)?);
+        self.persist(&added, &revoked)?;
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        *state = BookState {
+            added,
+            revoked,
+            snapshot,
+        };
+        Ok(())
     }
 
     /// Creates a principal with a fresh API key (and a TOTP secret for the
@@ -328,27 +355,23 @@ impl PrincipalBook {
             cert_identity: new.cert_identity,
             totp: totp.clone(),
         };
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if self.exists(&state, &entry.principal.name)
-            || state.revoked.contains(&entry.principal.name)
-        {
-            return Err(BookError::NameTaken(entry.principal.name));
-        }
-        if let Some(id) = &entry.cert_identity
-            && self
-                .configured
-                .iter()
-                .chain(&state.added)
-                .any(|e| e.cert_identity.as_deref() == Some(id))
-        {
-            return Err(BookError::IdentityTaken(id.clone()));
-        }
-        let mut added = state.added.clone();
-        added.push(entry);
-        let snapshot = build_snapshot(&self.configured, &added, &state.revoked)?;
-        self.persist(&added, &state.revoked)?;
-        state.added = added;
-        state.snapshot = Arc::new(snapshot);
+        self.mutate(|added, revoked| {
+            let name = &entry.principal.name;
+            if self.exists(added, name) || revoked.contains(name) {
+                return Err(BookError::NameTaken(name.clone()));
+            }
+            if let Some(id) = &entry.cert_identity
+                && self
+                    .configured
+                    .iter()
+                    .chain(added.iter())
+                    .any(|e| e.cert_identity.as_deref() == Some(id))
+            {
+                return Err(BookError::IdentityTaken(id.clone()));
+            }
+            added.push(entry);
+            Ok(())
+        })?;
         Ok(IssuedCredentials {
             api_key: key.key,
             totp,
@@ -357,17 +380,13 @@ impl PrincipalBook {
 
     /// Revokes `name`: every credential of it stops working now.
     pub fn revoke(&self, name: &str) -> Result<(), BookError> {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if !self.exists(&state, name) {
-            return Err(BookError::NotFound(name.to_owned()));
-        }
-        let mut revoked = state.revoked.clone();
-        revoked.insert(name.to_owned());
-        let snapshot = build_snapshot(&self.configured, &state.added, &revoked)?;
-        self.persist(&state.added, &revoked)?;
-        state.revoked = revoked;
-        state.snapshot = Arc::new(snapshot);
-        Ok(())
+        self.mutate(|added, revoked| {
+            if !self.exists(added, name) {
+                return Err(BookError::NotFound(name.to_owned()));
+            }
+            revoked.insert(name.to_owned());
+            Ok(())
+        })
     }
 
     /// The principal named `name`, revoked or not.
