@@ -437,10 +437,13 @@ impl RawConfig {
                     .map_err(|_| invalid("metrics.listen", "not a socket address (HOST:PORT)"))
             })
             .transpose()?;
-        if profile == Profile::Dev && metrics_listen.is_some_and(|a| !a.ip().is_loopback()) {
+        // The exporter speaks plain HTTP, so it stays on loopback in every
+        // profile: a local agent scrapes it (the gRPC port is the only
+        // network listener, and it is TLS outside --dev).
+        if metrics_listen.is_some_and(|a| !a.ip().is_loopback()) {
             return Err(invalid(
                 "metrics.listen",
-                "--dev binds loopback addresses only",
+                "metrics are plain HTTP: bind a loopback address and scrape it with a local agent",
             ));
         }
         let limits = check_access(&self.access)?;
@@ -771,6 +774,7 @@ mod tests {
             "data_dir = \"/x\"\n[[principals]]\nname = \"a\"\ntenant = \"t\"\nroles = [\"tokenize\"]",
             "data_dir = \"/x\"\n[[principals]]\nname = \"a\"\ntenant = \"t\"\nroles = [\"admin\"]\ncert_identity = \"spiffe://x/a\"",
             "data_dir = \"/x\"\n[access]\ntotp_step_seconds = 0",
+            "data_dir = \"/x\"\n[metrics]\nlisten = \"0.0.0.0:9464\"",
             "listen = \"127.0.0.1:1\"",
         ];
         for text in bad {
