@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 pub use crate::access::anomaly::Anomaly;
 use crate::access::anomaly::{KnownNetworks, VolumeBaseline, VolumeRule, network_of};
 
+/// Lock ids of second factors are this prefix and the principal's name
+/// (API key ids are hex, so the two never collide).
+pub const OTP_LOCK_PREFIX: &str = "otp:";
+
 /// Limits and thresholds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
@@ -36,6 +40,8 @@ pub struct LimitsConfig {
     /// Lock a principal whose traffic looks like token enumeration or a
     /// detokenize volume spike.
     pub lock_on_anomaly: bool,
+    /// How long an anomaly lock lasts; `None`: until an admin unlocks.
+    pub anomaly_lock: Option<Duration>,
     /// The detokenize-volume rule.
     pub volume: VolumeRule,
     /// Alert on calls from a network new to the principal.
@@ -53,6 +59,7 @@ impl Default for LimitsConfig {
             lockout: Duration::from_secs(30 * 60),
             not_found_per_minute: 100,
             lock_on_anomaly: true,
+            anomaly_lock: None,
             volume: VolumeRule::default(),
             alert_on_new_network: true,
             lock_on_new_network: false,
@@ -82,7 +89,8 @@ struct Window {
 struct State {
     buckets: HashMap<(String, String), Bucket>,
     failures: HashMap<String, Failures>,
-    locked_principals: HashMap<String, Instant>,
+    /// Anomaly locks: until when, or `None` until an admin unlocks.
+    locked_principals: HashMap<String, Option<Instant>>,
     not_found: HashMap<String, Window>,
     volumes: HashMap<String, VolumeBaseline>,
     networks: KnownNetworks,
@@ -154,16 +162,24 @@ impl Guard {
         self.state()
             .locked_principals
             .get(name)
-            .is_some_and(|until| now < *until)
+            .is_some_and(|until| until.is_none_or(|t| now < t))
     }
 
-    /// Lifts an anomaly lock on `name`; whether one was in force.
+    /// Lifts an anomaly lock on `name` and a lock of its second factor;
+    /// whether one was in force.
     pub fn unlock_principal(&self, name: &str) -> bool {
         let now = Instant::now();
-        self.state()
+        let mut state = self.state();
+        let anomaly = state
             .locked_principals
             .remove(name)
-            .is_some_and(|until| now < until)
+            .is_some_and(|until| until.is_none_or(|t| now < t));
+        let second_factor = state
+            .failures
+            .remove(&format!("{OTP_LOCK_PREFIX}{name}"))
+            .and_then(|f| f.locked_until)
+            .is_some_and(|t| now < t);
+        anomaly || second_factor
     }
 
     /// Takes one call from the principal's bucket for `rpc`; when empty,
@@ -196,7 +212,8 @@ impl Guard {
     }
 
     /// Locks `principal` for the lockout period.
-    fn lock(state: &mut State, principal: &str, until: Instant) {
+    fn lock(&self, state: &mut State, principal: &str) {
+        let until = self.config.anomaly_lock.map(|d| Instant::now() + d);
         state.locked_principals.insert(principal.to_owned(), until);
     }
 
@@ -218,7 +235,7 @@ impl Guard {
         }
         let locked = self.config.lock_on_anomaly;
         if locked {
-            Self::lock(&mut state, principal, now + self.config.lockout);
+            self.lock(&mut state, principal);
         }
         Some(Anomaly::DetokenizeVolume { locked })
     }
@@ -235,7 +252,7 @@ impl Guard {
         }
         let locked = self.config.lock_on_new_network;
         if locked {
-            Self::lock(&mut state, principal, Instant::now() + self.config.lockout);
+            self.lock(&mut state, principal);
         }
         Some(Anomaly::NewNetwork { locked })
     }
@@ -264,7 +281,7 @@ impl Guard {
         }
         let locked = self.config.lock_on_anomaly;
         if locked {
-            Self::lock(&mut state, principal, now + self.config.lockout);
+            self.lock(&mut state, principal);
         }
         Some(Anomaly::TokenEnumeration { locked })
     }
@@ -337,5 +354,26 @@ mod tests {
         assert_eq!(g.not_found("p"), None, "one alert per window");
         assert!(g.principal_locked("p"));
         assert!(!g.principal_locked("q"));
+    }
+
+    #[test]
+    fn admin_unlock_lifts_anomaly_and_second_factor_locks() {
+        let g = guard(LimitsConfig {
+            not_found_per_minute: 1,
+            ..LimitsConfig::default()
+        });
+        g.not_found("p");
+        assert!(g.not_found("p").is_some());
+        assert!(g.principal_locked("p"), "locked with no end until unlocked");
+        assert!(g.unlock_principal("p"));
+        assert!(!g.principal_locked("p"));
+        assert!(!g.unlock_principal("p"), "nothing left to lift");
+        let otp = format!("{OTP_LOCK_PREFIX}p");
+        for _ in 0..10 {
+            g.auth_failed(&otp);
+        }
+        assert!(g.key_locked(&otp));
+        assert!(g.unlock_principal("p"));
+        assert!(!g.key_locked(&otp));
     }
 }

@@ -130,6 +130,8 @@ pub struct RawAccess {
     pub not_found_per_minute: Option<u32>,
     /// Lock a principal on an enumeration alert (default true).
     pub lock_on_anomaly: Option<bool>,
+    /// Minutes an anomaly lock lasts; 0 or unset: until an admin unlocks.
+    pub anomaly_lock_minutes: Option<u64>,
     /// Minutes a dual-control request waits for its second admin (default 15).
     pub approval_window_minutes: Option<u64>,
     /// TOTP time step in seconds (default 30, as authenticator apps use).
@@ -588,6 +590,10 @@ fn check_access(raw: &RawAccess) -> Result<crate::access::limits::LimitsConfig, 
             .unwrap_or(defaults.not_found_per_minute)
             .max(1),
         lock_on_anomaly: raw.lock_on_anomaly.unwrap_or(defaults.lock_on_anomaly),
+        anomaly_lock: raw
+            .anomaly_lock_minutes
+            .filter(|m| *m > 0)
+            .map(|m| std::time::Duration::from_secs(m.saturating_mul(60))),
         volume,
         alert_on_new_network: raw
             .alert_on_new_network

@@ -8,7 +8,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 use tonic_types::StatusExt;
 
-use crate::access::limits::{Guard, LimitsConfig};
+use crate::access::limits::{Guard, LimitsConfig, OTP_LOCK_PREFIX};
 use crate::access::principals::PrincipalBook;
 use crate::access::totp::{OTP_HEADER, OtpVerifier};
 use crate::access::{self, AccessError, api_key};
@@ -235,7 +235,7 @@ impl Authenticator {
         creds: &Credentials<'_>,
         principal: &Principal,
     ) -> Result<(), Status> {
-        let lock_id = format!("otp:{}", principal.name);
+        let lock_id = format!("{OTP_LOCK_PREFIX}{}", principal.name);
         if self.guard.key_locked(&lock_id) {
             tracing::warn!(
                 outcome = "locked",
