@@ -675,3 +675,57 @@ async fn reflection_lists_the_services() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn bench_loads_the_server_and_reports_latency() {
+    let env = Fixture::new();
+    let server = env.start();
+    let key = server.api_key("processor");
+    for args in [
+        vec!["--rpc", "tokenize"],
+        vec!["--rpc", "detokenize", "--batch", "10", "--tokens", "20"],
+        vec!["--rpc", "health"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("bench")
+            .args(&args)
+            .args([
+                "--duration",
+                "1",
+                "--warmup",
+                "0",
+                "--concurrency",
+                "4",
+                "--connections",
+                "2",
+            ])
+            .args(["--json", "--addr", &server.addr])
+            .env("TESSERA_API_KEY", &key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["errors"], 0, "{report}");
+        assert!(
+            report["calls_per_second"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+        let p50 = report["latency_us"]["p50"].as_u64().unwrap();
+        let p99 = report["latency_us"]["p99"].as_u64().unwrap();
+        assert!(p50 > 0 && p50 <= p99, "{report}");
+    }
+    // Bad arguments are refused before any load.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["bench", "--concurrency", "0", "--addr", &server.addr])
+        .env("TESSERA_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let log = env.log();
+    drop(server);
+    assert_no_pan_leaked(&log, &env.data(), &[]);
+}

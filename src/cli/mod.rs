@@ -1,6 +1,7 @@
 //! The `tessera` command line: `serve` and the client commands.
 
 pub mod audit;
+pub mod bench;
 pub mod client;
 pub mod hsm;
 pub mod init;
@@ -53,6 +54,8 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Manage principals on a running server: add, list, revoke, unlock.
     Principal(principal::PrincipalArgs),
+    /// Load a running server and report throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the command line and runs it.
@@ -83,6 +86,7 @@ pub fn main() -> ExitCode {
             Command::Hsm(args) => hsm::run(args),
             Command::Audit(args) => audit::run(args).await,
             Command::Principal(args) => principal::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     })
 }
