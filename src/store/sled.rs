@@ -7,11 +7,11 @@
 //! `latest_seal` (token id → newest seal version), `checkpoints` (job name →
 //! progress) and `keys` (tenant ‖ 0 ‖ purpose ‖ version → wrapped key). Multi-tree checks
 //! and writes run in one sled transaction; every acknowledged write is
-//! flushed to disk (`flush_async`) before the method returns, and sled
-//! coalesces concurrent flushes into one fsync (group commit).
+//! flushed to disk before the method returns, and sled coalesces concurrent
+//! flushes into one fsync (group commit).
 //!
 //! sled calls are synchronous but short (in-memory pages, log append); only
-//! the flush waits on disk, and it is async.
+//! the flush waits on disk, on tokio's blocking pool.
 
 use std::path::Path;
 
@@ -78,7 +78,18 @@ impl SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map(|_| ()).map_err(unavailable)
+        // Not `flush_async`: it runs on sled's own small thread pool, and
+        // under concurrent transactions those threads all queued behind a
+        // transaction's write lock while the flush holding the read lock
+        // waited for a log write that needed a pool thread: a deadlock
+        // (reproduced with `tessera bench`, 64 writes in flight). A
+        // blocking flush on tokio's blocking pool leaves sled's pool free.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(unavailable)?
+            .map(|_| ())
+            .map_err(unavailable)
     }
 
     fn stored(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
