@@ -482,6 +482,13 @@ impl RawConfig {
                 if !names.insert(p.name.clone()) {
                     return Err(invalid(&format!("principals[{i}].name"), "duplicate name"));
                 }
+                let verifies_clients = tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+                if p.cert_identity.is_some() && !verifies_clients {
+                    return Err(invalid(
+                        &format!("principals[{i}].cert_identity"),
+                        "needs tls.client_ca_file: without it no client certificate is verified",
+                    ));
+                }
                 check_principal(i, p)
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -779,6 +786,7 @@ mod tests {
             "data_dir = \"/x\"\n[[principals]]\nname = \"a\"\ntenant = \"t\"\nroles = [\"root\"]\napi_key_hash = \"sha256:00\"",
             "data_dir = \"/x\"\n[[principals]]\nname = \"a\"\ntenant = \"t\"\nroles = [\"tokenize\"]",
             "data_dir = \"/x\"\n[[principals]]\nname = \"a\"\ntenant = \"t\"\nroles = [\"admin\"]\ncert_identity = \"spiffe://x/a\"",
+            "data_dir = \"/x\"\n[[principals]]\nname = \"a\"\ntenant = \"t\"\nroles = [\"tokenize\"]\ncert_identity = \"spiffe://x/a\"",
             "data_dir = \"/x\"\n[access]\ntotp_step_seconds = 0",
             "data_dir = \"/x\"\n[metrics]\nlisten = \"0.0.0.0:9464\"",
             "listen = \"127.0.0.1:1\"",
