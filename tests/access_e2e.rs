@@ -293,21 +293,10 @@ async fn principals_are_added_and_revoked_on_a_running_server() {
         PrincipalsClient::with_interceptor(server.channel().await, server.admin_auth("admin"));
 
     // The CLI adds a POS principal; its key works at once.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args([
-            "principal",
-            "add",
-            "till-7",
-            "--role",
-            "tokenize",
-            "--json",
-            "--addr",
-            &server.addr,
-        ])
-        .args(["--otp", &otp(&server.totp_secret("admin"))])
-        .env("TESSERA_API_KEY", server.api_key("admin"))
-        .output()
-        .unwrap();
+    let out = server.admin_cli(
+        "admin",
+        &["principal", "add", "till-7", "--role", "tokenize", "--json"],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -397,12 +386,7 @@ async fn principals_are_added_and_revoked_on_a_running_server() {
         .await
         .unwrap_err();
     assert_eq!(foreign.code(), Code::NotFound);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["principal", "revoke", "ops", "--addr", &server.addr])
-        .args(["--otp", &otp(&server.totp_secret("admin2"))])
-        .env("TESSERA_API_KEY", server.api_key("admin2"))
-        .output()
-        .unwrap();
+    let out = server.admin_cli("admin2", &["principal", "revoke", "ops"]);
     assert!(
         out.status.success(),
         "{}",
@@ -424,12 +408,12 @@ async fn principals_are_added_and_revoked_on_a_running_server() {
     );
     let stored = std::fs::read_to_string(data.join("principals.json")).unwrap();
     assert!(!stored.contains(&till_key) && !stored.contains(&ops.api_key));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["principal", "list", "--json", "--addr", &server.addr])
-        .args(["--otp", &otp(&server.totp_secret("admin"))])
-        .env("TESSERA_API_KEY", server.api_key("admin"))
-        .output()
-        .unwrap();
+    let out = server.admin_cli("admin", &["principal", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let till_row = listed
         .as_array()

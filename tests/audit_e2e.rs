@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{AdminChannel, Server, assert_no_pan_leaked, otp};
+use common::{AdminChannel, Server, assert_no_pan_leaked};
 use tessera::cli::client::Bearer;
 use tessera::proto::v1;
 use tessera::proto::v1::audit_client::AuditClient;
@@ -297,19 +297,7 @@ async fn tampering_is_detected_at_the_first_bad_position() {
             "{name}: {report:?}"
         );
         // The CLI says so too, and exits non-zero.
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args([
-                "audit",
-                "verify",
-                "--addr",
-                &server.addr,
-                "--api-key",
-                &server.api_key("admin"),
-                "--otp",
-                &otp(&server.totp_secret("admin")),
-            ])
-            .output()
-            .unwrap();
+        let out = server.admin_cli("admin", &["audit", "verify"]);
         assert!(!out.status.success(), "{name}");
         assert!(
             String::from_utf8_lossy(&out.stdout).contains(&format!("TAMPERED at event {expected}")),
@@ -340,19 +328,7 @@ async fn tampering_is_detected_at_the_first_bad_position() {
     }
     // The untouched copy verifies.
     let server = Server::start(&pristine, &log);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args([
-            "audit",
-            "verify",
-            "--addr",
-            &server.addr,
-            "--api-key",
-            &server.api_key("admin"),
-            "--otp",
-            &otp(&server.totp_secret("admin")),
-        ])
-        .output()
-        .unwrap();
+    let out = server.admin_cli("admin", &["audit", "verify"]);
     assert!(
         out.status.success(),
         "{}",

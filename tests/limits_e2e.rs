@@ -113,20 +113,7 @@ async fn token_enumeration_is_alerted_audited_and_locked() {
         locked.message()
     );
 
-    let mut audit =
-        AuditClient::with_interceptor(server.channel().await, server.admin_auth("admin"));
-    let mut stream = audit
-        .list_events(v1::ListEventsRequest {
-            action: "Anomaly".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut anomalies = Vec::new();
-    while let Some(page) = stream.message().await.unwrap() {
-        anomalies.extend(page.events);
-    }
+    let anomalies = anomaly_events(&server).await;
     assert_eq!(anomalies.len(), 1, "{anomalies:?}");
     assert_eq!(
         (

@@ -236,6 +236,17 @@ impl Server {
             .to_owned()
     }
 
+    /// Runs the `tessera` CLI against this server as dev admin `who`, with
+    /// its API key and a fresh TOTP code.
+    pub fn admin_cli(&self, who: &str, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .args(["--addr", &self.addr, "--otp", &otp(&self.totp_secret(who))])
+            .env("TESSERA_API_KEY", self.api_key(who))
+            .output()
+            .unwrap()
+    }
+
     /// API key plus fresh TOTP codes of a dev admin.
     pub fn admin_auth(&self, who: &str) -> OtpAuth {
         OtpAuth::new(&self.api_key(who), &self.totp_secret(who))
