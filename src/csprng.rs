@@ -53,6 +53,24 @@ pub fn below(bound: u16) -> Result<u8, RngError> {
     }
 }
 
+/// A uniformly random number in `0..bound` (`bound` > 0), by rejection
+/// sampling over whole `u64`s so no value is favoured.
+pub fn below_u64(bound: u64) -> Result<u64, RngError> {
+    debug_assert!(bound > 0);
+    let bound = bound.max(1);
+    // The largest multiple of `bound` that fits: draws at or above it would
+    // favour the low values.
+    let zone = u64::MAX - (u64::MAX % bound);
+    loop {
+        let mut bytes = [0u8; 8];
+        fill(&mut bytes)?;
+        let draw = u64::from_le_bytes(bytes);
+        if draw < zone {
+            return Ok(draw % bound);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +83,14 @@ mod tests {
         for value in 0..10 {
             assert!(digits.contains(&value), "digit {value} never drawn");
         }
+    }
+
+    #[test]
+    fn below_u64_stays_in_range_and_reaches_both_ends() {
+        let draws: Vec<u64> = (0..2000).map(|_| below_u64(3).unwrap()).collect();
+        assert!(draws.iter().all(|d| *d < 3));
+        assert!(draws.contains(&0) && draws.contains(&2));
+        assert_eq!(below_u64(1).unwrap(), 0);
     }
 
     #[test]

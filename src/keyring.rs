@@ -26,6 +26,7 @@ use crate::kms::{KeyContext, KeyPurpose, Kms, KmsError};
 use crate::secret::{DataKey, KEY_LEN};
 use crate::store::{Store, StoreError, WrappedKeyRecord};
 use crate::tokens::ff1::Ff1Generator;
+use crate::tokens::{GeneratorKind, LuhnPolicy, TokenFormat};
 
 /// HKDF info for the token-id key.
 pub const TOKEN_ID_INFO: &[u8] = b"tessera/token-id/v1";
@@ -86,15 +87,49 @@ impl TenantKeys {
         TokenId::from_bytes(hmac(&self.token_id, ascii_digits))
     }
 
-    /// The PAN's fingerprint: HMAC-SHA256(fingerprint key, PAN).
-    pub fn fingerprint(&self, pan: &Pan) -> Fingerprint {
-        Fingerprint::from_bytes(hmac(&self.fingerprint, &pan.expose_ascii()))
+    /// The PAN's fingerprint in one token format:
+    /// HMAC-SHA256(fingerprint key, format ‖ PAN).
+    ///
+    /// The format is part of the message so deterministic lookups are per
+    /// tenant *and* format: a request for another format never finds, and
+    /// so never returns, a token of the wrong shape (SECURITY.md §5.7).
+    pub fn fingerprint(&self, pan: &Pan, format: &TokenFormat) -> Fingerprint {
+        let shape = format_tag(format);
+        Fingerprint::from_bytes(self.fingerprint.hmac_sha256(&[
+            FINGERPRINT_DOMAIN,
+            &shape,
+            &pan.expose_ascii(),
+        ]))
     }
 
     /// The tenant's FF1 generator.
     pub fn ff1(&self) -> &Ff1Generator {
         &self.ff1
     }
+}
+
+/// Prefix of every fingerprint message; a new message layout gets a new one.
+const FINGERPRINT_DOMAIN: &[u8] = b"fp2";
+
+/// The format as four bytes: generator, kept leading, kept trailing, Luhn.
+fn format_tag(format: &TokenFormat) -> [u8; 4] {
+    let generator = match format.generator() {
+        GeneratorKind::Random => 0,
+        GeneratorKind::Ff1 => 1,
+    };
+    let luhn = match format.luhn() {
+        LuhnPolicy::Invalid => 0,
+        LuhnPolicy::Valid => 1,
+        LuhnPolicy::Any => 2,
+    };
+    // Kept counts are 0, 4, 6 or 8.
+    let byte = |n: usize| u8::try_from(n).unwrap_or(u8::MAX);
+    [
+        generator,
+        byte(format.keep_leading()),
+        byte(format.keep_trailing()),
+        luhn,
+    ]
 }
 
 fn hmac(key: &DataKey, message: &[u8]) -> [u8; TOKEN_ID_LEN] {

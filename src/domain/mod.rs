@@ -1,6 +1,7 @@
 //! Domain types: PANs, tokens, tenants and principals. No I/O, no wire types.
 
 pub mod brand;
+pub mod disclosure;
 pub mod pan;
 pub mod principal;
 pub mod tenant;

@@ -9,6 +9,7 @@ use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::domain::brand::CardBrand;
+use crate::domain::disclosure::{self, MASK_TRAILING};
 use crate::tokens::luhn;
 
 /// Shortest PAN accepted (ISO/IEC 7812-1 allows 8, but payment cards in use
@@ -16,10 +17,6 @@ use crate::tokens::luhn;
 pub const MIN_PAN_LEN: usize = 12;
 /// Longest PAN (ISO/IEC 7812-1).
 pub const MAX_PAN_LEN: usize = 19;
-/// Leading digits a masked PAN may show (PCI DSS 3.4.1: at most BIN + last 4).
-pub const MASK_LEADING: usize = 6;
-/// Trailing digits a masked PAN may show.
-pub const MASK_TRAILING: usize = 4;
 
 /// Why a PAN was refused. No variant carries the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -144,7 +141,8 @@ impl Pan {
         CardBrand::from_iin(self.expose_digits())
     }
 
-    /// The PAN masked to at most the first six and last four digits.
+    /// The PAN masked to at most the first six and last four digits, fewer
+    /// leading ones for short PANs ([`disclosure::mask_leading`]).
     pub fn masked(&self) -> MaskedPan {
         MaskedPan::of_digits(self.expose_digits())
     }
@@ -169,7 +167,8 @@ impl fmt::Debug for Pan {
     }
 }
 
-/// A PAN masked for display: first six and last four digits, `*` between.
+/// A PAN masked for display: the leading digits [`disclosure::mask_leading`]
+/// allows (the first six from 15 digits up), `*`, and the last four.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MaskedPan(String);
 
@@ -177,11 +176,12 @@ impl MaskedPan {
     /// Masks digit values (0..=9).
     pub fn of_digits(digits: &[u8]) -> Self {
         let n = digits.len();
+        let leading = disclosure::mask_leading(n);
         let masked = digits
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                if i < MASK_LEADING || i + MASK_TRAILING >= n {
+                if i < leading || i + MASK_TRAILING >= n {
                     char::from(d + b'0')
                 } else {
                     '*'
@@ -192,12 +192,16 @@ impl MaskedPan {
     }
 
     /// Restores a masked PAN read back from the store, checking its shape:
-    /// digits only in the first six and last four places.
+    /// digits only in the leading places the length allows and the last
+    /// four. Records written before short PANs were masked more strictly
+    /// show six leading digits; they are read as stored.
     pub fn from_stored(text: String) -> Option<Self> {
         let n = text.len();
+        let leading = text.bytes().take_while(u8::is_ascii_digit).count();
         let well_formed = (MIN_PAN_LEN..=MAX_PAN_LEN).contains(&n)
+            && (leading == disclosure::mask_leading(n) || leading == disclosure::MASK_LEADING_MAX)
             && text.bytes().enumerate().all(|(i, b)| {
-                if i < MASK_LEADING || i + MASK_TRAILING >= n {
+                if i < leading || i + MASK_TRAILING >= n {
                     b.is_ascii_digit()
                 } else {
                     b == b'*'
@@ -270,11 +274,26 @@ mod tests {
             assert_eq!(pan.len(), len);
             let masked = pan.masked();
             assert_eq!(masked.as_str().len(), len);
-            assert_eq!(
-                masked.as_str().bytes().filter(|b| *b == b'*').count(),
-                len - 10
+            // PCI SSC FAQ 1091: at least 5 hidden up to 15 digits, 6 above.
+            let hidden = masked.as_str().bytes().filter(|b| *b == b'*').count();
+            assert_eq!(hidden, if len <= 15 { 5.max(len - 10) } else { len - 10 });
+            assert!(
+                masked
+                    .as_str()
+                    .ends_with(&String::from_utf8_lossy(&pan.last_four()).into_owned())
             );
+            assert!(MaskedPan::from_stored(masked.as_str().to_owned()).is_some());
         }
+    }
+
+    /// Finding 12: a 12-digit PAN masked as 6 + 4 left 2 hidden digits,
+    /// 10 Luhn candidates.
+    #[test]
+    fn short_pans_hide_at_least_five_digits() {
+        let pan = Pan::parse("501800000009").unwrap();
+        assert_eq!(pan.masked().as_str(), "501*****0009");
+        let amex = Pan::parse("378282246310005").unwrap();
+        assert_eq!(amex.masked().as_str(), "378282*****0005");
     }
 
     #[test]
@@ -288,5 +307,9 @@ mod tests {
         assert!(MaskedPan::from_stored("411111******1111".to_owned()).is_some());
         assert!(MaskedPan::from_stored("4111111111111111".to_owned()).is_none());
         assert!(MaskedPan::from_stored("41111*******1111".to_owned()).is_none());
+        // 12 digits show 3 + 4 (and legacy 6 + 4 records still read).
+        assert!(MaskedPan::from_stored("555*****4444".to_owned()).is_some());
+        assert!(MaskedPan::from_stored("555555**4444".to_owned()).is_some());
+        assert!(MaskedPan::from_stored("5555555*4444".to_owned()).is_none());
     }
 }

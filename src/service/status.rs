@@ -44,12 +44,15 @@ pub fn from_vault(e: &VaultError) -> Status {
         VaultError::Kms(KmsError::ShareRefused(why)) => invalid_argument("share", why),
         VaultError::Kms(KmsError::Refused(why)) => Status::failed_precondition(why.clone()),
         VaultError::Generate(
-            g
-            @ (GenerateError::Ff1DomainTooSmall { .. } | GenerateError::TokenSpaceTooSmall { .. }),
+            g @ (GenerateError::Ff1DomainTooSmall { .. }
+            | GenerateError::TokenSpaceTooSmall { .. }
+            | GenerateError::KeepsTooMany { .. }),
         ) => Status::failed_precondition(g.to_string()),
-        VaultError::TokenSpaceExhausted => Status::failed_precondition(
-            "no free token left for this card's kept digits; use a format that keeps fewer digits",
-        ),
+        VaultError::Generate(g @ GenerateError::BucketExhausted { .. }) => {
+            Status::resource_exhausted(g.to_string())
+        }
+        VaultError::ReuseConflict { .. } => Status::failed_precondition(e.to_string()),
+        VaultError::Contended => Status::aborted(e.to_string()),
         VaultError::Store(s) if s.is_retryable() => unavailable(e),
         VaultError::Kms(k) if k.is_retryable() => unavailable(e),
         VaultError::Generate(_)

@@ -8,10 +8,14 @@
 //! in a Luhn-valid PAN any one digit follows from the others, so FF1 loses
 //! nothing by leaving it out (see [`luhn::completing_digit`]).
 //!
-//! | generator | relation to the PAN | minimum generated digits |
+//! | generator | relation to the PAN | what the format must leave |
 //! |---|---|---|
-//! | [`random::RandomGenerator`] (default) | none: OS CSPRNG | [`MIN_RANDOM_DIGITS`] |
-//! | [`ff1::Ff1Generator`] | NIST SP 800-38G FF1, AES-256 | [`ff1::MIN_FF1_DIGITS`] (10^6 domain) |
+//! | [`random::RandomGenerator`] (default) | none: OS CSPRNG | one token value other than the PAN ([`random::RandomGenerator::capacity`]) |
+//! | [`ff1::Ff1Generator`] | NIST SP 800-38G FF1, AES-256 | [`ff1::MIN_FF1_DIGITS`] encrypted digits (10^6 domain) |
+//!
+//! Every format also keeps no more digits than PCI SSC FAQ 1091 allows for
+//! the PAN's length ([`TokenFormat::check_disclosure`],
+//! [`crate::domain::disclosure`]).
 
 pub mod ff1;
 pub mod luhn;
@@ -20,12 +24,7 @@ pub mod random;
 use std::ops::Range;
 
 use crate::csprng::RngError;
-use crate::domain::{Pan, Token};
-
-/// Fewest random digits a random token may have: below this a BIN + last-4
-/// bucket has too few tokens to stay collision-free (PCI tokenization
-/// guidance, uniqueness).
-pub const MIN_RANDOM_DIGITS: usize = 4;
+use crate::domain::{Pan, Token, disclosure};
 
 /// How the free digits are produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,6 +126,41 @@ impl TokenFormat {
         self.luhn
     }
 
+    /// The same format keeping other digit counts, unchecked (tests build
+    /// formats the API would refuse).
+    #[cfg(test)]
+    pub(crate) fn with_kept(self, keep_leading: u8, keep_trailing: u8) -> Self {
+        Self {
+            keep_leading,
+            keep_trailing,
+            ..self
+        }
+    }
+
+    /// Refuses a format that would keep more digits of a PAN of `len` than
+    /// PCI SSC FAQ 1091 allows ([`disclosure::allows`]).
+    ///
+    /// ```
+    /// use tessera::tokens::{GeneratorKind, LuhnPolicy, TokenFormat};
+    ///
+    /// assert!(TokenFormat::default().check_disclosure(15).is_ok());
+    /// assert!(TokenFormat::default().check_disclosure(13).is_err());
+    /// let bin8 = TokenFormat::new(GeneratorKind::Random, 8, 4, LuhnPolicy::Invalid).unwrap();
+    /// assert!(bin8.check_disclosure(16).is_ok());
+    /// ```
+    pub fn check_disclosure(&self, len: usize) -> Result<(), GenerateError> {
+        let (lead, trail) = (self.keep_leading(), self.keep_trailing());
+        if disclosure::allows(len, lead, trail) {
+            Ok(())
+        } else {
+            Err(GenerateError::KeepsTooMany {
+                kept: lead + trail,
+                len,
+                max_kept: disclosure::max_kept(len, lead),
+            })
+        }
+    }
+
     /// Where the free, spent and generated digits sit for a PAN of `len`.
     ///
     /// ```
@@ -190,13 +224,33 @@ pub enum GenerateError {
         /// The minimum.
         minimum: usize,
     },
-    /// A random token would have too few random digits to stay unique.
-    #[error("random tokens need at least {minimum} random digits, this format leaves {random}")]
+    /// The format keeps more digits than PCI SSC FAQ 1091 allows for the
+    /// PAN's length.
+    #[error(
+        "the format keeps {kept} of the card's {len} digits; PCI SSC FAQ 1091 allows at most {max_kept} for that length"
+    )]
+    KeepsTooMany {
+        /// Digits the format keeps.
+        kept: usize,
+        /// The PAN's length.
+        len: usize,
+        /// Most digits that length may keep.
+        max_kept: usize,
+    },
+    /// The format leaves no token value other than the card itself.
+    #[error("the format leaves {free} replaceable digits: no token can differ from the card")]
     TokenSpaceTooSmall {
-        /// Random digits the format leaves.
-        random: usize,
-        /// The minimum.
-        minimum: usize,
+        /// Digits the format replaces.
+        free: usize,
+    },
+    /// Every token of the card's bucket (its kept digits and Luhn policy)
+    /// is taken.
+    #[error(
+        "all {capacity} tokens for this card's kept digits are in use; use a format that keeps fewer digits"
+    )]
+    BucketExhausted {
+        /// How many tokens the bucket holds.
+        capacity: u64,
     },
     /// The OS CSPRNG failed.
     #[error(transparent)]

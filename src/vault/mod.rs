@@ -18,10 +18,11 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::clock::Clock;
-use crate::domain::{CardBrand, MaskedPan, Pan, TenantId, Token};
+use crate::domain::{CardBrand, Fingerprint, MaskedPan, Pan, TenantId, Token};
 use crate::envelope::{self, Binding, EnvelopeError};
 use crate::keyring::{Keyring, KeyringError, TenantKeys};
 use crate::kms::{Kms, KmsError};
+use crate::secret::DataKey;
 use crate::store::{
     PublicFacts, SealedRecord, Store, StoreError, StoredRecord, Tombstone, TombstoneReason,
 };
@@ -30,8 +31,19 @@ use crate::tokens::{
     FormatError, GenerateError, GeneratorKind, LuhnPolicy, TokenFormat, TokenGenerator,
 };
 
-/// How many tokens a tokenize tries before giving up on collisions.
-pub const MAX_TOKEN_ATTEMPTS: u32 = 16;
+/// Random draws a tokenize makes before it searches a small bucket to the
+/// end. At 32 draws a bucket must be over 97 % full before a draw-only
+/// tokenize fails once in a hundred.
+pub const RANDOM_DRAWS: u32 = 32;
+
+/// Buckets of at most this many tokens are searched to the end when the
+/// random draws keep colliding (at most this many reads, once per full-ish
+/// bucket); larger ones are never near full in practice.
+pub const EXHAUSTIVE_SEARCH_LIMIT: u64 = 10_000;
+
+/// Times an FF1 tokenize re-searches its generation when a racing writer
+/// takes the one found free.
+const FF1_PLACE_ATTEMPTS: u32 = 4;
 
 /// Vault-wide policy.
 #[derive(Debug, Clone)]
@@ -94,9 +106,19 @@ pub enum VaultError {
     /// The token format cannot be honoured for this PAN.
     #[error(transparent)]
     Generate(#[from] GenerateError),
-    /// Every candidate token was taken.
-    #[error("no free token after {MAX_TOKEN_ATTEMPTS} attempts")]
-    TokenSpaceExhausted,
+    /// A live deterministic token of this card exists in this format, but
+    /// with other options: returning it would change the contract.
+    #[error(
+        "a live deterministic token of this card exists with a different {option}; request the same {option} or delete that token first"
+    )]
+    ReuseConflict {
+        /// The API name of the option that differs.
+        option: &'static str,
+    },
+    /// Concurrent tokenizes of the same card kept taking the token found
+    /// free; a retry succeeds.
+    #[error("concurrent tokenizes of this card conflicted; retry")]
+    Contended,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -118,6 +140,12 @@ pub enum VaultError {
     /// The audit event could not be written: the call must fail closed.
     #[error("audit log unavailable: {0}")]
     Audit(#[from] crate::audit::AuditError),
+}
+
+impl From<crate::csprng::RngError> for VaultError {
+    fn from(e: crate::csprng::RngError) -> Self {
+        Self::Generate(e.into())
+    }
 }
 
 impl From<KeyringError> for VaultError {
@@ -226,6 +254,43 @@ fn decode_payload(payload: &[u8]) -> Result<(Pan, Token), VaultError> {
     Ok((pan, token))
 }
 
+/// Everything one tokenize needs to place its token.
+struct Issue<'a> {
+    tenant: &'a TenantId,
+    keys: &'a TenantKeys,
+    pan: &'a Pan,
+    format: TokenFormat,
+    fingerprint: Option<Fingerprint>,
+    facts: PublicFacts,
+    dek_version: u32,
+    dek: &'a DataKey,
+    now: u64,
+}
+
+/// What came of one append attempt.
+enum Placed {
+    /// The token was issued (or a concurrent one with the same options reused).
+    Issued(Tokenized),
+    /// The token value was taken.
+    Taken,
+}
+
+/// The first option in which a live token's facts differ from the facts a
+/// new token would get (DESIGN.md §2: reuse only when the options match).
+/// The TTL is compared as the lifetime it was issued with.
+fn reuse_conflict(existing: &PublicFacts, wanted: &PublicFacts) -> Option<&'static str> {
+    let lifetime = |f: &PublicFacts| f.expires_at_ms.map(|at| at.saturating_sub(f.created_at_ms));
+    if existing.single_use != wanted.single_use {
+        Some("single_use")
+    } else if lifetime(existing) != lifetime(wanted) {
+        Some("ttl")
+    } else if existing.metadata != wanted.metadata {
+        Some("metadata")
+    } else {
+        None
+    }
+}
+
 impl Vault {
     /// A vault over its parts.
     pub fn new(
@@ -278,24 +343,43 @@ impl Vault {
         self.store.ping().await.map_err(VaultError::from)
     }
 
-    fn resolve_format(&self, req: FormatRequest) -> Result<TokenFormat, VaultError> {
+    /// The format for a PAN of `len` digits. Fields the request sets are
+    /// honoured exactly (or refused with the reason); kept-digit counts it
+    /// leaves unset start from the vault default and give way, leading
+    /// digits first, until the token keeps no more than PCI SSC FAQ 1091
+    /// allows for the length, so the default format serves every valid PAN
+    /// of 12–19 digits.
+    fn resolve_format(&self, req: FormatRequest, len: usize) -> Result<TokenFormat, VaultError> {
         let d = self.policy.default_format;
-        let keep_leading = req
-            .keep_leading
-            .unwrap_or(u32::try_from(d.keep_leading()).unwrap_or(6));
-        let keep_trailing = req
-            .keep_trailing
-            .unwrap_or(u32::try_from(d.keep_trailing()).unwrap_or(4));
-        TokenFormat::new(
-            req.generator.unwrap_or(d.generator()),
-            keep_leading,
-            keep_trailing,
-            req.luhn.unwrap_or(d.luhn()),
-        )
-        .map_err(|e| match e {
-            FormatError::KeepLeading => VaultError::invalid("format.keep_leading", e),
-            FormatError::KeepTrailing => VaultError::invalid("format.keep_trailing", e),
-        })
+        let generator = req.generator.unwrap_or(d.generator());
+        let luhn = req.luhn.unwrap_or(d.luhn());
+        let default_lead = u32::try_from(d.keep_leading()).unwrap_or(0);
+        let default_trail = u32::try_from(d.keep_trailing()).unwrap_or(0);
+        let build = |lead: u32, trail: u32| {
+            TokenFormat::new(generator, lead, trail, luhn).map_err(|e| match e {
+                FormatError::KeepLeading => VaultError::invalid("format.keep_leading", e),
+                FormatError::KeepTrailing => VaultError::invalid("format.keep_trailing", e),
+            })
+        };
+        let lead = req.keep_leading.unwrap_or(default_lead);
+        let trail = req.keep_trailing.unwrap_or(default_trail);
+        let wanted = build(lead, trail)?;
+        let Err(refusal) = wanted.check_disclosure(len) else {
+            return Ok(wanted);
+        };
+        let (lead_set, trail_set) = (req.keep_leading.is_some(), req.keep_trailing.is_some());
+        let fallbacks = [
+            (!lead_set).then_some((0, trail)),
+            (!trail_set).then_some((lead, 0)),
+            (!lead_set && !trail_set).then_some((0, 0)),
+        ];
+        for (lead, trail) in fallbacks.into_iter().flatten() {
+            let format = build(lead, trail)?;
+            if format.check_disclosure(len).is_ok() {
+                return Ok(format);
+            }
+        }
+        Err(refusal.into())
     }
 
     fn check_metadata(&self, metadata: &BTreeMap<String, String>) -> Result<(), VaultError> {
@@ -350,7 +434,7 @@ impl Vault {
         cmd: TokenizeCommand,
     ) -> Result<Tokenized, VaultError> {
         self.ensure_unsealed()?;
-        let format = self.resolve_format(cmd.format)?;
+        let format = self.resolve_format(cmd.format, cmd.pan.len())?;
         self.check_metadata(&cmd.metadata)?;
         let now = self.clock.now_ms();
         let expires_at_ms = self.expiry(now, cmd.ttl)?;
@@ -373,18 +457,6 @@ impl Vault {
             ));
         }
 
-        let deterministic = format.generator() == GeneratorKind::Ff1
-            || cmd
-                .deterministic
-                .unwrap_or(self.policy.deterministic_by_default);
-        let fingerprint = deterministic.then(|| keys.fingerprint(&cmd.pan));
-        if let Some(fp) = &fingerprint
-            && let Some(existing) = self.store.find_by_fingerprint(tenant, fp).await?
-            && let Some(reused) = self.reuse(tenant, &existing, now).await?
-        {
-            return Ok(reused);
-        }
-
         let facts = PublicFacts {
             masked_pan: cmd.pan.masked(),
             brand: cmd.pan.brand(),
@@ -393,58 +465,175 @@ impl Vault {
             single_use: cmd.single_use,
             metadata: cmd.metadata,
         };
-        let (dek_version, dek) = self.keys.current_dek(tenant).await?;
-        for attempt in 0..MAX_TOKEN_ATTEMPTS {
-            let token = match format.generator() {
-                GeneratorKind::Random => RandomGenerator.generate(&cmd.pan, &format, attempt)?,
-                GeneratorKind::Ff1 => keys.ff1().generate(&cmd.pan, &format, attempt)?,
-            };
-            let token_id = keys.token_id(&token);
-            let binding = Binding {
-                tenant,
-                token_id: &token_id,
-                dek_version,
-            };
-            let sealed_pan = envelope::seal(&dek, binding, &encode_payload(&cmd.pan, &token))?;
-            let record = SealedRecord {
-                token_id,
-                tenant: tenant.clone(),
-                fingerprint,
-                facts: facts.clone(),
-                sealed_pan,
-            };
-            match self.store.append(record).await {
-                Ok(()) => {
-                    return Ok(Tokenized {
-                        token,
-                        masked_pan: facts.masked_pan,
-                        brand: facts.brand,
-                        reused: false,
-                    });
-                }
-                // The token value is taken (a collision, or for FF1 an
-                // earlier, now dead token of this PAN): try the next attempt.
-                Err(StoreError::AlreadyExists) => continue,
-                // A concurrent tokenize of the same PAN won: return its token.
-                Err(StoreError::FingerprintTaken(holder)) => {
-                    if let Some(existing) = self.store.get(&holder).await?
-                        && let Some(reused) = self.reuse(tenant, &existing, now).await?
-                    {
-                        return Ok(reused);
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let deterministic = format.generator() == GeneratorKind::Ff1
+            || cmd
+                .deterministic
+                .unwrap_or(self.policy.deterministic_by_default);
+        let fingerprint = deterministic.then(|| keys.fingerprint(&cmd.pan, &format));
+        if let Some(fp) = &fingerprint
+            && let Some(existing) = self.store.find_by_fingerprint(tenant, fp).await?
+            && let Some(reused) = self.reuse(tenant, &existing, &facts, now).await?
+        {
+            return Ok(reused);
         }
-        Err(VaultError::TokenSpaceExhausted)
+
+        let (dek_version, dek) = self.keys.current_dek(tenant).await?;
+        let issue = Issue {
+            tenant,
+            keys: &keys,
+            pan: &cmd.pan,
+            format,
+            fingerprint,
+            facts,
+            dek_version,
+            dek: &dek,
+            now,
+        };
+        match format.generator() {
+            GeneratorKind::Random => self.issue_random(&issue).await,
+            GeneratorKind::Ff1 => self.issue_ff1(&issue).await,
+        }
     }
 
-    /// Returns an existing live deterministic token, or tombstones it when
-    /// it has expired (so the fingerprint is free again) and returns `None`.
+    /// Issues a random token: uniform draws from the card's bucket, then,
+    /// when they keep colliding and the bucket is small enough, a search of
+    /// the whole bucket from a random place. A full bucket is
+    /// `BucketExhausted` (RESOURCE_EXHAUSTED), never an endless loop.
+    async fn issue_random(&self, issue: &Issue<'_>) -> Result<Tokenized, VaultError> {
+        for _ in 0..RANDOM_DRAWS {
+            let token = RandomGenerator.generate(issue.pan, &issue.format, 0)?;
+            if let Placed::Issued(done) = self.place(issue, token).await? {
+                return Ok(done);
+            }
+        }
+        let capacity = RandomGenerator::capacity(issue.pan, &issue.format);
+        if capacity <= EXHAUSTIVE_SEARCH_LIMIT {
+            let start = crate::csprng::below_u64(capacity)?;
+            for step in 0..capacity {
+                let index = (start + step) % capacity;
+                let token = RandomGenerator::candidate(issue.pan, &issue.format, index)?;
+                if self
+                    .store
+                    .get(&issue.keys.token_id(&token))
+                    .await?
+                    .is_some()
+                {
+                    continue;
+                }
+                if let Placed::Issued(done) = self.place(issue, token).await? {
+                    return Ok(done);
+                }
+            }
+        }
+        Err(GenerateError::BucketExhausted { capacity }.into())
+    }
+
+    /// Issues an FF1 token. Generation 0 first; when its value is taken (an
+    /// earlier token of this card was deleted, consumed or expired, and the
+    /// store never overwrites), the first free generation above the taken
+    /// ones, found in O(log n) reads for n dead tokens.
+    async fn issue_ff1(&self, issue: &Issue<'_>) -> Result<Tokenized, VaultError> {
+        let mut generation = 0;
+        for _ in 0..FF1_PLACE_ATTEMPTS {
+            let token = issue
+                .keys
+                .ff1()
+                .generate(issue.pan, &issue.format, generation)?;
+            if let Placed::Issued(done) = self.place(issue, token).await? {
+                return Ok(done);
+            }
+            generation = self.free_ff1_generation(issue).await?;
+        }
+        Err(VaultError::Contended)
+    }
+
+    /// The generation just above the taken ones: doubles until a free one,
+    /// then bisects between the last taken and the first free. Generations
+    /// are used in order, so taken ones form a prefix and this finds its end.
+    async fn free_ff1_generation(&self, issue: &Issue<'_>) -> Result<u32, VaultError> {
+        let (mut taken, mut free) = (0u32, 1u32);
+        while self.ff1_generation_taken(issue, free).await? {
+            taken = free;
+            free = free.checked_mul(2).ok_or(GenerateError::BucketExhausted {
+                capacity: u64::from(u32::MAX),
+            })?;
+        }
+        while free - taken > 1 {
+            let mid = taken + (free - taken) / 2;
+            if self.ff1_generation_taken(issue, mid).await? {
+                taken = mid;
+            } else {
+                free = mid;
+            }
+        }
+        Ok(free)
+    }
+
+    async fn ff1_generation_taken(
+        &self,
+        issue: &Issue<'_>,
+        generation: u32,
+    ) -> Result<bool, VaultError> {
+        let token = issue
+            .keys
+            .ff1()
+            .generate(issue.pan, &issue.format, generation)?;
+        Ok(self
+            .store
+            .get(&issue.keys.token_id(&token))
+            .await?
+            .is_some())
+    }
+
+    /// Seals `token`'s record and appends it. A taken token value is
+    /// `Taken`; a fingerprint held by a concurrent tokenize of the same card
+    /// returns that token when its options match.
+    async fn place(&self, issue: &Issue<'_>, token: Token) -> Result<Placed, VaultError> {
+        let token_id = issue.keys.token_id(&token);
+        let binding = Binding {
+            tenant: issue.tenant,
+            token_id: &token_id,
+            dek_version: issue.dek_version,
+        };
+        let sealed_pan = envelope::seal(issue.dek, binding, &encode_payload(issue.pan, &token))?;
+        let record = SealedRecord {
+            token_id,
+            tenant: issue.tenant.clone(),
+            fingerprint: issue.fingerprint,
+            facts: issue.facts.clone(),
+            sealed_pan,
+        };
+        match self.store.append(record).await {
+            Ok(()) => Ok(Placed::Issued(Tokenized {
+                token,
+                masked_pan: issue.facts.masked_pan.clone(),
+                brand: issue.facts.brand,
+                reused: false,
+            })),
+            Err(StoreError::AlreadyExists) => Ok(Placed::Taken),
+            Err(StoreError::FingerprintTaken(holder)) => {
+                if let Some(existing) = self.store.get(&holder).await?
+                    && let Some(reused) = self
+                        .reuse(issue.tenant, &existing, &issue.facts, issue.now)
+                        .await?
+                {
+                    return Ok(Placed::Issued(reused));
+                }
+                Ok(Placed::Taken)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Returns an existing live deterministic token when its options match
+    /// `wanted` (the facts a new token would get), refuses with
+    /// `ReuseConflict` when they do not, or tombstones it when it has expired
+    /// (so the fingerprint is free again) and returns `None`.
     async fn reuse(
         &self,
         tenant: &TenantId,
         existing: &StoredRecord,
+        wanted: &PublicFacts,
         now: u64,
     ) -> Result<Option<Tokenized>, VaultError> {
         if existing.record.tenant != *tenant || existing.tombstone.is_some() {
@@ -463,6 +652,9 @@ impl Vault {
                 Ok(()) | Err(StoreError::AlreadyExists) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
+        }
+        if let Some(option) = reuse_conflict(&existing.record.facts, wanted) {
+            return Err(VaultError::ReuseConflict { option });
         }
         let (_, token) = self.open(tenant, existing).await?;
         Ok(Some(Tokenized {

@@ -257,6 +257,21 @@ async fn metadata_and_format_limits() {
             ..
         })
     ));
+    // Separated card numbers too (finding 3).
+    for value in ["5555 5555 5555 4444", "3782-822463-10005", "4111.1111.1111.1111"] {
+        let mut c = cmd(VISA);
+        c.metadata.insert("note".into(), value.into());
+        assert!(
+            matches!(
+                f.vault.tokenize(&t, c).await,
+                Err(VaultError::InvalidArgument {
+                    field: "metadata",
+                    ..
+                })
+            ),
+            "{value}"
+        );
+    }
     let mut c = cmd(VISA);
     c.metadata.insert("k".into(), "v".repeat(5000));
     assert!(matches!(
@@ -448,3 +463,5 @@ async fn sealed_vault_refuses_everything_and_forgets_keys() {
     f.vault.unseal("admin", b"").await.unwrap();
     assert!(f.vault.detokenize(&t, &out.token).await.is_ok());
 }
+
+mod format_contract;
