@@ -424,3 +424,122 @@ async fn principals_are_added_and_revoked_on_a_running_server() {
     assert_eq!(till_row["revoked"], true);
     assert_eq!(till_row["origin"], "added");
 }
+
+/// Finding 8: admin strings reached the store and the audit log before they
+/// were validated (a 2.5 MB name made of card numbers was refused, but
+/// logged, and `tessera audit list` failed afterwards). Finding 3: card
+/// numbers with separators passed the metadata filter and the scans.
+#[tokio::test]
+async fn admin_strings_and_metadata_are_checked_before_anything_records_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let server = Server::start(&data, &log);
+    let mut admin =
+        PrincipalsClient::with_interceptor(server.channel().await, server.admin_auth("admin"));
+    let spaced = "5555 5555 5555 4444";
+    let dashed = "3782-822463-10005";
+
+    let huge = format!("{spaced} ").repeat(2_500_000 / 20);
+    let refused = admin
+        .add_principal(v1::AddPrincipalRequest {
+            name: huge,
+            roles: vec!["tokenize".into()],
+            cert_identity: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    for name in [dashed, "till 7", "till\n7"] {
+        let refused = admin
+            .add_principal(v1::AddPrincipalRequest {
+                name: name.into(),
+                roles: vec!["tokenize".into()],
+                cert_identity: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{name:?}");
+        assert!(!refused.message().contains(name), "{name:?}");
+    }
+    let unknown_role = admin
+        .add_principal(v1::AddPrincipalRequest {
+            name: "till-8".into(),
+            roles: vec![dashed.into()],
+            cert_identity: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown_role.code(), Code::InvalidArgument);
+    assert!(!tessera::leak::contains_pan(unknown_role.message()));
+    for refused in [
+        admin
+            .revoke_principal(v1::RevokePrincipalRequest {
+                name: dashed.into(),
+            })
+            .await
+            .unwrap_err(),
+        admin
+            .unlock_principal(v1::UnlockPrincipalRequest {
+                name: spaced.into(),
+            })
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(!tessera::leak::contains_pan(refused.message()));
+    }
+    let mut keys =
+        KeyAdminClient::with_interceptor(server.channel().await, server.admin_auth("admin"));
+    let bad_id = keys
+        .approve(v1::ApproveRequest { id: dashed.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_id.code(), Code::InvalidArgument);
+
+    // Metadata with separated card numbers is refused and never echoed.
+    let mut pos = server.client("processor").await;
+    for value in [spaced, dashed, "4111.1111.1111.1111", "4111/1111/1111/1111"] {
+        let refused = pos
+            .tokenize(v1::TokenizeRequest {
+                pan: VISA.into(),
+                metadata: [("note".to_owned(), value.to_owned())].into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{value}");
+        assert!(!tessera::leak::contains_pan(refused.message()));
+    }
+
+    // The audit log still reads, and holds none of it.
+    let mut auditor = v1::audit_client::AuditClient::with_interceptor(
+        server.channel().await,
+        server.admin_auth("admin"),
+    );
+    let mut stream = auditor
+        .list_events(v1::ListEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(page) = stream.message().await.unwrap() {
+        events.extend(page.events);
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e.resource == "principal:<invalid name>")
+    );
+    assert!(events.iter().any(|e| e.resource == "approval:<invalid id>"));
+    for event in &events {
+        assert!(event.resource.len() <= 128, "{}", event.resource.len());
+        assert!(
+            !tessera::leak::contains_pan(&event.resource),
+            "{}",
+            event.resource
+        );
+    }
+    drop(server);
+    common::assert_no_pan_leaked(&log, &data, &[spaced, dashed, VISA]);
+}

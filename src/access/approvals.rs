@@ -13,6 +13,15 @@ use std::time::{Duration, Instant};
 use crate::csprng;
 use crate::domain::TenantId;
 
+/// Random bytes in an approval id (shown as twice as many hex digits).
+const ID_BYTES: usize = 8;
+
+/// Whether `id` has the shape of an approval id (16 lowercase hex digits),
+/// checked before an id from a request is looked up, logged or audited.
+pub fn is_well_formed_id(id: &str) -> bool {
+    id.len() == 2 * ID_BYTES && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// An action that needs two admins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DualControlAction {
@@ -91,7 +100,7 @@ impl Approvals {
         tenant: &TenantId,
         now_ms: u64,
     ) -> Pending {
-        let mut bytes = [0u8; 8];
+        let mut bytes = [0u8; ID_BYTES];
         // Ids need uniqueness, not secrecy; a failed RNG still yields a usable id.
         let _ = csprng::fill(&mut bytes);
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);

@@ -665,9 +665,8 @@ fn check_policy(tokens: &RawTokens, limits: &RawLimits) -> Result<VaultPolicy, C
 
 fn check_principal(i: usize, p: RawPrincipal) -> Result<PrincipalEntry, ConfigError> {
     let key = |field: &str| format!("principals[{i}].{field}");
-    if p.name.is_empty() || p.name.len() > 128 {
-        return Err(invalid(&key("name"), "must be 1 to 128 characters"));
-    }
+    crate::domain::principal::check_name(&p.name)
+        .map_err(|e| invalid(&key("name"), e.to_string()))?;
     let tenant = TenantId::new(&p.tenant).map_err(|e| invalid(&key("tenant"), e.to_string()))?;
     let roles = p
         .roles

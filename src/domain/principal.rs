@@ -60,6 +60,51 @@ impl Role {
     }
 }
 
+/// Longest principal name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Why a principal name was refused. No variant carries the input, so a
+/// refused name never reaches an error, a log line or the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// Empty or longer than [`MAX_NAME_LEN`].
+    #[error("must be 1 to 64 characters")]
+    Length,
+    /// A character outside `A–Z a–z 0–9 . _ - @`.
+    #[error("may contain only letters, digits and . _ - @")]
+    Character,
+    /// Shaped like a card number (separators stripped).
+    #[error("must not be a card number")]
+    CardShaped,
+}
+
+/// Checks a principal name before anything logs, audits or stores it:
+/// 1 to 64 characters from `A–Z a–z 0–9 . _ - @` (what SPIFFE path
+/// segments, e-mail style ids and host names need), never card-shaped.
+///
+/// ```
+/// use tessera::domain::principal::{NameError, check_name};
+/// assert!(check_name("pos-terminal.eu@acme").is_ok());
+/// assert_eq!(check_name("a b"), Err(NameError::Character));
+/// assert_eq!(check_name("5555-5555-5555-4444"), Err(NameError::CardShaped));
+/// ```
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(NameError::Length);
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+    {
+        return Err(NameError::Character);
+    }
+    if crate::leak::contains_pan(name) {
+        return Err(NameError::CardShaped);
+    }
+    Ok(())
+}
+
 /// An authenticated caller.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -91,6 +136,19 @@ impl fmt::Debug for Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Finding 8: a 2.5 MB name made of card numbers reached the store and
+    /// the audit log before it was refused.
+    #[test]
+    fn names_are_bounded_and_never_card_shaped() {
+        assert_eq!(check_name(&"a".repeat(65)), Err(NameError::Length));
+        assert_eq!(check_name(""), Err(NameError::Length));
+        assert!(check_name(&"a".repeat(64)).is_ok());
+        assert_eq!(check_name("4111111111111111"), Err(NameError::CardShaped));
+        assert_eq!(check_name("3782-822463-10005"), Err(NameError::CardShaped));
+        assert_eq!(check_name("x\n"), Err(NameError::Character));
+        assert_eq!(check_name("admin\u{202e}"), Err(NameError::Character));
+    }
 
     #[test]
     fn role_names_round_trip() {

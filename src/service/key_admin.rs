@@ -380,6 +380,20 @@ impl KeyAdmin for KeyAdminService {
         let call = CallContext::of("Approve", &request);
         let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
         let id = request.get_ref().id.clone();
+        if !crate::access::approvals::is_well_formed_id(&id) {
+            let refused = Err(status::invalid_argument(
+                "id",
+                "must be an approval id: 16 lowercase hex digits",
+            ));
+            return self
+                .finish(
+                    &call,
+                    &principal,
+                    "approval:<invalid id>".to_owned(),
+                    refused,
+                )
+                .await;
+        }
         let pending = match self
             .approvals
             .approve(&id, &principal.name, &principal.tenant)

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::access::principals::{BookError, NewPrincipal, Origin, PrincipalSummary};
+use crate::domain::principal::check_name;
 use crate::domain::{Principal, Role};
 use crate::proto::v1;
 use crate::proto::v1::principals_server::Principals;
@@ -47,13 +48,14 @@ impl PrincipalsService {
     }
 
     /// The named principal, when it belongs to the caller's tenant.
-    /// Another tenant's principal is NOT_FOUND, as if it did not exist.
+    /// Another tenant's principal is NOT_FOUND, as if it did not exist, and
+    /// the answer names neither.
     fn own_tenant(&self, caller: &Principal, name: &str) -> Result<PrincipalSummary, Status> {
         self.auth
             .principals()
             .get(name)
             .filter(|s| s.principal.tenant == caller.tenant)
-            .ok_or_else(|| Status::not_found(format!("no principal named {name:?}")))
+            .ok_or_else(|| Status::not_found("no such principal in your tenant"))
     }
 }
 
@@ -70,29 +72,51 @@ fn book_status(e: &BookError) -> Status {
     }
 }
 
+/// A principal name from a request, checked before anything logs or audits
+/// it ([`check_name`]); the refusal never echoes it.
+fn checked_name(name: &str) -> Result<&str, Status> {
+    check_name(name)
+        .map(|()| name)
+        .map_err(|e| status::invalid_argument("name", &e.to_string()))
+}
+
+/// The audit resource for a principal named in a request: the name once
+/// checked, a placeholder otherwise (a refused name is never recorded).
+fn principal_resource(name: &Result<&str, Status>) -> String {
+    match name {
+        Ok(name) => format!("principal:{name}"),
+        Err(_) => "principal:<invalid name>".to_owned(),
+    }
+}
+
 fn parse_new(caller: &Principal, req: &v1::AddPrincipalRequest) -> Result<NewPrincipal, Status> {
-    let name = req.name.trim();
-    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(status::invalid_argument(
-            "name",
-            "must be 1 to 128 printable characters",
-        ));
+    let name = checked_name(&req.name)?;
+    if req.roles.len() > Role::ALL.len() {
+        return Err(status::invalid_argument("roles", "too many roles"));
     }
     let roles = req
         .roles
         .iter()
         .map(|r| Role::parse(r))
         .collect::<Result<BTreeSet<_>, _>>()
-        .map_err(|e| status::invalid_argument("roles", &e.to_string()))?;
+        .map_err(|_| {
+            status::invalid_argument(
+                "roles",
+                "unknown role; expected tokenize, detokenize, read_info, delete, admin or audit",
+            )
+        })?;
     if roles.is_empty() {
         return Err(status::invalid_argument("roles", "at least one role"));
     }
     let cert_identity = match req.cert_identity.trim() {
         "" => None,
-        id if id.len() > 512 || id.chars().any(char::is_control) => {
+        id if id.len() > 512
+            || id.chars().any(char::is_control)
+            || crate::leak::contains_pan(id) =>
+        {
             return Err(status::invalid_argument(
                 "cert_identity",
-                "must be at most 512 printable characters",
+                "must be at most 512 printable characters, never a card number",
             ));
         }
         id => Some(id.to_owned()),
@@ -138,7 +162,7 @@ impl Principals for PrincipalsService {
         let call = CallContext::of("AddPrincipal", &request);
         let caller = self.admin(&call, &request).await?;
         let new = parse_new(&caller, request.get_ref());
-        let resource = format!("principal:{}", request.get_ref().name.trim());
+        let resource = principal_resource(&checked_name(&request.get_ref().name));
         let step = self.auth.otp_step();
         let result = new.and_then(|new| {
             let name = new.name.clone();
@@ -191,8 +215,10 @@ impl Principals for PrincipalsService {
     ) -> Result<Response<v1::RevokePrincipalResponse>, Status> {
         let call = CallContext::of("RevokePrincipal", &request);
         let caller = self.admin(&call, &request).await?;
-        let name = request.get_ref().name.clone();
-        let result = self.own_tenant(&caller, &name).and_then(|_| {
+        let name = checked_name(&request.get_ref().name);
+        let resource = principal_resource(&name);
+        let result = name.and_then(|name| {
+            self.own_tenant(&caller, name)?;
             if name == caller.name {
                 return Err(Status::failed_precondition(
                     "an admin cannot revoke itself; ask another admin",
@@ -200,19 +226,12 @@ impl Principals for PrincipalsService {
             }
             self.auth
                 .principals()
-                .revoke(&name)
+                .revoke(name)
                 .map_err(|e| book_status(&e))?;
             tracing::warn!(revoked = %name, "principal revoked");
             Ok(v1::RevokePrincipalResponse {})
         });
-        finish_admin(
-            &self.vault,
-            &call,
-            &caller,
-            format!("principal:{name}"),
-            result,
-        )
-        .await
+        finish_admin(&self.vault, &call, &caller, resource, result).await
     }
 
     #[instrument(skip_all, name = "UnlockPrincipal", fields(principal, tenant))]
@@ -222,19 +241,14 @@ impl Principals for PrincipalsService {
     ) -> Result<Response<v1::UnlockPrincipalResponse>, Status> {
         let call = CallContext::of("UnlockPrincipal", &request);
         let caller = self.admin(&call, &request).await?;
-        let name = request.get_ref().name.clone();
-        let result = self.own_tenant(&caller, &name).map(|_| {
-            let was_locked = self.auth.guard().unlock_principal(&name);
+        let name = checked_name(&request.get_ref().name);
+        let resource = principal_resource(&name);
+        let result = name.and_then(|name| {
+            self.own_tenant(&caller, name)?;
+            let was_locked = self.auth.guard().unlock_principal(name);
             tracing::info!(unlocked = %name, was_locked, "principal unlocked");
-            v1::UnlockPrincipalResponse { was_locked }
+            Ok(v1::UnlockPrincipalResponse { was_locked })
         });
-        finish_admin(
-            &self.vault,
-            &call,
-            &caller,
-            format!("principal:{name}"),
-            result,
-        )
-        .await
+        finish_admin(&self.vault, &call, &caller, resource, result).await
     }
 }
