@@ -79,6 +79,8 @@ fn authentication(c: &mut Criterion) {
                 tenant: tenant.clone(),
                 roles: [Role::Tokenize].into_iter().collect(),
                 cert_identity: Some(format!("spiffe://tessera/pos-{n}")),
+                created_by: None,
+                created_at_ms: 0,
             })
             .unwrap_or_else(|_| unreachable_bench());
         key = issued.api_key.expose_secret().to_owned();

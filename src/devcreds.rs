@@ -49,7 +49,7 @@ pub enum DevCredsError {
     Rng(#[from] RngError),
 }
 
-fn spec() -> [(&'static str, &'static str, &'static [Role], bool); 5] {
+fn spec() -> [(&'static str, &'static str, &'static [Role], bool); 7] {
     const POS: &[Role] = &[Role::Tokenize, Role::ReadInfo];
     const PROCESSOR: &[Role] = &[
         Role::Tokenize,
@@ -58,51 +58,63 @@ fn spec() -> [(&'static str, &'static str, &'static [Role], bool); 5] {
         Role::Delete,
     ];
     const ADMIN: &[Role] = &[Role::Admin, Role::Audit];
+    const OPERATOR: &[Role] = &[Role::Operator, Role::Audit];
     [
         ("pos", "default", POS, false),
         ("processor", "default", PROCESSOR, false),
         ("admin", "default", ADMIN, true),
         ("admin2", "default", ADMIN, true),
         ("other", "other", PROCESSOR, false),
+        // The system scope: seal, unseal, master key rotation (two of them,
+        // so dual control can be tried by hand).
+        ("operator", TenantId::SYSTEM_NAME, OPERATOR, true),
+        ("operator2", TenantId::SYSTEM_NAME, OPERATOR, true),
     ]
 }
 
-/// Loads the file in `dir`, creating it on first start.
+/// A fresh credential per the spec row.
+fn generate(tenant: &str, roles: &[Role], admin: bool) -> Result<DevCredential, DevCredsError> {
+    let key = api_key::generate()?;
+    let totp_secret = if admin {
+        let secret = TotpSecret::generate()?;
+        Some(secret.to_base32().expose_secret().to_owned())
+    } else {
+        None
+    };
+    Ok(DevCredential {
+        api_key: key.key.expose_secret().to_owned(),
+        totp_secret,
+        tenant: tenant.to_owned(),
+        roles: roles.iter().map(|r| r.name().to_owned()).collect(),
+    })
+}
+
+/// Loads the file in `dir`, creating it on first start. A file written
+/// before a principal joined the spec (the operators) gets it added.
 pub fn load_or_create(dir: &Path) -> Result<BTreeMap<String, DevCredential>, DevCredsError> {
     let path = dir.join(FILE_NAME);
-    match std::fs::read(&path) {
+    let mut creds: BTreeMap<String, DevCredential> = match std::fs::read(&path) {
         Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|e| DevCredsError::Malformed(e.to_string()))
+            serde_json::from_slice(&bytes).map_err(|e| DevCredsError::Malformed(e.to_string()))?
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut creds = BTreeMap::new();
-            for (name, tenant, roles, admin) in spec() {
-                let key = api_key::generate()?;
-                let totp_secret = if admin {
-                    let secret = TotpSecret::generate()?;
-                    Some(secret.to_base32().expose_secret().to_owned())
-                } else {
-                    None
-                };
-                creds.insert(
-                    name.to_owned(),
-                    DevCredential {
-                        api_key: key.key.expose_secret().to_owned(),
-                        totp_secret,
-                        tenant: tenant.to_owned(),
-                        roles: roles.iter().map(|r| r.name().to_owned()).collect(),
-                    },
-                );
-            }
-            crate::private_file::replace(
-                &path,
-                &serde_json::to_vec_pretty(&creds)
-                    .map_err(|e| DevCredsError::Malformed(e.to_string()))?,
-            )?;
-            Ok(creds)
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut changed = false;
+    for (name, tenant, roles, admin) in spec() {
+        if !creds.contains_key(name) {
+            creds.insert(name.to_owned(), generate(tenant, roles, admin)?);
+            changed = true;
         }
-        Err(e) => Err(e.into()),
     }
+    if changed {
+        crate::private_file::replace(
+            &path,
+            &serde_json::to_vec_pretty(&creds)
+                .map_err(|e| DevCredsError::Malformed(e.to_string()))?,
+        )?;
+    }
+    Ok(creds)
 }
 
 /// The principals the file describes.
@@ -112,8 +124,8 @@ pub fn principals(
     creds
         .iter()
         .map(|(name, c)| {
-            let tenant =
-                TenantId::new(&c.tenant).map_err(|e| DevCredsError::Malformed(e.to_string()))?;
+            let tenant = TenantId::from_stored(&c.tenant)
+                .map_err(|e| DevCredsError::Malformed(e.to_string()))?;
             let roles = c
                 .roles
                 .iter()
@@ -138,6 +150,8 @@ pub fn principals(
                 key_hash: Some(KeyHash::of(&c.api_key)),
                 cert_identity: Some(format!("spiffe://tessera/{name}")),
                 totp,
+                created_at_ms: 0,
+                created_by: None,
             })
         })
         .collect()
@@ -152,7 +166,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = load_or_create(dir.path()).unwrap();
         let second = load_or_create(dir.path()).unwrap();
-        assert_eq!(first.len(), 5);
+        assert_eq!(first.len(), 7);
+        assert_eq!(first["operator"].tenant, TenantId::SYSTEM_NAME);
+        assert!(first["operator"].totp_secret.is_some());
         for (name, c) in &first {
             assert_eq!(c.api_key, second[name].api_key);
         }

@@ -188,6 +188,7 @@ pub async fn run(
     let principals = PrincipalsServer::new(PrincipalsService::new(
         Arc::clone(&app.vault),
         Arc::clone(&app.auth),
+        Arc::clone(&app.approvals),
     ));
     let key_admin = KeyAdminServer::new(KeyAdminService::new(app.vault, app.auth, app.approvals));
     let mut builder = tonic::transport::Server::builder();

@@ -314,6 +314,7 @@ async fn principals_are_added_and_revoked_on_a_running_server() {
             name: "ops".into(),
             roles: vec!["admin".into()],
             cert_identity: String::new(),
+            tenant: String::new(),
         })
         .await
         .unwrap()
@@ -322,8 +323,23 @@ async fn principals_are_added_and_revoked_on_a_running_server() {
         ops.otpauth_uri
             .starts_with("otpauth://totp/Tessera:ops?secret=")
     );
+    // Granting admin waits for a second admin: the key works only after.
+    assert_eq!(ops.approval_id.len(), 16);
     let ops_auth = OtpAuth::new(&ops.api_key, &secret_of_uri(&ops.otpauth_uri));
     let mut ops_admin = KeyAdminClient::with_interceptor(server.channel().await, ops_auth.clone());
+    let early = ops_admin
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), Code::Unauthenticated);
+    let mut admin2 =
+        KeyAdminClient::with_interceptor(server.channel().await, server.admin_auth("admin2"));
+    admin2
+        .approve(v1::ApproveRequest {
+            id: ops.approval_id.clone(),
+        })
+        .await
+        .unwrap();
     ops_admin
         .get_status(v1::GetStatusRequest::default())
         .await
@@ -335,6 +351,7 @@ async fn principals_are_added_and_revoked_on_a_running_server() {
             name: "till-7".into(),
             roles: vec!["tokenize".into()],
             cert_identity: String::new(),
+            tenant: String::new(),
         })
         .await
         .unwrap_err();
@@ -344,6 +361,7 @@ async fn principals_are_added_and_revoked_on_a_running_server() {
             name: "x".into(),
             roles: vec!["root".into()],
             cert_identity: String::new(),
+            tenant: String::new(),
         })
         .await
         .unwrap_err();
@@ -446,6 +464,7 @@ async fn admin_strings_and_metadata_are_checked_before_anything_records_them() {
             name: huge,
             roles: vec!["tokenize".into()],
             cert_identity: String::new(),
+            tenant: String::new(),
         })
         .await
         .unwrap_err();
@@ -456,6 +475,7 @@ async fn admin_strings_and_metadata_are_checked_before_anything_records_them() {
                 name: name.into(),
                 roles: vec!["tokenize".into()],
                 cert_identity: String::new(),
+                tenant: String::new(),
             })
             .await
             .unwrap_err();
@@ -467,6 +487,7 @@ async fn admin_strings_and_metadata_are_checked_before_anything_records_them() {
             name: "till-8".into(),
             roles: vec![dashed.into()],
             cert_identity: String::new(),
+            tenant: String::new(),
         })
         .await
         .unwrap_err();

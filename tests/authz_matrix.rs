@@ -1,9 +1,12 @@
-//! The authorization matrix: every role × every RPC × own and other tenant.
+//! The authorization matrix: every role × every RPC × own tenant, other
+//! tenant and the system scope.
 //!
-//! Each principal holds exactly one role. A call without the RPC's role is
-//! PERMISSION_DENIED; with it, the call runs in the caller's own tenant, and
-//! another tenant's tokens, keys, approvals, events and principals are out
-//! of reach (NOT_FOUND, or PERMISSION_DENIED when the tenant is named).
+//! Each principal holds exactly one role. A call without one of the RPC's
+//! roles is PERMISSION_DENIED; with it, the call runs in the caller's own
+//! scope, and another tenant's tokens, keys, approvals, events and principals
+//! are out of reach (NOT_FOUND, or PERMISSION_DENIED when the tenant is
+//! named). Vault-wide RPCs belong to the system scope's operators alone; no
+//! tenant principal reaches them (SECURITY.md §5.2).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -19,11 +22,11 @@ use tessera::proto::v1::key_admin_client::KeyAdminClient;
 use tessera::proto::v1::principals_client::PrincipalsClient;
 use tessera::proto::v1::tokenizer_client::TokenizerClient;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 const VISA: &str = "4111111111111111";
 const HOME: &str = "default";
 const AWAY: &str = "other";
+const SYSTEM: &str = "_system";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rpc {
@@ -78,14 +81,36 @@ impl Rpc {
         Self::Seal,
     ];
 
-    fn role(self) -> Role {
+    /// The roles that may call it (each in its own scope).
+    fn roles(self) -> &'static [Role] {
         match self {
-            Self::Tokenize | Self::TokenizeBatch => Role::Tokenize,
-            Self::Detokenize | Self::DetokenizeBatch => Role::Detokenize,
-            Self::GetTokenInfo => Role::ReadInfo,
-            Self::DeleteToken => Role::Delete,
-            Self::ListEvents | Self::Verify => Role::Audit,
-            _ => Role::Admin,
+            Self::Tokenize | Self::TokenizeBatch => &[Role::Tokenize],
+            Self::Detokenize | Self::DetokenizeBatch => &[Role::Detokenize],
+            Self::GetTokenInfo => &[Role::ReadInfo],
+            Self::DeleteToken => &[Role::Delete],
+            Self::ListEvents | Self::Verify => &[Role::Audit],
+            Self::Unseal | Self::RotateMasterKey | Self::Seal => &[Role::Operator],
+            Self::RotateDataKey | Self::Reencrypt | Self::RetireDataKey | Self::ShredTenant => {
+                &[Role::Admin]
+            }
+            Self::GetStatus
+            | Self::ListApprovals
+            | Self::Approve
+            | Self::AddPrincipal
+            | Self::ListPrincipals
+            | Self::RevokePrincipal
+            | Self::UnlockPrincipal => &[Role::Admin, Role::Operator],
+        }
+    }
+
+    /// What an operator gets when the request targets the home tenant:
+    /// status and principals of any tenant are theirs to see and manage;
+    /// a tenant's approvals are not theirs to approve.
+    fn answer_to_operator(self) -> Option<Code> {
+        match self {
+            Self::Approve => Some(Code::NotFound),
+            Self::RotateMasterKey => Some(Code::FailedPrecondition),
+            _ => None,
         }
     }
 
@@ -129,7 +154,8 @@ struct Fixture {
     server: Server,
     /// The dev processor of the home tenant, to make fresh tokens.
     processor: tessera::cli::client::Client,
-    /// A RotateMasterKey request of the home tenant's dev admin.
+    /// A pending grant of the home tenant's dev admin (a detokenize
+    /// principal), for the Approve and ListApprovals rows.
     approval_id: String,
 }
 
@@ -324,8 +350,17 @@ async fn call(fx: &mut Fixture, caller: &Caller, rpc: Rpc) -> Outcome {
             principals
                 .add_principal(v1::AddPrincipalRequest {
                     name: format!("added-by-{}", caller.name),
-                    roles: vec!["tokenize".into()],
+                    // A role the caller's scope can hold.
+                    roles: vec![
+                        if caller.tenant == SYSTEM {
+                            "audit"
+                        } else {
+                            "tokenize"
+                        }
+                        .into(),
+                    ],
                     cert_identity: String::new(),
+                    tenant: String::new(),
                 })
                 .await,
         )),
@@ -364,12 +399,15 @@ fn start(dir: &std::path::Path) -> (Server, Vec<Caller>) {
     let mut text = String::new();
     let mut callers = Vec::new();
     // The other tenant first: it must try the home tenant's approval and
-    // victim before the home admin uses them; the home admin last of all,
-    // because Seal ends the run.
-    let order = [AWAY, HOME];
+    // victim before the home admin uses them; the system scope last, its
+    // operator last of all, because Seal ends the run.
+    let order = [AWAY, HOME, SYSTEM];
     for tenant in order {
-        let mut roles: Vec<Role> = Role::ALL.to_vec();
-        roles.sort_by_key(|r| *r == Role::Admin);
+        let mut roles: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| r.allowed_in(&tessera::domain::TenantId::from_stored(tenant).unwrap()))
+            .collect();
+        roles.sort_by_key(|r| matches!(r, Role::Admin | Role::Operator));
         for role in roles {
             let name = format!("{tenant}-{}", role.name());
             let key = tessera::access::api_key::generate().unwrap();
@@ -378,7 +416,7 @@ fn start(dir: &std::path::Path) -> (Server, Vec<Caller>) {
                 role.name(),
                 key.hash.to_config_string()
             ));
-            let auth = if matches!(role, Role::Admin | Role::Audit) {
+            let auth = if matches!(role, Role::Admin | Role::Audit | Role::Operator) {
                 let (file, secret) = common::totp_file(dir, &name);
                 text.push_str(&format!("totp_secret_file = \"{}\"\n", file.display()));
                 OtpAuth::new(key.key.expose_secret(), &secret)
@@ -411,12 +449,19 @@ async fn every_role_every_rpc_own_and_other_tenant() {
     let processor = server.client("processor").await;
     // A pending home-tenant approval for the Approve and ListApprovals rows.
     let mut dev_admin =
-        KeyAdminClient::with_interceptor(server.channel().await, server.admin_auth("admin"));
-    let pending = dev_admin
-        .rotate_master_key(v1::RotateMasterKeyRequest {})
+        PrincipalsClient::with_interceptor(server.channel().await, server.admin_auth("admin"));
+    let approval_id = dev_admin
+        .add_principal(v1::AddPrincipalRequest {
+            name: "granted-reader".into(),
+            roles: vec!["detokenize".into()],
+            cert_identity: String::new(),
+            tenant: String::new(),
+        })
         .await
-        .unwrap_err();
-    let approval_id = pending.get_details_error_info().unwrap().metadata["approval_id"].clone();
+        .unwrap()
+        .into_inner()
+        .approval_id;
+    assert_eq!(approval_id.len(), 16);
     let mut fx = Fixture {
         server,
         processor,
@@ -427,14 +472,23 @@ async fn every_role_every_rpc_own_and_other_tenant() {
     let mut table: BTreeMap<String, String> = BTreeMap::new();
     for rpc in Rpc::ALL {
         for caller in &callers {
-            if rpc == Rpc::Seal && caller.role == Role::Admin && caller.tenant == AWAY {
-                // Sealing is vault-wide; the home admin pulls the brake last.
-                continue;
-            }
             let got = call(&mut fx, caller, rpc).await;
-            let allowed = caller.role == rpc.role();
+            let allowed = rpc.roles().contains(&caller.role);
             let ok = if !allowed {
                 got.code == Code::PermissionDenied
+            } else if caller.tenant == SYSTEM {
+                match rpc.answer_to_operator() {
+                    Some(expected) => got.code == expected,
+                    None => {
+                        !matches!(
+                            got.code,
+                            Code::PermissionDenied
+                                | Code::Unauthenticated
+                                | Code::Unavailable
+                                | Code::Internal
+                        ) && (!got.saw_home || rpc == Rpc::ListPrincipals)
+                    }
+                }
             } else if caller.tenant == HOME {
                 !matches!(
                     got.code,
@@ -475,11 +529,18 @@ async fn every_role_every_rpc_own_and_other_tenant() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}\n{table:#?}");
-    // Every RPC was tried by every role of both tenants (Seal by one admin).
-    assert_eq!(table.len(), Rpc::ALL.len() * callers.len() - 1);
-    // The allowed home-tenant calls did what they say.
+    // Every RPC was tried by every role of both tenants and the system scope.
+    assert_eq!(table.len(), Rpc::ALL.len() * callers.len());
+    // The allowed calls did what they say; no tenant admin reaches a
+    // vault-wide action (finding 2).
     assert_eq!(table["Approve by default-admin"], "Ok");
-    assert_eq!(table["Seal by default-admin"], "Ok");
+    assert_eq!(table["Seal by _system-operator"], "Ok");
+    assert_eq!(table["Unseal by _system-operator"], "Ok");
+    for rpc in ["Seal", "Unseal", "RotateMasterKey"] {
+        for admin in ["default-admin", "other-admin"] {
+            assert_eq!(table[&format!("{rpc} by {admin}")], "PermissionDenied");
+        }
+    }
     assert_eq!(table["RevokePrincipal by default-admin"], "Ok");
     assert_eq!(table["Detokenize by default-detokenize"], "Ok");
     assert_eq!(table["DeleteToken by default-delete"], "Ok");

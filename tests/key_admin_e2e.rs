@@ -130,13 +130,19 @@ async fn shamir_unseal_rotate_seal_and_restart() {
         .unwrap();
     assert_eq!(again.status.code(), Some(64));
 
-    // Add a processor principal to the generated config.
+    // Add a processor and a tenant admin to the generated config: the
+    // custodians are operators of the system scope, not tenant admins.
     let processor_key = tessera::access::api_key::generate().unwrap();
+    let tenant_admin_key = tessera::access::api_key::generate().unwrap();
+    let (tenant_admin_totp, tenant_admin_secret) = common::totp_file(dir.path(), "acme-admin");
     let config = data.join("tessera.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
-        "\n[[principals]]\nname = \"processor\"\ntenant = \"default\"\nroles = [\"tokenize\", \"detokenize\", \"read_info\"]\napi_key_hash = \"{}\"\n",
-        processor_key.hash.to_config_string()
+        "\n[[principals]]\nname = \"processor\"\ntenant = \"default\"\nroles = [\"tokenize\", \"detokenize\", \"read_info\"]\napi_key_hash = \"{}\"\n\
+         \n[[principals]]\nname = \"acme-admin\"\ntenant = \"default\"\nroles = [\"admin\"]\napi_key_hash = \"{}\"\ntotp_secret_file = \"{}\"\n",
+        processor_key.hash.to_config_string(),
+        tenant_admin_key.hash.to_config_string(),
+        tenant_admin_totp.display(),
     ));
     std::fs::write(&config, text).unwrap();
     let ca = data.join("tls").join("ca.pem");
@@ -178,6 +184,11 @@ async fn shamir_unseal_rotate_seal_and_restart() {
     let mut c1 = admin(&server, custodian(&shares, 1)).await;
     let mut c2 = admin(&server, custodian(&shares, 2)).await;
     let mut c3 = admin(&server, custodian(&shares, 3)).await;
+    let mut acme = admin(
+        &server,
+        OtpAuth::new(tenant_admin_key.key.expose_secret(), &tenant_admin_secret),
+    )
+    .await;
     let status = c1
         .get_status(v1::GetStatusRequest::default())
         .await
@@ -206,7 +217,7 @@ async fn shamir_unseal_rotate_seal_and_restart() {
     }
     // Other admin RPCs are refused while sealed.
     assert_eq!(
-        c1.rotate_data_key(v1::RotateDataKeyRequest::default())
+        acme.rotate_data_key(v1::RotateDataKeyRequest::default())
             .await
             .unwrap_err()
             .code(),
@@ -262,7 +273,25 @@ async fn shamir_unseal_rotate_seal_and_restart() {
         .unwrap()
         .into_inner()
         .token;
-    let v = c1
+    // A tenant admin cannot unseal, seal or rotate the master key.
+    for refused in [
+        acme.unseal(unseal(4)).await.unwrap_err(),
+        acme.seal(v1::SealRequest {}).await.unwrap_err(),
+        acme.rotate_master_key(v1::RotateMasterKeyRequest {})
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+    // Nor can an operator manage a tenant's data keys.
+    assert_eq!(
+        c1.rotate_data_key(v1::RotateDataKeyRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    let v = acme
         .rotate_data_key(v1::RotateDataKeyRequest::default())
         .await
         .unwrap()
@@ -284,7 +313,7 @@ async fn shamir_unseal_rotate_seal_and_restart() {
             .pan;
         assert_eq!(got, pan);
     }
-    let status = c1
+    let status = acme
         .get_status(v1::GetStatusRequest::default())
         .await
         .unwrap()
@@ -304,7 +333,7 @@ async fn shamir_unseal_rotate_seal_and_restart() {
     );
     // Retiring a version still in use, or the active one, is refused.
     for version in [1, 2] {
-        let status = c1
+        let status = acme
             .retire_data_key(v1::RetireDataKeyRequest {
                 tenant: String::new(),
                 version,
@@ -314,7 +343,7 @@ async fn shamir_unseal_rotate_seal_and_restart() {
         assert_eq!(status.code(), Code::FailedPrecondition);
     }
     // Admins act on their own tenant only.
-    let other = c1
+    let other = acme
         .get_status(v1::GetStatusRequest {
             tenant: "other".into(),
         })
@@ -678,7 +707,8 @@ async fn traffic_continues_through_rotation_and_reencryption() {
         }));
     }
     let mut admin_client = admin(&server, server.admin_auth("admin")).await;
-    let mut admin2 = admin(&server, server.admin_auth("admin2")).await;
+    let mut operator = admin(&server, server.admin_auth("operator")).await;
+    let mut operator2 = admin(&server, server.admin_auth("operator2")).await;
     for round in 0..3 {
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         let v = admin_client
@@ -688,7 +718,7 @@ async fn traffic_continues_through_rotation_and_reencryption() {
             .into_inner()
             .version;
         assert_eq!(v, round + 2);
-        let master = rotate_master(&mut admin_client, &mut admin2).await;
+        let master = rotate_master(&mut operator, &mut operator2).await;
         assert!(
             master.master_key_id.starts_with("dev:") && master.rewrapped >= 2,
             "{master:?}"
@@ -764,8 +794,8 @@ async fn pkcs11_backed_server_round_trip_and_restart() {
         format!(
             "data_dir = \"{}\"\n[kms]\nbackend = \"pkcs11\"\nmodule = \"{}\"\ntoken_label = \"{}\"\npin_file = \"{}\"\n\n\
              [[principals]]\nname = \"processor\"\ntenant = \"default\"\nroles = [\"tokenize\", \"detokenize\"]\napi_key_hash = \"{}\"\n\n\
-             [[principals]]\nname = \"ops\"\ntenant = \"default\"\nroles = [\"admin\"]\napi_key_hash = \"{}\"\ntotp_secret_file = \"{}\"\n\n\
-             [[principals]]\nname = \"ops2\"\ntenant = \"default\"\nroles = [\"admin\"]\napi_key_hash = \"{}\"\ntotp_secret_file = \"{}\"\n{}",
+             [[principals]]\nname = \"ops\"\ntenant = \"_system\"\nroles = [\"operator\"]\napi_key_hash = \"{}\"\ntotp_secret_file = \"{}\"\n\n\
+             [[principals]]\nname = \"ops2\"\ntenant = \"_system\"\nroles = [\"operator\"]\napi_key_hash = \"{}\"\ntotp_secret_file = \"{}\"\n{}",
             data.display(),
             softhsm::MODULE,
             token.label,
@@ -907,7 +937,8 @@ async fn metrics_expose_key_age_and_seal_state() {
     );
     assert!(!body.contains(&token) && !tessera::leak::contains_pan(&body));
 
-    ops.seal(v1::SealRequest {}).await.unwrap();
+    let mut operator = admin(&server, server.admin_auth("operator")).await;
+    operator.seal(v1::SealRequest {}).await.unwrap();
     ops.get_status(v1::GetStatusRequest::default())
         .await
         .unwrap();

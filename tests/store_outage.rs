@@ -190,6 +190,8 @@ async fn store_outage_is_unavailable_then_recovers() {
             key_hash: Some(key.hash.clone()),
             cert_identity: None,
             totp: None,
+            created_at_ms: 0,
+            created_by: None,
         }],
         None,
     )

@@ -1,7 +1,17 @@
-//! Dual control (PCI DSS 3.6.1.2, 3.7.6): destructive admin actions — master
-//! key rotation and tenant shredding — wait as a pending approval until a
-//! second, distinct admin of the same tenant approves them within a window.
-//! Sealing stays a one-person emergency brake.
+//! Dual control (PCI DSS 3.6.1.2, 3.7.6): destructive or empowering actions
+//! wait as a pending approval until a second, distinct, *eligible* principal
+//! of the same scope approves them within a window:
+//!
+//! | action | requested by | approved by |
+//! |---|---|---|
+//! | master key rotation | an operator | another operator |
+//! | unseal on a backend without shares | an operator | another operator |
+//! | tenant shredding | a tenant admin | another admin of that tenant |
+//! | granting `detokenize`, `admin`, `audit` or `operator` | an admin (operator in the system scope) | another one of the same scope |
+//!
+//! An approver is eligible only if it existed before the request and was not
+//! created by the requester (SECURITY.md §5.1): otherwise one admin could
+//! mint its own second person. Sealing stays a one-operator emergency brake.
 //!
 //! Pending approvals live in the server's memory: a restart drops them (they
 //! must simply be requested again).
@@ -10,8 +20,13 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::access::principals::PrincipalEntry;
 use crate::csprng;
 use crate::domain::TenantId;
+
+/// Most requests pending at once in one scope: the map is keyed by what
+/// callers ask for, so it is bounded (SECURITY.md §5.6).
+pub const MAX_PENDING_PER_SCOPE: usize = 32;
 
 /// Random bytes in an approval id (shown as twice as many hex digits).
 const ID_BYTES: usize = 8;
@@ -22,13 +37,18 @@ pub fn is_well_formed_id(id: &str) -> bool {
     id.len() == 2 * ID_BYTES && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// An action that needs two admins.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An action that needs two people.
+#[derive(Debug, Clone)]
 pub enum DualControlAction {
     /// Rewrap every data key under a new master key version.
     RotateMasterKey,
     /// Destroy every key of a tenant.
     ShredTenant(TenantId),
+    /// Reopen a sealed vault whose KMS has no shares to collect.
+    Unseal,
+    /// Make a principal with PAN-reading or administrative roles live; its
+    /// credentials were issued to the requester and work only after this.
+    AddPrincipal(Box<PrincipalEntry>),
 }
 
 impl DualControlAction {
@@ -37,8 +57,39 @@ impl DualControlAction {
         match self {
             Self::RotateMasterKey => "RotateMasterKey",
             Self::ShredTenant(_) => "ShredTenant",
+            Self::Unseal => "Unseal",
+            Self::AddPrincipal(_) => "AddPrincipal",
         }
     }
+
+    /// What exactly would run, for the approver to read.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::RotateMasterKey | Self::Unseal => String::new(),
+            Self::ShredTenant(tenant) => format!("tenant {tenant}"),
+            Self::AddPrincipal(entry) => {
+                let roles: Vec<_> = entry.principal.roles.iter().map(|r| r.name()).collect();
+                format!(
+                    "principal {} roles {}",
+                    entry.principal.name,
+                    roles.join(",")
+                )
+            }
+        }
+    }
+}
+
+/// Who is approving, with what decides their eligibility.
+#[derive(Debug, Clone, Copy)]
+pub struct Approver<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Scope (tenant, or the system scope for operators).
+    pub tenant: &'a TenantId,
+    /// When it was created (0 for configured principals).
+    pub created_at_ms: u64,
+    /// Who created it (none for configured principals).
+    pub created_by: Option<&'a str>,
 }
 
 /// A request waiting for its second admin.
@@ -52,6 +103,8 @@ pub struct Pending {
     pub requested_by: String,
     /// The requester's tenant: only its admins may approve.
     pub tenant: TenantId,
+    /// When it was filed, by the vault clock (milliseconds).
+    pub requested_at_ms: u64,
     /// When it lapses.
     pub expires: Instant,
     /// When it lapses, as wall-clock milliseconds (for display).
@@ -68,6 +121,12 @@ pub enum ApprovalError {
     /// The requester tried to approve their own request.
     #[error("the admin who requested an action cannot approve it; a second admin must")]
     SameAdmin,
+    /// The scope already has [`MAX_PENDING_PER_SCOPE`] pending requests.
+    #[error("too many pending approvals in this scope; approve or let some lapse first")]
+    TooMany,
+    /// The approver was created after the request, or by the requester.
+    #[error("this approver is not eligible: it {0}")]
+    Ineligible(&'static str),
 }
 
 /// Pending approvals.
@@ -99,7 +158,7 @@ impl Approvals {
         requested_by: &str,
         tenant: &TenantId,
         now_ms: u64,
-    ) -> Pending {
+    ) -> Result<Pending, ApprovalError> {
         let mut bytes = [0u8; ID_BYTES];
         // Ids need uniqueness, not secrecy; a failed RNG still yields a usable id.
         let _ = csprng::fill(&mut bytes);
@@ -109,31 +168,49 @@ impl Approvals {
             action,
             requested_by: requested_by.to_owned(),
             tenant: tenant.clone(),
+            requested_at_ms: now_ms,
             expires: Instant::now() + self.window,
             expires_at_ms: now_ms.saturating_add(window_ms),
         };
-        self.pending().insert(pending.id.clone(), pending.clone());
-        pending
+        let mut map = self.pending();
+        let now = Instant::now();
+        map.retain(|_, p| p.expires > now);
+        if map.values().filter(|p| p.tenant == *tenant).count() >= MAX_PENDING_PER_SCOPE {
+            return Err(ApprovalError::TooMany);
+        }
+        map.insert(pending.id.clone(), pending.clone());
+        Ok(pending)
     }
 
     /// Approves `id` on behalf of `approver`; returns the action to run.
+    /// `runnable` may still refuse it (for example while sealed), and then
+    /// the request stays pending.
     pub fn approve(
         &self,
         id: &str,
-        approver: &str,
-        tenant: &TenantId,
-    ) -> Result<Pending, ApprovalError> {
+        approver: &Approver<'_>,
+        runnable: impl FnOnce(&DualControlAction) -> bool,
+    ) -> Result<Option<Pending>, ApprovalError> {
         let mut pending = self.pending();
         let now = Instant::now();
         pending.retain(|_, p| p.expires > now);
         let entry = pending
             .get(id)
-            .filter(|p| p.tenant == *tenant)
+            .filter(|p| p.tenant == *approver.tenant)
             .ok_or(ApprovalError::NotFound)?;
-        if entry.requested_by == approver {
+        if entry.requested_by == approver.name {
             return Err(ApprovalError::SameAdmin);
         }
-        pending.remove(id).ok_or(ApprovalError::NotFound)
+        if approver.created_at_ms >= entry.requested_at_ms {
+            return Err(ApprovalError::Ineligible("was created after the request"));
+        }
+        if approver.created_by == Some(entry.requested_by.as_str()) {
+            return Err(ApprovalError::Ineligible("was created by the requester"));
+        }
+        if !runnable(&entry.action) {
+            return Ok(None);
+        }
+        pending.remove(id).map(Some).ok_or(ApprovalError::NotFound)
     }
 
     /// The tenant's pending approvals, oldest first.
@@ -158,44 +235,133 @@ mod tests {
         TenantId::new(t).unwrap()
     }
 
+    fn configured<'a>(name: &'a str, tenant: &'a TenantId) -> Approver<'a> {
+        Approver {
+            name,
+            tenant,
+            created_at_ms: 0,
+            created_by: None,
+        }
+    }
+
+    fn approve(a: &Approvals, id: &str, who: &Approver<'_>) -> Result<Pending, ApprovalError> {
+        a.approve(id, who, |_| true).map(|p| p.unwrap())
+    }
+
     #[test]
     fn second_distinct_admin_of_the_same_tenant_approves_once() {
+        let (t, u) = (tenant("t"), tenant("u"));
         let a = Approvals::new(Duration::from_secs(60));
-        let p = a.request(DualControlAction::RotateMasterKey, "alice", &tenant("t"), 0);
-        assert_eq!(a.list(&tenant("t")).len(), 1);
-        assert!(a.list(&tenant("u")).is_empty());
+        let p = a
+            .request(DualControlAction::RotateMasterKey, "alice", &t, 10)
+            .unwrap();
+        assert_eq!(a.list(&t).len(), 1);
+        assert!(a.list(&u).is_empty());
         assert_eq!(
-            a.approve(&p.id, "alice", &tenant("t")).unwrap_err(),
+            approve(&a, &p.id, &configured("alice", &t)).unwrap_err(),
             ApprovalError::SameAdmin
         );
         assert_eq!(
-            a.approve(&p.id, "bob", &tenant("u")).unwrap_err(),
+            approve(&a, &p.id, &configured("bob", &u)).unwrap_err(),
             ApprovalError::NotFound
         );
-        assert_eq!(
-            a.approve(&p.id, "bob", &tenant("t")).unwrap().action,
+        assert!(matches!(
+            approve(&a, &p.id, &configured("bob", &t)).unwrap().action,
             DualControlAction::RotateMasterKey
-        );
+        ));
         assert_eq!(
-            a.approve(&p.id, "carol", &tenant("t")).unwrap_err(),
+            approve(&a, &p.id, &configured("carol", &t)).unwrap_err(),
             ApprovalError::NotFound,
             "used once"
         );
     }
 
+    /// SECURITY.md §5.1: an approver made by the requester, or made after
+    /// the request, is no second person.
+    #[test]
+    fn approvers_created_by_the_requester_or_after_the_request_are_ineligible() {
+        let t = tenant("t");
+        let a = Approvals::new(Duration::from_secs(60));
+        let p = a
+            .request(
+                DualControlAction::ShredTenant(t.clone()),
+                "alice",
+                &t,
+                1_000,
+            )
+            .unwrap();
+        let minted = Approver {
+            name: "mallory",
+            tenant: &t,
+            created_at_ms: 500,
+            created_by: Some("alice"),
+        };
+        assert!(matches!(
+            approve(&a, &p.id, &minted),
+            Err(ApprovalError::Ineligible(_))
+        ));
+        let late = Approver {
+            name: "bob",
+            tenant: &t,
+            created_at_ms: 1_000,
+            created_by: Some("carol"),
+        };
+        assert!(matches!(
+            approve(&a, &p.id, &late),
+            Err(ApprovalError::Ineligible(_))
+        ));
+        let eligible = Approver {
+            created_at_ms: 999,
+            ..late
+        };
+        assert!(approve(&a, &p.id, &eligible).is_ok());
+    }
+
+    #[test]
+    fn an_action_that_cannot_run_stays_pending() {
+        let t = tenant("t");
+        let a = Approvals::new(Duration::from_secs(60));
+        let p = a
+            .request(DualControlAction::RotateMasterKey, "alice", &t, 10)
+            .unwrap();
+        assert!(
+            a.approve(&p.id, &configured("bob", &t), |_| false)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(a.list(&t).len(), 1);
+    }
+
+    #[test]
+    fn pending_requests_per_scope_are_bounded() {
+        let t = tenant("t");
+        let a = Approvals::new(Duration::from_secs(60));
+        for _ in 0..MAX_PENDING_PER_SCOPE {
+            a.request(DualControlAction::RotateMasterKey, "alice", &t, 10)
+                .unwrap();
+        }
+        assert_eq!(
+            a.request(DualControlAction::RotateMasterKey, "alice", &t, 10)
+                .unwrap_err(),
+            ApprovalError::TooMany
+        );
+        assert!(
+            a.request(DualControlAction::RotateMasterKey, "bob", &tenant("u"), 10)
+                .is_ok()
+        );
+    }
+
     #[test]
     fn approvals_lapse() {
+        let t = tenant("t");
         let a = Approvals::new(Duration::from_millis(20));
-        let p = a.request(
-            DualControlAction::ShredTenant(tenant("t")),
-            "alice",
-            &tenant("t"),
-            0,
-        );
+        let p = a
+            .request(DualControlAction::ShredTenant(t.clone()), "alice", &t, 10)
+            .unwrap();
         std::thread::sleep(Duration::from_millis(40));
-        assert!(a.list(&tenant("t")).is_empty());
+        assert!(a.list(&t).is_empty());
         assert_eq!(
-            a.approve(&p.id, "bob", &tenant("t")).unwrap_err(),
+            approve(&a, &p.id, &configured("bob", &t)).unwrap_err(),
             ApprovalError::NotFound
         );
     }

@@ -31,11 +31,13 @@ pub enum AccessError {
     SecondFactor(#[from] totp::OtpError),
 }
 
-/// Checks that `principal` holds `role`.
-pub fn require(principal: &Principal, role: Role) -> Result<(), AccessError> {
-    if principal.has(role) {
-        Ok(())
-    } else {
-        Err(AccessError::MissingRole(role))
+/// Checks that `principal` holds one of `roles` (an RPC open to tenant
+/// admins and operators lists both; each acts in its own scope).
+pub fn require(principal: &Principal, roles: &[Role]) -> Result<(), AccessError> {
+    match roles.iter().find(|r| principal.has(**r)) {
+        Some(_) => Ok(()),
+        None => Err(AccessError::MissingRole(
+            roles.first().copied().unwrap_or(Role::Admin),
+        )),
     }
 }

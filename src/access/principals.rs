@@ -33,6 +33,12 @@ pub struct PrincipalEntry {
     pub cert_identity: Option<String>,
     /// The TOTP secret, needed by admin and audit principals.
     pub totp: Option<Arc<TotpSecret>>,
+    /// When it became live, by the vault clock (0 for configured ones):
+    /// an approver must predate the request it approves.
+    pub created_at_ms: u64,
+    /// The admin whose request created it (none for configured ones): it
+    /// can never approve that admin's requests.
+    pub created_by: Option<String>,
 }
 
 impl std::fmt::Debug for PrincipalEntry {
@@ -41,6 +47,8 @@ impl std::fmt::Debug for PrincipalEntry {
             .field("principal", &self.principal)
             .field("cert_identity", &self.cert_identity)
             .field("totp", &self.totp.as_ref().map(|_| "…"))
+            .field("created_at_ms", &self.created_at_ms)
+            .field("created_by", &self.created_by)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +77,10 @@ pub struct PrincipalSummary {
     pub cert_identity: Option<String>,
     /// Has a second factor enrolled.
     pub has_totp: bool,
+    /// When it became live (0 for configured ones).
+    pub created_at_ms: u64,
+    /// Who asked for it (none for configured ones).
+    pub created_by: Option<String>,
 }
 
 /// A principal to create.
@@ -82,6 +94,10 @@ pub struct NewPrincipal {
     pub roles: BTreeSet<Role>,
     /// Optional certificate identity.
     pub cert_identity: Option<String>,
+    /// The admin whose request creates it (none when bootstrapping).
+    pub created_by: Option<String>,
+    /// When it becomes live (0 when bootstrapping).
+    pub created_at_ms: u64,
 }
 
 /// What a new principal receives, once.
@@ -99,9 +115,14 @@ pub enum BookError {
     /// The name is taken (possibly by a revoked principal).
     #[error("a principal named {0:?} exists or existed")]
     NameTaken(String),
-    /// The certificate identity is taken.
-    #[error("certificate identity {0:?} belongs to another principal")]
+    /// The certificate identity is taken. The message names neither the
+    /// identity's holder nor its tenant.
+    #[error("this certificate identity is already bound to a principal")]
     IdentityTaken(String),
+    /// A role the principal's scope cannot hold (`operator` outside the
+    /// system scope, a tenant role inside it).
+    #[error("the {} role cannot be held in this scope", .0.name())]
+    RoleOutOfScope(Role),
     /// No such principal.
     #[error("no principal named {0:?}")]
     NotFound(String),
@@ -140,6 +161,10 @@ struct StoredPrincipal {
     /// Base32; the server must read it to verify codes, so it is kept in
     /// this 0600 file rather than hashed.
     totp_secret: Option<String>,
+    #[serde(default)]
+    created_at_ms: u64,
+    #[serde(default)]
+    created_by: Option<String>,
 }
 
 impl StoredPrincipal {
@@ -159,11 +184,13 @@ impl StoredPrincipal {
                 .totp
                 .as_ref()
                 .map(|t| t.to_base32().expose_secret().to_owned()),
+            created_at_ms: e.created_at_ms,
+            created_by: e.created_by.clone(),
         }
     }
 
     fn into_entry(self) -> Result<PrincipalEntry, String> {
-        let tenant = TenantId::new(&self.tenant).map_err(|e| e.to_string())?;
+        let tenant = TenantId::from_stored(&self.tenant).map_err(|e| e.to_string())?;
         let roles = self
             .roles
             .iter()
@@ -193,6 +220,8 @@ impl StoredPrincipal {
             key_hash,
             cert_identity: self.cert_identity,
             totp,
+            created_at_ms: self.created_at_ms,
+            created_by: self.created_by,
         })
     }
 }
@@ -291,16 +320,21 @@ impl PrincipalBook {
         self.snapshot().keys.authenticate(key).cloned()
     }
 
-    /// The principal a verified client certificate's identities name.
+    /// The principal a verified client certificate's identities name. A
+    /// certificate whose identities name two different principals names
+    /// none: no one can claim another's SAN to ride on its certificate.
     pub fn authenticate_cert(&self, identities: &[String]) -> Option<Principal> {
         // Most calls carry no certificate: skip the snapshot lock for them.
         if identities.is_empty() {
             return None;
         }
         let snapshot = self.snapshot();
-        identities
-            .iter()
-            .find_map(|id| snapshot.certs.get(id).cloned())
+        let mut named = identities.iter().filter_map(|id| snapshot.certs.get(id));
+        let first = named.next()?;
+        if named.any(|other| other.name != first.name) {
+            return None;
+        }
+        Some(first.clone())
     }
 
     /// The TOTP secret of a live principal.
@@ -340,10 +374,38 @@ impl PrincipalBook {
     }
 
     /// Creates a principal with a fresh API key (and a TOTP secret for the
-    /// admin and audit roles), persists it and makes it live.
+    /// admin, audit and operator roles), persists it and makes it live.
     pub fn add(&self, new: NewPrincipal) -> Result<IssuedCredentials, BookError> {
+        let (entry, issued) = self.issue(new)?;
+        self.insert(entry)?;
+        Ok(issued)
+    }
+
+    /// Issues credentials for a principal without making it live: a grant
+    /// that waits for approval holds the entry until [`Self::insert`].
+    /// Refuses a taken name or identity and roles outside the scope now, so
+    /// the requester learns at once.
+    pub fn issue(
+        &self,
+        new: NewPrincipal,
+    ) -> Result<(PrincipalEntry, IssuedCredentials), BookError> {
+        if let Some(role) = new.roles.iter().find(|r| !r.allowed_in(&new.tenant)) {
+            return Err(BookError::RoleOutOfScope(*role));
+        }
+        {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            self.check_free(
+                &state.added,
+                &state.revoked,
+                &new.name,
+                new.cert_identity.as_deref(),
+            )?;
+        }
         let key = api_key::generate()?;
-        let needs_otp = new.roles.contains(&Role::Admin) || new.roles.contains(&Role::Audit);
+        let needs_otp = new
+            .roles
+            .iter()
+            .any(|r| matches!(r, Role::Admin | Role::Audit | Role::Operator));
         let totp = if needs_otp {
             Some(Arc::new(TotpSecret::generate()?))
         } else {
@@ -358,28 +420,53 @@ impl PrincipalBook {
             key_hash: Some(key.hash),
             cert_identity: new.cert_identity,
             totp: totp.clone(),
+            created_at_ms: new.created_at_ms,
+            created_by: new.created_by,
         };
+        Ok((
+            entry,
+            IssuedCredentials {
+                api_key: key.key,
+                totp,
+            },
+        ))
+    }
+
+    /// Makes an issued principal live (persisted first).
+    pub fn insert(&self, entry: PrincipalEntry) -> Result<(), BookError> {
         self.mutate(|added, revoked| {
-            let name = &entry.principal.name;
-            if self.exists(added, name) || revoked.contains(name) {
-                return Err(BookError::NameTaken(name.clone()));
-            }
-            if let Some(id) = &entry.cert_identity
-                && self
-                    .configured
-                    .iter()
-                    .chain(added.iter())
-                    .any(|e| e.cert_identity.as_deref() == Some(id))
-            {
-                return Err(BookError::IdentityTaken(id.clone()));
-            }
+            self.check_free(
+                added,
+                revoked,
+                &entry.principal.name,
+                entry.cert_identity.as_deref(),
+            )?;
             added.push(entry);
             Ok(())
-        })?;
-        Ok(IssuedCredentials {
-            api_key: key.key,
-            totp,
         })
+    }
+
+    /// Refuses a name that exists or existed, and a bound identity.
+    fn check_free(
+        &self,
+        added: &[PrincipalEntry],
+        revoked: &BTreeSet<String>,
+        name: &str,
+        cert_identity: Option<&str>,
+    ) -> Result<(), BookError> {
+        if self.exists(added, name) || revoked.contains(name) {
+            return Err(BookError::NameTaken(name.to_owned()));
+        }
+        if let Some(id) = cert_identity
+            && self
+                .configured
+                .iter()
+                .chain(added.iter())
+                .any(|e| e.cert_identity.as_deref() == Some(id))
+        {
+            return Err(BookError::IdentityTaken(id.to_owned()));
+        }
+        Ok(())
     }
 
     /// Revokes `name`: every credential of it stops working now.
@@ -412,6 +499,8 @@ impl PrincipalBook {
                 has_api_key: e.key_hash.is_some(),
                 cert_identity: e.cert_identity.clone(),
                 has_totp: e.totp.is_some(),
+                created_at_ms: e.created_at_ms,
+                created_by: e.created_by.clone(),
             })
             .collect()
     }
@@ -497,6 +586,8 @@ mod tests {
             tenant: TenantId::new("default").unwrap(),
             roles: roles.iter().copied().collect(),
             cert_identity: Some(format!("spiffe://tessera/{name}")),
+            created_by: None,
+            created_at_ms: 0,
         }
     }
 
@@ -550,6 +641,40 @@ mod tests {
         assert!(matches!(book.revoke("ghost"), Err(BookError::NotFound(_))));
         let reopened = PrincipalBook::open(Vec::new(), Some(file)).unwrap();
         assert!(reopened.authenticate_key(&key).is_none());
+    }
+
+    /// Finding 14: a multi-SAN certificate whose SANs two principals
+    /// claim authenticates as neither.
+    #[test]
+    fn a_certificate_naming_two_principals_names_none() {
+        let book = PrincipalBook::open(Vec::new(), None).unwrap();
+        book.add(new("a", &[Role::Tokenize])).unwrap();
+        book.add(new("b", &[Role::Tokenize])).unwrap();
+        let both = [
+            "spiffe://tessera/a".to_owned(),
+            "spiffe://tessera/b".to_owned(),
+        ];
+        assert!(book.authenticate_cert(&both).is_none());
+        let one = ["spiffe://tessera/a".to_owned(), "dns-nobody".to_owned()];
+        assert_eq!(book.authenticate_cert(&one).unwrap().name, "a");
+    }
+
+    #[test]
+    fn roles_stay_in_their_scope() {
+        let book = PrincipalBook::open(Vec::new(), None).unwrap();
+        assert!(matches!(
+            book.add(new("op", &[Role::Operator])),
+            Err(BookError::RoleOutOfScope(Role::Operator))
+        ));
+        let mut op = new("op", &[Role::Operator, Role::Audit]);
+        op.tenant = TenantId::system();
+        assert!(book.add(op).is_ok());
+        let mut admin = new("sysadmin", &[Role::Admin]);
+        admin.tenant = TenantId::system();
+        assert!(matches!(
+            book.add(admin),
+            Err(BookError::RoleOutOfScope(Role::Admin))
+        ));
     }
 
     #[test]

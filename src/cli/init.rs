@@ -114,7 +114,9 @@ fn init(args: &InitArgs) -> Result<String, String> {
     };
     let book = PrincipalBook::open(Vec::new(), Some(args.data_dir.join(principals::FILE_NAME)))
         .map_err(|e| e.to_string())?;
-    let tenant = TenantId::new("default").map_err(|e| e.to_string())?;
+    // Custodians hold shares of the master key: they are the operators of
+    // the system scope (vault-wide actions), not admins of a tenant.
+    let tenant = TenantId::system();
     for share in &shares {
         let n = share.number;
         let name = format!("custodian-{n}");
@@ -124,8 +126,10 @@ fn init(args: &InitArgs) -> Result<String, String> {
             .add(NewPrincipal {
                 name: name.clone(),
                 tenant: tenant.clone(),
-                roles: [Role::Admin, Role::Audit].into_iter().collect(),
+                roles: [Role::Operator, Role::Audit].into_iter().collect(),
                 cert_identity: Some(cert_identity(&name)),
+                created_by: None,
+                created_at_ms: 0,
             })
             .map_err(|e| e.to_string())?;
         create_new(

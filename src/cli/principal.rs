@@ -23,18 +23,23 @@ pub struct PrincipalArgs {
 /// Principal subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PrincipalCommand {
-    /// Create a principal in your tenant. Prints its API key once; admin and
-    /// audit principals also get an otpauth:// URI for their authenticator.
+    /// Create a principal in your tenant. Prints its API key once; admin,
+    /// audit and operator principals also get an otpauth:// URI for their
+    /// authenticator. The roles detokenize, admin, audit and operator wait
+    /// for a second admin's `tessera keys approve`.
     Add {
-        /// Unique name.
+        /// Unique name: 1 to 64 characters of A-Z a-z 0-9 . _ - @.
         name: String,
         /// Role (repeatable): tokenize, detokenize, read_info, delete,
-        /// admin, audit.
+        /// admin, audit, operator.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
         /// Client-certificate identity (SAN URI or DNS name) for mTLS.
         #[arg(long)]
         cert_identity: Option<String>,
+        /// Tenant of the new principal (operators only; default: yours).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Your tenant's principals, revoked ones included.
     List,
@@ -67,17 +72,20 @@ pub async fn run(args: PrincipalArgs) -> ExitCode {
             name,
             roles,
             cert_identity,
+            tenant,
         } => {
             let request = v1::AddPrincipalRequest {
                 name,
                 roles,
                 cert_identity: cert_identity.unwrap_or_default(),
+                tenant: tenant.unwrap_or_default(),
             };
             match client.add_principal(request).await {
                 Ok(r) => {
                     let r = r.into_inner();
                     let value = serde_json::json!({
                         "name": r.name, "api_key": r.api_key, "otpauth_uri": r.otpauth_uri,
+                        "approval_id": r.approval_id,
                     });
                     let mut text = format!(
                         "principal: {}\napi_key:   {}\nThe API key is shown once; only its hash is kept.",
@@ -87,6 +95,12 @@ pub async fn run(args: PrincipalArgs) -> ExitCode {
                         text.push_str(&format!(
                             "\notpauth:   {}\nAdd it to an authenticator app (or a QR code); it is shown once.",
                             r.otpauth_uri
+                        ));
+                    }
+                    if !r.approval_id.is_empty() {
+                        text.push_str(&format!(
+                            "\napproval:  {}\nThese roles need a second admin: the credentials work after `tessera keys approve {}`.",
+                            r.approval_id, r.approval_id
                         ));
                     }
                     emit(json, &value, &text)

@@ -667,7 +667,9 @@ fn check_principal(i: usize, p: RawPrincipal) -> Result<PrincipalEntry, ConfigEr
     let key = |field: &str| format!("principals[{i}].{field}");
     crate::domain::principal::check_name(&p.name)
         .map_err(|e| invalid(&key("name"), e.to_string()))?;
-    let tenant = TenantId::new(&p.tenant).map_err(|e| invalid(&key("tenant"), e.to_string()))?;
+    // Operators live in the system scope, which only configuration can name.
+    let tenant =
+        TenantId::from_stored(&p.tenant).map_err(|e| invalid(&key("tenant"), e.to_string()))?;
     let roles = p
         .roles
         .iter()
@@ -676,6 +678,16 @@ fn check_principal(i: usize, p: RawPrincipal) -> Result<PrincipalEntry, ConfigEr
         .map_err(|e| invalid(&key("roles"), e.to_string()))?;
     if roles.is_empty() {
         return Err(invalid(&key("roles"), "at least one role"));
+    }
+    if let Some(role) = roles.iter().find(|r| !r.allowed_in(&tenant)) {
+        return Err(invalid(
+            &key("roles"),
+            format!(
+                "{} cannot be held in tenant {tenant}: operator belongs to tenant {} only, which holds operator and audit only",
+                role.name(),
+                TenantId::SYSTEM_NAME
+            ),
+        ));
     }
     let key_hash = p
         .api_key_hash
@@ -694,7 +706,9 @@ fn check_principal(i: usize, p: RawPrincipal) -> Result<PrincipalEntry, ConfigEr
     if p.cert_identity.as_deref().is_some_and(str::is_empty) {
         return Err(invalid(&key("cert_identity"), "must not be empty"));
     }
-    let needs_otp = roles.contains(&Role::Admin) || roles.contains(&Role::Audit);
+    let needs_otp = roles
+        .iter()
+        .any(|r| matches!(r, Role::Admin | Role::Audit | Role::Operator));
     if needs_otp && p.totp_secret_file.is_none() {
         return Err(invalid(
             &key("totp_secret_file"),
@@ -723,6 +737,8 @@ fn check_principal(i: usize, p: RawPrincipal) -> Result<PrincipalEntry, ConfigEr
         key_hash,
         cert_identity: p.cert_identity,
         totp,
+        created_at_ms: 0,
+        created_by: None,
     })
 }
 

@@ -21,22 +21,28 @@ pub enum Role {
     Admin,
     /// Reading and verifying the audit log.
     Audit,
+    /// Vault-wide actions: seal, unseal, master-key rotation and their
+    /// approvals. Held only in the system scope ([`TenantId::system`]).
+    Operator,
 }
 
 /// A role name was not recognised.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?}; expected tokenize, detokenize, read_info, delete, admin or audit")]
+#[error(
+    "unknown role {0:?}; expected tokenize, detokenize, read_info, delete, admin, audit or operator"
+)]
 pub struct UnknownRole(pub String);
 
 impl Role {
     /// Every role, for matrices and help text.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::ReadInfo,
         Self::Delete,
         Self::Admin,
         Self::Audit,
+        Self::Operator,
     ];
 
     /// The role's configuration name.
@@ -48,6 +54,27 @@ impl Role {
             Self::Delete => "delete",
             Self::Admin => "admin",
             Self::Audit => "audit",
+            Self::Operator => "operator",
+        }
+    }
+
+    /// Whether granting this role needs a second admin's approval: it reads
+    /// PANs (`detokenize`) or holds power (`admin`, `audit`, `operator`);
+    /// SECURITY.md §5.1.
+    pub fn grant_needs_approval(self) -> bool {
+        matches!(
+            self,
+            Self::Detokenize | Self::Admin | Self::Audit | Self::Operator
+        )
+    }
+
+    /// Whether a principal of `tenant` may hold this role: the system scope
+    /// holds `operator` and `audit` only, and `operator` exists nowhere else.
+    pub fn allowed_in(self, tenant: &TenantId) -> bool {
+        if tenant.is_system() {
+            matches!(self, Self::Operator | Self::Audit)
+        } else {
+            self != Self::Operator
         }
     }
 
@@ -121,6 +148,11 @@ impl Principal {
     pub fn has(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }
+
+    /// Whether the principal belongs to the system scope (operators).
+    pub fn is_system(&self) -> bool {
+        self.tenant.is_system()
+    }
 }
 
 impl fmt::Debug for Principal {
@@ -156,5 +188,26 @@ mod tests {
             assert_eq!(Role::parse(role.name()).unwrap(), role);
         }
         assert!(Role::parse("root").is_err());
+    }
+
+    #[test]
+    fn operator_lives_only_in_the_system_scope() {
+        let acme = TenantId::new("acme").unwrap();
+        let system = TenantId::system();
+        assert!(!Role::Operator.allowed_in(&acme));
+        assert!(Role::Operator.allowed_in(&system));
+        assert!(Role::Audit.allowed_in(&system));
+        for role in [
+            Role::Tokenize,
+            Role::Detokenize,
+            Role::ReadInfo,
+            Role::Delete,
+            Role::Admin,
+        ] {
+            assert!(
+                role.allowed_in(&acme) && !role.allowed_in(&system),
+                "{role:?}"
+            );
+        }
     }
 }

@@ -36,10 +36,19 @@ impl TenantId {
         }
     }
 
-    /// The vault's own key owner (audit key); no principal can name it.
+    /// The system scope: the vault's own keys (audit key) and the
+    /// operators. No request can name it as a tenant.
     pub fn system() -> Self {
         Self(SYSTEM.into())
     }
+
+    /// Whether this is the system scope.
+    pub fn is_system(&self) -> bool {
+        &*self.0 == SYSTEM
+    }
+
+    /// The id of the system scope, as configuration names it.
+    pub const SYSTEM_NAME: &'static str = SYSTEM;
 
     /// Reads an id back from storage, where the system tenant may appear.
     pub fn from_stored(id: &str) -> Result<Self, TenantIdError> {

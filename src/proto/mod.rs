@@ -69,6 +69,7 @@ impl fmt::Debug for v1::AddPrincipalResponse {
             .field("name", &self.name)
             .field("api_key", &"<redacted>")
             .field("otpauth_uri", &"<redacted>")
+            .field("approval_id", &self.approval_id)
             .finish()
     }
 }
@@ -100,6 +101,7 @@ mod tests {
             name: "ops".into(),
             api_key: "tsk_secret".into(),
             otpauth_uri: "otpauth://totp/x?secret=ABC".into(),
+            approval_id: String::new(),
         };
         let shown = format!("{added:?}");
         assert!(!shown.contains("tsk_secret") && !shown.contains("ABC"));

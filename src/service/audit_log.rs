@@ -42,7 +42,7 @@ impl AuditService {
             &self.auth,
             call,
             request,
-            Role::Audit,
+            &[Role::Audit],
             WhenSealed::Refuse,
         )
         .await

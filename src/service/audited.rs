@@ -143,14 +143,14 @@ pub async fn authorize_call<T>(
     auth: &Authenticator,
     call: &CallContext,
     request: &Request<T>,
-    role: Role,
+    roles: &[Role],
     when_sealed: WhenSealed,
 ) -> Result<Principal, Status> {
     let creds = Credentials::of(request);
     let mut result = if when_sealed == WhenSealed::Refuse && vault.is_sealed() {
         Err(Status::unavailable("the vault is sealed"))
     } else {
-        auth.authorize(&creds, role, call.rpc)
+        auth.authorize(&creds, roles, call.rpc)
     };
     if let (Ok(principal), Some(peer)) = (&result, request.remote_addr())
         && let Some(anomaly) = auth.guard().called_from(&principal.name, peer.ip())

@@ -70,10 +70,13 @@ impl<'a> Credentials<'a> {
     }
 }
 
-/// Whether RPCs needing `role` also need a TOTP code (PCI DSS 8.4.1: MFA
-/// for administrative access, which includes reading the audit trail).
-fn needs_second_factor(role: Role) -> bool {
-    matches!(role, Role::Admin | Role::Audit)
+/// Whether RPCs open to `roles` also need a TOTP code (PCI DSS 8.4.1: MFA
+/// for administrative access, which includes reading the audit trail and
+/// the operators' vault-wide actions).
+fn needs_second_factor(roles: &[Role]) -> bool {
+    roles
+        .iter()
+        .any(|r| matches!(r, Role::Admin | Role::Audit | Role::Operator))
 }
 
 /// Turns credentials into a principal, enforcing lockouts, the second
@@ -163,7 +166,7 @@ impl Authenticator {
     pub fn authorize(
         &self,
         creds: &Credentials<'_>,
-        role: Role,
+        roles: &[Role],
         rpc: &str,
     ) -> Result<Principal, Status> {
         let span = tracing::Span::current();
@@ -208,11 +211,11 @@ impl Authenticator {
                 "this principal is locked for suspicious activity",
             ));
         }
-        access::require(&principal, role).map_err(|e| {
+        access::require(&principal, roles).map_err(|e| {
             tracing::warn!(outcome = "permission_denied", "role missing");
             status::from_access(e)
         })?;
-        if needs_second_factor(role) {
+        if needs_second_factor(roles) {
             self.check_second_factor(creds, &principal)?;
         }
         if let Err(wait) = self.guard.take(&principal.name, rpc) {

@@ -1,7 +1,15 @@
-//! `tessera.v1.KeyAdmin`: seal state and the key life cycle. Every RPC needs
-//! the `admin` role; all but GetStatus and Unseal refuse while sealed. Every
-//! call is audited, and an admin action whose event cannot be written is
-//! refused (fail closed).
+//! `tessera.v1.KeyAdmin`: seal state and the key life cycle. Every call is
+//! audited, and an action whose event cannot be written is refused (fail
+//! closed).
+//!
+//! Two scopes (DESIGN.md §5, SECURITY.md §5.2):
+//! - **vault-wide** (Seal, Unseal, RotateMasterKey): the system scope's
+//!   `operator` role only; no tenant principal reaches them.
+//! - **tenant** (RotateDataKey, Reencrypt, RetireDataKey, ShredTenant): the
+//!   tenant's `admin`, on its own tenant only.
+//!
+//! GetStatus, ListApprovals and Approve serve both, each in its own scope;
+//! these three and Seal and Unseal answer while sealed.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,7 +18,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::access::approvals::{ApprovalError, Approvals, DualControlAction};
+use crate::access::approvals::{ApprovalError, Approvals, Approver, DualControlAction};
 use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
 use crate::proto::v1::key_admin_server::KeyAdmin;
@@ -20,6 +28,13 @@ use crate::vault::Vault;
 use crate::vault::admin::KeyState;
 use crate::vault::reencrypt::ReencryptProgress;
 use tonic_types::StatusExt;
+
+/// Tenant key management: a tenant's admin, in its own tenant.
+const TENANT_ADMIN: &[Role] = &[Role::Admin];
+/// Vault-wide actions: the system scope's operators.
+const OPERATOR: &[Role] = &[Role::Operator];
+/// Either, each acting in its own scope.
+const ADMIN_OR_OPERATOR: &[Role] = &[Role::Admin, Role::Operator];
 
 /// Implements `tessera.v1.KeyAdmin`.
 #[derive(Debug, Clone)]
@@ -47,12 +62,15 @@ impl KeyAdminService {
         principal: &Principal,
         action: DualControlAction,
     ) -> Result<(), Status> {
-        let pending = self.approvals.request(
-            action,
-            &principal.name,
-            &principal.tenant,
-            self.vault.now_ms(),
-        );
+        let pending = self
+            .approvals
+            .request(
+                action,
+                &principal.name,
+                &principal.tenant,
+                self.vault.now_ms(),
+            )
+            .map_err(|e| approval_status(&e))?;
         let event = call.event(
             Some(principal),
             format!("approval:{}", pending.id),
@@ -74,23 +92,62 @@ impl KeyAdminService {
         ))
     }
 
-    /// Authenticates an admin; refuses while sealed unless `when_sealed`
-    /// says the RPC answers then.
-    async fn admin<T>(
+    /// Authenticates a caller holding one of `roles`; refuses while sealed
+    /// unless `when_sealed` says the RPC answers then.
+    async fn caller<T>(
         &self,
         call: &CallContext,
         request: &Request<T>,
+        roles: &[Role],
         when_sealed: WhenSealed,
     ) -> Result<Principal, Status> {
-        authorize_call(
-            &self.vault,
-            &self.auth,
-            call,
-            request,
-            Role::Admin,
-            when_sealed,
-        )
-        .await
+        authorize_call(&self.vault, &self.auth, call, request, roles, when_sealed).await
+    }
+
+    /// Runs an approved action.
+    async fn run_approved(
+        &self,
+        approver: &Principal,
+        action: DualControlAction,
+    ) -> Result<String, Status> {
+        let vault_status = |e: crate::vault::VaultError| status::from_vault(&e);
+        match action {
+            DualControlAction::RotateMasterKey => self
+                .vault
+                .rotate_master_key()
+                .await
+                .map(|(key, rewrapped)| format!("master key {key}; {rewrapped} keys rewrapped"))
+                .map_err(vault_status),
+            DualControlAction::ShredTenant(tenant) => self
+                .vault
+                .shred_tenant(&tenant)
+                .await
+                .map(|destroyed| format!("tenant {tenant}: {destroyed} keys destroyed"))
+                .map_err(vault_status),
+            DualControlAction::Unseal => self
+                .vault
+                .unseal(&approver.name, &[])
+                .await
+                .map(|p| {
+                    if p.sealed {
+                        "still sealed"
+                    } else {
+                        "vault unsealed"
+                    }
+                    .to_owned()
+                })
+                .map_err(vault_status),
+            DualControlAction::AddPrincipal(mut entry) => {
+                entry.created_at_ms = self.vault.now_ms();
+                let name = entry.principal.name.clone();
+                self.auth
+                    .principals()
+                    .insert(*entry)
+                    .map_err(|e| crate::service::principals::book_status(&e))?;
+                tracing::info!(added = %name, "granted principal is live");
+                Ok(format!("principal {name} is live"))
+            }
+        }
     }
 
     /// Audits an admin call's outcome; refuses it when the event is lost.
@@ -106,14 +163,28 @@ impl KeyAdminService {
 }
 
 /// The tenant a request names: empty means the caller's own. Admins act on
-/// their own tenant only.
+/// their own tenant only; operators may name any tenant (for status only:
+/// the tenant RPCs are not theirs).
 fn target_tenant(principal: &Principal, requested: &str) -> Result<TenantId, Status> {
     if requested.is_empty() || requested == principal.tenant.as_str() {
         Ok(principal.tenant.clone())
+    } else if principal.is_system() {
+        TenantId::new(requested).map_err(|e| status::invalid_argument("tenant", &e.to_string()))
     } else {
         Err(Status::permission_denied(
             "admins act on their own tenant only",
         ))
+    }
+}
+
+/// Maps a refused approval.
+fn approval_status(e: &ApprovalError) -> Status {
+    match e {
+        ApprovalError::SameAdmin | ApprovalError::Ineligible(_) => {
+            Status::permission_denied(e.to_string())
+        }
+        ApprovalError::TooMany => Status::resource_exhausted(e.to_string()),
+        _ => Status::not_found(e.to_string()),
     }
 }
 
@@ -144,7 +215,9 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::GetStatusResponse>, Status> {
         let call = CallContext::of("GetStatus", &request);
-        let principal = self.admin(&call, &request, WhenSealed::Serve).await?;
+        let principal = self
+            .caller(&call, &request, ADMIN_OR_OPERATOR, WhenSealed::Serve)
+            .await?;
         let result = async {
             let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
             let s = self
@@ -200,7 +273,16 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::UnsealRequest>,
     ) -> Result<Response<v1::UnsealResponse>, Status> {
         let call = CallContext::of("Unseal", &request);
-        let principal = self.admin(&call, &request, WhenSealed::Serve).await?;
+        let principal = self
+            .caller(&call, &request, OPERATOR, WhenSealed::Serve)
+            .await?;
+        // Shares are the authority on a share-based KMS; elsewhere reopening
+        // a sealed vault takes a second operator (dual control).
+        if !self.vault.unsealed_by_shares() && self.vault.is_sealed() {
+            self.request_approval(&call, &principal, DualControlAction::Unseal)
+                .await?;
+            return Err(Status::internal("unreachable: approval requested"));
+        }
         let result = self
             .vault
             .unseal(&principal.name, &request.get_ref().share)
@@ -223,7 +305,9 @@ impl KeyAdmin for KeyAdminService {
         // Sealing is the emergency brake: allowed even when already sealed,
         // and it happens before the audit write, which may not block it.
         let call = CallContext::of("Seal", &request);
-        let principal = self.admin(&call, &request, WhenSealed::Serve).await?;
+        let principal = self
+            .caller(&call, &request, OPERATOR, WhenSealed::Serve)
+            .await?;
         self.vault.seal();
         let event = call.event(Some(&principal), "vault".to_owned(), "OK");
         if let Err(e) = self.vault.record_audit(event).await {
@@ -238,7 +322,9 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::RotateDataKeyRequest>,
     ) -> Result<Response<v1::RotateDataKeyResponse>, Status> {
         let call = CallContext::of("RotateDataKey", &request);
-        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
+        let principal = self
+            .caller(&call, &request, TENANT_ADMIN, WhenSealed::Refuse)
+            .await?;
         let result = async {
             let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
             let version = self
@@ -262,7 +348,9 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::RotateMasterKeyRequest>,
     ) -> Result<Response<v1::RotateMasterKeyResponse>, Status> {
         let call = CallContext::of("RotateMasterKey", &request);
-        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
+        let principal = self
+            .caller(&call, &request, OPERATOR, WhenSealed::Refuse)
+            .await?;
         // Dual control: this only files the request; Approve runs it.
         self.request_approval(&call, &principal, DualControlAction::RotateMasterKey)
             .await?;
@@ -280,7 +368,9 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::ReencryptRequest>,
     ) -> Result<Response<Self::ReencryptStream>, Status> {
         let call = CallContext::of("Reencrypt", &request);
-        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
+        let principal = self
+            .caller(&call, &request, TENANT_ADMIN, WhenSealed::Refuse)
+            .await?;
         let tenant = target_tenant(&principal, &request.get_ref().tenant);
         let resource = format!("tenant:{}", principal.tenant);
         let tenant = self
@@ -320,7 +410,9 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::RetireDataKeyRequest>,
     ) -> Result<Response<v1::RetireDataKeyResponse>, Status> {
         let call = CallContext::of("RetireDataKey", &request);
-        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
+        let principal = self
+            .caller(&call, &request, TENANT_ADMIN, WhenSealed::Refuse)
+            .await?;
         let version = request.get_ref().version;
         let result = async {
             let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
@@ -341,7 +433,9 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::ShredTenantRequest>,
     ) -> Result<Response<v1::ShredTenantResponse>, Status> {
         let call = CallContext::of("ShredTenant", &request);
-        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
+        let principal = self
+            .caller(&call, &request, TENANT_ADMIN, WhenSealed::Refuse)
+            .await?;
         let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
         // Dual control: this only files the request; Approve runs it.
         self.request_approval(&call, &principal, DualControlAction::ShredTenant(tenant))
@@ -355,14 +449,17 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::ListApprovalsRequest>,
     ) -> Result<Response<v1::ListApprovalsResponse>, Status> {
         let call = CallContext::of("ListApprovals", &request);
-        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
+        let principal = self
+            .caller(&call, &request, ADMIN_OR_OPERATOR, WhenSealed::Serve)
+            .await?;
         let approvals = self
             .approvals
             .list(&principal.tenant)
             .into_iter()
             .map(|p| v1::Approval {
-                id: p.id,
                 action: p.action.name().to_owned(),
+                detail: p.action.detail(),
+                id: p.id,
                 requested_by: p.requested_by,
                 expires_at: Some(timestamp(p.expires_at_ms)),
             })
@@ -378,7 +475,9 @@ impl KeyAdmin for KeyAdminService {
         request: Request<v1::ApproveRequest>,
     ) -> Result<Response<v1::ApproveResponse>, Status> {
         let call = CallContext::of("Approve", &request);
-        let principal = self.admin(&call, &request, WhenSealed::Refuse).await?;
+        let principal = self
+            .caller(&call, &request, ADMIN_OR_OPERATOR, WhenSealed::Serve)
+            .await?;
         let id = request.get_ref().id.clone();
         if !crate::access::approvals::is_well_formed_id(&id) {
             let refused = Err(status::invalid_argument(
@@ -394,43 +493,50 @@ impl KeyAdmin for KeyAdminService {
                 )
                 .await;
         }
-        let pending = match self
-            .approvals
-            .approve(&id, &principal.name, &principal.tenant)
-        {
-            Ok(p) => p,
-            Err(e) => {
-                let status = match e {
-                    ApprovalError::SameAdmin => Status::permission_denied(e.to_string()),
-                    _ => Status::not_found(e.to_string()),
-                };
+        let summary = self.auth.principals().get(&principal.name);
+        let approver = Approver {
+            name: &principal.name,
+            tenant: &principal.tenant,
+            // A principal missing from the book (revoked meanwhile) counts
+            // as brand new, so it is never eligible.
+            created_at_ms: summary.as_ref().map_or(u64::MAX, |s| s.created_at_ms),
+            created_by: summary.as_ref().and_then(|s| s.created_by.as_deref()),
+        };
+        let sealed = self.vault.is_sealed();
+        let approved = self.approvals.approve(&id, &approver, |action| {
+            !sealed || matches!(action, DualControlAction::Unseal)
+        });
+        let pending = match approved {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                let status = Status::unavailable(
+                    "the vault is sealed; this approval stays pending until it is unsealed",
+                );
                 return self
                     .finish(&call, &principal, format!("approval:{id}"), Err(status))
                     .await;
             }
+            Err(e) => {
+                return self
+                    .finish(
+                        &call,
+                        &principal,
+                        format!("approval:{id}"),
+                        Err(approval_status(&e)),
+                    )
+                    .await;
+            }
         };
         let action = pending.action.name().to_owned();
-        let result = match &pending.action {
-            DualControlAction::RotateMasterKey => self
-                .vault
-                .rotate_master_key()
-                .await
-                .map(|(key, rewrapped)| format!("master key {key}; {rewrapped} keys rewrapped")),
-            DualControlAction::ShredTenant(tenant) => self
-                .vault
-                .shred_tenant(tenant)
-                .await
-                .map(|destroyed| format!("tenant {tenant}: {destroyed} keys destroyed")),
-        }
-        .map(|result| v1::ApproveResponse {
-            action: action.clone(),
-            result,
-        })
-        .map_err(|e| status::from_vault(&e));
-        let resource = format!(
-            "approval:{id} {action} requested_by:{}",
-            pending.requested_by
-        );
+        let requested_by = pending.requested_by.clone();
+        let result = self
+            .run_approved(&principal, pending.action)
+            .await
+            .map(|result| v1::ApproveResponse {
+                action: action.clone(),
+                result,
+            });
+        let resource = format!("approval:{id} {action} requested_by:{requested_by}");
         self.finish(&call, &principal, resource, result).await
     }
 }

@@ -50,7 +50,7 @@ impl TokenizerService {
             &self.auth,
             call,
             request,
-            role,
+            &[role],
             WhenSealed::Refuse,
         )
         .await

@@ -1,6 +1,11 @@
 //! `tessera.v1.Principals`: who may call the vault. Every RPC needs the
-//! `admin` role and a TOTP code; admins manage their own tenant. Changes
-//! are audited (fail closed) and live on the next call.
+//! `admin` role (its own tenant) or the `operator` role (any scope: the
+//! system scope's operators, and a tenant's first admins), and a TOTP code.
+//! Changes are audited (fail closed) and live on the next call.
+//!
+//! Granting `detokenize`, `admin`, `audit` or `operator` issues credentials
+//! that work only after a second, eligible admin approves (SECURITY.md §5.1):
+//! one admin can never mint a PAN reader or its own second person.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,9 +13,10 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::access::approvals::{Approvals, DualControlAction};
 use crate::access::principals::{BookError, NewPrincipal, Origin, PrincipalSummary};
 use crate::domain::principal::check_name;
-use crate::domain::{Principal, Role};
+use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
 use crate::proto::v1::principals_server::Principals;
 use crate::service::audited::{CallContext, WhenSealed, authorize_call, finish_admin};
@@ -22,13 +28,18 @@ use crate::vault::Vault;
 pub struct PrincipalsService {
     vault: Arc<Vault>,
     auth: Arc<Authenticator>,
+    approvals: Arc<Approvals>,
 }
 
 impl PrincipalsService {
-    /// A service over a vault (for the audit log) and an authenticator
-    /// (whose principal book it manages).
-    pub fn new(vault: Arc<Vault>, auth: Arc<Authenticator>) -> Self {
-        Self { vault, auth }
+    /// A service over a vault (for the audit log), an authenticator (whose
+    /// principal book it manages) and the pending approvals (for grants).
+    pub fn new(vault: Arc<Vault>, auth: Arc<Authenticator>, approvals: Arc<Approvals>) -> Self {
+        Self {
+            vault,
+            auth,
+            approvals,
+        }
     }
 
     async fn admin<T>(
@@ -41,29 +52,37 @@ impl PrincipalsService {
             &self.auth,
             call,
             request,
-            Role::Admin,
+            &[Role::Admin, Role::Operator],
             WhenSealed::Refuse,
         )
         .await
     }
 
-    /// The named principal, when it belongs to the caller's tenant.
-    /// Another tenant's principal is NOT_FOUND, as if it did not exist, and
-    /// the answer names neither.
-    fn own_tenant(&self, caller: &Principal, name: &str) -> Result<PrincipalSummary, Status> {
+    /// The named principal, when the caller may manage it: in its own
+    /// tenant, or anywhere for an operator. Another tenant's principal is
+    /// NOT_FOUND, as if it did not exist, and the answer names neither.
+    fn managed(&self, caller: &Principal, name: &str) -> Result<PrincipalSummary, Status> {
         self.auth
             .principals()
             .get(name)
-            .filter(|s| s.principal.tenant == caller.tenant)
-            .ok_or_else(|| Status::not_found("no such principal in your tenant"))
+            .filter(|s| manages(caller, &s.principal.tenant))
+            .ok_or_else(|| Status::not_found("no such principal in your scope"))
     }
 }
 
-fn book_status(e: &BookError) -> Status {
+/// Whether `caller` manages principals of `tenant`: its own tenant, or any
+/// for an operator.
+fn manages(caller: &Principal, tenant: &TenantId) -> bool {
+    caller.tenant == *tenant || caller.has(Role::Operator)
+}
+
+/// Maps a principal-book failure; no message names another principal.
+pub(crate) fn book_status(e: &BookError) -> Status {
     match e {
         BookError::NameTaken(_) | BookError::IdentityTaken(_) => {
             Status::already_exists(e.to_string())
         }
+        BookError::RoleOutOfScope(_) => status::invalid_argument("roles", &e.to_string()),
         BookError::NotFound(_) => Status::not_found(e.to_string()),
         BookError::Registry(_) | BookError::File { .. } | BookError::Rng(_) => {
             tracing::error!(error = %e, "principal change failed");
@@ -89,7 +108,21 @@ fn principal_resource(name: &Result<&str, Status>) -> String {
     }
 }
 
-fn parse_new(caller: &Principal, req: &v1::AddPrincipalRequest) -> Result<NewPrincipal, Status> {
+/// Whether a tenant admin may bind `identity`: only a URI naming its own
+/// tenant as a path segment (`spiffe://td/tenant/acme/till-7`), so no tenant
+/// can claim a SAN of another tenant's certificate. Operators bind any.
+fn identity_in_scope(caller: &Principal, tenant: &TenantId, identity: &str) -> bool {
+    caller.has(Role::Operator)
+        || identity
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.contains(&format!("/tenant/{tenant}/")))
+}
+
+fn parse_new(
+    caller: &Principal,
+    req: &v1::AddPrincipalRequest,
+    now_ms: u64,
+) -> Result<NewPrincipal, Status> {
     let name = checked_name(&req.name)?;
     if req.roles.len() > Role::ALL.len() {
         return Err(status::invalid_argument("roles", "too many roles"));
@@ -121,11 +154,33 @@ fn parse_new(caller: &Principal, req: &v1::AddPrincipalRequest) -> Result<NewPri
         }
         id => Some(id.to_owned()),
     };
+    let tenant = match req.tenant.as_str() {
+        "" => caller.tenant.clone(),
+        named if named == caller.tenant.as_str() => caller.tenant.clone(),
+        named if caller.has(Role::Operator) => TenantId::from_stored(named)
+            .map_err(|e| status::invalid_argument("tenant", &e.to_string()))?,
+        _ => {
+            return Err(Status::permission_denied(
+                "admins add principals to their own tenant only",
+            ));
+        }
+    };
+    if cert_identity
+        .as_deref()
+        .is_some_and(|id| !identity_in_scope(caller, &tenant, id))
+    {
+        return Err(status::invalid_argument(
+            "cert_identity",
+            "a tenant admin may bind only a URI with the path segment /tenant/<your tenant>/",
+        ));
+    }
     Ok(NewPrincipal {
         name: name.to_owned(),
-        tenant: caller.tenant.clone(),
+        tenant,
         roles,
         cert_identity,
+        created_by: Some(caller.name.clone()),
+        created_at_ms: now_ms,
     })
 }
 
@@ -161,18 +216,34 @@ impl Principals for PrincipalsService {
     ) -> Result<Response<v1::AddPrincipalResponse>, Status> {
         let call = CallContext::of("AddPrincipal", &request);
         let caller = self.admin(&call, &request).await?;
-        let new = parse_new(&caller, request.get_ref());
-        let resource = principal_resource(&checked_name(&request.get_ref().name));
+        let now = self.vault.now_ms();
+        let new = parse_new(&caller, request.get_ref(), now);
+        let mut resource = principal_resource(&checked_name(&request.get_ref().name));
         let step = self.auth.otp_step();
         let result = new.and_then(|new| {
             let name = new.name.clone();
             let roles: Vec<_> = new.roles.iter().map(|r| r.name()).collect();
-            let issued = self
-                .auth
-                .principals()
-                .add(new)
-                .map_err(|e| book_status(&e))?;
-            tracing::info!(added = %name, roles = ?roles, "principal added");
+            let needs_approval = new.roles.iter().any(|r| r.grant_needs_approval());
+            let book = self.auth.principals();
+            let (entry, issued) = book.issue(new).map_err(|e| book_status(&e))?;
+            let approval_id = if needs_approval {
+                let pending = self
+                    .approvals
+                    .request(
+                        DualControlAction::AddPrincipal(Box::new(entry)),
+                        &caller.name,
+                        &caller.tenant,
+                        now,
+                    )
+                    .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+                tracing::info!(pending = %name, roles = ?roles, approval = %pending.id, "principal waits for approval");
+                resource.push_str(&format!(" approval:{}", pending.id));
+                pending.id
+            } else {
+                book.insert(entry).map_err(|e| book_status(&e))?;
+                tracing::info!(added = %name, roles = ?roles, "principal added");
+                String::new()
+            };
             Ok(v1::AddPrincipalResponse {
                 otpauth_uri: issued
                     .totp
@@ -180,6 +251,7 @@ impl Principals for PrincipalsService {
                     .unwrap_or_default(),
                 api_key: issued.api_key.expose_secret().to_owned(),
                 name,
+                approval_id,
             })
         });
         finish_admin(&self.vault, &call, &caller, resource, result).await
@@ -198,7 +270,7 @@ impl Principals for PrincipalsService {
             .principals()
             .list()
             .into_iter()
-            .filter(|s| s.principal.tenant == caller.tenant)
+            .filter(|s| manages(&caller, &s.principal.tenant))
             .map(|s| {
                 let locked = guard.principal_locked(&s.principal.name);
                 info(s, locked)
@@ -218,7 +290,7 @@ impl Principals for PrincipalsService {
         let name = checked_name(&request.get_ref().name);
         let resource = principal_resource(&name);
         let result = name.and_then(|name| {
-            self.own_tenant(&caller, name)?;
+            self.managed(&caller, name)?;
             if name == caller.name {
                 return Err(Status::failed_precondition(
                     "an admin cannot revoke itself; ask another admin",
@@ -244,7 +316,7 @@ impl Principals for PrincipalsService {
         let name = checked_name(&request.get_ref().name);
         let resource = principal_resource(&name);
         let result = name.and_then(|name| {
-            self.own_tenant(&caller, name)?;
+            self.managed(&caller, name)?;
             let was_locked = self.auth.guard().unlock_principal(name);
             tracing::info!(unlocked = %name, was_locked, "principal unlocked");
             Ok(v1::UnlockPrincipalResponse { was_locked })

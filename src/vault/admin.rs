@@ -68,6 +68,12 @@ impl Vault {
         tracing::warn!(event = "sealed", "vault sealed; keys dropped from memory");
     }
 
+    /// Whether unsealing collects shares (Shamir); other backends reopen on
+    /// a second operator's approval instead.
+    pub fn unsealed_by_shares(&self) -> bool {
+        self.kms.unseal_progress().is_some()
+    }
+
     /// Offers an unseal share (Shamir) or, for backends not sealed by
     /// shares, reopens a vault an admin sealed.
     pub async fn unseal(&self, holder: &str, share: &[u8]) -> Result<UnsealProgress, VaultError> {

@@ -1191,6 +1191,9 @@ pub struct Approval {
     /// When it expires.
     #[prost(message, optional, tag = "4")]
     pub expires_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// What exactly would run, e.g. "principal till-9 roles detokenize".
+    #[prost(string, tag = "5")]
+    pub detail: ::prost::alloc::string::String,
 }
 /// Pending approvals.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -2708,15 +2711,23 @@ pub mod audit_server {
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AddPrincipalRequest {
-    /// Unique name, 1 to 128 characters; recorded in every audit event.
+    /// Unique name: 1 to 64 characters of A-Z a-z 0-9 . _ - @, never a card
+    /// number; recorded in every audit event.
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
-    /// Role names: tokenize, detokenize, read_info, delete, admin, audit.
+    /// Role names: tokenize, detokenize, read_info, delete, admin, audit,
+    /// operator (system scope only).
     #[prost(string, repeated, tag = "2")]
     pub roles: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// Optional client-certificate identity (SAN URI or DNS name) for mTLS.
+    /// A tenant admin may bind only URIs with the path segment
+    /// `/tenant/<its tenant>/`; operators may bind any.
     #[prost(string, tag = "3")]
     pub cert_identity: ::prost::alloc::string::String,
+    /// The tenant of the new principal. Empty: the caller's own. Only
+    /// operators may name another (to bootstrap a tenant's first admins).
+    #[prost(string, tag = "4")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 #[prost(skip_debug)]
@@ -2726,9 +2737,14 @@ pub struct AddPrincipalResponse {
     /// The API key. Shown once: only its SHA-256 is kept.
     #[prost(string, tag = "2")]
     pub api_key: ::prost::alloc::string::String,
-    /// otpauth://totp/... for admin and audit principals, else empty.
+    /// otpauth://totp/... for admin, audit and operator principals, else empty.
     #[prost(string, tag = "3")]
     pub otpauth_uri: ::prost::alloc::string::String,
+    /// Set when the grant waits for a second admin's approval (the roles
+    /// detokenize, admin, audit and operator): the credentials work only after
+    /// `Approve` with this id. Empty when the principal is live at once.
+    #[prost(string, tag = "4")]
+    pub approval_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PrincipalInfo {

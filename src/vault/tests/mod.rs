@@ -258,7 +258,11 @@ async fn metadata_and_format_limits() {
         })
     ));
     // Separated card numbers too (finding 3).
-    for value in ["5555 5555 5555 4444", "3782-822463-10005", "4111.1111.1111.1111"] {
+    for value in [
+        "5555 5555 5555 4444",
+        "3782-822463-10005",
+        "4111.1111.1111.1111",
+    ] {
         let mut c = cmd(VISA);
         c.metadata.insert("note".into(), value.into());
         assert!(

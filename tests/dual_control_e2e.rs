@@ -1,0 +1,247 @@
+//! Dual control as an attacker tries it (SECURITY.md §5.1, §5.2; review
+//! findings 1 and 2): one admin minting a PAN reader, minting its own second
+//! person, approving its own request; a tenant admin reaching vault-wide
+//! actions; one operator sealing and unsealing alone.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use common::{AdminChannel, OtpAuth, Server, secret_of_uri};
+use tessera::proto::v1;
+use tessera::proto::v1::key_admin_client::KeyAdminClient;
+use tessera::proto::v1::principals_client::PrincipalsClient;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const VISA: &str = "4111111111111111";
+
+type Keys = KeyAdminClient<AdminChannel>;
+type Book = PrincipalsClient<AdminChannel>;
+
+async fn keys(server: &Server, auth: OtpAuth) -> Keys {
+    KeyAdminClient::with_interceptor(server.channel().await, auth)
+}
+
+async fn book(server: &Server, auth: OtpAuth) -> Book {
+    PrincipalsClient::with_interceptor(server.channel().await, auth)
+}
+
+fn grant(name: &str, role: &str) -> v1::AddPrincipalRequest {
+    v1::AddPrincipalRequest {
+        name: name.into(),
+        roles: vec![role.into()],
+        cert_identity: String::new(),
+        tenant: String::new(),
+    }
+}
+
+fn approval_id(status: &tonic::Status) -> String {
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    status.get_details_error_info().expect("ErrorInfo").metadata["approval_id"].clone()
+}
+
+async fn approve(client: &mut Keys, id: &str) -> Result<v1::ApproveResponse, tonic::Status> {
+    client
+        .approve(v1::ApproveRequest { id: id.into() })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Finding 1: one admin with its TOTP secret added a `detokenize` principal
+/// and read PANs with it; it added a second admin and had it approve its own
+/// RotateMasterKey or ShredTenant.
+#[tokio::test]
+async fn one_admin_can_neither_mint_a_reader_nor_its_own_second_person() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &dir.path().join("server.log"));
+    let mut admin = book(&server, server.admin_auth("admin")).await;
+    let mut admin_keys = keys(&server, server.admin_auth("admin")).await;
+    let mut admin2_keys = keys(&server, server.admin_auth("admin2")).await;
+    let mut processor = server.client("processor").await;
+    let token = processor
+        .tokenize(v1::TokenizeRequest {
+            pan: VISA.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+
+    // A PAN reader: credentials are issued, but do nothing until approved.
+    let reader = admin
+        .add_principal(grant("reader", "detokenize"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reader.approval_id.len(), 16);
+    let mut as_reader = server.client_with_key(Some(&reader.api_key)).await;
+    let refused = as_reader
+        .detokenize(v1::DetokenizeRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    // The requester cannot approve its own grant.
+    let own = approve(&mut admin_keys, &reader.approval_id)
+        .await
+        .unwrap_err();
+    assert_eq!(own.code(), Code::PermissionDenied);
+
+    // Its own second person: an admin it creates waits for approval too...
+    let shred = approval_id(
+        &admin_keys
+            .shred_tenant(v1::ShredTenantRequest::default())
+            .await
+            .unwrap_err(),
+    );
+    let minted = admin
+        .add_principal(grant("mallory", "admin"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mallory_auth = OtpAuth::new(&minted.api_key, &secret_of_uri(&minted.otpauth_uri));
+    let mut mallory = keys(&server, mallory_auth.clone()).await;
+    assert_eq!(
+        approve(&mut mallory, &shred).await.unwrap_err().code(),
+        Code::Unauthenticated,
+        "not live before approval"
+    );
+    // ...and once another admin lets it in, it is still no eligible approver
+    // of its creator's request (created by the requester, after the request).
+    approve(&mut admin2_keys, &minted.approval_id)
+        .await
+        .unwrap();
+    let ineligible = approve(&mut mallory, &shred).await.unwrap_err();
+    assert_eq!(ineligible.code(), Code::PermissionDenied, "{ineligible:?}");
+    assert!(ineligible.message().contains("eligible"), "{ineligible:?}");
+    // A principal that needs no approval (tokenize) cannot approve either.
+    let helper = admin
+        .add_principal(grant("helper", "tokenize"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(helper.approval_id.is_empty());
+    let mut helper_keys = keys(&server, OtpAuth::key_only(&helper.api_key)).await;
+    assert_eq!(
+        approve(&mut helper_keys, &shred).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // Nothing was shredded: the processor still reads its token.
+    processor
+        .detokenize(v1::DetokenizeRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap();
+
+    // A second, eligible admin approves the reader: now it reads PANs.
+    let done = approve(&mut admin2_keys, &reader.approval_id)
+        .await
+        .unwrap();
+    assert_eq!(done.action, "AddPrincipal");
+    let pan = as_reader
+        .detokenize(v1::DetokenizeRequest { token })
+        .await
+        .unwrap()
+        .into_inner()
+        .pan;
+    assert_eq!(pan, VISA);
+
+    // ListApprovals shows approvers what they would approve.
+    let pending = admin_keys
+        .list_approvals(v1::ListApprovalsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert!(
+        pending
+            .iter()
+            .any(|a| a.id == shred && a.action == "ShredTenant" && a.detail == "tenant default")
+    );
+}
+
+/// Finding 2: a tenant admin sealed the whole vault and unsealed it again
+/// alone (dev, HSM and AWS backends), and rotated the master key every
+/// tenant uses.
+#[tokio::test]
+async fn vault_wide_actions_need_operators_and_unseal_needs_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &dir.path().join("server.log"));
+    let mut processor = server.client("processor").await;
+    let tokenize = || v1::TokenizeRequest {
+        pan: VISA.into(),
+        ..Default::default()
+    };
+    for who in ["admin", "other"] {
+        let auth = if who == "admin" {
+            server.admin_auth(who)
+        } else {
+            OtpAuth::key_only(&server.api_key(who))
+        };
+        let mut tenant = keys(&server, auth).await;
+        for refused in [
+            tenant.seal(v1::SealRequest {}).await.unwrap_err(),
+            tenant
+                .unseal(v1::UnsealRequest { share: Vec::new() })
+                .await
+                .unwrap_err(),
+            tenant
+                .rotate_master_key(v1::RotateMasterKeyRequest {})
+                .await
+                .unwrap_err(),
+        ] {
+            assert_eq!(refused.code(), Code::PermissionDenied, "{who}: {refused:?}");
+        }
+    }
+    processor.tokenize(tokenize()).await.unwrap();
+
+    let mut operator = keys(&server, server.admin_auth("operator")).await;
+    let mut operator2 = keys(&server, server.admin_auth("operator2")).await;
+    operator.seal(v1::SealRequest {}).await.unwrap();
+    assert_eq!(
+        processor.tokenize(tokenize()).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    // One operator cannot reopen the vault: unsealing files a request...
+    let id = approval_id(
+        &operator
+            .unseal(v1::UnsealRequest { share: Vec::new() })
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        approve(&mut operator, &id).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // ...that no tenant admin can approve...
+    let mut admin = keys(&server, server.admin_auth("admin")).await;
+    assert_eq!(
+        approve(&mut admin, &id).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        processor.tokenize(tokenize()).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    // ...and a second operator does, while the vault is still sealed.
+    let done = approve(&mut operator2, &id).await.unwrap();
+    assert_eq!(
+        (done.action.as_str(), done.result.as_str()),
+        ("Unseal", "vault unsealed")
+    );
+    processor.tokenize(tokenize()).await.unwrap();
+
+    // Master key rotation: operator files, the other operator approves.
+    let id = approval_id(
+        &operator
+            .rotate_master_key(v1::RotateMasterKeyRequest {})
+            .await
+            .unwrap_err(),
+    );
+    let done = approve(&mut operator2, &id).await.unwrap();
+    assert_eq!(done.action, "RotateMasterKey");
+}
