@@ -135,6 +135,20 @@ impl App {
             tls: None,
         }
     }
+
+    /// The same app verifying TOTP codes of `step` (tests make several
+    /// admin calls a second; `access.totp_step_seconds` in a config).
+    pub fn with_otp_step(self, step: Duration) -> Self {
+        let principals = Arc::clone(self.auth.principals());
+        Self {
+            auth: Arc::new(Authenticator::with_limits(
+                principals,
+                crate::access::limits::LimitsConfig::default(),
+                step,
+            )),
+            ..self
+        }
+    }
 }
 
 /// How long a dual-control request waits when no config says otherwise.

@@ -336,6 +336,99 @@ async fn tampering_is_detected_at_the_first_bad_position() {
     );
 }
 
+/// Finding 5: a missing signed head counted as intact. Delete the head,
+/// edit an event and recompute the unkeyed hashes: `verify` exited 0 and
+/// the next unsealed append signed the forged chain.
+#[tokio::test]
+async fn a_deleted_head_is_tampering_until_an_operator_recovers() {
+    use tessera::audit::chain::ChainedEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let server = Server::start(&data, &log);
+    let mut processor = server.client("processor").await;
+    let tokenize = || v1::TokenizeRequest {
+        pan: VISA.into(),
+        ..Default::default()
+    };
+    for _ in 0..6 {
+        processor.tokenize(tokenize()).await.unwrap();
+    }
+    server.kill9();
+
+    // The forger: no key, full write access to the data dir.
+    {
+        let db = sled::open(data.join("store")).unwrap();
+        db.open_tree("audit_meta").unwrap().remove(b"head").unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        let n = u64::try_from(tree.len()).unwrap();
+        let mut prev = ChainedEvent::decode(&tree.get(key(2)).unwrap().unwrap())
+            .unwrap()
+            .hash;
+        for seq in 3..n {
+            let mut event = ChainedEvent::decode(&tree.get(key(seq)).unwrap().unwrap())
+                .unwrap()
+                .event;
+            if seq == 3 {
+                event.origin = "10.9.9.9:1".into();
+            }
+            let forged = ChainedEvent::new(seq, prev, event);
+            prev = forged.hash;
+            tree.insert(key(seq), forged.encode()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    let server = Server::start(&data, &log);
+    let mut audit = auditor(&server).await;
+    let report = audit
+        .verify(v1::VerifyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!report.intact, "{report:?}");
+    assert!(report.problem.contains("head is missing"), "{report:?}");
+    let out = server.admin_cli("admin", &["audit", "verify"]);
+    assert!(!out.status.success());
+    // Nothing is appended (so nothing signs the forged chain): calls fail closed.
+    let mut processor = server.client("processor").await;
+    assert_eq!(
+        processor.tokenize(tokenize()).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    // Only an operator's explicit, recorded recovery continues the log; a
+    // tenant admin cannot, and a recovery needs a reason.
+    let out = server.admin_cli("admin", &["audit", "recover", "--reason", "INC-7"]);
+    assert!(!out.status.success());
+    let out = server.admin_cli("operator", &["audit", "recover", "--reason", "INC-7"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    processor.tokenize(tokenize()).await.unwrap();
+    let report = audit
+        .verify(v1::VerifyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.recovered_at.len(), 1, "{report:?}");
+    let out = server.admin_cli("admin", &["audit", "verify"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("recovered by an operator"));
+    // The recovery is recorded in the system scope, with the reason and
+    // what was found.
+    let out = server.admin_cli(
+        "operator",
+        &["audit", "list", "--action", "AuditRecovered", "--json"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("reason:INC-7") && text.contains("head is missing"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn the_second_sink_gets_every_event_as_a_json_line() {
     let dir = tempfile::tempdir().unwrap();

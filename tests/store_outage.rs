@@ -2,7 +2,9 @@
 //! resumes when the store returns. The real sled store sits behind a switch
 //! that makes every call fail, as sled's own failpoints do.
 
-#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use tessera::access::api_key;
 use tessera::access::principals::{PrincipalBook, PrincipalEntry};
+use tessera::access::totp::TotpSecret;
 use tessera::cli::client::Bearer;
 use tessera::clock::SystemClock;
 use tessera::config::Profile;
@@ -17,6 +20,8 @@ use tessera::domain::{Fingerprint, Principal, Role, TenantId, TokenId};
 use tessera::kms::KeyContext;
 use tessera::kms::dev::DevKms;
 use tessera::proto::v1;
+use tessera::proto::v1::key_admin_client::KeyAdminClient;
+use tessera::proto::v1::principals_client::PrincipalsClient;
 use tessera::proto::v1::tokenizer_client::TokenizerClient;
 use tessera::server::{self, App};
 use tessera::store::sled::SledStore;
@@ -261,6 +266,211 @@ async fn store_outage_is_unavailable_then_recovers() {
             .await
             .is_ok()
     );
+
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}
+
+/// A principal of tenant `default` for the in-process server.
+fn entry(
+    name: &str,
+    roles: &[Role],
+    key: &api_key::NewApiKey,
+    totp: Option<&str>,
+) -> PrincipalEntry {
+    PrincipalEntry {
+        principal: Principal {
+            name: name.into(),
+            tenant: TenantId::new("default").unwrap(),
+            roles: roles.iter().copied().collect(),
+        },
+        key_hash: Some(key.hash.clone()),
+        cert_identity: None,
+        totp: totp.map(|s| Arc::new(TotpSecret::from_base32(s).unwrap())),
+        created_at_ms: 0,
+        created_by: None,
+    }
+}
+
+/// Finding 4: "fail closed" audit ran after the state change for
+/// DeleteToken, single-use Detokenize, Add/RevokePrincipal, key rotation and
+/// approvals, so a failed append left the change made and unrecorded. Now
+/// the intent is written first: with the audit log down, nothing changes.
+#[tokio::test]
+async fn a_lost_intent_event_leaves_every_state_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Switchable {
+        inner: SledStore::open(&dir.path().join("store")).unwrap(),
+        down: AtomicBool::new(false),
+        audit_down: AtomicBool::new(false),
+    });
+    let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
+    let vault = Vault::new(
+        kms,
+        store.clone(),
+        Arc::new(SystemClock),
+        VaultPolicy::default(),
+    );
+    let processor = api_key::generate().unwrap();
+    let (admin, admin2) = (api_key::generate().unwrap(), api_key::generate().unwrap());
+    let secret = |s: &TotpSecret| s.to_base32().expose_secret().to_owned();
+    let (secret1, secret2) = (
+        secret(&TotpSecret::generate().unwrap()),
+        secret(&TotpSecret::generate().unwrap()),
+    );
+    let book = PrincipalBook::open(
+        vec![
+            entry(
+                "processor",
+                &[Role::Tokenize, Role::Detokenize, Role::Delete],
+                &processor,
+                None,
+            ),
+            entry("admin", &[Role::Admin], &admin, Some(&secret1)),
+            entry("admin2", &[Role::Admin], &admin2, Some(&secret2)),
+        ],
+        None,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = App::from_parts(vault, book).with_otp_step(common::OTP_STEP);
+    let serving = tokio::spawn(server::run(listener, app, async {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = TokenizerClient::with_interceptor(
+        channel.clone(),
+        Bearer::new(processor.key.expose_secret()).unwrap(),
+    );
+    let auth1 = common::OtpAuth::new(admin.key.expose_secret(), &secret1);
+    let auth2 = common::OtpAuth::new(admin2.key.expose_secret(), &secret2);
+    let mut keys1 = KeyAdminClient::with_interceptor(channel.clone(), auth1.clone());
+    let mut keys2 = KeyAdminClient::with_interceptor(channel.clone(), auth2);
+    let mut book1 = PrincipalsClient::with_interceptor(channel, auth1);
+
+    let tokenize = |single_use| v1::TokenizeRequest {
+        pan: "4111111111111111".into(),
+        single_use,
+        ..Default::default()
+    };
+    let multi = client
+        .tokenize(tokenize(false))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let once = client
+        .tokenize(tokenize(true))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let shred = keys1
+        .shred_tenant(v1::ShredTenantRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(shred.code(), Code::FailedPrecondition);
+    let shred_id = {
+        use tonic_types::StatusExt;
+        shred.get_details_error_info().unwrap().metadata["approval_id"].clone()
+    };
+
+    store.audit_down.store(true, Ordering::SeqCst);
+    let detokenize = |token: &str| v1::DetokenizeRequest {
+        token: token.into(),
+    };
+    let refused = [
+        client
+            .delete_token(v1::DeleteTokenRequest {
+                token: multi.clone(),
+            })
+            .await
+            .map(|_| ()),
+        client.detokenize(detokenize(&once)).await.map(|_| ()),
+        book1
+            .add_principal(v1::AddPrincipalRequest {
+                name: "till-9".into(),
+                roles: vec!["tokenize".into()],
+                cert_identity: String::new(),
+                tenant: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        book1
+            .revoke_principal(v1::RevokePrincipalRequest {
+                name: "processor".into(),
+            })
+            .await
+            .map(|_| ()),
+        keys1
+            .rotate_data_key(v1::RotateDataKeyRequest::default())
+            .await
+            .map(|_| ()),
+        keys1
+            .retire_data_key(v1::RetireDataKeyRequest {
+                tenant: String::new(),
+                version: 1,
+            })
+            .await
+            .map(|_| ()),
+        keys2
+            .approve(v1::ApproveRequest {
+                id: shred_id.clone(),
+            })
+            .await
+            .map(|_| ()),
+    ];
+    for (i, result) in refused.into_iter().enumerate() {
+        assert_eq!(result.unwrap_err().code(), Code::Unavailable, "call {i}");
+    }
+    store.audit_down.store(false, Ordering::SeqCst);
+
+    // Nothing changed: the token is not deleted, the single-use token is not
+    // consumed, nobody was added or revoked, no key was rotated, and the
+    // shred is still only pending.
+    client.detokenize(detokenize(&multi)).await.unwrap();
+    client.detokenize(detokenize(&once)).await.unwrap();
+    assert_eq!(
+        client
+            .detokenize(detokenize(&once))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let principals = book1
+        .list_principals(v1::ListPrincipalsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .principals;
+    assert!(!principals.iter().any(|p| p.name == "till-9"));
+    assert!(
+        !principals
+            .iter()
+            .find(|p| p.name == "processor")
+            .unwrap()
+            .revoked
+    );
+    let status = keys1
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.data_keys.len(), 1, "{status:?}");
+    let pending = keys1
+        .list_approvals(v1::ListApprovalsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert!(pending.iter().any(|a| a.id == shred_id));
 
     stop.send(()).unwrap();
     serving.await.unwrap().unwrap();

@@ -12,6 +12,15 @@
 //!
 //! Fail closed (SECURITY.md §1.5): the service refuses detokenize, admin and
 //! (by default) tokenize calls whose event cannot be written.
+//!
+//! **A missing head is tampering** (SECURITY.md §5.4). A vault signs its
+//! head from the first event it writes unsealed, and that first unsealed
+//! write is also when its first wrapped key exists. So a log that has events
+//! and a store that has wrapped keys but no head lost its head: [`verify`]
+//! reports it and [`AuditLog::record`] refuses to append (the forged chain
+//! is never signed over) until an operator runs [`AuditLog::recover`], which
+//! appends an `AuditRecovered` event naming what was found and signs from
+//! there. Verification keeps reporting any edited event before it.
 
 pub mod chain;
 pub mod sink;
@@ -60,8 +69,20 @@ pub enum AuditError {
     /// The log ends before, or differs from, its signed head: it was
     /// truncated or rewritten. Nothing more is appended (so the evidence is
     /// not signed over) until an operator investigates with `Verify`.
-    #[error("the audit log does not match its signed head (truncated or rewritten)")]
+    #[error("the audit log does not match its signed head (missing, truncated or rewritten)")]
     Tampered,
+    /// Recovery was asked for a log that verifies.
+    #[error("the audit log verifies; there is nothing to recover")]
+    NothingToRecover,
+}
+
+/// The action name of a recovery event.
+pub const RECOVERY_ACTION: &str = "AuditRecovered";
+
+/// Whether `store` must have a signed head: it has audit events and wrapped
+/// keys, so an unsealed vault has written to it (see the module docs).
+pub(crate) async fn head_required(store: &dyn Store, events: u64) -> Result<bool, StoreError> {
+    Ok(events > 0 && !store.all_wrapped_keys().await?.is_empty())
 }
 
 #[derive(Debug)]
@@ -125,9 +146,13 @@ impl AuditLog {
     }
 
     /// Refuses to continue a chain whose end does not reach its signed head
-    /// with the same hash: appending would sign over a truncation.
+    /// with the same hash, or that lost the head it must have: appending
+    /// would sign over a truncation or a rewrite.
     async fn check_head(&self, next_seq: u64) -> Result<(), AuditError> {
         let Some(bytes) = self.store.audit_head().await? else {
+            if head_required(self.store.as_ref(), next_seq).await? {
+                return Err(AuditError::Tampered);
+            }
             return Ok(());
         };
         let head = SignedHead::decode(&bytes)?;
@@ -143,6 +168,46 @@ impl AuditLog {
             }
             _ => Err(AuditError::Tampered),
         }
+    }
+
+    /// The explicit, audited way out of [`AuditError::Tampered`]: verifies
+    /// the log, and if it is not intact appends `event` as an
+    /// [`RECOVERY_ACTION`] event (its resource, the operator's reason, gets
+    /// what verification found appended) signed with `key`, so appends
+    /// resume after it. The evidence
+    /// stays: every event before it is reported as it was found.
+    pub async fn recover(
+        &self,
+        mut event: AuditEvent,
+        key: &DataKey,
+    ) -> Result<(u64, verify::VerifyReport), AuditError> {
+        let mut state = self.state.lock().await;
+        let report = verify::verify(self.store.as_ref(), Some(key)).await?;
+        if report.ok() {
+            return Err(AuditError::NothingToRecover);
+        }
+        event.action = RECOVERY_ACTION.to_owned();
+        event.resource = format!(
+            "{} first_bad:{} problem:{}",
+            event.resource,
+            report.first_bad.unwrap_or(report.events),
+            report.problem
+        )
+        .trim_start()
+        .to_owned();
+        let (next_seq, last_hash) = match self.store.last_audit_record().await? {
+            Some((seq, bytes)) => (seq + 1, ChainedEvent::decode(&bytes)?.hash),
+            None => (0, [0; 32]),
+        };
+        let chained = ChainedEvent::new(next_seq, last_hash, event);
+        let head = SignedHead::sign(key, chained.seq, chained.hash).encode();
+        self.store
+            .append_audit(chained.seq, chained.encode(), Some(head))
+            .await?;
+        state.next_seq = chained.seq + 1;
+        state.last_hash = chained.hash;
+        state.loaded = true;
+        Ok((chained.seq, report))
     }
 
     /// Events from position `from`, at most `limit`, decoded.

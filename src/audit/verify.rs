@@ -22,6 +22,9 @@ pub struct VerifyReport {
     pub first_bad: Option<u64>,
     /// Why, when `first_bad` is set.
     pub problem: String,
+    /// Positions of recovery events (an operator continued after a failed
+    /// verification), in order.
+    pub recovered_at: Vec<u64>,
 }
 
 impl VerifyReport {
@@ -38,12 +41,14 @@ fn bad(events: u64, at: u64, problem: &str) -> VerifyReport {
         head_checked: false,
         first_bad: Some(at),
         problem: problem.to_owned(),
+        recovered_at: Vec::new(),
     }
 }
 
 /// Verifies the log in `store`; with `key`, also the head signature.
 pub async fn verify(store: &dyn Store, key: Option<&DataKey>) -> Result<VerifyReport, AuditError> {
     let mut hashes: Vec<ChainHash> = Vec::new();
+    let mut recovered_at = Vec::new();
     let mut prev: ChainHash = [0; 32];
     let mut expected = 0u64;
     loop {
@@ -76,6 +81,9 @@ pub async fn verify(store: &dyn Store, key: Option<&DataKey>) -> Result<VerifyRe
             if hash_event(event.seq, &event.prev, &event.event) != event.hash {
                 return Ok(bad(n, position, "the event was edited"));
             }
+            if event.event.action == super::RECOVERY_ACTION {
+                recovered_at.push(position);
+            }
             prev = event.hash;
             hashes.push(event.hash);
             expected += 1;
@@ -88,8 +96,16 @@ pub async fn verify(store: &dyn Store, key: Option<&DataKey>) -> Result<VerifyRe
         head_checked: false,
         first_bad: None,
         problem: String::new(),
+        recovered_at,
     };
     let Some(head_bytes) = store.audit_head().await? else {
+        if super::head_required(store, events).await? {
+            return Ok(bad(
+                events,
+                0,
+                "the signed head is missing: this log was written by an unsealed vault, so it had one (deleted)",
+            ));
+        }
         return Ok(report);
     };
     let Ok(head) = SignedHead::decode(&head_bytes) else {

@@ -1,4 +1,4 @@
-//! `tessera audit verify` and `tessera audit list`.
+//! `tessera audit verify`, `tessera audit list` and `tessera audit recover`.
 
 use std::process::ExitCode;
 
@@ -36,6 +36,15 @@ pub enum AuditCommand {
         #[arg(long)]
         principal: Option<String>,
     },
+    /// Operators: continue after a failed verification. Appends an
+    /// `AuditRecovered` event stating what was found; until then the vault
+    /// refuses every audited call. Investigate (and keep a copy of the
+    /// store) first.
+    Recover {
+        /// Why (an incident number); recorded in the event.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 async fn connect(
@@ -62,7 +71,7 @@ pub async fn run(args: AuditArgs) -> ExitCode {
                 let value = serde_json::json!({
                     "intact": r.intact, "events": r.events, "first_bad_position": r.first_bad_position,
                     "problem": r.problem, "head_signature_checked": r.head_signature_checked,
-                    "signed_through": r.signed_through,
+                    "signed_through": r.signed_through, "recovered_at": r.recovered_at,
                 });
                 let text = if r.intact {
                     format!(
@@ -84,11 +93,33 @@ pub async fn run(args: AuditArgs) -> ExitCode {
                         r.problem
                     )
                 };
+                let text = if r.recovered_at.is_empty() {
+                    text
+                } else {
+                    format!(
+                        "{text}\nrecovered by an operator at event(s) {:?}",
+                        r.recovered_at
+                    )
+                };
                 let code = emit(json, &value, &text);
                 if r.intact { code } else { ExitCode::FAILURE }
             }
             Err(status) => fail_status(&status),
         },
+        AuditCommand::Recover { reason } => {
+            match client.recover(v1::RecoverRequest { reason }).await {
+                Ok(resp) => {
+                    let r = resp.into_inner();
+                    let value = serde_json::json!({"position": r.position, "found": r.found});
+                    let text = format!(
+                        "recovered: event {} records what was found: {}",
+                        r.position, r.found
+                    );
+                    emit(json, &value, &text)
+                }
+                Err(status) => fail_status(&status),
+            }
+        }
         AuditCommand::List { action, principal } => {
             let request = v1::ListEventsRequest {
                 action: action.unwrap_or_default(),

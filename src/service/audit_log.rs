@@ -1,5 +1,6 @@
 //! `tessera.v1.Audit`: list and verify the audit log. Needs the `audit`
-//! role; every read is itself audited (PCI DSS 10.2.1.3).
+//! role; every read is itself audited (PCI DSS 10.2.1.3). `Recover`, the
+//! explicit way to continue after a failed verification, is the operators'.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -179,6 +180,7 @@ impl Audit for AuditService {
                 problem: r.problem,
                 head_signature_checked: r.head_checked,
                 signed_through: r.signed_through,
+                recovered_at: r.recovered_at,
             })
             .map_err(|e| status::from_vault(&e));
         // A broken chain is the answer, not a failure; and verifying must work
@@ -193,5 +195,71 @@ impl Audit for AuditService {
         )
         .await
         .map(Response::new)
+    }
+
+    #[instrument(skip_all, name = "Recover", fields(principal, tenant))]
+    async fn recover(
+        &self,
+        request: Request<v1::RecoverRequest>,
+    ) -> Result<Response<v1::RecoverResponse>, Status> {
+        let call = CallContext::of("Recover", &request);
+        let principal = authorize_call(
+            &self.vault,
+            &self.auth,
+            &call,
+            &request,
+            &[Role::Operator],
+            WhenSealed::Refuse,
+        )
+        .await?;
+        let reason = request.get_ref().reason.trim();
+        if reason.is_empty()
+            || reason.len() > 200
+            || reason.chars().any(char::is_control)
+            || crate::leak::contains_pan(reason)
+        {
+            let refused = Err(status::invalid_argument(
+                "reason",
+                "must be 1 to 200 printable characters, never a card number",
+            ));
+            return crate::service::audited::finish_admin(
+                &self.vault,
+                &call,
+                &principal,
+                "audit-log".to_owned(),
+                refused,
+            )
+            .await;
+        }
+        let event = call.event(Some(&principal), format!("reason:{reason}"), "OK");
+        match self.vault.recover_audit(event).await {
+            Ok((position, report)) => {
+                tracing::warn!(
+                    alert = "audit_recovered",
+                    position,
+                    problem = %report.problem,
+                    "audit log recovered by an operator"
+                );
+                metrics::counter!("tessera_audit_recoveries_total").increment(1);
+                Ok(Response::new(v1::RecoverResponse {
+                    position,
+                    found: report.problem,
+                }))
+            }
+            Err(crate::vault::VaultError::Audit(crate::audit::AuditError::NothingToRecover)) => {
+                let refused = Err(Status::failed_precondition(
+                    "the audit log verifies; there is nothing to recover",
+                ));
+                crate::service::audited::finish_admin(
+                    &self.vault,
+                    &call,
+                    &principal,
+                    "audit-log".to_owned(),
+                    refused,
+                )
+                .await
+            }
+            Err(e) => Err(status::from_vault(&e)),
+        }
     }
 }

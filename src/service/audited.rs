@@ -104,6 +104,33 @@ pub async fn audited<T>(
     }
 }
 
+/// Write-ahead auditing (SECURITY.md §5.3): makes the intent of a state
+/// change durable *before* the change, as an `INTENT` event; the call's
+/// usual event after it is the outcome. When the intent cannot be written
+/// the call must stop there, so nothing changes without a record.
+pub async fn record_intent(
+    vault: &Vault,
+    call: &CallContext,
+    principal: &Principal,
+    resource: &str,
+) -> Result<(), crate::vault::VaultError> {
+    let event = call.event(Some(principal), resource.to_owned(), "INTENT");
+    vault.record_audit(event).await.map(|_| ())
+}
+
+/// [`record_intent`] for a handler: UNAVAILABLE (with the audit alert)
+/// when the intent is lost.
+pub async fn intend(
+    vault: &Vault,
+    call: &CallContext,
+    principal: &Principal,
+    resource: &str,
+) -> Result<(), Status> {
+    record_intent(vault, call, principal, resource)
+        .await
+        .map_err(|e| status::from_vault(&e))
+}
+
 /// Audits a refused call (bad credentials, missing role, sealed, locked,
 /// rate limited), naming the principal when the credentials do. Best
 /// effort: a refusal must not wait on, or fail because of, the log.

@@ -22,7 +22,7 @@ use crate::access::approvals::{ApprovalError, Approvals, Approver, DualControlAc
 use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
 use crate::proto::v1::key_admin_server::KeyAdmin;
-use crate::service::audited::{CallContext, WhenSealed, authorize_call, finish_admin};
+use crate::service::audited::{CallContext, WhenSealed, authorize_call, finish_admin, intend};
 use crate::service::{Authenticator, log_outcome, status};
 use crate::vault::Vault;
 use crate::vault::admin::KeyState;
@@ -62,6 +62,8 @@ impl KeyAdminService {
         principal: &Principal,
         action: DualControlAction,
     ) -> Result<(), Status> {
+        let intent = format!("approval:new {} {}", action.name(), action.detail());
+        intend(&self.vault, call, principal, intent.trim_end()).await?;
         let pending = self
             .approvals
             .request(
@@ -283,6 +285,7 @@ impl KeyAdmin for KeyAdminService {
                 .await?;
             return Err(Status::internal("unreachable: approval requested"));
         }
+        intend(&self.vault, &call, &principal, "vault").await?;
         let result = self
             .vault
             .unseal(&principal.name, &request.get_ref().share)
@@ -327,6 +330,13 @@ impl KeyAdmin for KeyAdminService {
             .await?;
         let result = async {
             let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+            intend(
+                &self.vault,
+                &call,
+                &principal,
+                &format!("tenant:{tenant} dek:new"),
+            )
+            .await?;
             let version = self
                 .vault
                 .rotate_data_key(&tenant)
@@ -373,8 +383,10 @@ impl KeyAdmin for KeyAdminService {
             .await?;
         let tenant = target_tenant(&principal, &request.get_ref().tenant);
         let resource = format!("tenant:{}", principal.tenant);
+        // The start's event is the write-ahead intent (fail closed); the
+        // job's end is recorded as the outcome when it finishes.
         let tenant = self
-            .finish(&call, &principal, resource, tenant)
+            .finish(&call, &principal, resource.clone(), tenant)
             .await?
             .into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -395,6 +407,15 @@ impl KeyAdmin for KeyAdminService {
                     .map(progress_message)
                     .map_err(|e| status::from_vault(&e));
                 log_outcome(&last);
+                let mut end = call.event(
+                    Some(&principal),
+                    format!("{resource} job:end"),
+                    &crate::service::audited::outcome(&last),
+                );
+                end.action = "ReencryptFinished".to_owned();
+                if let Err(e) = vault.record_audit(end).await {
+                    tracing::error!(error = %e, alert = "audit_write_failed", "could not audit the end of a re-encryption");
+                }
                 let _ = tx.send(last).await;
             },
             span,
@@ -416,6 +437,13 @@ impl KeyAdmin for KeyAdminService {
         let version = request.get_ref().version;
         let result = async {
             let tenant = target_tenant(&principal, &request.get_ref().tenant)?;
+            intend(
+                &self.vault,
+                &call,
+                &principal,
+                &format!("tenant:{tenant} dek:v{version}"),
+            )
+            .await?;
             self.vault
                 .retire_data_key(&tenant, version)
                 .await
@@ -502,6 +530,7 @@ impl KeyAdmin for KeyAdminService {
             created_at_ms: summary.as_ref().map_or(u64::MAX, |s| s.created_at_ms),
             created_by: summary.as_ref().and_then(|s| s.created_by.as_deref()),
         };
+        intend(&self.vault, &call, &principal, &format!("approval:{id}")).await?;
         let sealed = self.vault.is_sealed();
         let approved = self.approvals.approve(&id, &approver, |action| {
             !sealed || matches!(action, DualControlAction::Unseal)

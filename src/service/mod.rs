@@ -22,7 +22,9 @@ use crate::domain::{Principal, Role};
 use crate::proto::v1;
 use crate::proto::v1::tokenizer_server::Tokenizer;
 use crate::vault::{TokenizeCommand, Vault};
-use audited::{CallContext, WhenSealed, audited, authorize_call, raise_anomaly};
+use audited::{
+    CallContext, WhenSealed, audited, authorize_call, intend, raise_anomaly, record_intent,
+};
 pub use authenticator::{Authenticator, Credentials};
 
 /// Implements `tessera.v1.Tokenizer`.
@@ -71,13 +73,18 @@ impl TokenizerService {
 
     async fn detokenize_one(
         &self,
+        call: &CallContext,
         principal: &Principal,
         req: &v1::DetokenizeRequest,
     ) -> Result<v1::DetokenizeResponse, Status> {
         let token = convert::token(&req.token)?;
+        let consume_intent = || async {
+            let resource = self.vault.token_ref(&principal.tenant, &token).await;
+            record_intent(&self.vault, call, principal, &format!("{resource} consume")).await
+        };
         let pan = self
             .vault
-            .detokenize(&principal.tenant, &token)
+            .detokenize_with(&principal.tenant, &token, consume_intent)
             .await
             .map_err(|e| status::from_vault(&e))?;
         let ascii = pan.expose_ascii();
@@ -195,7 +202,9 @@ impl Tokenizer for TokenizerService {
         let call = CallContext::of("Detokenize", &request);
         let principal = self.authorize(&call, &request, Role::Detokenize).await?;
         let resource = self.resource_of(&principal, &request.get_ref().token).await;
-        let result = self.detokenize_one(&principal, request.get_ref()).await;
+        let result = self
+            .detokenize_one(&call, &principal, request.get_ref())
+            .await;
         log_outcome(&result);
         self.watch_not_found(&call, &principal, usize::from(is_not_found(&result)))
             .await;
@@ -220,7 +229,7 @@ impl Tokenizer for TokenizerService {
             self.check_batch(total)?;
             let mut outcomes = Vec::with_capacity(total);
             for item in &items {
-                outcomes.push(self.detokenize_one(&principal, item).await);
+                outcomes.push(self.detokenize_one(&call, &principal, item).await);
             }
             let not_found = outcomes.iter().filter(|r| is_not_found(r)).count();
             self.watch_not_found(&call, &principal, not_found).await;
@@ -278,6 +287,7 @@ impl Tokenizer for TokenizerService {
         let resource = self.resource_of(&principal, &request.get_ref().token).await;
         let result = async {
             let token = convert::token(&request.get_ref().token)?;
+            intend(&self.vault, &call, &principal, &resource).await?;
             self.vault
                 .delete(&principal.tenant, &token)
                 .await

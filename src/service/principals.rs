@@ -19,7 +19,7 @@ use crate::domain::principal::check_name;
 use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
 use crate::proto::v1::principals_server::Principals;
-use crate::service::audited::{CallContext, WhenSealed, authorize_call, finish_admin};
+use crate::service::audited::{CallContext, WhenSealed, authorize_call, finish_admin, intend};
 use crate::service::{Authenticator, status};
 use crate::vault::Vault;
 
@@ -220,12 +220,14 @@ impl Principals for PrincipalsService {
         let new = parse_new(&caller, request.get_ref(), now);
         let mut resource = principal_resource(&checked_name(&request.get_ref().name));
         let step = self.auth.otp_step();
-        let result = new.and_then(|new| {
+        let result = async {
+            let new = new?;
             let name = new.name.clone();
             let roles: Vec<_> = new.roles.iter().map(|r| r.name()).collect();
             let needs_approval = new.roles.iter().any(|r| r.grant_needs_approval());
             let book = self.auth.principals();
             let (entry, issued) = book.issue(new).map_err(|e| book_status(&e))?;
+            intend(&self.vault, &call, &caller, &resource).await?;
             let approval_id = if needs_approval {
                 let pending = self
                     .approvals
@@ -253,7 +255,8 @@ impl Principals for PrincipalsService {
                 name,
                 approval_id,
             })
-        });
+        }
+        .await;
         finish_admin(&self.vault, &call, &caller, resource, result).await
     }
 
@@ -289,20 +292,23 @@ impl Principals for PrincipalsService {
         let caller = self.admin(&call, &request).await?;
         let name = checked_name(&request.get_ref().name);
         let resource = principal_resource(&name);
-        let result = name.and_then(|name| {
+        let result = async {
+            let name = name?;
             self.managed(&caller, name)?;
             if name == caller.name {
                 return Err(Status::failed_precondition(
                     "an admin cannot revoke itself; ask another admin",
                 ));
             }
+            intend(&self.vault, &call, &caller, &resource).await?;
             self.auth
                 .principals()
                 .revoke(name)
                 .map_err(|e| book_status(&e))?;
             tracing::warn!(revoked = %name, "principal revoked");
             Ok(v1::RevokePrincipalResponse {})
-        });
+        }
+        .await;
         finish_admin(&self.vault, &call, &caller, resource, result).await
     }
 
@@ -315,12 +321,15 @@ impl Principals for PrincipalsService {
         let caller = self.admin(&call, &request).await?;
         let name = checked_name(&request.get_ref().name);
         let resource = principal_resource(&name);
-        let result = name.and_then(|name| {
+        let result = async {
+            let name = name?;
             self.managed(&caller, name)?;
+            intend(&self.vault, &call, &caller, &resource).await?;
             let was_locked = self.auth.guard().unlock_principal(name);
             tracing::info!(unlocked = %name, was_locked, "principal unlocked");
             Ok(v1::UnlockPrincipalResponse { was_locked })
-        });
+        }
+        .await;
         finish_admin(&self.vault, &call, &caller, resource, result).await
     }
 }

@@ -54,6 +54,20 @@ impl Vault {
         Ok(self.audit.events(from, limit).await?)
     }
 
+    /// Continues a log that failed verification ([`AuditLog::recover`]):
+    /// needs the vault unsealed, because the recovery is signed.
+    ///
+    /// [`AuditLog::recover`]: crate::audit::AuditLog::recover
+    pub async fn recover_audit(
+        &self,
+        mut event: AuditEvent,
+    ) -> Result<(u64, VerifyReport), VaultError> {
+        self.ensure_unsealed()?;
+        event.time_ms = self.clock.now_ms();
+        let key = self.keys.audit_key().await?;
+        Ok(self.audit.recover(event, &key).await?)
+    }
+
     /// Verifies the audit chain; the head signature too while unsealed.
     pub async fn verify_audit(&self) -> Result<VerifyReport, VaultError> {
         let key = if self.is_sealed() {

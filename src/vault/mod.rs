@@ -708,6 +708,24 @@ impl Vault {
     /// Returns the PAN behind `token`. A single-use token is consumed; of
     /// concurrent redemptions exactly one succeeds.
     pub async fn detokenize(&self, tenant: &TenantId, token: &Token) -> Result<Pan, VaultError> {
+        self.detokenize_with(tenant, token, || async { Ok(()) })
+            .await
+    }
+
+    /// [`Self::detokenize`], running `before_consume` first when the token is
+    /// single-use: consuming is a state change, and the caller writes its
+    /// write-ahead audit intent there (SECURITY.md §5.3). When it fails,
+    /// the token stays redeemable.
+    pub async fn detokenize_with<F, Fut>(
+        &self,
+        tenant: &TenantId,
+        token: &Token,
+        before_consume: F,
+    ) -> Result<Pan, VaultError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(), VaultError>>,
+    {
         let (stored, _) = self.live_record(tenant, token).await?;
         let (pan, sealed_token) = self.open(tenant, &stored).await?;
         // The record must be the one this token names (it always is, unless
@@ -721,6 +739,7 @@ impl Vault {
             return Err(VaultError::Envelope(EnvelopeError::Unreadable));
         }
         if stored.record.facts.single_use {
+            before_consume().await?;
             let tombstone = Tombstone {
                 reason: TombstoneReason::Consumed,
                 at_ms: self.clock.now_ms(),

@@ -2332,6 +2332,26 @@ pub struct VerifyResponse {
     /// The newest position covered by a valid signature.
     #[prost(uint64, optional, tag = "6")]
     pub signed_through: ::core::option::Option<u64>,
+    /// Positions of `AuditRecovered` events: before each, a head was missing
+    /// or did not match, and an operator chose to continue.
+    #[prost(uint64, repeated, tag = "7")]
+    pub recovered_at: ::prost::alloc::vec::Vec<u64>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RecoverRequest {
+    /// Why the operator continues (an incident number): 1 to 200 printable
+    /// characters, never a card number.
+    #[prost(string, tag = "1")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RecoverResponse {
+    /// Position of the `AuditRecovered` event.
+    #[prost(uint64, tag = "1")]
+    pub position: u64,
+    /// What verification found before it.
+    #[prost(string, tag = "2")]
+    pub found: ::prost::alloc::string::String,
 }
 /// Generated client implementations.
 pub mod audit_client {
@@ -2470,6 +2490,32 @@ pub mod audit_client {
             req.extensions_mut().insert(GrpcMethod::new("tessera.v1.Audit", "Verify"));
             self.inner.unary(req, path, codec).await
         }
+        /// Operators only: after a log failed verification (missing, truncated or
+        /// rewritten head), appends are refused. This appends an `AuditRecovered`
+        /// event stating what verification found and signs the head after it, so
+        /// the vault can audit (and so serve) again. The evidence stays: Verify
+        /// keeps reporting every edited event, and lists each recovery.
+        pub async fn recover(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RecoverRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RecoverResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/tessera.v1.Audit/Recover");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tessera.v1.Audit", "Recover"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2502,6 +2548,15 @@ pub mod audit_server {
             &self,
             request: tonic::Request<super::VerifyRequest>,
         ) -> std::result::Result<tonic::Response<super::VerifyResponse>, tonic::Status>;
+        /// Operators only: after a log failed verification (missing, truncated or
+        /// rewritten head), appends are refused. This appends an `AuditRecovered`
+        /// event stating what verification found and signs the head after it, so
+        /// the vault can audit (and so serve) again. The evidence stays: Verify
+        /// keeps reporting every edited event, and lists each recovery.
+        async fn recover(
+            &self,
+            request: tonic::Request<super::RecoverRequest>,
+        ) -> std::result::Result<tonic::Response<super::RecoverResponse>, tonic::Status>;
     }
     /// The tamper-evident audit log.
     #[derive(Debug)]
@@ -2654,6 +2709,49 @@ pub mod audit_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = VerifySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Audit/Recover" => {
+                    #[allow(non_camel_case_types)]
+                    struct RecoverSvc<T: Audit>(pub Arc<T>);
+                    impl<T: Audit> tonic::server::UnaryService<super::RecoverRequest>
+                    for RecoverSvc<T> {
+                        type Response = super::RecoverResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RecoverRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Audit>::recover(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RecoverSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
