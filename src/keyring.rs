@@ -50,6 +50,27 @@ pub enum KeyringError {
     /// A record names a DEK version the tenant does not have.
     #[error("no such data key version")]
     MissingKey,
+    /// The tenant was shredded: no key is made for it until an operator
+    /// re-creates it.
+    #[error("this tenant was shredded; an operator must re-create it before it gets new keys")]
+    Shredded,
+    /// A seal or shred dropped the cache while this load ran; its key is
+    /// not cached, and the call should be retried.
+    #[error("the key cache was cleared while this key loaded; retry")]
+    Raced,
+}
+
+/// Checkpoint naming a shredded tenant (the job table holds the vault's
+/// small pieces of state; DESIGN.md §4 "shared state").
+pub fn shredded_marker(tenant: &TenantId) -> String {
+    format!("tenant/{tenant}/shredded")
+}
+
+/// Checkpoint holding the highest DEK version a tenant ever had: versions
+/// made after a shred start above it, so a record of the shredded keys is
+/// never mistaken for one of the new keys.
+pub fn dek_floor(tenant: &TenantId) -> String {
+    format!("tenant/{tenant}/dek-floor")
 }
 
 /// The keys derived from a tenant's index key.
@@ -147,6 +168,10 @@ pub struct Keyring {
     current: RwLock<HashMap<TenantId, u32>>,
     tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
     audit: RwLock<Option<Arc<DataKey>>>,
+    /// Bumped by every clear and forget; a load that started before a bump
+    /// must not cache what it loaded (SECURITY.md §5.8), checked under the
+    /// cache's write lock.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for TenantKeys {
@@ -166,7 +191,33 @@ impl Keyring {
             current: RwLock::default(),
             tenants: RwLock::default(),
             audit: RwLock::default(),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Caches `value` under `key` in `map` only if no clear or forget ran
+    /// since `started` (read under the same write lock the clears take).
+    fn cache<K: std::hash::Hash + Eq, V: Clone>(
+        &self,
+        map: &RwLock<HashMap<K, V>>,
+        started: u64,
+        key: K,
+        value: &V,
+    ) -> Result<(), KeyringError> {
+        let mut map = write(map);
+        if self.epoch() != started {
+            return Err(KeyringError::Raced);
+        }
+        map.insert(key, value.clone());
+        Ok(())
     }
 
     /// The tenant's derived keys; with `create`, makes the index key if the
@@ -179,6 +230,7 @@ impl Keyring {
         if let Some(keys) = read(&self.tenants).get(tenant) {
             return Ok(Some(Arc::clone(keys)));
         }
+        let started = self.epoch();
         let ctx = KeyContext {
             tenant: tenant.clone(),
             purpose: KeyPurpose::Index,
@@ -188,7 +240,7 @@ impl Keyring {
             return Ok(None);
         };
         let keys = Arc::new(TenantKeys::derive(tenant, &index));
-        write(&self.tenants).insert(tenant.clone(), Arc::clone(&keys));
+        self.cache(&self.tenants, started, tenant.clone(), &keys)?;
         Ok(Some(keys))
     }
 
@@ -202,7 +254,13 @@ impl Keyring {
         let version = match cached {
             Some(v) => v,
             None => {
-                let latest = self.latest_data_version(tenant).await?.unwrap_or(1);
+                // The newest live version; a tenant without one (new, or
+                // re-created after a shred) starts above every version it
+                // ever had.
+                let latest = match self.live_data_version(tenant).await? {
+                    Some(v) => v,
+                    None => self.dek_floor(tenant).await?.map_or(1, |f| f + 1),
+                };
                 write(&self.current).insert(tenant.clone(), latest);
                 latest
             }
@@ -225,6 +283,7 @@ impl Keyring {
         if let Some(key) = read(&self.deks).get(&(tenant.clone(), version)) {
             return Ok(Arc::clone(key));
         }
+        let started = self.epoch();
         let ctx = KeyContext {
             tenant: tenant.clone(),
             purpose: KeyPurpose::Data,
@@ -235,7 +294,7 @@ impl Keyring {
             .await?
             .ok_or(KeyringError::MissingKey)?;
         let key = Arc::new(key);
-        write(&self.deks).insert((tenant.clone(), version), Arc::clone(&key));
+        self.cache(&self.deks, started, (tenant.clone(), version), &key)?;
         Ok(key)
     }
 
@@ -249,7 +308,17 @@ impl Keyring {
         Ok(next)
     }
 
-    async fn latest_data_version(&self, tenant: &TenantId) -> Result<Option<u32>, KeyringError> {
+    /// The newest DEK version the tenant has or ever had (the floor a
+    /// shred left), so new versions always number above destroyed ones.
+    pub async fn latest_data_version(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<u32>, KeyringError> {
+        let live = self.live_data_version(tenant).await?;
+        Ok(live.max(self.dek_floor(tenant).await?))
+    }
+
+    async fn live_data_version(&self, tenant: &TenantId) -> Result<Option<u32>, KeyringError> {
         Ok(self
             .store
             .wrapped_keys(tenant)
@@ -260,16 +329,30 @@ impl Keyring {
             .max())
     }
 
+    async fn dek_floor(&self, tenant: &TenantId) -> Result<Option<u32>, KeyringError> {
+        Ok(self
+            .store
+            .checkpoint(&dek_floor(tenant))
+            .await?
+            .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+            .map(u32::from_be_bytes))
+    }
+
     /// Drops every cached key of one tenant (after a shred or retirement).
     pub fn forget_tenant(&self, tenant: &TenantId) {
-        write(&self.deks).retain(|(t, _), _| t != tenant);
+        let mut deks = write(&self.deks);
+        let mut tenants = write(&self.tenants);
+        self.bump_epoch();
+        deks.retain(|(t, _), _| t != tenant);
+        tenants.remove(tenant);
         write(&self.current).remove(tenant);
-        write(&self.tenants).remove(tenant);
     }
 
     /// Drops one cached DEK version.
     pub fn forget_dek(&self, tenant: &TenantId, version: u32) {
-        write(&self.deks).remove(&(tenant.clone(), version));
+        let mut deks = write(&self.deks);
+        self.bump_epoch();
+        deks.remove(&(tenant.clone(), version));
     }
 
     /// The key that signs the audit chain head: HKDF of the system index
@@ -283,6 +366,7 @@ impl Keyring {
             purpose: KeyPurpose::Index,
             version: 1,
         };
+        let started = self.epoch();
         let root = self
             .load_or_create(&ctx, true)
             .await?
@@ -292,17 +376,25 @@ impl Keyring {
         hkdf.expand(AUDIT_INFO, okm.as_mut())
             .map_err(|_| KeyringError::MissingKey)?;
         let key = Arc::new(DataKey::from_bytes(*okm));
-        *write(&self.audit) = Some(Arc::clone(&key));
+        let mut audit = write(&self.audit);
+        if self.epoch() != started {
+            return Err(KeyringError::Raced);
+        }
+        *audit = Some(Arc::clone(&key));
         Ok(key)
     }
 
     /// Drops every cached key at once (seal). The `Arc`s still held by
     /// in-flight calls zeroize when those calls finish.
     pub fn clear(&self) {
-        write(&self.deks).clear();
+        let mut deks = write(&self.deks);
+        let mut tenants = write(&self.tenants);
+        let mut audit = write(&self.audit);
+        self.bump_epoch();
+        deks.clear();
+        tenants.clear();
+        *audit = None;
         write(&self.current).clear();
-        write(&self.tenants).clear();
-        *write(&self.audit) = None;
     }
 
     /// Reads and unwraps the key of `ctx`; with `create`, generates and
@@ -318,6 +410,15 @@ impl Keyring {
         }
         if !create {
             return Ok(None);
+        }
+        if !ctx.tenant.is_system()
+            && self
+                .store
+                .checkpoint(&shredded_marker(&ctx.tenant))
+                .await?
+                .is_some()
+        {
+            return Err(KeyringError::Shredded);
         }
         let (key, wrapped) = self.kms.generate_data_key(ctx).await?;
         let record = WrappedKeyRecord {
@@ -351,4 +452,50 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Profile;
+    use crate::kms::dev::DevKms;
+    use crate::store::memory::MemoryStore;
+
+    /// Finding 15: a key load that raced `Seal` or `ShredTenant` put its key
+    /// back into the cache after the clear. A load now caches only if no
+    /// clear or forget ran since it started.
+    #[tokio::test]
+    async fn a_load_racing_a_clear_or_forget_is_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
+        let ring = Keyring::new(
+            kms,
+            Arc::new(MemoryStore::new()),
+            Arc::new(ManualClock::new(0)),
+        );
+        let tenant = TenantId::new("acme").unwrap();
+        let key = Arc::new(DataKey::from_bytes([1; 32]));
+
+        let started = ring.epoch();
+        ring.clear();
+        let raced = ring.cache(&ring.deks, started, (tenant.clone(), 1), &key);
+        assert!(matches!(raced, Err(KeyringError::Raced)));
+        assert!(read(&ring.deks).is_empty());
+
+        let started = ring.epoch();
+        ring.forget_tenant(&tenant);
+        assert!(matches!(
+            ring.cache(&ring.deks, started, (tenant.clone(), 1), &key),
+            Err(KeyringError::Raced)
+        ));
+
+        // Without a clear in between, loads cache as before.
+        let started = ring.epoch();
+        ring.cache(&ring.deks, started, (tenant.clone(), 1), &key)
+            .unwrap();
+        assert_eq!(read(&ring.deks).len(), 1);
+        let (version, _) = ring.current_dek(&tenant).await.unwrap();
+        assert_eq!(version, 1);
+    }
 }

@@ -51,12 +51,14 @@ enum Rpc {
     ListPrincipals,
     RevokePrincipal,
     UnlockPrincipal,
+    RecreateTenant,
+    Recover,
     /// Last: it seals the whole vault.
     Seal,
 }
 
 impl Rpc {
-    const ALL: [Self; 22] = [
+    const ALL: [Self; 24] = [
         Self::Tokenize,
         Self::TokenizeBatch,
         Self::Detokenize,
@@ -78,6 +80,8 @@ impl Rpc {
         Self::ListPrincipals,
         Self::RevokePrincipal,
         Self::UnlockPrincipal,
+        Self::RecreateTenant,
+        Self::Recover,
         Self::Seal,
     ];
 
@@ -89,7 +93,11 @@ impl Rpc {
             Self::GetTokenInfo => &[Role::ReadInfo],
             Self::DeleteToken => &[Role::Delete],
             Self::ListEvents | Self::Verify => &[Role::Audit],
-            Self::Unseal | Self::RotateMasterKey | Self::Seal => &[Role::Operator],
+            Self::Unseal
+            | Self::RotateMasterKey
+            | Self::Seal
+            | Self::RecreateTenant
+            | Self::Recover => &[Role::Operator],
             Self::RotateDataKey | Self::Reencrypt | Self::RetireDataKey | Self::ShredTenant => {
                 &[Role::Admin]
             }
@@ -390,6 +398,18 @@ async fn call(fx: &mut Fixture, caller: &Caller, rpc: Rpc) -> Outcome {
                 })
                 .await,
         )),
+        Rpc::RecreateTenant => plain(outcome(
+            admin
+                .recreate_tenant(v1::RecreateTenantRequest { tenant: home() })
+                .await,
+        )),
+        Rpc::Recover => plain(outcome(
+            audit
+                .recover(v1::RecoverRequest {
+                    reason: "drill".into(),
+                })
+                .await,
+        )),
         Rpc::Seal => plain(outcome(admin.seal(v1::SealRequest {}).await)),
     }
 }
@@ -536,7 +556,13 @@ async fn every_role_every_rpc_own_and_other_tenant() {
     assert_eq!(table["Approve by default-admin"], "Ok");
     assert_eq!(table["Seal by _system-operator"], "Ok");
     assert_eq!(table["Unseal by _system-operator"], "Ok");
-    for rpc in ["Seal", "Unseal", "RotateMasterKey"] {
+    for rpc in [
+        "Seal",
+        "Unseal",
+        "RotateMasterKey",
+        "RecreateTenant",
+        "Recover",
+    ] {
         for admin in ["default-admin", "other-admin"] {
             assert_eq!(table[&format!("{rpc} by {admin}")], "PermissionDenied");
         }

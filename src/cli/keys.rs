@@ -74,6 +74,11 @@ pub enum KeysCommand {
         #[arg(long)]
         yes_destroy_all_tokens: bool,
     },
+    /// Operators: let a shredded tenant tokenize again, under new keys.
+    RecreateTenant {
+        /// The tenant.
+        tenant: String,
+    },
 }
 
 async fn connect(conn: &Connection) -> Result<Client, ExitCode> {
@@ -199,13 +204,13 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
                 let list = resp.into_inner().approvals;
                 let value: Vec<serde_json::Value> = list
                     .iter()
-                    .map(|a| serde_json::json!({ "id": a.id, "action": a.action, "requested_by": a.requested_by }))
+                    .map(|a| serde_json::json!({ "id": a.id, "action": a.action, "detail": a.detail, "requested_by": a.requested_by }))
                     .collect();
                 let text = if list.is_empty() {
                     "no pending approvals".to_owned()
                 } else {
                     list.iter()
-                        .map(|a| format!("{}  {}  requested by {}", a.id, a.action, a.requested_by))
+                        .map(|a| format!("{}  {} {}  requested by {}", a.id, a.action, a.detail, a.requested_by))
                         .collect::<Vec<_>>()
                         .join("\n")
                 };
@@ -277,6 +282,21 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
                 Err(status) => fail_status(&status),
             }
         }
+        KeysCommand::RecreateTenant { tenant } => {
+            match client
+                .recreate_tenant(v1::RecreateTenantRequest {
+                    tenant: tenant.clone(),
+                })
+                .await
+            {
+                Ok(_) => emit(
+                    json,
+                    &serde_json::json!({ "recreated": tenant }),
+                    &format!("tenant {tenant} may tokenize again, under new keys"),
+                ),
+                Err(status) => fail_status(&status),
+            }
+        }
     }
 }
 
@@ -312,12 +332,18 @@ async fn reencrypt(client: &mut Client, json: bool) -> ExitCode {
                     }
                     let value = serde_json::json!({
                         "done": p.done, "total": p.total, "rewritten": p.rewritten,
-                        "target_version": p.target_version,
+                        "target_version": p.target_version, "skipped_unreadable": p.skipped_unreadable,
                     });
-                    let text = format!(
+                    let mut text = format!(
                         "re-encrypted {} of {} records under data key version {}",
                         p.rewritten, p.total, p.target_version
                     );
+                    if p.skipped_unreadable > 0 {
+                        text.push_str(&format!(
+                            "; skipped {} records whose keys a shred destroyed",
+                            p.skipped_unreadable
+                        ));
+                    }
                     return emit(json, &value, &text);
                 }
             }

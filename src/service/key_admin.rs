@@ -197,6 +197,7 @@ fn progress_message(p: ReencryptProgress) -> v1::ReencryptResponse {
         rewritten: p.rewritten,
         target_version: p.target_version,
         finished: p.finished,
+        skipped_unreadable: p.skipped_unreadable,
     }
 }
 
@@ -566,6 +567,34 @@ impl KeyAdmin for KeyAdminService {
                 result,
             });
         let resource = format!("approval:{id} {action} requested_by:{requested_by}");
+        self.finish(&call, &principal, resource, result).await
+    }
+
+    #[instrument(skip_all, name = "RecreateTenant", fields(principal, tenant))]
+    async fn recreate_tenant(
+        &self,
+        request: Request<v1::RecreateTenantRequest>,
+    ) -> Result<Response<v1::RecreateTenantResponse>, Status> {
+        let call = CallContext::of("RecreateTenant", &request);
+        let principal = self
+            .caller(&call, &request, OPERATOR, WhenSealed::Refuse)
+            .await?;
+        let named = TenantId::new(&request.get_ref().tenant)
+            .map_err(|e| status::invalid_argument("tenant", &e.to_string()));
+        let resource = match &named {
+            Ok(tenant) => format!("tenant:{tenant}"),
+            Err(_) => "tenant:<invalid>".to_owned(),
+        };
+        let result = async {
+            let tenant = named?;
+            intend(&self.vault, &call, &principal, &resource).await?;
+            self.vault
+                .recreate_tenant(&tenant)
+                .await
+                .map_err(|e| status::from_vault(&e))?;
+            Ok(v1::RecreateTenantResponse {})
+        }
+        .await;
         self.finish(&call, &principal, resource, result).await
     }
 }

@@ -53,6 +53,7 @@ pub fn from_vault(e: &VaultError) -> Status {
         }
         VaultError::ReuseConflict { .. } => Status::failed_precondition(e.to_string()),
         VaultError::Contended => Status::aborted(e.to_string()),
+        VaultError::TenantShredded => Status::failed_precondition(e.to_string()),
         VaultError::Store(s) if s.is_retryable() => unavailable(e),
         VaultError::Kms(k) if k.is_retryable() => unavailable(e),
         VaultError::Generate(_)

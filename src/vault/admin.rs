@@ -287,12 +287,54 @@ impl Vault {
 
     /// Crypto-shreds a tenant: destroys every key it has. Its tokens answer
     /// NOT_FOUND from then on and its records can never be opened again.
+    ///
+    /// The tenant is marked shredded first (with the highest DEK version it
+    /// had), so no call, not even one racing the shred, makes it fresh keys
+    /// until an operator re-creates it ([`Self::recreate_tenant`]); new
+    /// versions then number above the destroyed ones.
     pub async fn shred_tenant(&self, tenant: &TenantId) -> Result<usize, VaultError> {
         self.ensure_unsealed()?;
+        let floor = self.keys.latest_data_version(tenant).await?.unwrap_or(0);
+        self.store
+            .put_checkpoint(&crate::keyring::dek_floor(tenant), floor.to_be_bytes().to_vec())
+            .await?;
+        self.store
+            .put_checkpoint(
+                &crate::keyring::shredded_marker(tenant),
+                self.clock.now_ms().to_be_bytes().to_vec(),
+            )
+            .await?;
         let destroyed = self.store.destroy_wrapped_keys(tenant).await?;
         self.keys.forget_tenant(tenant);
         tracing::warn!(event = "tenant_shredded", tenant = %tenant, destroyed, "tenant keys destroyed");
         Ok(destroyed)
+    }
+}
+
+impl Vault {
+    /// Lets a shredded tenant get keys (and so tokenize) again. Its old
+    /// records stay unreadable: their keys are gone, and re-encryption
+    /// skips and counts them. `Precondition` when it was not shredded.
+    pub async fn recreate_tenant(&self, tenant: &TenantId) -> Result<(), VaultError> {
+        self.ensure_unsealed()?;
+        let marker = crate::keyring::shredded_marker(tenant);
+        if self.store.checkpoint(&marker).await?.is_none() {
+            return Err(VaultError::Precondition(format!(
+                "tenant {tenant} was not shredded"
+            )));
+        }
+        self.store.delete_checkpoint(&marker).await?;
+        tracing::warn!(event = "tenant_recreated", tenant = %tenant, "shredded tenant re-created");
+        Ok(())
+    }
+
+    /// Whether `tenant` is shredded and not re-created.
+    pub async fn is_shredded(&self, tenant: &TenantId) -> Result<bool, VaultError> {
+        Ok(self
+            .store
+            .checkpoint(&crate::keyring::shredded_marker(tenant))
+            .await?
+            .is_some())
     }
 }
 

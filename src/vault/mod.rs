@@ -115,10 +115,13 @@ pub enum VaultError {
         /// The API name of the option that differs.
         option: &'static str,
     },
-    /// Concurrent tokenizes of the same card kept taking the token found
-    /// free; a retry succeeds.
-    #[error("concurrent tokenizes of this card conflicted; retry")]
+    /// A concurrent tokenize of the same card, or a seal or shred, changed
+    /// what this call was using; a retry succeeds (or meets the new state).
+    #[error("a concurrent change conflicted with this call; retry")]
     Contended,
+    /// The tenant was shredded and not re-created by an operator.
+    #[error("this tenant was shredded; an operator must re-create it (RecreateTenant) before it tokenizes again")]
+    TenantShredded,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -154,6 +157,8 @@ impl From<KeyringError> for VaultError {
             KeyringError::Kms(e) => e.into(),
             KeyringError::Store(e) => Self::Store(e),
             KeyringError::MissingKey => Self::MissingKey,
+            KeyringError::Shredded => Self::TenantShredded,
+            KeyringError::Raced => Self::Contended,
         }
     }
 }

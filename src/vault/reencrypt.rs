@@ -35,6 +35,9 @@ pub struct ReencryptProgress {
     pub target_version: u32,
     /// The job has finished.
     pub finished: bool,
+    /// Records skipped because their DEK was destroyed (shredded before the
+    /// tenant was re-created): they can never be opened again.
+    pub skipped_unreadable: u64,
 }
 
 /// Tenants with a job running in this process.
@@ -74,13 +77,21 @@ struct Checkpoint {
     target: u32,
     done: u64,
     rewritten: u64,
+    skipped: u64,
     after: Option<TokenId>,
 }
+
+/// Checkpoint layout 2 adds the skipped count; layout 1 reads as 0 skipped.
+const CHECKPOINT_V2: u8 = 2;
 
 impl Checkpoint {
     fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.u8(1).u32(self.target).u64(self.done).u64(self.rewritten);
+        w.u8(CHECKPOINT_V2)
+            .u32(self.target)
+            .u64(self.done)
+            .u64(self.rewritten)
+            .u64(self.skipped);
         match &self.after {
             Some(id) => w.u8(1).fixed(id.as_bytes()),
             None => w.u8(0),
@@ -90,12 +101,18 @@ impl Checkpoint {
 
     fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader::new(bytes);
-        if r.u8().ok()? != 1 {
+        let layout = r.u8().ok()?;
+        if layout != 1 && layout != CHECKPOINT_V2 {
             return None;
         }
         let target = r.u32().ok()?;
         let done = r.u64().ok()?;
         let rewritten = r.u64().ok()?;
+        let skipped = if layout == CHECKPOINT_V2 {
+            r.u64().ok()?
+        } else {
+            0
+        };
         let after = if r.bool().ok()? {
             Some(TokenId::from_slice(r.fixed(TOKEN_ID_LEN).ok()?)?)
         } else {
@@ -106,6 +123,7 @@ impl Checkpoint {
             target,
             done,
             rewritten,
+            skipped,
             after,
         })
     }
@@ -143,6 +161,7 @@ impl Vault {
                 target,
                 done: 0,
                 rewritten: 0,
+                skipped: 0,
                 after: None,
             },
         };
@@ -153,6 +172,7 @@ impl Vault {
             rewritten: cp.rewritten,
             target_version: target,
             finished,
+            skipped_unreadable: cp.skipped,
         };
         loop {
             let page_started = tokio::time::Instant::now();
@@ -166,7 +186,16 @@ impl Vault {
                 if version == target {
                     continue;
                 }
-                let old = self.keys.dek(tenant, version).await?;
+                let old = match self.keys.dek(tenant, version).await {
+                    Ok(key) => key,
+                    // Destroyed by a shred: unreadable for good, so it can
+                    // neither move nor hold the job up (counted instead).
+                    Err(crate::keyring::KeyringError::MissingKey) => {
+                        cp.skipped += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let id = &stored.record.token_id;
                 let payload = envelope::open(
                     &old,
@@ -214,7 +243,7 @@ impl Vault {
         }
         self.store.delete_checkpoint(&name).await?;
         let done = progress(&cp, true);
-        tracing::warn!(event = "reencrypted", tenant = %tenant, rewritten = cp.rewritten, target, "re-encryption finished");
+        tracing::warn!(event = "reencrypted", tenant = %tenant, rewritten = cp.rewritten, skipped_unreadable = cp.skipped, target, "re-encryption finished");
         report(done);
         Ok(done)
     }

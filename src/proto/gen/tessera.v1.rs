@@ -1145,6 +1145,10 @@ pub struct ReencryptResponse {
     /// True on the last message.
     #[prost(bool, tag = "5")]
     pub finished: bool,
+    /// Records skipped because their data key was destroyed (a shred before
+    /// the tenant was re-created): they can never be opened again.
+    #[prost(uint64, tag = "6")]
+    pub skipped_unreadable: u64,
 }
 /// Destroy a data key version.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1173,6 +1177,15 @@ pub struct ShredTenantResponse {
     #[prost(uint32, tag = "1")]
     pub keys_destroyed: u32,
 }
+/// Re-create a shredded tenant.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RecreateTenantRequest {
+    /// The tenant to re-create.
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RecreateTenantResponse {}
 /// List pending approvals.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListApprovalsRequest {}
@@ -1595,6 +1608,33 @@ pub mod key_admin_client {
                 .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "Approve"));
             self.inner.unary(req, path, codec).await
         }
+        /// Operators only: lets a shredded tenant tokenize again, under new keys.
+        /// Until then its tokenize and key creation answer FAILED_PRECONDITION.
+        /// Its old records stay unreadable forever.
+        pub async fn recreate_tenant(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RecreateTenantRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RecreateTenantResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/RecreateTenant",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "RecreateTenant"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1690,6 +1730,16 @@ pub mod key_admin_server {
             &self,
             request: tonic::Request<super::ApproveRequest>,
         ) -> std::result::Result<tonic::Response<super::ApproveResponse>, tonic::Status>;
+        /// Operators only: lets a shredded tenant tokenize again, under new keys.
+        /// Until then its tokenize and key creation answer FAILED_PRECONDITION.
+        /// Its old records stay unreadable forever.
+        async fn recreate_tenant(
+            &self,
+            request: tonic::Request<super::RecreateTenantRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RecreateTenantResponse>,
+            tonic::Status,
+        >;
     }
     /// Seal state, unseal, and the key hierarchy's life cycle.
     #[derive(Debug)]
@@ -2198,6 +2248,51 @@ pub mod key_admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ApproveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/RecreateTenant" => {
+                    #[allow(non_camel_case_types)]
+                    struct RecreateTenantSvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<
+                        T: KeyAdmin,
+                    > tonic::server::UnaryService<super::RecreateTenantRequest>
+                    for RecreateTenantSvc<T> {
+                        type Response = super::RecreateTenantResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RecreateTenantRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::recreate_tenant(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RecreateTenantSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

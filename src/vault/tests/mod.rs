@@ -468,4 +468,67 @@ async fn sealed_vault_refuses_everything_and_forgets_keys() {
     assert!(f.vault.detokenize(&t, &out.token).await.is_ok());
 }
 
+/// Finding 13: a shredded tenant silently got fresh keys on the next
+/// tokenize; its old records then made Reencrypt fail with INTERNAL and
+/// blocked key retirement.
+#[tokio::test]
+async fn a_shredded_tenant_stays_shredded_until_an_operator_recreates_it() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("acme");
+    let old = f.vault.tokenize(&t, cmd(VISA)).await.unwrap();
+    assert_eq!(f.vault.rotate_data_key(&t).await.unwrap(), 2);
+    f.vault.tokenize(&t, cmd(MC19)).await.unwrap();
+    f.vault.shred_tenant(&t).await.unwrap();
+
+    assert!(matches!(
+        f.vault.tokenize(&t, cmd(VISA)).await,
+        Err(VaultError::TenantShredded)
+    ));
+    assert!(matches!(
+        f.vault.rotate_data_key(&t).await,
+        Err(VaultError::TenantShredded)
+    ));
+    assert!(matches!(
+        f.vault.detokenize(&t, &old.token).await,
+        Err(VaultError::NotFound)
+    ));
+    // Other tenants are untouched.
+    f.vault.tokenize(&tenant("other"), cmd(VISA)).await.unwrap();
+
+    f.vault.recreate_tenant(&t).await.unwrap();
+    assert!(matches!(
+        f.vault.recreate_tenant(&t).await,
+        Err(VaultError::Precondition(_))
+    ));
+    let fresh = f.vault.tokenize(&t, cmd(VISA)).await.unwrap();
+    let pan = f.vault.detokenize(&t, &fresh.token).await.unwrap();
+    assert_eq!(pan.expose_ascii().as_slice(), VISA.as_bytes());
+    assert!(matches!(
+        f.vault.detokenize(&t, &old.token).await,
+        Err(VaultError::NotFound)
+    ));
+    // New versions number above the destroyed ones.
+    let status = f.vault.key_status(&t).await.unwrap();
+    let states: Vec<_> = status
+        .data_keys
+        .iter()
+        .map(|k| (k.version, k.state, k.record_count))
+        .collect();
+    use crate::vault::admin::KeyState;
+    assert_eq!(
+        states,
+        vec![
+            (1, KeyState::Destroyed, 1),
+            (2, KeyState::Destroyed, 1),
+            (3, KeyState::Active, 1)
+        ]
+    );
+    // Re-encryption skips (and counts) what can never be opened, and old
+    // records hold no live version's retirement up.
+    assert_eq!(f.vault.rotate_data_key(&t).await.unwrap(), 4);
+    let done = f.vault.reencrypt(&t, |_| {}).await.unwrap();
+    assert_eq!((done.rewritten, done.skipped_unreadable), (1, 2));
+    f.vault.retire_data_key(&t, 3).await.unwrap();
+}
+
 mod format_contract;
