@@ -191,6 +191,17 @@ pub async fn run(
             }
         }
     });
+    // Counted refusals are recorded when their window closes, also after
+    // the flood that caused them stopped.
+    let (flush_vault, flush_auth) = (Arc::clone(&app.vault), Arc::clone(&app.auth));
+    let flusher = tokio::spawn(async move {
+        let period = (flush_auth.refusals().window() / 2).max(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            crate::service::audited::flush_refusals(&flush_vault, &flush_auth).await;
+        }
+    });
     let tokenizer = TokenizerServer::new(TokenizerService::new(
         Arc::clone(&app.vault),
         Arc::clone(&app.auth),
@@ -236,5 +247,6 @@ pub async fn run(
         () = drain_deadline => tracing::warn!("drain timeout reached; closing remaining connections"),
         () = trigger => {}
     }
+    flusher.abort();
     Ok(())
 }

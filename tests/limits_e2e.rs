@@ -254,3 +254,121 @@ async fn a_call_from_a_new_network_is_alerted() {
         Code::Unauthenticated
     );
 }
+
+async fn events_of(server: &Server, action: &str) -> Vec<v1::AuditEvent> {
+    let mut audit =
+        AuditClient::with_interceptor(server.channel().await, server.admin_auth("admin"));
+    let mut stream = audit
+        .list_events(v1::ListEventsRequest {
+            action: action.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(page) = stream.message().await.unwrap() {
+        events.extend(page.events);
+    }
+    events
+}
+
+/// Finding 7: 300 calls with made-up API keys wrote 300 fsynced audit
+/// events, and nothing limited them before authentication.
+#[tokio::test]
+async fn made_up_keys_cost_one_event_per_window_and_are_refused_per_network() {
+    let (server, _dir) =
+        server_with("max_failed_auth_per_network = 20\nrefusal_window_seconds = 3\n");
+    let mut refused_early = 0;
+    for n in 0..300u32 {
+        let key = format!("tsk_{n:016x}_{}", "ab".repeat(32));
+        let mut attacker = server.client_with_key(Some(&key)).await;
+        let status = attacker.tokenize(tokenize()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        if status.message().contains("this network") {
+            refused_early += 1;
+        }
+    }
+    // After 20 failures in a window the rest of it is refused before
+    // authentication (a slow machine may see a second window open).
+    assert!(refused_early >= 200, "{refused_early} refused early");
+    // The window passes (and its counts are flushed); the network may call again.
+    tokio::time::sleep(std::time::Duration::from_millis(5000)).await;
+    let mut processor = server.client("processor").await;
+    processor.tokenize(tokenize()).await.unwrap();
+
+    let refusals: Vec<_> = events_of(&server, "Tokenize")
+        .await
+        .into_iter()
+        .filter(|e| e.outcome == "Unauthenticated")
+        .collect();
+    assert!(refusals.len() <= 4, "{} single events", refusals.len());
+    let counted: u64 = events_of(&server, "RefusedCalls")
+        .await
+        .iter()
+        .filter(|e| e.resource.starts_with("rpc:Tokenize "))
+        .map(|e| {
+            e.resource
+                .split("count:")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        counted + u64::try_from(refusals.len()).unwrap(),
+        300,
+        "every refusal is accounted for"
+    );
+}
+
+/// Finding 6: a batch cost one rate-limit token however many items it
+/// carried, and the volume rule was blind during a principal's first window.
+#[tokio::test]
+async fn batches_pay_per_item_and_a_new_key_cannot_bulk_read_while_learning() {
+    let (server, _dir) =
+        server_with("rate_per_second = 1\nburst = 100\ndetokenize_learning_limit = 50\n");
+    let mut processor = server.client("processor").await;
+    let tokens: Vec<String> = processor
+        .tokenize_batch(v1::TokenizeBatchRequest {
+            items: (0..60).map(|_| tokenize()).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| match r.result {
+            Some(v1::tokenize_result::Result::Token(t)) => t.token,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let again = processor
+        .tokenize_batch(v1::TokenizeBatchRequest {
+            items: (0..60).map(|_| tokenize()).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::ResourceExhausted, "60 + 60 > burst 100");
+
+    let batch = || v1::DetokenizeBatchRequest {
+        items: tokens
+            .iter()
+            .map(|t| v1::DetokenizeRequest { token: t.clone() })
+            .collect(),
+    };
+    // 60 PANs in a new key's first window: over the learning limit of 50,
+    // an alert (and a lock) although no baseline exists yet.
+    processor.detokenize_batch(batch()).await.unwrap();
+    let locked = processor.detokenize_batch(batch()).await.unwrap_err();
+    assert_eq!(locked.code(), Code::Unauthenticated);
+    let events = anomaly_events(&server).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.resource == "anomaly:detokenize_volume"),
+        "{events:?}"
+    );
+}

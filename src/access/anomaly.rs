@@ -65,6 +65,11 @@ pub struct VolumeRule {
     pub factor: f64,
     /// … and this many detokenizes.
     pub floor: u64,
+    /// While a principal's first window is still teaching the baseline,
+    /// more than this many detokenizes in it is an alert on its own: a new
+    /// key must not learn a bulk read as normal. The learned baseline is
+    /// capped here too.
+    pub learning_limit: u64,
 }
 
 impl Default for VolumeRule {
@@ -73,6 +78,7 @@ impl Default for VolumeRule {
             window: Duration::from_secs(60),
             factor: 10.0,
             floor: 1000,
+            learning_limit: 10_000,
         }
     }
 }
@@ -110,7 +116,8 @@ impl VolumeBaseline {
             // Close the window, then decay over the idle ones after it.
             let closed = u32::try_from(self.count).map_or(f64::MAX, f64::from);
             let mut baseline = match self.baseline {
-                None => closed,
+                // A first window is learned at most up to the limit.
+                None => closed.min(u32::try_from(rule.learning_limit).map_or(f64::MAX, f64::from)),
                 Some(b) => b + BASELINE_WEIGHT * (closed - b),
             };
             let idle = i32::try_from(windows.saturating_sub(1)).unwrap_or(i32::MAX);
@@ -122,7 +129,13 @@ impl VolumeBaseline {
         }
         self.count = self.count.saturating_add(n);
         let Some(baseline) = self.baseline else {
-            // Still learning: the first window sets the baseline.
+            // Still learning: the first window sets the baseline, and a hard
+            // limit applies meanwhile (finding 6: 8 batches of 1,000 PANs in
+            // a new key's first minute raised nothing).
+            if self.count > rule.learning_limit && !self.alerted {
+                self.alerted = true;
+                return true;
+            }
             return false;
         };
         let current = u32::try_from(self.count).map_or(f64::MAX, f64::from);
@@ -161,16 +174,24 @@ pub struct KnownNetworks {
 impl KnownNetworks {
     /// Records a call by `principal` from `network`; true when the network
     /// is new for a principal that already had one.
+    /// Each principal remembers at most [`MAX_NETWORKS_PER_PRINCIPAL`]
+    /// networks (peers choose them); past that, calls from unremembered
+    /// networks keep alerting.
     pub fn record(&mut self, principal: &str, network: &str) -> bool {
         let networks = self.seen.entry(principal.to_owned()).or_default();
         if networks.contains(network) {
             return false;
         }
         let first = networks.is_empty();
-        networks.insert(network.to_owned());
+        if networks.len() < MAX_NETWORKS_PER_PRINCIPAL {
+            networks.insert(network.to_owned());
+        }
         !first
     }
 }
+
+/// Networks remembered per principal by the new-network rule.
+pub const MAX_NETWORKS_PER_PRINCIPAL: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -181,7 +202,32 @@ mod tests {
             window: Duration::from_secs(60),
             factor: 10.0,
             floor: 100,
+            learning_limit: 10_000,
         }
+    }
+
+    /// Finding 6: the rule was blind during a principal's first window
+    /// (8 batches of 1,000 PANs raised nothing and became the baseline).
+    #[test]
+    fn a_hard_limit_applies_while_learning_and_caps_the_baseline() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let learning = VolumeRule {
+            learning_limit: 2000,
+            ..rule()
+        };
+        let mut v = VolumeBaseline::new(t0);
+        assert!(!v.record(1000, t0, &learning));
+        assert!(!v.record(1000, t0, &learning));
+        assert!(
+            v.record(1000, t0, &learning),
+            "3,000 > 2,000 while learning"
+        );
+        for _ in 0..5 {
+            assert!(!v.record(1000, t0, &learning), "once per window");
+        }
+        // The baseline learned 2,000, not 8,000: 25,000 next minute alerts.
+        assert!(v.record(25_000, t0 + minute, &learning));
     }
 
     #[test]

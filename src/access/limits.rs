@@ -9,6 +9,15 @@
 //! - **Token enumeration**: more than `not_found_per_minute` NOT_FOUND
 //!   answers to one principal in a minute is an anomaly: an alert event, a
 //!   metric and, with `lock_on_anomaly`, the principal is locked.
+//! - **Failed authentications per network**: more than
+//!   `max_failed_auth_per_network` from one peer network (IPv4 /24, IPv6
+//!   /64) in a window and that network's calls are refused *before*
+//!   authentication, so guessing keys costs the vault nothing.
+//!
+//! Every map here keyed by what a caller chooses (key ids, networks) holds
+//! at most [`MAX_TRACKED`] entries (SECURITY.md §5.6): a full map first
+//! forgets what no longer matters (expired windows, unlocked counts), and
+//! beyond that tracks nothing new (the per-network limit still applies).
 //!
 //! State lives in memory, per server; a restart forgets it (documented).
 
@@ -18,11 +27,36 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use crate::access::anomaly::Anomaly;
-use crate::access::anomaly::{KnownNetworks, VolumeBaseline, VolumeRule, network_of};
+pub use crate::access::anomaly::network_of;
+use crate::access::anomaly::{KnownNetworks, VolumeBaseline, VolumeRule};
 
 /// Lock ids of second factors are this prefix and the principal's name
 /// (API key ids are hex, so the two never collide).
 pub const OTP_LOCK_PREFIX: &str = "otp:";
+
+/// Most entries in any map keyed by caller input.
+pub const MAX_TRACKED: usize = 10_000;
+
+/// Inserts `key` into a bounded map: when full, first drops what
+/// `forgettable` says no longer matters; when still full, `None` (the caller
+/// does without tracking).
+fn bounded_entry<K, V>(
+    map: &mut HashMap<K, V>,
+    key: K,
+    make: impl FnOnce() -> V,
+    forgettable: impl Fn(&V) -> bool,
+) -> Option<&mut V>
+where
+    K: std::hash::Hash + Eq,
+{
+    if !map.contains_key(&key) && map.len() >= MAX_TRACKED {
+        map.retain(|_, v| !forgettable(v));
+        if map.len() >= MAX_TRACKED {
+            return None;
+        }
+    }
+    Some(map.entry(key).or_insert_with(make))
+}
 
 /// Limits and thresholds.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +82,11 @@ pub struct LimitsConfig {
     pub alert_on_new_network: bool,
     /// Also lock the principal then (off by default: people move).
     pub lock_on_new_network: bool,
+    /// Failed authentications from one network per `refusal_window`
+    /// before its calls are refused before authentication.
+    pub max_failed_auth_per_network: u32,
+    /// Window of the per-network limit and of refusal aggregation.
+    pub refusal_window: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -63,6 +102,8 @@ impl Default for LimitsConfig {
             volume: VolumeRule::default(),
             alert_on_new_network: true,
             lock_on_new_network: false,
+            max_failed_auth_per_network: 100,
+            refusal_window: Duration::from_secs(60),
         }
     }
 }
@@ -94,6 +135,8 @@ struct State {
     not_found: HashMap<String, Window>,
     volumes: HashMap<String, VolumeBaseline>,
     networks: KnownNetworks,
+    /// Failed authentications per peer network in the current window.
+    network_failures: HashMap<String, Window>,
 }
 
 /// The per-server guard.
@@ -129,10 +172,20 @@ impl Guard {
     }
 
     /// Counts a failed authentication; returns true when it locks the id.
+    /// Key ids are the caller's choice: past [`MAX_TRACKED`] ids, unlocked
+    /// counts are forgotten first and then new ids go uncounted (their
+    /// network's limit still applies).
     pub fn auth_failed(&self, key_id: &str) -> bool {
         let now = Instant::now();
         let mut state = self.state();
-        let entry = state.failures.entry(key_id.to_owned()).or_default();
+        let Some(entry) = bounded_entry(
+            &mut state.failures,
+            key_id.to_owned(),
+            Failures::default,
+            |f| f.locked_until.is_none_or(|until| now >= until),
+        ) else {
+            return false;
+        };
         if entry.locked_until.is_some_and(|until| now >= until) {
             *entry = Failures::default();
         }
@@ -182,9 +235,55 @@ impl Guard {
         anomaly || second_factor
     }
 
+    /// Whether `peer`'s network has failed authentication too often in the
+    /// current window: its calls are then refused before authentication.
+    pub fn network_refused(&self, peer: IpAddr) -> bool {
+        let now = Instant::now();
+        let window = self.config.refusal_window;
+        self.state()
+            .network_failures
+            .get(&network_of(peer))
+            .is_some_and(|w| {
+                now.duration_since(w.start) < window
+                    && w.count >= self.config.max_failed_auth_per_network
+            })
+    }
+
+    /// Counts a failed authentication from `peer`'s network.
+    pub fn network_failed(&self, peer: IpAddr) {
+        let now = Instant::now();
+        let window = self.config.refusal_window;
+        let mut state = self.state();
+        let Some(w) = bounded_entry(
+            &mut state.network_failures,
+            network_of(peer),
+            || Window {
+                start: now,
+                count: 0,
+            },
+            |w| now.duration_since(w.start) >= window,
+        ) else {
+            return;
+        };
+        if now.duration_since(w.start) >= window {
+            *w = Window {
+                start: now,
+                count: 0,
+            };
+        }
+        w.count = w.count.saturating_add(1);
+    }
+
     /// Takes one call from the principal's bucket for `rpc`; when empty,
     /// the time until the next call is allowed.
     pub fn take(&self, principal: &str, rpc: &str) -> Result<(), Duration> {
+        self.take_n(principal, rpc, 1)
+    }
+
+    /// Takes `n` calls at once (a batch costs one per item, SECURITY.md
+    /// §5.6); nothing is taken when the bucket holds fewer.
+    pub fn take_n(&self, principal: &str, rpc: &str, n: usize) -> Result<(), Duration> {
+        let n = f64::from(u32::try_from(n).unwrap_or(u32::MAX));
         let now = Instant::now();
         let (rate, burst) = (self.config.rate_per_second, self.config.burst.max(1.0));
         let mut state = self.state();
@@ -198,16 +297,16 @@ impl Guard {
         let elapsed = now.duration_since(bucket.at).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
         bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= n {
+            bucket.tokens -= n;
             Ok(())
         } else {
             let wait = if rate > 0.0 {
-                (1.0 - bucket.tokens) / rate
+                (n.min(burst) - bucket.tokens) / rate
             } else {
                 60.0
             };
-            Err(Duration::from_secs_f64(wait))
+            Err(Duration::from_secs_f64(wait.max(0.001)))
         }
     }
 
@@ -310,6 +409,58 @@ mod tests {
         // Buckets are per principal and per RPC.
         assert!(g.take("q", "Detokenize").is_ok());
         assert!(g.take("p", "Tokenize").is_ok());
+    }
+
+    /// Finding 6: a batch cost one rate-limit token however many items it
+    /// carried.
+    #[test]
+    fn a_batch_costs_one_token_per_item() {
+        let g = guard(LimitsConfig {
+            rate_per_second: 1.0,
+            burst: 1000.0,
+            ..LimitsConfig::default()
+        });
+        assert!(g.take_n("p", "DetokenizeBatch", 600).is_ok());
+        assert!(g.take_n("p", "DetokenizeBatch", 600).is_err());
+        assert!(g.take_n("p", "DetokenizeBatch", 400).is_ok());
+    }
+
+    /// Finding 7: the failure map grew without bound with attacker-chosen
+    /// key ids, and made-up keys were limited by nothing before
+    /// authentication.
+    #[test]
+    fn failures_are_bounded_and_limited_per_network() {
+        let g = guard(LimitsConfig {
+            max_failed_auth_per_network: 5,
+            ..LimitsConfig::default()
+        });
+        for n in 0..(MAX_TRACKED * 3) {
+            g.auth_failed(&format!("{n:016x}"));
+        }
+        assert!(g.state().failures.len() <= MAX_TRACKED);
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let neighbour: IpAddr = "203.0.113.77".parse().unwrap();
+        for _ in 0..5 {
+            assert!(!g.network_refused(peer));
+            g.network_failed(peer);
+        }
+        assert!(g.network_refused(peer));
+        assert!(g.network_refused(neighbour), "the same /24");
+        assert!(!g.network_refused("198.51.100.1".parse().unwrap()));
+        for n in 0..(MAX_TRACKED * 2) {
+            let ip = std::net::Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                u16::try_from(n % 65_536).unwrap(),
+                u16::try_from(n / 65_536).unwrap(),
+                0,
+                0,
+                0,
+                1,
+            );
+            g.network_failed(IpAddr::V6(ip));
+        }
+        assert!(g.state().network_failures.len() <= MAX_TRACKED);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod api_key;
 pub mod approvals;
 pub mod limits;
 pub mod principals;
+pub mod refusals;
 pub mod totp;
 
 use crate::domain::{Principal, Role};

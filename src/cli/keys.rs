@@ -210,7 +210,12 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
                     "no pending approvals".to_owned()
                 } else {
                     list.iter()
-                        .map(|a| format!("{}  {} {}  requested by {}", a.id, a.action, a.detail, a.requested_by))
+                        .map(|a| {
+                            format!(
+                                "{}  {} {}  requested by {}",
+                                a.id, a.action, a.detail, a.requested_by
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join("\n")
                 };

@@ -143,6 +143,15 @@ pub struct RawAccess {
     pub detokenize_spike_floor: Option<u64>,
     /// Length of a volume window in seconds (default 60).
     pub volume_window_seconds: Option<u64>,
+    /// Detokenizes in a principal's first window (while its baseline is
+    /// learned) above which it alerts anyway (default 10000).
+    pub detokenize_learning_limit: Option<u64>,
+    /// Failed authentications from one network (IPv4 /24, IPv6 /64) per
+    /// window before its calls are refused unauthenticated (default 100).
+    pub max_failed_auth_per_network: Option<u32>,
+    /// Length of that window, and of the window refused calls are counted
+    /// in for one aggregated audit event, in seconds (default 60).
+    pub refusal_window_seconds: Option<u64>,
     /// Alert on a call from a network new to the principal (default true).
     pub alert_on_new_network: Option<bool>,
     /// Also lock the principal then (default false).
@@ -586,7 +595,19 @@ fn check_access(raw: &RawAccess) -> Result<crate::access::limits::LimitsConfig, 
         window: std::time::Duration::from_secs(window),
         factor,
         floor: raw.detokenize_spike_floor.unwrap_or(defaults.volume.floor),
+        learning_limit: raw
+            .detokenize_learning_limit
+            .unwrap_or(defaults.volume.learning_limit),
     };
+    let refusal_window = raw
+        .refusal_window_seconds
+        .unwrap_or(defaults.refusal_window.as_secs());
+    if !(1..=3600).contains(&refusal_window) {
+        return Err(invalid(
+            "access.refusal_window_seconds",
+            "must be 1 to 3600",
+        ));
+    }
     Ok(crate::access::limits::LimitsConfig {
         rate_per_second: rate,
         burst,
@@ -608,6 +629,11 @@ fn check_access(raw: &RawAccess) -> Result<crate::access::limits::LimitsConfig, 
         lock_on_new_network: raw
             .lock_on_new_network
             .unwrap_or(defaults.lock_on_new_network),
+        max_failed_auth_per_network: raw
+            .max_failed_auth_per_network
+            .unwrap_or(defaults.max_failed_auth_per_network)
+            .max(1),
+        refusal_window: std::time::Duration::from_secs(refusal_window),
     })
 }
 

@@ -3,6 +3,9 @@
 
 use tonic::{Request, Status};
 
+use std::time::Instant;
+
+use crate::access::refusals::{Summary, Tally, Verdict};
 use crate::audit::AuditEvent;
 use crate::csprng;
 use crate::domain::{Principal, Role};
@@ -132,23 +135,75 @@ pub async fn intend(
 }
 
 /// Audits a refused call (bad credentials, missing role, sealed, locked,
-/// rate limited), naming the principal when the credentials do. Best
-/// effort: a refusal must not wait on, or fail because of, the log.
+/// rate limited), naming the principal when the credentials do (`who`,
+/// unless the refusal came before authentication). Aggregated per peer
+/// network, principal, RPC and code ([`crate::access::refusals`]): the first
+/// of a window is an event at once, the rest one `RefusedCalls` event with
+/// their count. Best effort: a refusal must not wait on, or fail because
+/// of, the log.
 pub async fn audit_refusal(
     vault: &Vault,
     auth: &Authenticator,
     call: &CallContext,
-    creds: &Credentials<'_>,
+    who: Option<&Credentials<'_>>,
+    peer: Option<std::net::IpAddr>,
     status: &Status,
 ) {
-    let principal = auth.authenticate(creds).ok();
-    let event = call.event(
-        principal.as_ref(),
-        String::new(),
-        &format!("{:?}", status.code()),
-    );
+    let principal = who.and_then(|creds| auth.authenticate(creds).ok());
+    let code = format!("{:?}", status.code());
+    let tally = Tally {
+        network: peer.map_or_else(|| "unknown".to_owned(), crate::access::limits::network_of),
+        principal: principal
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_default(),
+        tenant: principal
+            .as_ref()
+            .map(|p| p.tenant.as_str().to_owned())
+            .unwrap_or_default(),
+        rpc: call.rpc,
+        code: code.clone(),
+    };
+    let Verdict::Record { closed } = auth.refusals().refused(tally, Instant::now()) else {
+        return;
+    };
+    if let Some(summary) = closed {
+        record_refusal_summary(vault, &call.request_id, &summary).await;
+    }
+    let event = call.event(principal.as_ref(), String::new(), &code);
     if let Err(e) = vault.record_audit(event).await {
         tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a refused call");
+    }
+}
+
+/// Records one window's counted refusals as a `RefusedCalls` event.
+pub async fn record_refusal_summary(vault: &Vault, request_id: &str, summary: &Summary) {
+    let t = &summary.tally;
+    let event = AuditEvent {
+        time_ms: 0,
+        request_id: request_id.to_owned(),
+        principal: t.principal.clone(),
+        tenant: t.tenant.clone(),
+        action: "RefusedCalls".to_owned(),
+        resource: format!(
+            "rpc:{} count:{} window:{}s",
+            t.rpc,
+            summary.counted,
+            summary.window.as_secs()
+        ),
+        outcome: t.code.clone(),
+        origin: t.network.clone(),
+    };
+    if let Err(e) = vault.record_audit(event).await {
+        tracing::error!(error = %e, alert = "audit_write_failed", "could not audit counted refusals");
+    }
+}
+
+/// Records every closed window of counted refusals; the server calls this
+/// periodically, so a flood's count is recorded even if it stops.
+pub async fn flush_refusals(vault: &Vault, auth: &Authenticator) {
+    for summary in auth.refusals().due(Instant::now()) {
+        record_refusal_summary(vault, "refusals", &summary).await;
     }
 }
 
@@ -174,11 +229,25 @@ pub async fn authorize_call<T>(
     when_sealed: WhenSealed,
 ) -> Result<Principal, Status> {
     let creds = Credentials::of(request);
+    let peer = request.remote_addr().map(|a| a.ip());
+    // A network that keeps failing authentication is refused before any
+    // authentication work (SECURITY.md §5.6).
+    let network_refused = peer.is_some_and(|ip| auth.guard().network_refused(ip));
     let mut result = if when_sealed == WhenSealed::Refuse && vault.is_sealed() {
         Err(Status::unavailable("the vault is sealed"))
+    } else if network_refused {
+        Err(Status::unauthenticated(
+            "too many failed authentications from this network; retry later",
+        ))
     } else {
         auth.authorize(&creds, roles, call.rpc)
     };
+    if let (Err(status), Some(ip)) = (&result, peer)
+        && status.code() == tonic::Code::Unauthenticated
+        && !network_refused
+    {
+        auth.guard().network_failed(ip);
+    }
     if let (Ok(principal), Some(peer)) = (&result, request.remote_addr())
         && let Some(anomaly) = auth.guard().called_from(&principal.name, peer.ip())
     {
@@ -190,7 +259,8 @@ pub async fn authorize_call<T>(
         }
     }
     if let Err(status) = &result {
-        audit_refusal(vault, auth, call, &creds, status).await;
+        let who = (!network_refused).then_some(&creds);
+        audit_refusal(vault, auth, call, who, peer, status).await;
     }
     result
 }

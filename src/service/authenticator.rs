@@ -10,6 +10,7 @@ use tonic_types::StatusExt;
 
 use crate::access::limits::{Guard, LimitsConfig, OTP_LOCK_PREFIX};
 use crate::access::principals::PrincipalBook;
+use crate::access::refusals::Refusals;
 use crate::access::totp::{OTP_HEADER, OtpVerifier};
 use crate::access::{self, AccessError, api_key};
 use crate::domain::{Principal, Role};
@@ -86,6 +87,7 @@ pub struct Authenticator {
     principals: Arc<PrincipalBook>,
     guard: Guard,
     otp: OtpVerifier,
+    refusals: Refusals,
 }
 
 /// The TOTP step when none is configured.
@@ -105,9 +107,15 @@ impl Authenticator {
     ) -> Self {
         Self {
             principals,
+            refusals: Refusals::new(limits.refusal_window),
             guard: Guard::new(limits),
             otp: OtpVerifier::new(otp_step),
         }
+    }
+
+    /// The tallies of refused calls, for aggregated audit events.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     /// The lockout, rate-limit and anomaly state.
@@ -218,16 +226,29 @@ impl Authenticator {
         if needs_second_factor(roles) {
             self.check_second_factor(creds, &principal)?;
         }
-        if let Err(wait) = self.guard.take(&principal.name, rpc) {
-            tracing::warn!(outcome = "rate_limited", "rate limit reached");
-            metrics::counter!("tessera_rate_limited_total", "rpc" => rpc.to_owned()).increment(1);
-            return Err(Status::with_error_details(
-                tonic::Code::ResourceExhausted,
-                "rate limit reached; retry later",
-                tonic_types::ErrorDetails::with_retry_info(Some(wait)),
-            ));
-        }
+        self.charge(&principal, rpc, 1)?;
         Ok(principal)
+    }
+
+    /// Takes `calls` from the principal's rate limit for `rpc` (a batch
+    /// charges its remaining items after the gate took one);
+    /// RESOURCE_EXHAUSTED with the time to wait when the bucket is short.
+    pub fn charge(&self, principal: &Principal, rpc: &str, calls: usize) -> Result<(), Status> {
+        if calls == 0 {
+            return Ok(());
+        }
+        self.guard
+            .take_n(&principal.name, rpc, calls)
+            .map_err(|wait| {
+                tracing::warn!(outcome = "rate_limited", "rate limit reached");
+                metrics::counter!("tessera_rate_limited_total", "rpc" => rpc.to_owned())
+                    .increment(1);
+                Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    "rate limit reached; retry later",
+                    tonic_types::ErrorDetails::with_retry_info(Some(wait)),
+                )
+            })
     }
 
     /// The TOTP code in `x-tessera-otp`: valid now and never used before.

@@ -165,6 +165,9 @@ impl Tokenizer for TokenizerService {
         let total = items.len();
         let result = async {
             self.check_batch(total)?;
+            // The gate took one call; the rest of the items pay too.
+            self.auth
+                .charge(&principal, call.rpc, total.saturating_sub(1))?;
             let mut outcomes = Vec::with_capacity(total);
             for item in items {
                 outcomes.push(self.tokenize_one(&principal, item).await);
@@ -227,6 +230,8 @@ impl Tokenizer for TokenizerService {
         let total = items.len();
         let result = async {
             self.check_batch(total)?;
+            self.auth
+                .charge(&principal, call.rpc, total.saturating_sub(1))?;
             let mut outcomes = Vec::with_capacity(total);
             for item in &items {
                 outcomes.push(self.detokenize_one(&call, &principal, item).await);

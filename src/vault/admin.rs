@@ -296,7 +296,10 @@ impl Vault {
         self.ensure_unsealed()?;
         let floor = self.keys.latest_data_version(tenant).await?.unwrap_or(0);
         self.store
-            .put_checkpoint(&crate::keyring::dek_floor(tenant), floor.to_be_bytes().to_vec())
+            .put_checkpoint(
+                &crate::keyring::dek_floor(tenant),
+                floor.to_be_bytes().to_vec(),
+            )
             .await?;
         self.store
             .put_checkpoint(

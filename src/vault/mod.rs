@@ -120,7 +120,9 @@ pub enum VaultError {
     #[error("a concurrent change conflicted with this call; retry")]
     Contended,
     /// The tenant was shredded and not re-created by an operator.
-    #[error("this tenant was shredded; an operator must re-create it (RecreateTenant) before it tokenizes again")]
+    #[error(
+        "this tenant was shredded; an operator must re-create it (RecreateTenant) before it tokenizes again"
+    )]
     TenantShredded,
     /// The store failed.
     #[error(transparent)]
