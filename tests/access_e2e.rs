@@ -564,3 +564,104 @@ async fn admin_strings_and_metadata_are_checked_before_anything_records_them() {
     drop(server);
     common::assert_no_pan_leaked(&log, &data, &[spaced, dashed, VISA]);
 }
+
+/// Requirement 2 and finding 15: each admin call needed a fresh TOTP code,
+/// so a rotation ceremony (status, rotate, re-encrypt, status) waited two
+/// minutes for codes. `tessera login` opens a short-lived session instead.
+#[tokio::test]
+async fn an_admin_session_carries_a_ceremony_without_new_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let server = Server::start(&data, &log);
+    let cli = |args: &[&str], session: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+        command
+            .args(args)
+            .args(["--addr", &server.addr])
+            .env("TESSERA_API_KEY", server.api_key("admin"))
+            .env_remove("TESSERA_OTP")
+            .stdin(std::process::Stdio::null());
+        match session {
+            Some(s) => command.env("TESSERA_SESSION", s),
+            None => command.env_remove("TESSERA_SESSION"),
+        };
+        command.output().unwrap()
+    };
+
+    let login = server.admin_cli("admin", &["login", "--json"]);
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let opened: serde_json::Value = serde_json::from_slice(&login.stdout).unwrap();
+    let session = opened["session"].as_str().unwrap().to_owned();
+    assert!(session.starts_with("tss_"));
+
+    // The ceremony: no code asked for (stdin is closed), every step works.
+    let started = std::time::Instant::now();
+    for args in [
+        &["keys", "status"][..],
+        &["keys", "rotate"],
+        &["keys", "reencrypt"],
+        &["keys", "status"],
+        &["audit", "verify"],
+    ] {
+        let out = cli(args, Some(&session));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // Without the session (and without a code) the same command fails.
+    assert!(!cli(&["keys", "status"], None).status.success());
+
+    // Bound to its principal: another admin's key with this session fails,
+    // and a session cannot open another session.
+    let mut as_admin2 = KeyAdminClient::with_interceptor(
+        server.channel().await,
+        Bearer::new(&server.api_key("admin2"))
+            .unwrap()
+            .with_session(&session)
+            .unwrap(),
+    );
+    let stolen = as_admin2
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(stolen.code(), Code::Unauthenticated);
+    let mut principals = PrincipalsClient::with_interceptor(
+        server.channel().await,
+        Bearer::new(&server.api_key("admin"))
+            .unwrap()
+            .with_session(&session)
+            .unwrap(),
+    );
+    let chained = principals
+        .create_session(v1::CreateSessionRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(chained.code(), Code::FailedPrecondition);
+
+    // Logout ends it; the session never reached the log or the store.
+    let out = cli(&["logout"], Some(&session));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!cli(&["keys", "status"], Some(&session)).status.success());
+    drop(server);
+    let secret = session.rsplit('_').next().unwrap();
+    for file in common::files_under(&data).into_iter().chain([log]) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the session secret is in {}",
+            file.display()
+        );
+    }
+}

@@ -25,6 +25,7 @@ const REDACTED_DEBUG: &[&str] = &[
     ".tessera.v1.TokenizeRequest",
     ".tessera.v1.DetokenizeResponse",
     ".tessera.v1.AddPrincipalResponse",
+    ".tessera.v1.CreateSessionResponse",
 ];
 
 #[test]

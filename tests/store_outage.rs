@@ -167,6 +167,10 @@ impl Store for Switchable {
         self.check()?;
         self.inner.ping().await
     }
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.sync().await
+    }
 }
 
 #[tokio::test]

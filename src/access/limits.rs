@@ -87,6 +87,8 @@ pub struct LimitsConfig {
     pub max_failed_auth_per_network: u32,
     /// Window of the per-network limit and of refusal aggregation.
     pub refusal_window: Duration,
+    /// Lifetime of an admin session.
+    pub session_ttl: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -104,6 +106,7 @@ impl Default for LimitsConfig {
             lock_on_new_network: false,
             max_failed_auth_per_network: 100,
             refusal_window: Duration::from_secs(60),
+            session_ttl: crate::access::sessions::DEFAULT_SESSION_TTL,
         }
     }
 }

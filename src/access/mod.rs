@@ -10,6 +10,7 @@ pub mod approvals;
 pub mod limits;
 pub mod principals;
 pub mod refusals;
+pub mod sessions;
 pub mod totp;
 
 use crate::domain::{Principal, Role};

@@ -46,8 +46,16 @@ fn bad(events: u64, at: u64, problem: &str) -> VerifyReport {
 }
 
 /// Verifies the log in `store`; with `key`, also the head signature.
+///
+/// Memory stays constant in the log's length: the head is read first, so
+/// the walk keeps only the one hash the head names, not one per event.
 pub async fn verify(store: &dyn Store, key: Option<&DataKey>) -> Result<VerifyReport, AuditError> {
-    let mut hashes: Vec<ChainHash> = Vec::new();
+    let head_bytes = store.audit_head().await?;
+    let head_seq = head_bytes
+        .as_deref()
+        .and_then(|b| SignedHead::decode(b).ok())
+        .map(|h| h.seq);
+    let mut hash_at_head: Option<ChainHash> = None;
     let mut recovered_at = Vec::new();
     let mut prev: ChainHash = [0; 32];
     let mut expected = 0u64;
@@ -85,7 +93,9 @@ pub async fn verify(store: &dyn Store, key: Option<&DataKey>) -> Result<VerifyRe
                 recovered_at.push(position);
             }
             prev = event.hash;
-            hashes.push(event.hash);
+            if Some(position) == head_seq {
+                hash_at_head = Some(event.hash);
+            }
             expected += 1;
         }
     }
@@ -98,7 +108,7 @@ pub async fn verify(store: &dyn Store, key: Option<&DataKey>) -> Result<VerifyRe
         problem: String::new(),
         recovered_at,
     };
-    let Some(head_bytes) = store.audit_head().await? else {
+    let Some(head_bytes) = head_bytes else {
         if super::head_required(store, events).await? {
             return Ok(bad(
                 events,
@@ -121,7 +131,7 @@ pub async fn verify(store: &dyn Store, key: Option<&DataKey>) -> Result<VerifyRe
         }
         report.head_checked = true;
     }
-    match usize::try_from(head.seq).ok().and_then(|i| hashes.get(i)) {
+    match hash_at_head.as_ref().filter(|_| head.seq < events) {
         None => Ok(bad(
             events,
             events,

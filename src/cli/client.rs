@@ -36,9 +36,13 @@ pub struct Connection {
     #[arg(long, global = true)]
     pub json: bool,
     /// TOTP code for KeyAdmin, Audit and Principals calls; asked for on
-    /// the terminal when omitted.
+    /// the terminal when omitted (and no session is given).
     #[arg(long, env = "TESSERA_OTP", hide_env_values = true, global = true)]
     pub otp: Option<String>,
+    /// Admin session from `tessera login`: stands in for the TOTP code
+    /// until it expires.
+    #[arg(long, env = "TESSERA_SESSION", hide_env_values = true, global = true)]
+    pub session: Option<String>,
     /// CA certificate (PEM) to verify the server with (`https://` addresses).
     #[arg(long, env = "TESSERA_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
@@ -82,6 +86,18 @@ impl Connection {
     /// Credentials plus the TOTP code administrative RPCs need: `--otp`,
     /// else one line read from the terminal.
     pub fn admin_bearer(&self) -> Result<Bearer, String> {
+        if let Some(session) = &self.session {
+            return self
+                .bearer()?
+                .with_session(session.trim())
+                .ok_or_else(|| "the session is not a valid header value".to_owned());
+        }
+        self.otp_bearer()
+    }
+
+    /// The API key with a TOTP code (asked for when not given), never a
+    /// session: what opening a session takes.
+    pub fn otp_bearer(&self) -> Result<Bearer, String> {
         let code = match &self.otp {
             Some(code) => code.trim().to_owned(),
             None => {
@@ -186,7 +202,8 @@ pub type Client = TokenizerClient<InterceptedService<Channel, Bearer>>;
 #[derive(Clone)]
 pub struct Bearer {
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
-    otp: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// The second factor's header and value: a TOTP code or a session.
+    second_factor: Option<(&'static str, MetadataValue<tonic::metadata::Ascii>)>,
 }
 
 impl Bearer {
@@ -196,7 +213,7 @@ impl Bearer {
             .ok()
             .map(|v| Self {
                 authorization: Some(v),
-                otp: None,
+                second_factor: None,
             })
     }
 
@@ -204,7 +221,7 @@ impl Bearer {
     pub fn none() -> Self {
         Self {
             authorization: None,
-            otp: None,
+            second_factor: None,
         }
     }
 
@@ -213,7 +230,17 @@ impl Bearer {
         let well_formed = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
         let value = MetadataValue::try_from(code).ok().filter(|_| well_formed)?;
         Some(Self {
-            otp: Some(value),
+            second_factor: Some((crate::access::totp::OTP_HEADER, value)),
+            ..self
+        })
+    }
+
+    /// Also sends an admin session (from `tessera login`) in place of a
+    /// TOTP code; `None` if it cannot be a header value.
+    pub fn with_session(self, session: &str) -> Option<Self> {
+        let value = MetadataValue::try_from(session).ok()?;
+        Some(Self {
+            second_factor: Some((crate::access::sessions::SESSION_HEADER, value)),
             ..self
         })
     }
@@ -226,10 +253,8 @@ impl tonic::service::Interceptor for Bearer {
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
-        if let Some(value) = &self.otp {
-            request
-                .metadata_mut()
-                .insert(crate::access::totp::OTP_HEADER, value.clone());
+        if let Some((header, value)) = &self.second_factor {
+            request.metadata_mut().insert(*header, value.clone());
         }
         Ok(request)
     }

@@ -8,6 +8,7 @@ pub mod init;
 pub mod keys;
 pub mod principal;
 pub mod serve;
+pub mod session;
 
 use std::process::ExitCode;
 
@@ -54,6 +55,11 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Manage principals on a running server: add, list, revoke, unlock.
     Principal(principal::PrincipalArgs),
+    /// Open an admin session (API key + TOTP code) for a key ceremony;
+    /// prints `export TESSERA_SESSION=…`.
+    Login(session::SessionArgs),
+    /// End the admin session in TESSERA_SESSION.
+    Logout(session::SessionArgs),
     /// Load a running server and report throughput and latency.
     Bench(bench::BenchArgs),
 }
@@ -86,6 +92,8 @@ pub fn main() -> ExitCode {
             Command::Hsm(args) => hsm::run(args),
             Command::Audit(args) => audit::run(args).await,
             Command::Principal(args) => principal::run(args).await,
+            Command::Login(args) => session::login(args).await,
+            Command::Logout(args) => session::logout(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     })

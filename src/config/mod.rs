@@ -152,6 +152,8 @@ pub struct RawAccess {
     /// Length of that window, and of the window refused calls are counted
     /// in for one aggregated audit event, in seconds (default 60).
     pub refusal_window_seconds: Option<u64>,
+    /// Lifetime of an admin session in minutes: 1 to 60 (default 15).
+    pub session_minutes: Option<u64>,
     /// Alert on a call from a network new to the principal (default true).
     pub alert_on_new_network: Option<bool>,
     /// Also lock the principal then (default false).
@@ -608,6 +610,12 @@ fn check_access(raw: &RawAccess) -> Result<crate::access::limits::LimitsConfig, 
             "must be 1 to 3600",
         ));
     }
+    let session_minutes = raw
+        .session_minutes
+        .unwrap_or(defaults.session_ttl.as_secs() / 60);
+    if !(1..=60).contains(&session_minutes) {
+        return Err(invalid("access.session_minutes", "must be 1 to 60"));
+    }
     Ok(crate::access::limits::LimitsConfig {
         rate_per_second: rate,
         burst,
@@ -634,6 +642,7 @@ fn check_access(raw: &RawAccess) -> Result<crate::access::limits::LimitsConfig, 
             .unwrap_or(defaults.max_failed_auth_per_network)
             .max(1),
         refusal_window: std::time::Duration::from_secs(refusal_window),
+        session_ttl: std::time::Duration::from_secs(session_minutes * 60),
     })
 }
 

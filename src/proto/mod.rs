@@ -74,6 +74,15 @@ impl fmt::Debug for v1::AddPrincipalResponse {
     }
 }
 
+impl fmt::Debug for v1::CreateSessionResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateSessionResponse")
+            .field("session", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;

@@ -20,6 +20,54 @@ use crate::vault::Vault;
 /// Events read from the store per page while streaming.
 const PAGE: usize = 500;
 
+/// Most bytes of events in one `ListEvents` message: far below gRPC's
+/// default 4 MiB message limit, whatever the log holds.
+const MESSAGE_BYTES: usize = 1 << 20;
+
+/// Longest field a listed event shows. Fields are bounded when written
+/// now, but a log may hold events written before they were (a 2.5 MB
+/// principal name once made `tessera audit list` fail); those are cut,
+/// saying by how much. The stored event, and so verification, is intact.
+const FIELD_BYTES: usize = 4096;
+
+fn clip(mut field: String) -> String {
+    if field.len() <= FIELD_BYTES {
+        return field;
+    }
+    let mut end = FIELD_BYTES;
+    while !field.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = field.len() - end;
+    field.truncate(end);
+    field.push_str(&format!("…[{cut} bytes cut]"));
+    field
+}
+
+/// Splits events into messages of at most [`MESSAGE_BYTES`] each (one
+/// event per message at least).
+fn messages(events: Vec<v1::AuditEvent>) -> Vec<v1::ListEventsResponse> {
+    use prost::Message;
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for event in events {
+        let size = event.encoded_len() + 8;
+        if !current.is_empty() && bytes + size > MESSAGE_BYTES {
+            out.push(v1::ListEventsResponse {
+                events: std::mem::take(&mut current),
+            });
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(event);
+    }
+    if !current.is_empty() {
+        out.push(v1::ListEventsResponse { events: current });
+    }
+    out
+}
+
 /// Implements `tessera.v1.Audit`.
 #[derive(Debug, Clone)]
 pub struct AuditService {
@@ -86,13 +134,13 @@ fn to_message(e: ChainedEvent) -> v1::AuditEvent {
             seconds: i64::try_from(ev.time_ms / 1000).unwrap_or(i64::MAX),
             nanos: i32::try_from((ev.time_ms % 1000) * 1_000_000).unwrap_or(0),
         }),
-        request_id: ev.request_id,
-        principal: ev.principal,
-        tenant: ev.tenant,
-        action: ev.action,
-        resource: ev.resource,
-        outcome: ev.outcome,
-        origin: ev.origin,
+        request_id: clip(ev.request_id),
+        principal: clip(ev.principal),
+        tenant: clip(ev.tenant),
+        action: clip(ev.action),
+        resource: clip(ev.resource),
+        outcome: clip(ev.outcome),
+        origin: clip(ev.origin),
     }
 }
 
@@ -147,13 +195,10 @@ impl Audit for AuditService {
                     .filter(|e| filter.matches(e))
                     .map(to_message)
                     .collect();
-                if !events.is_empty()
-                    && tx
-                        .send(Ok(v1::ListEventsResponse { events }))
-                        .await
-                        .is_err()
-                {
-                    return;
+                for message in messages(events) {
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
                 }
             }
         });
@@ -261,5 +306,39 @@ impl Audit for AuditService {
             }
             Err(e) => Err(status::from_vault(&e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(resource: String) -> v1::AuditEvent {
+        v1::AuditEvent {
+            resource,
+            ..Default::default()
+        }
+    }
+
+    /// Requirement 4 (finding 8): a log holding a 2.5 MB field made every
+    /// `ListEvents` page too large to send.
+    #[test]
+    fn pages_are_bounded_in_bytes_and_long_fields_are_cut() {
+        let huge = clip("4".repeat(2_500_000));
+        assert!(huge.len() < FIELD_BYTES + 32, "{}", huge.len());
+        assert!(huge.ends_with("bytes cut]"));
+        assert_eq!(clip("short".into()), "short");
+        assert!(
+            clip("é".repeat(3000)).ends_with("bytes cut]"),
+            "cut on a char boundary"
+        );
+
+        let events: Vec<_> = (0..2000).map(|_| event("r".repeat(FIELD_BYTES))).collect();
+        let pages = messages(events);
+        assert!(pages.len() > 1);
+        for page in &pages {
+            assert!(prost::Message::encoded_len(page) <= MESSAGE_BYTES + FIELD_BYTES);
+        }
+        assert_eq!(pages.iter().map(|p| p.events.len()).sum::<usize>(), 2000);
     }
 }

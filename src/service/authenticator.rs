@@ -11,6 +11,7 @@ use tonic_types::StatusExt;
 use crate::access::limits::{Guard, LimitsConfig, OTP_LOCK_PREFIX};
 use crate::access::principals::PrincipalBook;
 use crate::access::refusals::Refusals;
+use crate::access::sessions::{SESSION_HEADER, Sessions};
 use crate::access::totp::{OTP_HEADER, OtpVerifier};
 use crate::access::{self, AccessError, api_key};
 use crate::domain::{Principal, Role};
@@ -69,6 +70,13 @@ impl<'a> Credentials<'a> {
     fn otp(&self) -> Option<&str> {
         self.metadata.get(OTP_HEADER).and_then(|v| v.to_str().ok())
     }
+
+    /// The admin session the call carries, if any.
+    pub fn session(&self) -> Option<&str> {
+        self.metadata
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+    }
 }
 
 /// Whether RPCs open to `roles` also need a TOTP code (PCI DSS 8.4.1: MFA
@@ -88,6 +96,7 @@ pub struct Authenticator {
     guard: Guard,
     otp: OtpVerifier,
     refusals: Refusals,
+    sessions: Sessions,
 }
 
 /// The TOTP step when none is configured.
@@ -108,9 +117,15 @@ impl Authenticator {
         Self {
             principals,
             refusals: Refusals::new(limits.refusal_window),
+            sessions: Sessions::new(limits.session_ttl),
             guard: Guard::new(limits),
             otp: OtpVerifier::new(otp_step),
         }
+    }
+
+    /// The open admin sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// The tallies of refused calls, for aggregated audit events.
@@ -267,6 +282,17 @@ impl Authenticator {
             );
             return Err(Status::unauthenticated(
                 "the second factor is locked after repeated failures",
+            ));
+        }
+        if let Some(session) = creds.session() {
+            if self.sessions.verify(session, &principal.name) {
+                self.guard.auth_succeeded(&lock_id);
+                return Ok(());
+            }
+            tracing::warn!(outcome = "unauthenticated", "admin session refused");
+            self.failed(&lock_id);
+            return Err(Status::unauthenticated(
+                "the admin session is expired, deleted or not this principal's; open a new one with a TOTP code",
             ));
         }
         let Some(secret) = self.principals.totp(&principal.name) else {

@@ -15,12 +15,16 @@ use tracing::instrument;
 
 use crate::access::approvals::{Approvals, DualControlAction};
 use crate::access::principals::{BookError, NewPrincipal, Origin, PrincipalSummary};
+use crate::access::sessions::Sessions;
 use crate::domain::principal::check_name;
 use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
 use crate::proto::v1::principals_server::Principals;
 use crate::service::audited::{CallContext, WhenSealed, authorize_call, finish_admin, intend};
-use crate::service::{Authenticator, status};
+use crate::service::{Authenticator, Credentials, status};
+
+/// The roles whose RPCs need a second factor, and so may hold a session.
+const SECOND_FACTOR_ROLES: &[Role] = &[Role::Admin, Role::Audit, Role::Operator];
 use crate::vault::Vault;
 
 /// Implements `tessera.v1.Principals`.
@@ -305,7 +309,8 @@ impl Principals for PrincipalsService {
                 .principals()
                 .revoke(name)
                 .map_err(|e| book_status(&e))?;
-            tracing::warn!(revoked = %name, "principal revoked");
+            let sessions = self.auth.sessions().close_all(name);
+            tracing::warn!(revoked = %name, sessions, "principal revoked");
             Ok(v1::RevokePrincipalResponse {})
         }
         .await;
@@ -328,6 +333,99 @@ impl Principals for PrincipalsService {
             let was_locked = self.auth.guard().unlock_principal(name);
             tracing::info!(unlocked = %name, was_locked, "principal unlocked");
             Ok(v1::UnlockPrincipalResponse { was_locked })
+        }
+        .await;
+        finish_admin(&self.vault, &call, &caller, resource, result).await
+    }
+
+    #[instrument(skip_all, name = "CreateSession", fields(principal, tenant))]
+    async fn create_session(
+        &self,
+        request: Request<v1::CreateSessionRequest>,
+    ) -> Result<Response<v1::CreateSessionResponse>, Status> {
+        let call = CallContext::of("CreateSession", &request);
+        let caller = authorize_call(
+            &self.vault,
+            &self.auth,
+            &call,
+            &request,
+            SECOND_FACTOR_ROLES,
+            WhenSealed::Serve,
+        )
+        .await?;
+        let result = async {
+            // A session never opens another: its life stays bounded by the
+            // TOTP code that opened the first.
+            if Credentials::of(&request).session().is_some() {
+                return Err(Status::failed_precondition(
+                    "open a session with a TOTP code, not with another session",
+                ));
+            }
+            intend(&self.vault, &call, &caller, "session:new").await?;
+            let opened = self
+                .auth
+                .sessions()
+                .open(&caller.name)
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            let ttl_ms = u64::try_from(opened.ttl.as_millis()).unwrap_or(u64::MAX);
+            let expires_ms = self.vault.now_ms().saturating_add(ttl_ms);
+            tracing::info!(session = %opened.id, "admin session opened");
+            Ok((
+                opened.id,
+                v1::CreateSessionResponse {
+                    session: opened.token.expose_secret().to_owned(),
+                    expires_at: Some(prost_types::Timestamp {
+                        seconds: i64::try_from(expires_ms / 1000).unwrap_or(i64::MAX),
+                        nanos: 0,
+                    }),
+                },
+            ))
+        }
+        .await;
+        let resource = match &result {
+            Ok((id, _)) => format!("session:{id}"),
+            Err(_) => "session:none".to_owned(),
+        };
+        finish_admin(
+            &self.vault,
+            &call,
+            &caller,
+            resource,
+            result.map(|(_, r)| r),
+        )
+        .await
+    }
+
+    #[instrument(skip_all, name = "DeleteSession", fields(principal, tenant))]
+    async fn delete_session(
+        &self,
+        request: Request<v1::DeleteSessionRequest>,
+    ) -> Result<Response<v1::DeleteSessionResponse>, Status> {
+        let call = CallContext::of("DeleteSession", &request);
+        let caller = authorize_call(
+            &self.vault,
+            &self.auth,
+            &call,
+            &request,
+            SECOND_FACTOR_ROLES,
+            WhenSealed::Serve,
+        )
+        .await?;
+        let creds = Credentials::of(&request);
+        let token = creds.session().map(str::to_owned);
+        let resource = token
+            .as_deref()
+            .and_then(Sessions::id_of)
+            .map_or_else(|| "session:none".to_owned(), |id| format!("session:{id}"));
+        let result = async {
+            let Some(token) = token else {
+                return Err(Status::failed_precondition(
+                    "this call carries no session to delete",
+                ));
+            };
+            intend(&self.vault, &call, &caller, &resource).await?;
+            self.auth.sessions().close(&token, &caller.name);
+            Ok(v1::DeleteSessionResponse {})
         }
         .await;
         finish_admin(&self.vault, &call, &caller, resource, result).await

@@ -52,6 +52,10 @@ pub enum StoreError {
     /// Stored bytes did not decode.
     #[error("stored data is corrupt: {0}")]
     Corrupt(#[from] DecodeError),
+    /// An index or the backend itself reports damage. Like `Corrupt`, never
+    /// retryable: a retry reads the same bytes.
+    #[error("stored data is corrupt: {0}")]
+    Damaged(&'static str),
     /// The backend is unreachable or failed in a way a retry may fix.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -184,4 +188,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Checks the backend answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Returns once everything written to the store so far, by any writer,
+    /// is durable. A reader that found another writer's record may be
+    /// ahead of that writer's flush; it calls this before acting on the
+    /// record as acknowledged (deterministic reuse returns such a token).
+    async fn sync(&self) -> Result<(), StoreError>;
 }

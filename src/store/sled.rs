@@ -42,8 +42,13 @@ pub struct SledStore {
     audit_meta: sled::Tree,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// Maps a sled error: corruption sled itself detects (checksums) is
+/// `Damaged`, never retryable; I/O and the rest may pass (`Unavailable`).
+fn unavailable(e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Corruption { .. } => StoreError::Damaged("sled reported corruption"),
+        other => StoreError::Unavailable(other.to_string()),
+    }
 }
 
 fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
@@ -87,7 +92,7 @@ impl SledStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
-            .map_err(unavailable)?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
             .map(|_| ())
             .map_err(unavailable)
     }
@@ -104,7 +109,7 @@ impl SledStore {
                     .sealed_versions
                     .get(version_key(id, version))
                     .map_err(unavailable)?
-                    .ok_or_else(|| StoreError::Unavailable("missing sealed version".into()))?;
+                    .ok_or(StoreError::Damaged("missing sealed version"))?;
                 record.sealed_pan = sealed.to_vec();
                 version
             }
@@ -136,7 +141,7 @@ fn version_key(id: &TokenId, version: u32) -> Vec<u8> {
 fn decode_u32(bytes: &[u8]) -> Result<u32, StoreError> {
     let array: [u8; 4] = bytes
         .try_into()
-        .map_err(|_| StoreError::Unavailable("corrupt seal version".into()))?;
+        .map_err(|_| StoreError::Damaged("corrupt seal version"))?;
     Ok(u32::from_be_bytes(array))
 }
 
@@ -166,7 +171,7 @@ impl Store for SledStore {
                         && tombstones.get(&holder)?.is_none()
                     {
                         let holder = TokenId::from_slice(&holder).ok_or_else(|| {
-                            abort(StoreError::Unavailable("corrupt fingerprint index".into()))
+                            abort(StoreError::Damaged("corrupt fingerprint index"))
                         })?;
                         return Err(abort(StoreError::FingerprintTaken(holder)));
                     }
@@ -193,8 +198,8 @@ impl Store for SledStore {
         let Some(holder) = self.fingerprints.get(key).map_err(unavailable)? else {
             return Ok(None);
         };
-        let id = TokenId::from_slice(&holder)
-            .ok_or_else(|| StoreError::Unavailable("corrupt fingerprint index".into()))?;
+        let id =
+            TokenId::from_slice(&holder).ok_or(StoreError::Damaged("corrupt fingerprint index"))?;
         self.stored(&id)
     }
 
@@ -305,7 +310,7 @@ impl Store for SledStore {
             .map(|k| {
                 let k = k.map_err(unavailable)?;
                 String::from_utf8(k.to_vec())
-                    .map_err(|_| StoreError::Unavailable("corrupt checkpoint name".into()))
+                    .map_err(|_| StoreError::Damaged("corrupt checkpoint name"))
             })
             .collect()
     }
@@ -394,8 +399,8 @@ impl Store for SledStore {
             let Some(id_bytes) = key.strip_prefix(prefix.as_slice()) else {
                 break;
             };
-            let id = TokenId::from_slice(id_bytes)
-                .ok_or_else(|| StoreError::Unavailable("corrupt tenant index".into()))?;
+            let id =
+                TokenId::from_slice(id_bytes).ok_or(StoreError::Damaged("corrupt tenant index"))?;
             if let Some(stored) = self.stored(&id)? {
                 out.push(stored);
             }
@@ -442,7 +447,7 @@ impl Store for SledStore {
                 let key: [u8; 8] = k
                     .as_ref()
                     .try_into()
-                    .map_err(|_| StoreError::Unavailable("corrupt audit key".into()))?;
+                    .map_err(|_| StoreError::Damaged("corrupt audit key"))?;
                 Ok((u64::from_be_bytes(key), v.to_vec()))
             })
             .collect()
@@ -454,7 +459,7 @@ impl Store for SledStore {
                 let key: [u8; 8] = k
                     .as_ref()
                     .try_into()
-                    .map_err(|_| StoreError::Unavailable("corrupt audit key".into()))?;
+                    .map_err(|_| StoreError::Damaged("corrupt audit key"))?;
                 Ok(Some((u64::from_be_bytes(key), v.to_vec())))
             }
             None => Ok(None),
@@ -473,5 +478,34 @@ impl Store for SledStore {
         // A point read touches the page cache and the tree machinery without
         // scanning; it fails when the database is broken.
         self.keys.get(b"\xffping").map(|_| ()).map_err(unavailable)
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 15: sled reported corrupt data as UNAVAILABLE, which callers
+    /// retry for ever; damage is `Damaged`, never retryable.
+    #[tokio::test]
+    async fn a_corrupt_index_is_damage_not_an_outage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("store")).unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let fingerprint = Fingerprint::from_bytes([7; 32]);
+        store
+            .fingerprints
+            .insert(fingerprint_key(&tenant, &fingerprint), b"short".as_slice())
+            .unwrap();
+        let err = store
+            .find_by_fingerprint(&tenant, &fingerprint)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Damaged(_)), "{err}");
+        assert!(!err.is_retryable());
     }
 }

@@ -664,6 +664,9 @@ impl Vault {
             return Err(VaultError::ReuseConflict { option });
         }
         let (_, token) = self.open(tenant, existing).await?;
+        // The record may be another writer's, found before its flush:
+        // never hand out a token that a crash could still take back.
+        self.store.sync().await?;
         Ok(Some(Tokenized {
             token,
             masked_pan: existing.record.facts.masked_pan.clone(),

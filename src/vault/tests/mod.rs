@@ -531,4 +531,32 @@ async fn a_shredded_tenant_stays_shredded_until_an_operator_recreates_it() {
     f.vault.retire_data_key(&t, 3).await.unwrap();
 }
 
+/// Finding 15: a deterministic reuse could return a token whose record
+/// (another writer's, found before its flush) was not yet durable.
+#[tokio::test]
+async fn a_reused_token_is_durable_before_it_is_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
+    let store = Arc::new(MemoryStore::new());
+    let vault = Vault::new(
+        kms,
+        store.clone(),
+        Arc::new(ManualClock::new(1_700_000_000_000)),
+        VaultPolicy::default(),
+    );
+    let t = tenant("default");
+    let det = || TokenizeCommand {
+        deterministic: Some(true),
+        ..cmd(VISA)
+    };
+    vault.tokenize(&t, det()).await.unwrap();
+    let before = store.sync_count();
+    let again = vault.tokenize(&t, det()).await.unwrap();
+    assert!(again.reused);
+    assert!(
+        store.sync_count() > before,
+        "the reuse waited for durability"
+    );
+}
+
 mod format_contract;
