@@ -60,6 +60,16 @@ pub enum KeyringError {
     Raced,
 }
 
+/// Where the audit key's root (the system index key) sits in the key
+/// table. Its creation time dates the first signed append.
+pub fn audit_key_context() -> KeyContext {
+    KeyContext {
+        tenant: TenantId::system(),
+        purpose: KeyPurpose::Index,
+        version: 1,
+    }
+}
+
 /// Checkpoint naming a shredded tenant (the job table holds the vault's
 /// small pieces of state; DESIGN.md §4 "shared state").
 pub fn shredded_marker(tenant: &TenantId) -> String {
@@ -361,11 +371,7 @@ impl Keyring {
         if let Some(key) = read(&self.audit).as_ref() {
             return Ok(Arc::clone(key));
         }
-        let ctx = KeyContext {
-            tenant: TenantId::system(),
-            purpose: KeyPurpose::Index,
-            version: 1,
-        };
+        let ctx = audit_key_context();
         let started = self.epoch();
         let root = self
             .load_or_create(&ctx, true)

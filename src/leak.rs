@@ -22,6 +22,40 @@ use crate::tokens::luhn;
 /// (`4111 - 1111` has three).
 pub const MAX_SEPARATOR_RUN: usize = 3;
 
+/// Which characters may join the digit groups of one card number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Separators {
+    /// Spaces, dashes, dots and slashes: how card numbers are written.
+    /// Scans of logs use this (wider sets would read timestamps such as
+    /// `16:40:05.123456` as digit groups).
+    Written,
+    /// Any ASCII punctuation or space (`4111_1111_1111_1111`,
+    /// `4111:1111:…`): for input that is checked before it is stored,
+    /// where a false positive costs a refused name, not a missed leak.
+    Any,
+}
+
+impl Separators {
+    fn contains(self, b: u8) -> bool {
+        match self {
+            Self::Written => matches!(b, b' ' | b'-' | b'.' | b'/'),
+            Self::Any => b == b' ' || b.is_ascii_punctuation(),
+        }
+    }
+}
+
+/// Whether input holds a card number under the wide separator set
+/// ([`Separators::Any`]): what metadata, names, tenant ids, request ids
+/// and reasons are checked with before anything stores or logs them.
+///
+/// ```
+/// assert!(tessera::leak::contains_card_number("4111_1111_1111_1111"));
+/// assert!(!tessera::leak::contains_card_number("till-7@acme"));
+/// ```
+pub fn contains_card_number(text: &str) -> bool {
+    !card_runs(text.as_bytes(), Separators::Any).is_empty()
+}
+
 /// Whether `text` holds something shaped like a real PAN: 12–19 digits,
 /// possibly grouped by separators, that pass Luhn.
 ///
@@ -36,10 +70,17 @@ pub fn contains_pan(text: &str) -> bool {
     !pan_like_runs(text.as_bytes()).is_empty()
 }
 
-/// Byte ranges of every card-shaped stretch in `bytes`, separators included.
+/// Byte ranges of every card-shaped stretch in `bytes`, separators included
+/// (written separators: [`Separators::Written`]).
 pub fn pan_like_runs(bytes: &[u8]) -> Vec<Range<usize>> {
+    card_runs(bytes, Separators::Written)
+}
+
+/// Byte ranges of every card-shaped stretch, digit groups joined by
+/// `separators`.
+pub fn card_runs(bytes: &[u8], separators: Separators) -> Vec<Range<usize>> {
     let mut found = Vec::new();
-    for chain in group_chains(&digit_groups(bytes), bytes) {
+    for chain in group_chains(&digit_groups(bytes), bytes, separators) {
         for (i, first) in chain.iter().enumerate() {
             let mut digits: Vec<u8> = Vec::with_capacity(MAX_PAN_LEN);
             for group in &chain[i..] {
@@ -69,7 +110,7 @@ pub fn strip_separators(bytes: &[u8]) -> Vec<u8> {
     let mut copied = 0;
     for pair in groups.windows(2) {
         let gap = pair[0].end..pair[1].start;
-        if is_separator_run(&bytes[gap.clone()]) {
+        if is_separator_run(&bytes[gap.clone()], Separators::Written) {
             out.extend_from_slice(&bytes[copied..gap.start]);
             copied = gap.end;
         }
@@ -97,13 +138,17 @@ fn digit_groups(bytes: &[u8]) -> Vec<Range<usize>> {
 }
 
 /// Digit groups joined by short separator runs, each chain in order.
-fn group_chains(groups: &[Range<usize>], bytes: &[u8]) -> Vec<Vec<Range<usize>>> {
+fn group_chains(
+    groups: &[Range<usize>],
+    bytes: &[u8],
+    separators: Separators,
+) -> Vec<Vec<Range<usize>>> {
     let mut chains: Vec<Vec<Range<usize>>> = Vec::new();
     for group in groups {
         let joins = chains
             .last()
             .and_then(|chain| chain.last())
-            .is_some_and(|prev| is_separator_run(&bytes[prev.end..group.start]));
+            .is_some_and(|prev| is_separator_run(&bytes[prev.end..group.start], separators));
         match chains.last_mut() {
             Some(chain) if joins => chain.push(group.clone()),
             _ => chains.push(vec![group.clone()]),
@@ -112,9 +157,8 @@ fn group_chains(groups: &[Range<usize>], bytes: &[u8]) -> Vec<Vec<Range<usize>>>
     chains
 }
 
-fn is_separator_run(gap: &[u8]) -> bool {
-    (1..=MAX_SEPARATOR_RUN).contains(&gap.len())
-        && gap.iter().all(|b| matches!(b, b' ' | b'-' | b'.' | b'/'))
+fn is_separator_run(gap: &[u8], separators: Separators) -> bool {
+    (1..=MAX_SEPARATOR_RUN).contains(&gap.len()) && gap.iter().all(|b| separators.contains(*b))
 }
 
 #[cfg(test)]
@@ -154,6 +198,20 @@ mod tests {
         ] {
             assert!(!contains_pan(text), "{text}");
         }
+    }
+
+    /// Review finding: `4111_1111_1111_1111` passed the name check.
+    #[test]
+    fn input_checks_take_any_punctuation_as_a_separator() {
+        for text in [
+            "4111_1111_1111_1111",
+            "4111:1111:1111:1111",
+            "x@4111+1111+1111+1111",
+        ] {
+            assert!(contains_card_number(text), "{text}");
+            assert!(!contains_pan(text), "logs keep the written set: {text}");
+        }
+        assert!(!contains_card_number("order_2026_12_01"));
     }
 
     #[test]

@@ -22,14 +22,14 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`domain`] | `Pan`, `Token`, `TokenId`, `Fingerprint`, `TenantId`, `Principal`, brands |
-//! | [`tokens`] | token formats, the Luhn check, random and FF1 generators |
+//! | [`domain`] | `Pan`, `Token`, `TokenId`, `Fingerprint`, `TenantId`, `Principal`, brands, the FAQ 1091 disclosure rule |
+//! | [`tokens`] | token formats, the Luhn check, random (whole-bucket) and FF1 generators |
 //! | [`envelope`] | sealing and opening records (AES-256-GCM, HKDF record keys, versioned header) |
 //! | [`kms`] | the `Kms` trait (wrap and unwrap data keys) and the dev backend |
 //! | [`keyring`] | caches unwrapped keys; derives the per-tenant index keys |
 //! | [`store`] | the append-only `Store` trait, its record encodings, sled and memory backends |
 //! | [`vault`] | use cases: tokenize, detokenize, info, delete, batches' rules |
-//! | [`access`] | API keys, roles |
+//! | [`access`] | API keys, roles and scopes, principals, TOTP, admin sessions, dual control, limits, refusal tallies |
 //! | [`audit`] | the hash-chained, signed audit log and its verification |
 //! | [`service`] | the tonic `Tokenizer` impl, wire conversion, status mapping |
 //! | [`server`] | wiring from config, serving with health and reflection, graceful drain |

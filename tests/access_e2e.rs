@@ -534,19 +534,7 @@ async fn admin_strings_and_metadata_are_checked_before_anything_records_them() {
     }
 
     // The audit log still reads, and holds none of it.
-    let mut auditor = v1::audit_client::AuditClient::with_interceptor(
-        server.channel().await,
-        server.admin_auth("admin"),
-    );
-    let mut stream = auditor
-        .list_events(v1::ListEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(page) = stream.message().await.unwrap() {
-        events.extend(page.events);
-    }
+    let events = common::audit_events(&server, "admin", "").await;
     assert!(
         events
             .iter()

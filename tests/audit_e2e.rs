@@ -95,7 +95,10 @@ async fn every_call_is_an_event_with_the_required_fields() {
         .unwrap_err();
     assert_eq!(denied.code(), Code::Unauthenticated);
 
-    let mut audit = auditor(&server).await;
+    // The system scope's auditor sees every event, the unattributed
+    // refusal too (a tenant's auditors see their tenant's).
+    let mut audit =
+        AuditClient::with_interceptor(server.channel().await, server.admin_auth("operator"));
     let events = all_events(&mut audit).await;
     let by_id = |id: &str| {
         events
@@ -396,6 +399,25 @@ async fn a_deleted_head_is_tampering_until_an_operator_recovers() {
         processor.tokenize(tokenize()).await.unwrap_err().code(),
         Code::Unavailable
     );
+    // A seal (the runbook's first step) must not make the vault impossible
+    // to reopen and recover: the unseal goes past the refusing log.
+    {
+        use tessera::proto::v1::key_admin_client::KeyAdminClient;
+        let mut operator =
+            KeyAdminClient::with_interceptor(server.channel().await, server.admin_auth("operator"));
+        let mut operator2 = KeyAdminClient::with_interceptor(
+            server.channel().await,
+            server.admin_auth("operator2"),
+        );
+        operator.seal(v1::SealRequest {}).await.unwrap();
+        let id = common::approval_id(
+            &operator
+                .unseal(v1::UnsealRequest { share: Vec::new() })
+                .await
+                .unwrap_err(),
+        );
+        operator2.approve(v1::ApproveRequest { id }).await.unwrap();
+    }
     // Only an operator's explicit, recorded recovery continues the log; a
     // tenant admin cannot, and a recovery needs a reason.
     let out = server.admin_cli("admin", &["audit", "recover", "--reason", "INC-7"]);

@@ -506,7 +506,7 @@ async fn every_role_every_rpc_own_and_other_tenant() {
                                 | Code::Unauthenticated
                                 | Code::Unavailable
                                 | Code::Internal
-                        ) && (!got.saw_home || rpc == Rpc::ListPrincipals)
+                        ) && (!got.saw_home || matches!(rpc, Rpc::ListPrincipals | Rpc::ListEvents))
                     }
                 }
             } else if caller.tenant == HOME {

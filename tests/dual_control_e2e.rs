@@ -7,12 +7,11 @@
 
 mod common;
 
-use common::{AdminChannel, OtpAuth, Server, secret_of_uri};
+use common::{AdminChannel, OtpAuth, Server, approval_id, secret_of_uri};
 use tessera::proto::v1;
 use tessera::proto::v1::key_admin_client::KeyAdminClient;
 use tessera::proto::v1::principals_client::PrincipalsClient;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 const VISA: &str = "4111111111111111";
 
@@ -34,11 +33,6 @@ fn grant(name: &str, role: &str) -> v1::AddPrincipalRequest {
         cert_identity: String::new(),
         tenant: String::new(),
     }
-}
-
-fn approval_id(status: &tonic::Status) -> String {
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    status.get_details_error_info().expect("ErrorInfo").metadata["approval_id"].clone()
 }
 
 async fn approve(client: &mut Keys, id: &str) -> Result<v1::ApproveResponse, tonic::Status> {
@@ -244,4 +238,101 @@ async fn vault_wide_actions_need_operators_and_unseal_needs_two() {
     );
     let done = approve(&mut operator2, &id).await.unwrap();
     assert_eq!(done.action, "RotateMasterKey");
+}
+
+/// Review findings on the first cut: an admin used a principal it had minted
+/// (approved by someone else) to file requests it then approved itself; an
+/// operator minted non-admin principals inside a tenant alone; a pending
+/// unseal request outlived the seal after it; a revoked admin's pending
+/// grant stayed approvable.
+#[tokio::test]
+async fn puppets_cannot_approve_and_stale_requests_die() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &dir.path().join("server.log"));
+    let mut admin = book(&server, server.admin_auth("admin")).await;
+    let mut admin_keys = keys(&server, server.admin_auth("admin")).await;
+    let mut admin2_keys = keys(&server, server.admin_auth("admin2")).await;
+
+    // admin's puppet m1, approved by admin2 in good faith…
+    let m1 = admin
+        .add_principal(grant("m1", "admin"))
+        .await
+        .unwrap()
+        .into_inner();
+    approve(&mut admin2_keys, &m1.approval_id).await.unwrap();
+    let m1_auth = OtpAuth::new(&m1.api_key, &secret_of_uri(&m1.otpauth_uri));
+    let mut m1_keys = keys(&server, m1_auth.clone()).await;
+    // …files a shred; its creator may not approve it.
+    let shred = approval_id(
+        &m1_keys
+            .shred_tenant(v1::ShredTenantRequest::default())
+            .await
+            .unwrap_err(),
+    );
+    let puppet = approve(&mut admin_keys, &shred).await.unwrap_err();
+    assert_eq!(puppet.code(), Code::PermissionDenied, "{puppet:?}");
+    // A sibling (another admin minted by the same admin) may not either.
+    let m2 = admin
+        .add_principal(grant("m2", "admin"))
+        .await
+        .unwrap()
+        .into_inner();
+    approve(&mut admin2_keys, &m2.approval_id).await.unwrap();
+    let mut m2_keys = keys(
+        &server,
+        OtpAuth::new(&m2.api_key, &secret_of_uri(&m2.otpauth_uri)),
+    )
+    .await;
+    assert_eq!(
+        approve(&mut m2_keys, &shred).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+
+    // Revoking a requester drops its pending grants.
+    let mut m1_book = book(&server, m1_auth).await;
+    let reader = m1_book
+        .add_principal(grant("m1-reader", "detokenize"))
+        .await
+        .unwrap()
+        .into_inner();
+    admin
+        .revoke_principal(v1::RevokePrincipalRequest { name: "m1".into() })
+        .await
+        .unwrap();
+    assert_eq!(
+        approve(&mut admin2_keys, &reader.approval_id)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // In a tenant an operator adds only admins, never a till or a deleter.
+    let mut operator_book = book(&server, server.admin_auth("operator")).await;
+    for role in ["tokenize", "delete", "detokenize"] {
+        let refused = operator_book
+            .add_principal(v1::AddPrincipalRequest {
+                tenant: "default".into(),
+                ..grant(&format!("op-{role}"), role)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{role}");
+    }
+
+    // An unseal request filed before a seal cannot reopen the vault after it.
+    let mut operator = keys(&server, server.admin_auth("operator")).await;
+    let mut operator2 = keys(&server, server.admin_auth("operator2")).await;
+    operator.seal(v1::SealRequest {}).await.unwrap();
+    let stale = approval_id(
+        &operator
+            .unseal(v1::UnsealRequest { share: Vec::new() })
+            .await
+            .unwrap_err(),
+    );
+    operator2.seal(v1::SealRequest {}).await.unwrap();
+    assert_eq!(
+        approve(&mut operator2, &stale).await.unwrap_err().code(),
+        Code::NotFound
+    );
 }

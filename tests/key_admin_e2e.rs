@@ -10,7 +10,7 @@ mod softhsm;
 
 use std::path::Path;
 
-use common::{AdminChannel, OtpAuth, Server, assert_no_pan_leaked};
+use common::{AdminChannel, OtpAuth, Server, approval_id, assert_no_pan_leaked};
 use tessera::cli::client::Bearer;
 use tessera::proto::v1;
 use tessera::proto::v1::key_admin_client::KeyAdminClient;
@@ -23,13 +23,6 @@ type Admin = KeyAdminClient<AdminChannel>;
 struct Rotated {
     master_key_id: String,
     rewrapped: u32,
-}
-
-/// The approval id a dual-control request answered with.
-fn approval_id(status: &tonic::Status) -> String {
-    use tonic_types::StatusExt;
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    status.get_details_error_info().expect("ErrorInfo").metadata["approval_id"].clone()
 }
 
 /// Rotates the master key under dual control: `requester` files it (and
@@ -578,8 +571,14 @@ async fn reencryption_resumes_after_kill_9() {
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
     let config = dir.path().join("tessera.toml");
-    // Throttled so the job is reliably mid-way when the server dies.
-    std::fs::write(&config, "[keys]\nreencrypt_records_per_second = 1000\n").unwrap();
+    // Throttled so the job is reliably mid-way when the server dies; the
+    // processor then reads all 2,500 PANs back at once, which a new key's
+    // learning limit (1,000) would take for a bulk exfiltration.
+    std::fs::write(
+        &config,
+        "[keys]\nreencrypt_records_per_second = 1000\n[access]\ndetokenize_learning_limit = 10000\n",
+    )
+    .unwrap();
     let server = Server::start_dev_with_config(&config, &data, &log);
     let pans: Vec<String> = (0..2500).map(pan_n).collect();
     let tokens = tokenize_many(&server, &pans).await;

@@ -10,7 +10,6 @@ mod common;
 
 use common::Server;
 use tessera::proto::v1;
-use tessera::proto::v1::audit_client::AuditClient;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -151,21 +150,7 @@ async fn token_enumeration_is_alerted_audited_and_locked() {
 }
 
 async fn anomaly_events(server: &Server) -> Vec<v1::AuditEvent> {
-    let mut audit =
-        AuditClient::with_interceptor(server.channel().await, server.admin_auth("admin"));
-    let mut stream = audit
-        .list_events(v1::ListEventsRequest {
-            action: "Anomaly".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(page) = stream.message().await.unwrap() {
-        events.extend(page.events);
-    }
-    events
+    common::audit_events(server, "admin", "Anomaly").await
 }
 
 #[tokio::test]
@@ -255,24 +240,6 @@ async fn a_call_from_a_new_network_is_alerted() {
     );
 }
 
-async fn events_of(server: &Server, action: &str) -> Vec<v1::AuditEvent> {
-    let mut audit =
-        AuditClient::with_interceptor(server.channel().await, server.admin_auth("admin"));
-    let mut stream = audit
-        .list_events(v1::ListEventsRequest {
-            action: action.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(page) = stream.message().await.unwrap() {
-        events.extend(page.events);
-    }
-    events
-}
-
 /// Finding 7: 300 calls with made-up API keys wrote 300 fsynced audit
 /// events, and nothing limited them before authentication.
 #[tokio::test]
@@ -297,13 +264,13 @@ async fn made_up_keys_cost_one_event_per_window_and_are_refused_per_network() {
     let mut processor = server.client("processor").await;
     processor.tokenize(tokenize()).await.unwrap();
 
-    let refusals: Vec<_> = events_of(&server, "Tokenize")
+    let refusals: Vec<_> = common::audit_events(&server, "operator", "Tokenize")
         .await
         .into_iter()
         .filter(|e| e.outcome == "Unauthenticated")
         .collect();
     assert!(refusals.len() <= 4, "{} single events", refusals.len());
-    let counted: u64 = events_of(&server, "RefusedCalls")
+    let counted: u64 = common::audit_events(&server, "operator", "RefusedCalls")
         .await
         .iter()
         .filter(|e| e.resource.starts_with("rpc:Tokenize "))

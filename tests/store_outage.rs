@@ -173,50 +173,73 @@ impl Store for Switchable {
     }
 }
 
-#[tokio::test]
-async fn store_outage_is_unavailable_then_recovers() {
-    let dir = tempfile::tempdir().unwrap();
+/// A dev vault over a switchable sled store in `dir`.
+fn switchable_vault(dir: &std::path::Path) -> (Arc<Switchable>, Vault) {
     let store = Arc::new(Switchable {
-        inner: SledStore::open(&dir.path().join("store")).unwrap(),
+        inner: SledStore::open(&dir.join("store")).unwrap(),
         down: AtomicBool::new(false),
         audit_down: AtomicBool::new(false),
     });
-    let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
+    let kms = Arc::new(DevKms::open_or_create(&dir.join("k"), Profile::Dev).unwrap());
     let vault = Vault::new(
         kms,
         store.clone(),
         Arc::new(SystemClock),
         VaultPolicy::default(),
     );
+    (store, vault)
+}
+
+/// A server running in this process; `stop` shuts it down cleanly.
+struct Running {
+    channel: tonic::transport::Channel,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), server::StartError>>,
+}
+
+impl Running {
+    async fn start(app: App) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server::run(listener, app, async {
+            let _ = stopped.await;
+        }));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            channel,
+            stop,
+            serving,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.serving.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn store_outage_is_unavailable_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, vault) = switchable_vault(dir.path());
     let key = api_key::generate().unwrap();
     let keys = PrincipalBook::open(
-        vec![PrincipalEntry {
-            principal: Principal {
-                name: "processor".into(),
-                tenant: TenantId::new("default").unwrap(),
-                roles: [Role::Tokenize, Role::Detokenize].into(),
-            },
-            key_hash: Some(key.hash.clone()),
-            cert_identity: None,
-            totp: None,
-            created_at_ms: 0,
-            created_by: None,
-        }],
+        vec![entry(
+            "processor",
+            &[Role::Tokenize, Role::Detokenize],
+            &key,
+            None,
+        )],
         None,
     )
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server::run(listener, App::from_parts(vault, keys), async {
-        let _ = stopped.await;
-    }));
-
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let running = Running::start(App::from_parts(vault, keys)).await;
+    let channel = running.channel.clone();
     let mut client =
         TokenizerClient::with_interceptor(channel, Bearer::new(key.key.expose_secret()).unwrap());
     let req = || v1::TokenizeRequest {
@@ -271,8 +294,7 @@ async fn store_outage_is_unavailable_then_recovers() {
             .is_ok()
     );
 
-    stop.send(()).unwrap();
-    serving.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 /// A principal of tenant `default` for the in-process server.
@@ -303,18 +325,7 @@ fn entry(
 #[tokio::test]
 async fn a_lost_intent_event_leaves_every_state_unchanged() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Switchable {
-        inner: SledStore::open(&dir.path().join("store")).unwrap(),
-        down: AtomicBool::new(false),
-        audit_down: AtomicBool::new(false),
-    });
-    let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
-    let vault = Vault::new(
-        kms,
-        store.clone(),
-        Arc::new(SystemClock),
-        VaultPolicy::default(),
-    );
+    let (store, vault) = switchable_vault(dir.path());
     let processor = api_key::generate().unwrap();
     let (admin, admin2) = (api_key::generate().unwrap(), api_key::generate().unwrap());
     let secret = |s: &TotpSecret| s.to_base32().expose_secret().to_owned();
@@ -336,18 +347,9 @@ async fn a_lost_intent_event_leaves_every_state_unchanged() {
         None,
     )
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = App::from_parts(vault, book).with_otp_step(common::OTP_STEP);
-    let serving = tokio::spawn(server::run(listener, app, async {
-        let _ = stopped.await;
-    }));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let running =
+        Running::start(App::from_parts(vault, book).with_otp_step(common::OTP_STEP)).await;
+    let channel = running.channel.clone();
     let mut client = TokenizerClient::with_interceptor(
         channel.clone(),
         Bearer::new(processor.key.expose_secret()).unwrap(),
@@ -476,6 +478,5 @@ async fn a_lost_intent_event_leaves_every_state_unchanged() {
         .approvals;
     assert!(pending.iter().any(|a| a.id == shred_id));
 
-    stop.send(()).unwrap();
-    serving.await.unwrap().unwrap();
+    running.stop().await;
 }

@@ -78,7 +78,7 @@ impl Default for VolumeRule {
             window: Duration::from_secs(60),
             factor: 10.0,
             floor: 1000,
-            learning_limit: 10_000,
+            learning_limit: 1000,
         }
     }
 }

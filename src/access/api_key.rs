@@ -79,15 +79,25 @@ pub fn generate() -> Result<NewApiKey, RngError> {
 
 /// The key id (public part) of a well-formed key; `None` for anything else.
 pub fn key_id(key: &str) -> Option<&str> {
-    let rest = key.strip_prefix(PREFIX)?;
-    let (id, secret) = rest.split_once('_')?;
-    let well_formed = id.len() == 2 * ID_BYTES
-        && secret.len() == 2 * SECRET_BYTES
+    split_credential(key, PREFIX, ID_BYTES, SECRET_BYTES).map(|(id, _)| id)
+}
+
+/// Splits `<prefix><hex id>_<hex secret>` (API keys, admin sessions) into
+/// id and secret when both have the expected byte lengths.
+pub(crate) fn split_credential<'a>(
+    text: &'a str,
+    prefix: &str,
+    id_bytes: usize,
+    secret_bytes: usize,
+) -> Option<(&'a str, &'a str)> {
+    let (id, secret) = text.strip_prefix(prefix)?.split_once('_')?;
+    let well_formed = id.len() == 2 * id_bytes
+        && secret.len() == 2 * secret_bytes
         && id
             .bytes()
             .chain(secret.bytes())
             .all(|b| b.is_ascii_hexdigit());
-    well_formed.then_some(id)
+    well_formed.then_some((id, secret))
 }
 
 /// Looks principals up by API key.

@@ -9,9 +9,15 @@
 //! | tenant shredding | a tenant admin | another admin of that tenant |
 //! | granting `detokenize`, `admin`, `audit` or `operator` | an admin (operator in the system scope) | another one of the same scope |
 //!
-//! An approver is eligible only if it existed before the request and was not
-//! created by the requester (SECURITY.md §5.1): otherwise one admin could
-//! mint its own second person. Sealing stays a one-operator emergency brake.
+//! An approver is eligible only if it existed before the request and shares
+//! no *lineage* with the requester (SECURITY.md §5.1): the lineage of a
+//! principal is the chain of admins whose requests created it (configured
+//! principals have none). An approver that the requester created (directly
+//! or through principals it created), that created the requester, or that
+//! shares a creator with it, is the same person's puppet or sibling:
+//! otherwise one admin could mint its own second person, or use a
+//! principal it minted to approve its own requests. Sealing stays a
+//! one-operator emergency brake.
 //!
 //! Pending approvals live in the server's memory: a restart drops them (they
 //! must simply be requested again).
@@ -70,8 +76,9 @@ impl DualControlAction {
             Self::AddPrincipal(entry) => {
                 let roles: Vec<_> = entry.principal.roles.iter().map(|r| r.name()).collect();
                 format!(
-                    "principal {} roles {}",
+                    "principal {} tenant {} roles {}",
                     entry.principal.name,
+                    entry.principal.tenant,
                     roles.join(",")
                 )
             }
@@ -86,10 +93,12 @@ pub struct Approver<'a> {
     pub name: &'a str,
     /// Scope (tenant, or the system scope for operators).
     pub tenant: &'a TenantId,
-    /// When it was created (0 for configured principals).
+    /// When it was created (0 for configured principals; `u64::MAX` when
+    /// unknown, which is never eligible).
     pub created_at_ms: u64,
-    /// Who created it (none for configured principals).
-    pub created_by: Option<&'a str>,
+    /// Its lineage: its creator, its creator's creator, … (empty for
+    /// configured principals).
+    pub lineage: &'a [String],
 }
 
 /// A request waiting for its second admin.
@@ -105,6 +114,8 @@ pub struct Pending {
     pub tenant: TenantId,
     /// When it was filed, by the vault clock (milliseconds).
     pub requested_at_ms: u64,
+    /// The requester's lineage when it filed the request.
+    pub requester_lineage: Vec<String>,
     /// When it lapses.
     pub expires: Instant,
     /// When it lapses, as wall-clock milliseconds (for display).
@@ -151,11 +162,13 @@ impl Approvals {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records a request; returns it with its id.
+    /// Records a request of `requested_by` (whose lineage is
+    /// `requester_lineage`); returns it with its id.
     pub fn request(
         &self,
         action: DualControlAction,
         requested_by: &str,
+        requester_lineage: Vec<String>,
         tenant: &TenantId,
         now_ms: u64,
     ) -> Result<Pending, ApprovalError> {
@@ -169,6 +182,7 @@ impl Approvals {
             requested_by: requested_by.to_owned(),
             tenant: tenant.clone(),
             requested_at_ms: now_ms,
+            requester_lineage,
             expires: Instant::now() + self.window,
             expires_at_ms: now_ms.saturating_add(window_ms),
         };
@@ -202,15 +216,42 @@ impl Approvals {
             return Err(ApprovalError::SameAdmin);
         }
         if approver.created_at_ms >= entry.requested_at_ms {
-            return Err(ApprovalError::Ineligible("was created after the request"));
+            return Err(ApprovalError::Ineligible(
+                "was created after the request (or before creation times were recorded)",
+            ));
         }
-        if approver.created_by == Some(entry.requested_by.as_str()) {
-            return Err(ApprovalError::Ineligible("was created by the requester"));
+        if approver.lineage.contains(&entry.requested_by) {
+            return Err(ApprovalError::Ineligible(
+                "was created by the requester, directly or through principals it created",
+            ));
+        }
+        if entry.requester_lineage.iter().any(|a| a == approver.name) {
+            return Err(ApprovalError::Ineligible(
+                "created the requester, directly or through principals it created",
+            ));
+        }
+        if approver
+            .lineage
+            .iter()
+            .any(|a| entry.requester_lineage.contains(a))
+        {
+            return Err(ApprovalError::Ineligible(
+                "shares a creator with the requester",
+            ));
         }
         if !runnable(&entry.action) {
             return Ok(None);
         }
         pending.remove(id).map(Some).ok_or(ApprovalError::NotFound)
+    }
+
+    /// Drops the pending requests `matching` says (a revoked requester's,
+    /// the unseal requests a seal makes stale); how many.
+    pub fn drop_where(&self, matching: impl Fn(&Pending) -> bool) -> usize {
+        let mut pending = self.pending();
+        let before = pending.len();
+        pending.retain(|_, p| !matching(p));
+        before - pending.len()
     }
 
     /// The tenant's pending approvals, oldest first.
@@ -240,7 +281,7 @@ mod tests {
             name,
             tenant,
             created_at_ms: 0,
-            created_by: None,
+            lineage: &[],
         }
     }
 
@@ -253,7 +294,13 @@ mod tests {
         let (t, u) = (tenant("t"), tenant("u"));
         let a = Approvals::new(Duration::from_secs(60));
         let p = a
-            .request(DualControlAction::RotateMasterKey, "alice", &t, 10)
+            .request(
+                DualControlAction::RotateMasterKey,
+                "alice",
+                Vec::new(),
+                &t,
+                10,
+            )
             .unwrap();
         assert_eq!(a.list(&t).len(), 1);
         assert!(a.list(&u).is_empty());
@@ -286,25 +333,28 @@ mod tests {
             .request(
                 DualControlAction::ShredTenant(t.clone()),
                 "alice",
+                Vec::new(),
                 &t,
                 1_000,
             )
             .unwrap();
+        let alice = ["alice".to_owned()];
         let minted = Approver {
             name: "mallory",
             tenant: &t,
             created_at_ms: 500,
-            created_by: Some("alice"),
+            lineage: &alice,
         };
         assert!(matches!(
             approve(&a, &p.id, &minted),
             Err(ApprovalError::Ineligible(_))
         ));
+        let carol = ["carol".to_owned()];
         let late = Approver {
             name: "bob",
             tenant: &t,
             created_at_ms: 1_000,
-            created_by: Some("carol"),
+            lineage: &carol,
         };
         assert!(matches!(
             approve(&a, &p.id, &late),
@@ -317,12 +367,67 @@ mod tests {
         assert!(approve(&a, &p.id, &eligible).is_ok());
     }
 
+    /// Review finding: alice had an admin `m1` approved by bob, then used
+    /// m1 to request what alice herself approved; siblings minted by one
+    /// admin approved each other.
+    #[test]
+    fn puppets_and_siblings_are_ineligible() {
+        let t = tenant("t");
+        let a = Approvals::new(Duration::from_secs(60));
+        let alice = ["alice".to_owned()];
+        // m1 (created by alice) requests; alice may not approve.
+        let p = a
+            .request(
+                DualControlAction::ShredTenant(t.clone()),
+                "m1",
+                alice.to_vec(),
+                &t,
+                1_000,
+            )
+            .unwrap();
+        assert!(matches!(
+            approve(&a, &p.id, &configured("alice", &t)),
+            Err(ApprovalError::Ineligible(_))
+        ));
+        // m2, also created by alice, may not either (a sibling).
+        let sibling = Approver {
+            name: "m2",
+            tenant: &t,
+            created_at_ms: 10,
+            lineage: &alice,
+        };
+        assert!(matches!(
+            approve(&a, &p.id, &sibling),
+            Err(ApprovalError::Ineligible(_))
+        ));
+        // A grandchild of alice's, through m1, may not either.
+        let chain = ["m1".to_owned(), "alice".to_owned()];
+        let grandchild = Approver {
+            name: "g",
+            tenant: &t,
+            created_at_ms: 10,
+            lineage: &chain,
+        };
+        assert!(matches!(
+            approve(&a, &p.id, &grandchild),
+            Err(ApprovalError::Ineligible(_))
+        ));
+        // bob, unrelated, may.
+        assert!(approve(&a, &p.id, &configured("bob", &t)).is_ok());
+    }
+
     #[test]
     fn an_action_that_cannot_run_stays_pending() {
         let t = tenant("t");
         let a = Approvals::new(Duration::from_secs(60));
         let p = a
-            .request(DualControlAction::RotateMasterKey, "alice", &t, 10)
+            .request(
+                DualControlAction::RotateMasterKey,
+                "alice",
+                Vec::new(),
+                &t,
+                10,
+            )
             .unwrap();
         assert!(
             a.approve(&p.id, &configured("bob", &t), |_| false)
@@ -337,17 +442,35 @@ mod tests {
         let t = tenant("t");
         let a = Approvals::new(Duration::from_secs(60));
         for _ in 0..MAX_PENDING_PER_SCOPE {
-            a.request(DualControlAction::RotateMasterKey, "alice", &t, 10)
-                .unwrap();
+            a.request(
+                DualControlAction::RotateMasterKey,
+                "alice",
+                Vec::new(),
+                &t,
+                10,
+            )
+            .unwrap();
         }
         assert_eq!(
-            a.request(DualControlAction::RotateMasterKey, "alice", &t, 10)
-                .unwrap_err(),
+            a.request(
+                DualControlAction::RotateMasterKey,
+                "alice",
+                Vec::new(),
+                &t,
+                10
+            )
+            .unwrap_err(),
             ApprovalError::TooMany
         );
         assert!(
-            a.request(DualControlAction::RotateMasterKey, "bob", &tenant("u"), 10)
-                .is_ok()
+            a.request(
+                DualControlAction::RotateMasterKey,
+                "bob",
+                Vec::new(),
+                &tenant("u"),
+                10
+            )
+            .is_ok()
         );
     }
 
@@ -356,7 +479,13 @@ mod tests {
         let t = tenant("t");
         let a = Approvals::new(Duration::from_millis(20));
         let p = a
-            .request(DualControlAction::ShredTenant(t.clone()), "alice", &t, 10)
+            .request(
+                DualControlAction::ShredTenant(t.clone()),
+                "alice",
+                Vec::new(),
+                &t,
+                10,
+            )
             .unwrap();
         std::thread::sleep(Duration::from_millis(40));
         assert!(a.list(&t).is_empty());

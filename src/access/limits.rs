@@ -117,10 +117,23 @@ struct Bucket {
     at: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Failures {
     count: u32,
     locked_until: Option<Instant>,
+    /// The latest failure: an unlocked count older than the lockout period
+    /// is the first thing a full map forgets.
+    last: Instant,
+}
+
+impl Failures {
+    fn new(now: Instant) -> Self {
+        Self {
+            count: 0,
+            locked_until: None,
+            last: now,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -140,6 +153,27 @@ struct State {
     networks: KnownNetworks,
     /// Failed authentications per peer network in the current window.
     network_failures: HashMap<String, Window>,
+    /// Wrong TOTP codes per principal. Apart from `failures`, whose keys
+    /// callers choose: a flood of made-up key ids must never evict (and so
+    /// reset) a principal's second-factor count. Only authenticated
+    /// principals reach it, so it is bounded by the principals.
+    otp_failures: HashMap<String, Failures>,
+}
+
+/// Network name of the shared bucket that new networks fall into once
+/// [`MAX_TRACKED`] are counted.
+const OVERFLOW_NETWORK: &str = "*";
+
+/// The network a peer's failed authentications are counted under: IPv4
+/// /24, IPv6 /48 (one site's allocation, so one attacker is one bucket).
+fn failure_network(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+        other => network_of(other),
+    }
 }
 
 /// The per-server guard.
@@ -164,12 +198,16 @@ impl Guard {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether `key_id` is locked after failed authentications.
+    /// Whether `key_id` (or an `otp:` lock id) is locked after failures.
     pub fn key_locked(&self, key_id: &str) -> bool {
         let now = Instant::now();
-        self.state()
-            .failures
-            .get(key_id)
+        let state = self.state();
+        let map = if key_id.starts_with(OTP_LOCK_PREFIX) {
+            &state.otp_failures
+        } else {
+            &state.failures
+        };
+        map.get(key_id)
             .and_then(|f| f.locked_until)
             .is_some_and(|until| now < until)
     }
@@ -180,18 +218,32 @@ impl Guard {
     /// network's limit still applies).
     pub fn auth_failed(&self, key_id: &str) -> bool {
         let now = Instant::now();
+        let lockout = self.config.lockout;
         let mut state = self.state();
-        let Some(entry) = bounded_entry(
-            &mut state.failures,
-            key_id.to_owned(),
-            Failures::default,
-            |f| f.locked_until.is_none_or(|until| now >= until),
-        ) else {
-            return false;
+        let entry = if key_id.starts_with(OTP_LOCK_PREFIX) {
+            state
+                .otp_failures
+                .entry(key_id.to_owned())
+                .or_insert_with(|| Failures::new(now))
+        } else {
+            // Only unlocked counts untouched for a lockout period give way.
+            let Some(entry) = bounded_entry(
+                &mut state.failures,
+                key_id.to_owned(),
+                || Failures::new(now),
+                |f| {
+                    f.locked_until.is_none_or(|until| now >= until)
+                        && now.duration_since(f.last) >= lockout
+                },
+            ) else {
+                return false;
+            };
+            entry
         };
         if entry.locked_until.is_some_and(|until| now >= until) {
-            *entry = Failures::default();
+            *entry = Failures::new(now);
         }
+        entry.last = now;
         entry.count += 1;
         if entry.count >= self.config.max_failed_auth && entry.locked_until.is_none() {
             entry.locked_until = Some(now + self.config.lockout);
@@ -203,12 +255,13 @@ impl Guard {
     /// A successful authentication clears the failure count.
     pub fn auth_succeeded(&self, key_id: &str) {
         let mut state = self.state();
-        if state
-            .failures
-            .get(key_id)
-            .is_some_and(|f| f.locked_until.is_none())
-        {
-            state.failures.remove(key_id);
+        let map = if key_id.starts_with(OTP_LOCK_PREFIX) {
+            &mut state.otp_failures
+        } else {
+            &mut state.failures
+        };
+        if map.get(key_id).is_some_and(|f| f.locked_until.is_none()) {
+            map.remove(key_id);
         }
     }
 
@@ -231,7 +284,7 @@ impl Guard {
             .remove(name)
             .is_some_and(|until| until.is_none_or(|t| now < t));
         let second_factor = state
-            .failures
+            .otp_failures
             .remove(&format!("{OTP_LOCK_PREFIX}{name}"))
             .and_then(|f| f.locked_until)
             .is_some_and(|t| now < t);
@@ -243,13 +296,20 @@ impl Guard {
     pub fn network_refused(&self, peer: IpAddr) -> bool {
         let now = Instant::now();
         let window = self.config.refusal_window;
-        self.state()
-            .network_failures
-            .get(&network_of(peer))
-            .is_some_and(|w| {
+        let state = self.state();
+        let refused = |name: &str| {
+            state.network_failures.get(name).is_some_and(|w| {
                 now.duration_since(w.start) < window
                     && w.count >= self.config.max_failed_auth_per_network
             })
+        };
+        let network = failure_network(peer);
+        if state.network_failures.contains_key(&network) {
+            refused(&network)
+        } else {
+            // An untracked network is judged with the overflow bucket.
+            state.network_failures.len() >= MAX_TRACKED && refused(OVERFLOW_NETWORK)
+        }
     }
 
     /// Counts a failed authentication from `peer`'s network.
@@ -257,17 +317,23 @@ impl Guard {
         let now = Instant::now();
         let window = self.config.refusal_window;
         let mut state = self.state();
-        let Some(w) = bounded_entry(
-            &mut state.network_failures,
-            network_of(peer),
-            || Window {
-                start: now,
-                count: 0,
-            },
-            |w| now.duration_since(w.start) >= window,
-        ) else {
-            return;
+        let fresh = || Window {
+            start: now,
+            count: 0,
         };
+        let network = failure_network(peer);
+        let tracked = bounded_entry(&mut state.network_failures, network, fresh, |w| {
+            now.duration_since(w.start) >= window
+        })
+        .is_some();
+        // A full map counts new networks together, so filling it buys an
+        // attacker nothing: the overflow bucket is limited like a network.
+        let key = if tracked {
+            failure_network(peer)
+        } else {
+            OVERFLOW_NETWORK.to_owned()
+        };
+        let w = state.network_failures.entry(key).or_insert_with(fresh);
         if now.duration_since(w.start) >= window {
             *w = Window {
                 start: now,
@@ -463,7 +529,53 @@ mod tests {
             );
             g.network_failed(IpAddr::V6(ip));
         }
-        assert!(g.state().network_failures.len() <= MAX_TRACKED);
+        assert!(g.state().network_failures.len() <= MAX_TRACKED + 1);
+    }
+
+    /// Review finding: a flood of made-up key ids evicted (and so reset) a
+    /// principal's count of wrong TOTP codes.
+    #[test]
+    fn a_key_id_flood_never_resets_a_second_factor_count() {
+        let g = guard(LimitsConfig::default());
+        let otp = format!("{OTP_LOCK_PREFIX}alice");
+        for _ in 0..9 {
+            assert!(!g.auth_failed(&otp));
+        }
+        for n in 0..(MAX_TRACKED * 2) {
+            g.auth_failed(&format!("{n:016x}"));
+        }
+        assert!(g.auth_failed(&otp), "the tenth wrong code still locks");
+        assert!(g.key_locked(&otp));
+    }
+
+    /// Review finding: one attacker's IPv6 /48 filled the network map with
+    /// /64s, after which new networks were not counted at all.
+    #[test]
+    fn a_filled_network_map_still_limits_newcomers() {
+        let g = guard(LimitsConfig {
+            max_failed_auth_per_network: 3,
+            ..LimitsConfig::default()
+        });
+        for n in 0..(MAX_TRACKED * 2) {
+            let v4 = std::net::Ipv4Addr::from(u32::try_from(n).unwrap() << 8);
+            g.network_failed(IpAddr::V4(v4));
+        }
+        let newcomer: IpAddr = "203.0.113.9".parse().unwrap();
+        assert!(
+            g.network_refused(newcomer),
+            "judged with the overflow bucket"
+        );
+        let same_site: IpAddr = "2001:db8:1:ffff::1".parse().unwrap();
+        let g = guard(LimitsConfig {
+            max_failed_auth_per_network: 3,
+            ..LimitsConfig::default()
+        });
+        for n in 0..3u16 {
+            g.network_failed(IpAddr::V6(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 1, n, 0, 0, 0, 1,
+            )));
+        }
+        assert!(g.network_refused(same_site), "one /48 is one bucket");
     }
 
     #[test]

@@ -1,8 +1,14 @@
 //! Authentication and authorization.
 //!
 //! Principals authenticate with `authorization: Bearer <api key>` or a
-//! client certificate (mTLS); each RPC then needs one [`Role`], checked
-//! before any lookup, and KeyAdmin and Audit calls a TOTP code as well.
+//! client certificate (mTLS); each RPC then needs one of its [`Role`]s,
+//! checked before any lookup, and KeyAdmin, Audit and Principals calls a
+//! second factor as well (a TOTP code, or an admin session opened with one).
+//!
+//! Scopes: a principal belongs to a tenant, or to the system scope
+//! ([`crate::domain::TenantId::system`]) whose `operator` role alone owns the
+//! vault-wide actions. Granting a role that reads PANs or holds power waits
+//! for a second, eligible admin ([`approvals`]); SECURITY.md §5.1–5.2.
 
 pub mod anomaly;
 pub mod api_key;

@@ -112,8 +112,12 @@ pub struct IssuedCredentials {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BookError {
-    /// The name is taken (possibly by a revoked principal).
-    #[error("a principal named {0:?} exists or existed")]
+    /// The name is taken (possibly by a revoked principal, possibly in
+    /// another tenant: names are unique across the vault). The message does
+    /// not echo the name or say whose it is.
+    #[error(
+        "this principal name is not available (names are unique across the vault, revoked ones included)"
+    )]
     NameTaken(String),
     /// The certificate identity is taken. The message names neither the
     /// identity's holder nor its tenant.
@@ -124,7 +128,7 @@ pub enum BookError {
     #[error("the {} role cannot be held in this scope", .0.name())]
     RoleOutOfScope(Role),
     /// No such principal.
-    #[error("no principal named {0:?}")]
+    #[error("no such principal")]
     NotFound(String),
     /// Two principals share a key.
     #[error(transparent)]
@@ -161,10 +165,18 @@ struct StoredPrincipal {
     /// Base32; the server must read it to verify codes, so it is kept in
     /// this 0600 file rather than hashed.
     totp_secret: Option<String>,
-    #[serde(default)]
+    /// Absent in files written before creation was recorded: such a
+    /// principal's creation time is unknown, so it is never an eligible
+    /// approver (it may have been minted by one admin alone).
+    #[serde(default = "unknown_creation")]
     created_at_ms: u64,
     #[serde(default)]
     created_by: Option<String>,
+}
+
+/// The creation time of a principal added before creation was recorded.
+fn unknown_creation() -> u64 {
+    u64::MAX
 }
 
 impl StoredPrincipal {
@@ -485,6 +497,31 @@ impl PrincipalBook {
         self.list().into_iter().find(|s| s.principal.name == name)
     }
 
+    /// `name`'s lineage: its creator, its creator's creator, and so on
+    /// (empty for configured principals). Bounded, so a cycle in a hand-
+    /// edited file cannot loop.
+    pub fn lineage(&self, name: &str) -> Vec<String> {
+        const DEPTH: usize = 64;
+        let all = self.list();
+        let mut chain = Vec::new();
+        let mut current = name.to_owned();
+        while chain.len() < DEPTH {
+            let Some(creator) = all
+                .iter()
+                .find(|s| s.principal.name == current)
+                .and_then(|s| s.created_by.clone())
+            else {
+                break;
+            };
+            if chain.contains(&creator) {
+                break;
+            }
+            chain.push(creator.clone());
+            current = creator;
+        }
+        chain
+    }
+
     /// Every principal, configured first.
     pub fn list(&self) -> Vec<PrincipalSummary> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
@@ -641,6 +678,45 @@ mod tests {
         assert!(matches!(book.revoke("ghost"), Err(BookError::NotFound(_))));
         let reopened = PrincipalBook::open(Vec::new(), Some(file)).unwrap();
         assert!(reopened.authenticate_key(&key).is_none());
+    }
+
+    /// Review finding: principals added before creation was recorded loaded
+    /// as "created at 0 by nobody", i.e. as eligible as configured ones,
+    /// although one admin may have minted them alone.
+    #[test]
+    fn principals_from_before_creation_records_are_never_eligible() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        let key = api_key::generate().unwrap();
+        let legacy = serde_json::json!({
+            "added": [{
+                "name": "old-admin", "tenant": "default", "roles": ["admin"],
+                "api_key_hash": key.hash.to_config_string(), "cert_identity": null,
+                "totp_secret": null
+            }],
+            "revoked": []
+        });
+        std::fs::write(&file, legacy.to_string()).unwrap();
+        let book = PrincipalBook::open(Vec::new(), Some(file)).unwrap();
+        let old = book.get("old-admin").unwrap();
+        assert_eq!(old.created_at_ms, u64::MAX);
+        assert!(old.created_by.is_none());
+    }
+
+    #[test]
+    fn lineage_follows_creators() {
+        let book = PrincipalBook::open(Vec::new(), None).unwrap();
+        let mut m1 = new("m1", &[Role::Admin]);
+        m1.created_by = Some("alice".into());
+        book.add(m1).unwrap();
+        let mut m2 = new("m2", &[Role::Admin]);
+        m2.created_by = Some("m1".into());
+        book.add(m2).unwrap();
+        assert_eq!(
+            book.lineage("m2"),
+            vec!["m1".to_owned(), "alice".to_owned()]
+        );
+        assert!(book.lineage("alice").is_empty());
     }
 
     /// Finding 14: a multi-SAN certificate whose SANs two principals

@@ -76,14 +76,7 @@ pub struct Sessions {
 
 /// The id and secret of a well-formed token.
 fn split(token: &str) -> Option<(&str, &str)> {
-    let (id, secret) = token.strip_prefix(PREFIX)?.split_once('_')?;
-    let well_formed = id.len() == 2 * ID_BYTES
-        && secret.len() == 2 * SECRET_BYTES
-        && id
-            .bytes()
-            .chain(secret.bytes())
-            .all(|b| b.is_ascii_hexdigit());
-    well_formed.then_some((id, secret))
+    crate::access::api_key::split_credential(token, PREFIX, ID_BYTES, SECRET_BYTES)
 }
 
 fn hash(secret: &str) -> [u8; 32] {

@@ -144,7 +144,7 @@ pub struct RawAccess {
     /// Length of a volume window in seconds (default 60).
     pub volume_window_seconds: Option<u64>,
     /// Detokenizes in a principal's first window (while its baseline is
-    /// learned) above which it alerts anyway (default 10000).
+    /// learned) above which it alerts anyway (default 1000, the floor).
     pub detokenize_learning_limit: Option<u64>,
     /// Failed authentications from one network (IPv4 /24, IPv6 /64) per
     /// window before its calls are refused unauthenticated (default 100).

@@ -126,7 +126,7 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
     {
         return Err(NameError::Character);
     }
-    if crate::leak::contains_pan(name) {
+    if crate::leak::contains_card_number(name) {
         return Err(NameError::CardShaped);
     }
     Ok(())
@@ -178,6 +178,10 @@ mod tests {
         assert!(check_name(&"a".repeat(64)).is_ok());
         assert_eq!(check_name("4111111111111111"), Err(NameError::CardShaped));
         assert_eq!(check_name("3782-822463-10005"), Err(NameError::CardShaped));
+        assert_eq!(
+            check_name("4111_1111_1111_1111"),
+            Err(NameError::CardShaped)
+        );
         assert_eq!(check_name("x\n"), Err(NameError::Character));
         assert_eq!(check_name("admin\u{202e}"), Err(NameError::Character));
     }

@@ -106,9 +106,13 @@ fn millis(t: &prost_types::Timestamp) -> u64 {
         .saturating_add(nanos / 1_000_000)
 }
 
-/// A filter built from a request; tenant scoping always applies.
+/// A filter built from a request; scoping always applies: a tenant's
+/// auditors see their tenant's events, the system scope's see every event
+/// (including the unattributed ones: refusals before authentication name
+/// peer networks, which are no tenant's business).
 struct Filter {
     tenant: String,
+    system: bool,
     start_ms: Option<u64>,
     end_ms: Option<u64>,
     principal: String,
@@ -118,7 +122,7 @@ struct Filter {
 impl Filter {
     fn matches(&self, e: &ChainedEvent) -> bool {
         let ev = &e.event;
-        (ev.tenant == self.tenant || ev.tenant.is_empty())
+        (self.system || ev.tenant == self.tenant)
             && self.start_ms.is_none_or(|s| ev.time_ms >= s)
             && self.end_ms.is_none_or(|end| ev.time_ms < end)
             && (self.principal.is_empty() || ev.principal == self.principal)
@@ -160,6 +164,7 @@ impl Audit for AuditService {
         let req = request.into_inner();
         let filter = Filter {
             tenant: principal.tenant.as_str().to_owned(),
+            system: principal.is_system(),
             start_ms: req.start_time.as_ref().map(millis),
             end_ms: req.end_time.as_ref().map(millis),
             principal: req.principal,
@@ -261,7 +266,7 @@ impl Audit for AuditService {
         if reason.is_empty()
             || reason.len() > 200
             || reason.chars().any(char::is_control)
-            || crate::leak::contains_pan(reason)
+            || crate::leak::contains_card_number(reason)
         {
             let refused = Err(status::invalid_argument(
                 "reason",

@@ -10,7 +10,7 @@ use crate::audit::AuditEvent;
 use crate::csprng;
 use crate::domain::{Principal, Role};
 use crate::service::{Authenticator, Credentials, status};
-use crate::vault::Vault;
+use crate::vault::{Vault, VaultError};
 
 /// The facts of one call that every audit event carries.
 #[derive(Debug, Clone)]
@@ -28,6 +28,8 @@ fn well_formed_request_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        // It lands in every event of the call: never a card number.
+        && !crate::leak::contains_card_number(id)
 }
 
 impl CallContext {
@@ -116,7 +118,7 @@ pub async fn record_intent(
     call: &CallContext,
     principal: &Principal,
     resource: &str,
-) -> Result<(), crate::vault::VaultError> {
+) -> Result<(), VaultError> {
     let event = call.event(Some(principal), resource.to_owned(), "INTENT");
     vault.record_audit(event).await.map(|_| ())
 }
@@ -132,6 +134,71 @@ pub async fn intend(
     record_intent(vault, call, principal, resource)
         .await
         .map_err(|e| status::from_vault(&e))
+}
+
+/// Whether an audit failure is the log refusing appends because it was
+/// found tampered (its head missing, truncated or rewritten).
+pub fn is_tampered(e: &VaultError) -> bool {
+    matches!(e, VaultError::Audit(crate::audit::AuditError::Tampered))
+}
+
+/// How the steps of an unseal are audited. Fail closed like every admin
+/// action, with one exception: a log that refuses appends because it was
+/// found tampered. Its only way out, `Audit.Recover`, needs the vault
+/// unsealed (the recovery is signed), so refusing the unseal would keep
+/// the vault down for good; the unseal then proceeds, with an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsealAudit {
+    /// An ordinary admin action: fail closed.
+    Strict,
+    /// Part of reopening the vault: proceed past a tampered log.
+    Unseal,
+}
+
+impl UnsealAudit {
+    fn excuses(self, e: &VaultError) -> bool {
+        if self == Self::Unseal && is_tampered(e) {
+            tracing::error!(
+                alert = "audit_tampered",
+                "the audit log refuses appends (found tampered); the unseal proceeds unaudited so an operator can run `tessera audit recover`"
+            );
+            metrics::counter!("tessera_audit_failures_total").increment(1);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// [`intend`], excused for an unseal past a tampered log ([`UnsealAudit`]).
+pub async fn intend_as(
+    vault: &Vault,
+    call: &CallContext,
+    principal: &Principal,
+    resource: &str,
+    mode: UnsealAudit,
+) -> Result<(), Status> {
+    match record_intent(vault, call, principal, resource).await {
+        Err(e) if !mode.excuses(&e) => Err(status::from_vault(&e)),
+        _ => Ok(()),
+    }
+}
+
+/// [`finish_admin`], excused for an unseal past a tampered log.
+pub async fn finish_as<T>(
+    vault: &Vault,
+    call: &CallContext,
+    principal: &Principal,
+    resource: String,
+    result: Result<T, Status>,
+    mode: UnsealAudit,
+) -> Result<tonic::Response<T>, Status> {
+    crate::service::log_outcome(&result);
+    let event = call.event(Some(principal), resource, &outcome(&result));
+    match vault.record_audit(event).await {
+        Err(e) if !mode.excuses(&e) => Err(status::from_vault(&e)),
+        _ => result.map(tonic::Response::new),
+    }
 }
 
 /// Audits a refused call (bad credentials, missing role, sealed, locked,
@@ -242,9 +309,13 @@ pub async fn authorize_call<T>(
     } else {
         auth.authorize(&creds, roles, call.rpc)
     };
+    // Only credentials that name no principal count against the network: a
+    // wrong TOTP code or a locked principal behind a shared NAT must not
+    // lock its neighbours out.
     if let (Err(status), Some(ip)) = (&result, peer)
         && status.code() == tonic::Code::Unauthenticated
         && !network_refused
+        && auth.authenticate(&creds).is_err()
     {
         auth.guard().network_failed(ip);
     }
@@ -302,4 +373,19 @@ pub async fn finish_admin<T>(
     audited(vault, call, Some(principal), resource, result, true)
         .await
         .map(tonic::Response::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding: `x-request-id: 4111-1111-1111-1111` was accepted and
+    /// written into every event of the call.
+    #[test]
+    fn request_ids_are_never_card_numbers() {
+        assert!(well_formed_request_id("req-42.a_b"));
+        assert!(!well_formed_request_id("4111-1111-1111-1111"));
+        assert!(!well_formed_request_id("4111_1111_1111_1111"));
+        assert!(!well_formed_request_id(&"a".repeat(65)));
+    }
 }

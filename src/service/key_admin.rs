@@ -22,7 +22,10 @@ use crate::access::approvals::{ApprovalError, Approvals, Approver, DualControlAc
 use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
 use crate::proto::v1::key_admin_server::KeyAdmin;
-use crate::service::audited::{CallContext, WhenSealed, authorize_call, finish_admin, intend};
+use crate::service::audited::{
+    CallContext, UnsealAudit, WhenSealed, authorize_call, finish_admin, finish_as, intend,
+    intend_as, is_tampered,
+};
 use crate::service::{Authenticator, log_outcome, status};
 use crate::vault::Vault;
 use crate::vault::admin::KeyState;
@@ -62,13 +65,15 @@ impl KeyAdminService {
         principal: &Principal,
         action: DualControlAction,
     ) -> Result<(), Status> {
+        let mode = audit_mode(&action);
         let intent = format!("approval:new {} {}", action.name(), action.detail());
-        intend(&self.vault, call, principal, intent.trim_end()).await?;
+        intend_as(&self.vault, call, principal, intent.trim_end(), mode).await?;
         let pending = self
             .approvals
             .request(
                 action,
                 &principal.name,
+                self.auth.principals().lineage(&principal.name),
                 &principal.tenant,
                 self.vault.now_ms(),
             )
@@ -78,10 +83,11 @@ impl KeyAdminService {
             format!("approval:{}", pending.id),
             "PENDING",
         );
-        self.vault
-            .record_audit(event)
-            .await
-            .map_err(|e| status::from_vault(&e))?;
+        if let Err(e) = self.vault.record_audit(event).await
+            && !(mode == UnsealAudit::Unseal && is_tampered(&e))
+        {
+            return Err(status::from_vault(&e));
+        }
         let metadata =
             std::collections::HashMap::from([("approval_id".to_owned(), pending.id.clone())]);
         Err(Status::with_error_details(
@@ -176,6 +182,14 @@ fn target_tenant(principal: &Principal, requested: &str) -> Result<TenantId, Sta
         Err(Status::permission_denied(
             "admins act on their own tenant only",
         ))
+    }
+}
+
+/// How an action's audit events treat a tampered log.
+fn audit_mode(action: &DualControlAction) -> UnsealAudit {
+    match action {
+        DualControlAction::Unseal => UnsealAudit::Unseal,
+        _ => UnsealAudit::Strict,
     }
 }
 
@@ -286,7 +300,7 @@ impl KeyAdmin for KeyAdminService {
                 .await?;
             return Err(Status::internal("unreachable: approval requested"));
         }
-        intend(&self.vault, &call, &principal, "vault").await?;
+        intend_as(&self.vault, &call, &principal, "vault", UnsealAudit::Unseal).await?;
         let result = self
             .vault
             .unseal(&principal.name, &request.get_ref().share)
@@ -297,8 +311,15 @@ impl KeyAdmin for KeyAdminService {
                 threshold: p.threshold,
             })
             .map_err(|e| status::from_vault(&e));
-        self.finish(&call, &principal, "vault".to_owned(), result)
-            .await
+        finish_as(
+            &self.vault,
+            &call,
+            &principal,
+            "vault".to_owned(),
+            result,
+            UnsealAudit::Unseal,
+        )
+        .await
     }
 
     #[instrument(skip_all, name = "Seal", fields(principal, tenant))]
@@ -313,6 +334,14 @@ impl KeyAdmin for KeyAdminService {
             .caller(&call, &request, OPERATOR, WhenSealed::Serve)
             .await?;
         self.vault.seal();
+        // Unseal requests filed before this seal must not reopen the vault
+        // it just closed: a new seal needs a new pair of operators.
+        let stale = self
+            .approvals
+            .drop_where(|p| matches!(p.action, DualControlAction::Unseal));
+        if stale > 0 {
+            tracing::warn!(stale, "pending unseal requests dropped by the seal");
+        }
         let event = call.event(Some(&principal), "vault".to_owned(), "OK");
         if let Err(e) = self.vault.record_audit(event).await {
             tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a seal");
@@ -522,16 +551,32 @@ impl KeyAdmin for KeyAdminService {
                 )
                 .await;
         }
-        let summary = self.auth.principals().get(&principal.name);
+        let book = self.auth.principals();
+        let summary = book.get(&principal.name);
+        let lineage = book.lineage(&principal.name);
         let approver = Approver {
             name: &principal.name,
             tenant: &principal.tenant,
             // A principal missing from the book (revoked meanwhile) counts
             // as brand new, so it is never eligible.
             created_at_ms: summary.as_ref().map_or(u64::MAX, |s| s.created_at_ms),
-            created_by: summary.as_ref().and_then(|s| s.created_by.as_deref()),
+            lineage: &lineage,
         };
-        intend(&self.vault, &call, &principal, &format!("approval:{id}")).await?;
+        // Only an unseal may proceed past a tampered log (see UnsealAudit).
+        let mode = self
+            .approvals
+            .list(&principal.tenant)
+            .iter()
+            .find(|p| p.id == id)
+            .map_or(UnsealAudit::Strict, |p| audit_mode(&p.action));
+        intend_as(
+            &self.vault,
+            &call,
+            &principal,
+            &format!("approval:{id}"),
+            mode,
+        )
+        .await?;
         let sealed = self.vault.is_sealed();
         let approved = self.approvals.approve(&id, &approver, |action| {
             !sealed || matches!(action, DualControlAction::Unseal)
@@ -566,8 +611,13 @@ impl KeyAdmin for KeyAdminService {
                 action: action.clone(),
                 result,
             });
+        if result.is_ok() && mode == UnsealAudit::Unseal {
+            // The vault is open: other pending unseal requests are stale.
+            self.approvals
+                .drop_where(|p| matches!(p.action, DualControlAction::Unseal));
+        }
         let resource = format!("approval:{id} {action} requested_by:{requested_by}");
-        self.finish(&call, &principal, resource, result).await
+        finish_as(&self.vault, &call, &principal, resource, result, mode).await
     }
 
     #[instrument(skip_all, name = "RecreateTenant", fields(principal, tenant))]

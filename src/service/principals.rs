@@ -62,6 +62,34 @@ impl PrincipalsService {
         .await
     }
 
+    /// The named principal, when it is in the caller's own scope: unlocking
+    /// lifts a control, so not even an operator does it for a tenant.
+    fn own_scope(&self, caller: &Principal, name: &str) -> Result<PrincipalSummary, Status> {
+        self.auth
+            .principals()
+            .get(name)
+            .filter(|s| s.principal.tenant == caller.tenant)
+            .ok_or_else(|| Status::not_found("no such principal in your scope"))
+    }
+
+    /// Authenticates a principal whose RPCs need a second factor (the ones
+    /// that may hold an admin session); answers while sealed.
+    async fn session_holder<T>(
+        &self,
+        call: &CallContext,
+        request: &Request<T>,
+    ) -> Result<Principal, Status> {
+        authorize_call(
+            &self.vault,
+            &self.auth,
+            call,
+            request,
+            SECOND_FACTOR_ROLES,
+            WhenSealed::Serve,
+        )
+        .await
+    }
+
     /// The named principal, when the caller may manage it: in its own
     /// tenant, or anywhere for an operator. Another tenant's principal is
     /// NOT_FOUND, as if it did not exist, and the answer names neither.
@@ -74,8 +102,8 @@ impl PrincipalsService {
     }
 }
 
-/// Whether `caller` manages principals of `tenant`: its own tenant, or any
-/// for an operator.
+/// Whether `caller` may list or revoke principals of `tenant`: its own
+/// tenant, or any for an operator (the breach runbook's revocations).
 fn manages(caller: &Principal, tenant: &TenantId) -> bool {
     caller.tenant == *tenant || caller.has(Role::Operator)
 }
@@ -112,14 +140,15 @@ fn principal_resource(name: &Result<&str, Status>) -> String {
     }
 }
 
-/// Whether a tenant admin may bind `identity`: only a URI naming its own
-/// tenant as a path segment (`spiffe://td/tenant/acme/till-7`), so no tenant
-/// can claim a SAN of another tenant's certificate. Operators bind any.
+/// Whether a tenant admin may bind `identity`: only a URI whose path starts
+/// with its own tenant (`spiffe://td/tenant/acme/till-7`), so no tenant can
+/// claim a SAN of another tenant's certificate. Operators bind any.
 fn identity_in_scope(caller: &Principal, tenant: &TenantId, identity: &str) -> bool {
     caller.has(Role::Operator)
         || identity
             .split_once("://")
-            .is_some_and(|(_, rest)| rest.contains(&format!("/tenant/{tenant}/")))
+            .and_then(|(_, rest)| rest.find('/').map(|slash| &rest[slash..]))
+            .is_some_and(|path| path.starts_with(&format!("/tenant/{tenant}/")))
 }
 
 fn parse_new(
@@ -149,7 +178,7 @@ fn parse_new(
         "" => None,
         id if id.len() > 512
             || id.chars().any(char::is_control)
-            || crate::leak::contains_pan(id) =>
+            || crate::leak::contains_card_number(id) =>
         {
             return Err(status::invalid_argument(
                 "cert_identity",
@@ -169,13 +198,22 @@ fn parse_new(
             ));
         }
     };
+    // In a tenant, an operator only bootstraps admins (always under dual
+    // control); the tenant's own admins add everyone else. An operator
+    // minting a `delete` or `tokenize` principal in a tenant would reach
+    // into it alone.
+    if tenant != caller.tenant && roles.iter().any(|r| *r != Role::Admin) {
+        return Err(Status::permission_denied(
+            "in another tenant an operator adds only admins (each needs a second operator's approval)",
+        ));
+    }
     if cert_identity
         .as_deref()
         .is_some_and(|id| !identity_in_scope(caller, &tenant, id))
     {
         return Err(status::invalid_argument(
             "cert_identity",
-            "a tenant admin may bind only a URI with the path segment /tenant/<your tenant>/",
+            "a tenant admin may bind only a URI whose path starts with /tenant/<your tenant>/",
         ));
     }
     Ok(NewPrincipal {
@@ -238,6 +276,7 @@ impl Principals for PrincipalsService {
                     .request(
                         DualControlAction::AddPrincipal(Box::new(entry)),
                         &caller.name,
+                        book.lineage(&caller.name),
                         &caller.tenant,
                         now,
                     )
@@ -310,7 +349,10 @@ impl Principals for PrincipalsService {
                 .revoke(name)
                 .map_err(|e| book_status(&e))?;
             let sessions = self.auth.sessions().close_all(name);
-            tracing::warn!(revoked = %name, sessions, "principal revoked");
+            // Its pending requests die with it: a revoked admin's grant
+            // (whose credentials it holds) must not be approved later.
+            let requests = self.approvals.drop_where(|p| p.requested_by == name);
+            tracing::warn!(revoked = %name, sessions, requests, "principal revoked");
             Ok(v1::RevokePrincipalResponse {})
         }
         .await;
@@ -328,7 +370,7 @@ impl Principals for PrincipalsService {
         let resource = principal_resource(&name);
         let result = async {
             let name = name?;
-            self.managed(&caller, name)?;
+            self.own_scope(&caller, name)?;
             intend(&self.vault, &call, &caller, &resource).await?;
             let was_locked = self.auth.guard().unlock_principal(name);
             tracing::info!(unlocked = %name, was_locked, "principal unlocked");
@@ -344,15 +386,7 @@ impl Principals for PrincipalsService {
         request: Request<v1::CreateSessionRequest>,
     ) -> Result<Response<v1::CreateSessionResponse>, Status> {
         let call = CallContext::of("CreateSession", &request);
-        let caller = authorize_call(
-            &self.vault,
-            &self.auth,
-            &call,
-            &request,
-            SECOND_FACTOR_ROLES,
-            WhenSealed::Serve,
-        )
-        .await?;
+        let caller = self.session_holder(&call, &request).await?;
         let result = async {
             // A session never opens another: its life stays bounded by the
             // TOTP code that opened the first.
@@ -402,15 +436,7 @@ impl Principals for PrincipalsService {
         request: Request<v1::DeleteSessionRequest>,
     ) -> Result<Response<v1::DeleteSessionResponse>, Status> {
         let call = CallContext::of("DeleteSession", &request);
-        let caller = authorize_call(
-            &self.vault,
-            &self.auth,
-            &call,
-            &request,
-            SECOND_FACTOR_ROLES,
-            WhenSealed::Serve,
-        )
-        .await?;
+        let caller = self.session_holder(&call, &request).await?;
         let creds = Credentials::of(&request);
         let token = creds.session().map(str::to_owned);
         let resource = token
@@ -429,5 +455,58 @@ impl Principals for PrincipalsService {
         }
         .await;
         finish_admin(&self.vault, &call, &caller, resource, result).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin_of(tenant: &str) -> Principal {
+        Principal {
+            name: format!("{tenant}-admin"),
+            tenant: TenantId::new(tenant).unwrap(),
+            roles: [Role::Admin].into_iter().collect(),
+        }
+    }
+
+    /// Finding 14: any tenant's admin could claim a certificate identity,
+    /// e.g. a DNS SAN of another tenant's multi-SAN certificate.
+    #[test]
+    fn tenant_admins_bind_only_identities_in_their_tenant() {
+        let acme = admin_of("acme");
+        let tenant = TenantId::new("acme").unwrap();
+        assert!(identity_in_scope(
+            &acme,
+            &tenant,
+            "spiffe://td/tenant/acme/till-7"
+        ));
+        for foreign in [
+            "pos.globex.example",
+            "spiffe://td/tenant/globex/till-7",
+            "spiffe://td/tenant/acme-evil/till-7",
+            "spiffe://td/x/tenant/acmetenant/acme",
+            "spiffe://td/tenant/globex/x/tenant/acme/y",
+        ] {
+            assert!(!identity_in_scope(&acme, &tenant, foreign), "{foreign}");
+        }
+        let operator = Principal {
+            name: "op".into(),
+            tenant: TenantId::system(),
+            roles: [Role::Operator].into_iter().collect(),
+        };
+        assert!(identity_in_scope(&operator, &tenant, "pos.globex.example"));
+    }
+
+    #[test]
+    fn book_errors_name_no_principal_or_identity() {
+        for e in [
+            BookError::NameTaken("globex-reader".into()),
+            BookError::IdentityTaken("pos.globex.example".into()),
+            BookError::NotFound("globex-reader".into()),
+        ] {
+            let status = book_status(&e);
+            assert!(!status.message().contains("globex"), "{}", status.message());
+        }
     }
 }

@@ -403,10 +403,9 @@ impl Vault {
                 format!("at most {} bytes", self.policy.max_metadata_bytes),
             ));
         }
-        if metadata
-            .iter()
-            .any(|(k, v)| crate::leak::contains_pan(k) || crate::leak::contains_pan(v))
-        {
+        if metadata.iter().any(|(k, v)| {
+            crate::leak::contains_card_number(k) || crate::leak::contains_card_number(v)
+        }) {
             return Err(VaultError::invalid(
                 "metadata",
                 "must not contain card numbers",

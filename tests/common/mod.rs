@@ -453,3 +453,38 @@ pub async fn client_from(addr: &str, local_ip: &str, api_key: &str) -> Client {
         .unwrap();
     TokenizerClient::with_interceptor(channel, Bearer::new(api_key).unwrap())
 }
+
+/// The approval id a dual-control request answered with
+/// (FAILED_PRECONDITION with `ErrorInfo` metadata `approval_id`).
+pub fn approval_id(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    status.get_details_error_info().expect("ErrorInfo").metadata["approval_id"].clone()
+}
+
+/// Every audit event dev principal `who` may read with `action` (all when
+/// empty), oldest first.
+pub async fn audit_events(
+    server: &Server,
+    who: &str,
+    action: &str,
+) -> Vec<tessera::proto::v1::AuditEvent> {
+    use tessera::proto::v1;
+    let mut audit = v1::audit_client::AuditClient::with_interceptor(
+        server.channel().await,
+        server.admin_auth(who),
+    );
+    let mut stream = audit
+        .list_events(v1::ListEventsRequest {
+            action: action.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(page) = stream.message().await.unwrap() {
+        events.extend(page.events);
+    }
+    events
+}

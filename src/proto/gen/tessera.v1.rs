@@ -2540,8 +2540,8 @@ pub mod audit_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
-        /// Streams the caller's tenant's events (and unattributed auth failures),
-        /// oldest first, filtered.
+        /// Streams the caller's tenant's events, oldest first, filtered. Auditors
+        /// of the system scope see every event, unattributed refusals included.
         pub async fn list_events(
             &mut self,
             request: impl tonic::IntoRequest<super::ListEventsRequest>,
@@ -2632,8 +2632,8 @@ pub mod audit_server {
             >
             + std::marker::Send
             + 'static;
-        /// Streams the caller's tenant's events (and unattributed auth failures),
-        /// oldest first, filtered.
+        /// Streams the caller's tenant's events, oldest first, filtered. Auditors
+        /// of the system scope see every event, unattributed refusals included.
         async fn list_events(
             &self,
             request: tonic::Request<super::ListEventsRequest>,
@@ -2930,7 +2930,7 @@ pub struct AddPrincipalRequest {
     #[prost(string, repeated, tag = "2")]
     pub roles: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// Optional client-certificate identity (SAN URI or DNS name) for mTLS.
-    /// A tenant admin may bind only URIs with the path segment
+    /// A tenant admin may bind only URIs whose path starts with
     /// `/tenant/<its tenant>/`; operators may bind any.
     #[prost(string, tag = "3")]
     pub cert_identity: ::prost::alloc::string::String,
