@@ -29,9 +29,13 @@ pub enum Separators {
     /// Scans of logs use this (wider sets would read timestamps such as
     /// `16:40:05.123456` as digit groups).
     Written,
+    /// The written set and underscores: free text such as token metadata,
+    /// where colons belong to times (`16:40:05.123456`).
+    Text,
     /// Any ASCII punctuation or space (`4111_1111_1111_1111`,
-    /// `4111:1111:…`): for input that is checked before it is stored,
-    /// where a false positive costs a refused name, not a missed leak.
+    /// `4111:1111:…`): for identifiers checked before they are stored
+    /// (names, tenant and request ids), where a false positive costs a
+    /// refused name, not a missed leak.
     Any,
 }
 
@@ -39,6 +43,7 @@ impl Separators {
     fn contains(self, b: u8) -> bool {
         match self {
             Self::Written => matches!(b, b' ' | b'-' | b'.' | b'/'),
+            Self::Text => matches!(b, b' ' | b'-' | b'.' | b'/' | b'_'),
             Self::Any => b == b' ' || b.is_ascii_punctuation(),
         }
     }
@@ -68,6 +73,12 @@ pub fn contains_card_number(text: &str) -> bool {
 /// ```
 pub fn contains_pan(text: &str) -> bool {
     !pan_like_runs(text.as_bytes()).is_empty()
+}
+
+/// Whether free text (token metadata) holds a card number
+/// ([`Separators::Text`]).
+pub fn contains_card_number_in_text(text: &str) -> bool {
+    !card_runs(text.as_bytes(), Separators::Text).is_empty()
 }
 
 /// Byte ranges of every card-shaped stretch in `bytes`, separators included

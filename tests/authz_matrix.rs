@@ -388,6 +388,7 @@ async fn call(fx: &mut Fixture, caller: &Caller, rpc: Rpc) -> Outcome {
             principals
                 .revoke_principal(v1::RevokePrincipalRequest {
                     name: "victim".into(),
+                    cascade: false,
                 })
                 .await,
         )),

@@ -288,17 +288,40 @@ async fn puppets_cannot_approve_and_stale_requests_die() {
         Code::PermissionDenied
     );
 
-    // Revoking a requester drops its pending grants.
+    // Revoking a requester drops its pending grants, and with `cascade`
+    // everything it created (it was shown their keys) goes too.
     let mut m1_book = book(&server, m1_auth).await;
     let reader = m1_book
         .add_principal(grant("m1-reader", "detokenize"))
         .await
         .unwrap()
         .into_inner();
-    admin
-        .revoke_principal(v1::RevokePrincipalRequest { name: "m1".into() })
+    let till = m1_book
+        .add_principal(grant("m1-till", "tokenize"))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    let revoked = admin
+        .revoke_principal(v1::RevokePrincipalRequest {
+            name: "m1".into(),
+            cascade: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.also_revoked, vec!["m1-till".to_owned()]);
+    let mut as_till = server.client_with_key(Some(&till.api_key)).await;
+    assert_eq!(
+        as_till
+            .tokenize(v1::TokenizeRequest {
+                pan: VISA.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
     assert_eq!(
         approve(&mut admin2_keys, &reader.approval_id)
             .await
@@ -334,5 +357,44 @@ async fn puppets_cannot_approve_and_stale_requests_die() {
     assert_eq!(
         approve(&mut operator2, &stale).await.unwrap_err().code(),
         Code::NotFound
+    );
+}
+
+/// Review finding: an operator held the credentials of every principal it
+/// added to a tenant. Operators now only bootstrap a tenant's two admins,
+/// each under a second operator's approval, and what they do to a tenant is
+/// filed under that tenant for its auditors.
+#[tokio::test]
+async fn operators_only_bootstrap_a_tenants_admins() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &dir.path().join("server.log"));
+    let mut operator = book(&server, server.admin_auth("operator")).await;
+    let mut operator2 = book(&server, server.admin_auth("operator2")).await;
+    let in_acme = |name: &str| v1::AddPrincipalRequest {
+        tenant: "acme".into(),
+        ..grant(name, "admin")
+    };
+    let first = operator
+        .add_principal(in_acme("acme-a1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = operator2
+        .add_principal(in_acme("acme-a2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.approval_id.is_empty() && !second.approval_id.is_empty());
+    let third = operator
+        .add_principal(in_acme("acme-a3"))
+        .await
+        .unwrap_err();
+    assert_eq!(third.code(), Code::PermissionDenied, "{third:?}");
+    let filed = common::audit_events(&server, "operator", "AddPrincipal").await;
+    assert!(
+        filed
+            .iter()
+            .any(|e| e.principal == "operator" && e.tenant == "acme"),
+        "{filed:?}"
     );
 }

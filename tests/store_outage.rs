@@ -411,6 +411,7 @@ async fn a_lost_intent_event_leaves_every_state_unchanged() {
         book1
             .revoke_principal(v1::RevokePrincipalRequest {
                 name: "processor".into(),
+                cascade: false,
             })
             .await
             .map(|_| ()),

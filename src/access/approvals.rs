@@ -132,6 +132,9 @@ pub enum ApprovalError {
     /// The requester tried to approve their own request.
     #[error("the admin who requested an action cannot approve it; a second admin must")]
     SameAdmin,
+    /// No fresh request id could be made.
+    #[error("no unique approval id could be made; retry")]
+    NoRandomness,
     /// The scope already has [`MAX_PENDING_PER_SCOPE`] pending requests.
     #[error("too many pending approvals in this scope; approve or let some lapse first")]
     TooMany,
@@ -173,8 +176,8 @@ impl Approvals {
         now_ms: u64,
     ) -> Result<Pending, ApprovalError> {
         let mut bytes = [0u8; ID_BYTES];
-        // Ids need uniqueness, not secrecy; a failed RNG still yields a usable id.
-        let _ = csprng::fill(&mut bytes);
+        // Ids must be unique: without randomness there is no request.
+        csprng::fill(&mut bytes).map_err(|_| ApprovalError::NoRandomness)?;
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
         let pending = Pending {
             id: hex::encode(bytes),
@@ -191,6 +194,10 @@ impl Approvals {
         map.retain(|_, p| p.expires > now);
         if map.values().filter(|p| p.tenant == *tenant).count() >= MAX_PENDING_PER_SCOPE {
             return Err(ApprovalError::TooMany);
+        }
+        if map.contains_key(&pending.id) {
+            // 64 random bits collided: never overwrite a pending request.
+            return Err(ApprovalError::NoRandomness);
         }
         map.insert(pending.id.clone(), pending.clone());
         Ok(pending)
@@ -214,6 +221,14 @@ impl Approvals {
             .ok_or(ApprovalError::NotFound)?;
         if entry.requested_by == approver.name {
             return Err(ApprovalError::SameAdmin);
+        }
+        let unknown = crate::access::principals::UNKNOWN_CREATOR;
+        if approver.lineage.iter().any(|a| a == unknown)
+            || entry.requester_lineage.iter().any(|a| a == unknown)
+        {
+            return Err(ApprovalError::Ineligible(
+                "takes part with a principal added before creators were recorded; re-add it",
+            ));
         }
         if approver.created_at_ms >= entry.requested_at_ms {
             return Err(ApprovalError::Ineligible(

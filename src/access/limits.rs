@@ -37,19 +37,31 @@ pub const OTP_LOCK_PREFIX: &str = "otp:";
 /// Most entries in any map keyed by caller input.
 pub const MAX_TRACKED: usize = 10_000;
 
+/// How often a full map is swept for entries that no longer matter: a
+/// sweep is O(entries) under the guard's lock, so a flood of new keys must
+/// not buy one per call.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Inserts `key` into a bounded map: when full, first drops what
-/// `forgettable` says no longer matters; when still full, `None` (the caller
-/// does without tracking).
-fn bounded_entry<K, V>(
-    map: &mut HashMap<K, V>,
+/// `forgettable` says no longer matters (at most once per [`SWEEP_EVERY`],
+/// tracked by `next_sweep`); when still full, `None` (the caller does
+/// without tracking).
+fn bounded_entry<'m, K, V>(
+    map: &'m mut HashMap<K, V>,
+    next_sweep: &mut Option<Instant>,
     key: K,
     make: impl FnOnce() -> V,
     forgettable: impl Fn(&V) -> bool,
-) -> Option<&mut V>
+) -> Option<&'m mut V>
 where
     K: std::hash::Hash + Eq,
 {
     if !map.contains_key(&key) && map.len() >= MAX_TRACKED {
+        let now = Instant::now();
+        if next_sweep.is_some_and(|at| now < at) {
+            return None;
+        }
+        *next_sweep = Some(now + SWEEP_EVERY);
         map.retain(|_, v| !forgettable(v));
         if map.len() >= MAX_TRACKED {
             return None;
@@ -153,16 +165,16 @@ struct State {
     networks: KnownNetworks,
     /// Failed authentications per peer network in the current window.
     network_failures: HashMap<String, Window>,
+    /// When the full `failures` and `network_failures` maps may next be
+    /// swept.
+    failures_sweep: Option<Instant>,
+    network_sweep: Option<Instant>,
     /// Wrong TOTP codes per principal. Apart from `failures`, whose keys
     /// callers choose: a flood of made-up key ids must never evict (and so
     /// reset) a principal's second-factor count. Only authenticated
     /// principals reach it, so it is bounded by the principals.
     otp_failures: HashMap<String, Failures>,
 }
-
-/// Network name of the shared bucket that new networks fall into once
-/// [`MAX_TRACKED`] are counted.
-const OVERFLOW_NETWORK: &str = "*";
 
 /// The network a peer's failed authentications are counted under: IPv4
 /// /24, IPv6 /48 (one site's allocation, so one attacker is one bucket).
@@ -227,8 +239,14 @@ impl Guard {
                 .or_insert_with(|| Failures::new(now))
         } else {
             // Only unlocked counts untouched for a lockout period give way.
+            let State {
+                failures,
+                failures_sweep,
+                ..
+            } = &mut *state;
             let Some(entry) = bounded_entry(
-                &mut state.failures,
+                failures,
+                failures_sweep,
                 key_id.to_owned(),
                 || Failures::new(now),
                 |f| {
@@ -296,20 +314,13 @@ impl Guard {
     pub fn network_refused(&self, peer: IpAddr) -> bool {
         let now = Instant::now();
         let window = self.config.refusal_window;
-        let state = self.state();
-        let refused = |name: &str| {
-            state.network_failures.get(name).is_some_and(|w| {
+        self.state()
+            .network_failures
+            .get(&failure_network(peer))
+            .is_some_and(|w| {
                 now.duration_since(w.start) < window
                     && w.count >= self.config.max_failed_auth_per_network
             })
-        };
-        let network = failure_network(peer);
-        if state.network_failures.contains_key(&network) {
-            refused(&network)
-        } else {
-            // An untracked network is judged with the overflow bucket.
-            state.network_failures.len() >= MAX_TRACKED && refused(OVERFLOW_NETWORK)
-        }
     }
 
     /// Counts a failed authentication from `peer`'s network.
@@ -317,23 +328,27 @@ impl Guard {
         let now = Instant::now();
         let window = self.config.refusal_window;
         let mut state = self.state();
-        let fresh = || Window {
-            start: now,
-            count: 0,
+        let State {
+            network_failures,
+            network_sweep,
+            ..
+        } = &mut *state;
+        // A full map of live windows tracks no newcomer: it never refuses
+        // a network it does not count (a flood of networks must not lock
+        // every new client out), and API keys cannot be guessed anyway;
+        // the limit is about cost, which refusal aggregation also bounds.
+        let Some(w) = bounded_entry(
+            network_failures,
+            network_sweep,
+            failure_network(peer),
+            || Window {
+                start: now,
+                count: 0,
+            },
+            |w| now.duration_since(w.start) >= window,
+        ) else {
+            return;
         };
-        let network = failure_network(peer);
-        let tracked = bounded_entry(&mut state.network_failures, network, fresh, |w| {
-            now.duration_since(w.start) >= window
-        })
-        .is_some();
-        // A full map counts new networks together, so filling it buys an
-        // attacker nothing: the overflow bucket is limited like a network.
-        let key = if tracked {
-            failure_network(peer)
-        } else {
-            OVERFLOW_NETWORK.to_owned()
-        };
-        let w = state.network_failures.entry(key).or_insert_with(fresh);
         if now.duration_since(w.start) >= window {
             *w = Window {
                 start: now,
@@ -529,7 +544,7 @@ mod tests {
             );
             g.network_failed(IpAddr::V6(ip));
         }
-        assert!(g.state().network_failures.len() <= MAX_TRACKED + 1);
+        assert!(g.state().network_failures.len() <= MAX_TRACKED);
     }
 
     /// Review finding: a flood of made-up key ids evicted (and so reset) a
@@ -548,10 +563,10 @@ mod tests {
         assert!(g.key_locked(&otp));
     }
 
-    /// Review finding: one attacker's IPv6 /48 filled the network map with
-    /// /64s, after which new networks were not counted at all.
+    /// Review findings: one attacker's IPv6 /48 filled the network map
+    /// with /64s; and a full map must not lock every new client out.
     #[test]
-    fn a_filled_network_map_still_limits_newcomers() {
+    fn networks_are_sites_and_a_full_map_refuses_no_newcomer() {
         let g = guard(LimitsConfig {
             max_failed_auth_per_network: 3,
             ..LimitsConfig::default()
@@ -560,11 +575,9 @@ mod tests {
             let v4 = std::net::Ipv4Addr::from(u32::try_from(n).unwrap() << 8);
             g.network_failed(IpAddr::V4(v4));
         }
+        assert!(g.state().network_failures.len() <= MAX_TRACKED);
         let newcomer: IpAddr = "203.0.113.9".parse().unwrap();
-        assert!(
-            g.network_refused(newcomer),
-            "judged with the overflow bucket"
-        );
+        assert!(!g.network_refused(newcomer));
         let same_site: IpAddr = "2001:db8:1:ffff::1".parse().unwrap();
         let g = guard(LimitsConfig {
             max_failed_auth_per_network: 3,

@@ -18,6 +18,10 @@ use crate::access::totp::TotpSecret;
 use crate::domain::{Principal, Role, TenantId};
 use crate::secret::SecretString;
 
+/// The lineage entry of a principal whose creator was never recorded (added
+/// before creators were); no principal name can contain `<`.
+pub const UNKNOWN_CREATOR: &str = "<unknown>";
+
 /// File name of the run-time principals inside the data dir.
 pub const FILE_NAME: &str = "principals.json";
 
@@ -498,19 +502,24 @@ impl PrincipalBook {
     }
 
     /// `name`'s lineage: its creator, its creator's creator, and so on
-    /// (empty for configured principals). Bounded, so a cycle in a hand-
-    /// edited file cannot loop.
+    /// (empty for configured principals). A principal added before creators
+    /// were recorded ends the chain with [`UNKNOWN_CREATOR`], which makes
+    /// every approval it takes part in ineligible. Bounded, so a cycle in a
+    /// hand-edited file cannot loop.
     pub fn lineage(&self, name: &str) -> Vec<String> {
         const DEPTH: usize = 64;
         let all = self.list();
         let mut chain = Vec::new();
         let mut current = name.to_owned();
         while chain.len() < DEPTH {
-            let Some(creator) = all
-                .iter()
-                .find(|s| s.principal.name == current)
-                .and_then(|s| s.created_by.clone())
-            else {
+            let Some(summary) = all.iter().find(|s| s.principal.name == current) else {
+                break;
+            };
+            if summary.created_at_ms == u64::MAX {
+                chain.push(UNKNOWN_CREATOR.to_owned());
+                break;
+            }
+            let Some(creator) = summary.created_by.clone() else {
                 break;
             };
             if chain.contains(&creator) {
@@ -701,6 +710,7 @@ mod tests {
         let old = book.get("old-admin").unwrap();
         assert_eq!(old.created_at_ms, u64::MAX);
         assert!(old.created_by.is_none());
+        assert_eq!(book.lineage("old-admin"), vec![UNKNOWN_CREATOR.to_owned()]);
     }
 
     #[test]

@@ -21,6 +21,12 @@
 //! is never signed over) until an operator runs [`AuditLog::recover`], which
 //! appends an `AuditRecovered` event naming what was found and signs from
 //! there. Verification keeps reporting any edited event before it.
+//!
+//! The limit of a log kept in the store it protects: an attacker who can
+//! write the store and deletes *every* event, the head and the keys that
+//! date them makes it look new. The second sink ([`sink`], a SIEM outside
+//! the vault's host) is the anchor against that: its copy has what the
+//! store lost.
 
 pub mod chain;
 pub mod sink;
@@ -85,25 +91,6 @@ pub(crate) async fn head_required(store: &dyn Store, events: u64) -> Result<bool
     Ok(events > 0 && !store.all_wrapped_keys().await?.is_empty())
 }
 
-/// How much older than the log's first event the audit key may be. The key
-/// is made by the first signed append, so in a log that was never emptied
-/// its first event is older than the key or a moment younger.
-pub const GENESIS_GRACE_MS: u64 = 60_000;
-
-/// Whether events before the log's start were deleted: the audit key (made
-/// by the first signed append) is more than [`GENESIS_GRACE_MS`] older than
-/// `first_event_ms` (the first remaining event, or now for an empty log).
-/// Deleting every event and the head does not make a log new.
-pub(crate) async fn emptied_since_signing(
-    store: &dyn Store,
-    first_event_ms: u64,
-) -> Result<bool, StoreError> {
-    let key = store
-        .wrapped_key(&crate::keyring::audit_key_context())
-        .await?;
-    Ok(key.is_some_and(|k| k.created_at_ms.saturating_add(GENESIS_GRACE_MS) < first_event_ms))
-}
-
 #[derive(Debug)]
 struct ChainState {
     loaded: bool,
@@ -145,7 +132,7 @@ impl AuditLog {
                 state.next_seq = seq + 1;
                 state.last_hash = last.hash;
             }
-            self.check_head(state.next_seq, event.time_ms).await?;
+            self.check_head(state.next_seq).await?;
             state.loaded = true;
         }
         let chained = ChainedEvent::new(state.next_seq, state.last_hash, event);
@@ -167,11 +154,9 @@ impl AuditLog {
     /// Refuses to continue a chain whose end does not reach its signed head
     /// with the same hash, or that lost the head it must have: appending
     /// would sign over a truncation or a rewrite.
-    async fn check_head(&self, next_seq: u64, now_ms: u64) -> Result<(), AuditError> {
+    async fn check_head(&self, next_seq: u64) -> Result<(), AuditError> {
         let Some(bytes) = self.store.audit_head().await? else {
-            let emptied =
-                next_seq == 0 && emptied_since_signing(self.store.as_ref(), now_ms).await?;
-            if emptied || head_required(self.store.as_ref(), next_seq).await? {
+            if head_required(self.store.as_ref(), next_seq).await? {
                 return Err(AuditError::Tampered);
             }
             return Ok(());

@@ -56,7 +56,6 @@ pub async fn verify(store: &dyn Store, key: Option<&DataKey>) -> Result<VerifyRe
         .and_then(|b| SignedHead::decode(b).ok())
         .map(|h| h.seq);
     let mut hash_at_head: Option<ChainHash> = None;
-    let mut first_event_ms = None;
     let mut recovered_at = Vec::new();
     let mut prev: ChainHash = [0; 32];
     let mut expected = 0u64;
@@ -90,7 +89,6 @@ pub async fn verify(store: &dyn Store, key: Option<&DataKey>) -> Result<VerifyRe
             if hash_event(event.seq, &event.prev, &event.event) != event.hash {
                 return Ok(bad(n, position, "the event was edited"));
             }
-            first_event_ms.get_or_insert(event.event.time_ms);
             if event.event.action == super::RECOVERY_ACTION {
                 recovered_at.push(position);
             }
@@ -102,16 +100,6 @@ pub async fn verify(store: &dyn Store, key: Option<&DataKey>) -> Result<VerifyRe
         }
     }
     let events = expected;
-    // An empty log is judged as of a moment past the grace: its events
-    // would be newer than that.
-    let first = first_event_ms.unwrap_or(u64::MAX);
-    if super::emptied_since_signing(store, first).await? {
-        return Ok(bad(
-            events,
-            0,
-            "events before the first one were deleted: the audit key is older than the log",
-        ));
-    }
     let mut report = VerifyReport {
         events,
         signed_through: None,

@@ -47,6 +47,10 @@ pub enum PrincipalCommand {
     Revoke {
         /// The principal.
         name: String,
+        /// Also revoke every principal it created (their keys were shown
+        /// to it): for a compromised admin.
+        #[arg(long)]
+        cascade: bool,
     },
     /// Lift an anomaly lock.
     Unlock {
@@ -148,16 +152,26 @@ pub async fn run(args: PrincipalArgs) -> ExitCode {
                 Err(status) => fail_status(&status),
             }
         }
-        PrincipalCommand::Revoke { name } => {
+        PrincipalCommand::Revoke { name, cascade } => {
             match client
-                .revoke_principal(v1::RevokePrincipalRequest { name: name.clone() })
+                .revoke_principal(v1::RevokePrincipalRequest {
+                    name: name.clone(),
+                    cascade,
+                })
                 .await
             {
-                Ok(_) => emit(
-                    json,
-                    &serde_json::json!({ "revoked": name }),
-                    &format!("revoked {name}"),
-                ),
+                Ok(r) => {
+                    let also = r.into_inner().also_revoked;
+                    let mut text = format!("revoked {name}");
+                    if !also.is_empty() {
+                        text.push_str(&format!(" and what it created: {}", also.join(", ")));
+                    }
+                    emit(
+                        json,
+                        &serde_json::json!({ "revoked": name, "also_revoked": also }),
+                        &text,
+                    )
+                }
                 Err(status) => fail_status(&status),
             }
         }

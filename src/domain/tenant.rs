@@ -28,9 +28,7 @@ impl TenantId {
             && id.len() <= MAX_TENANT_LEN
             && id
                 .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-            // Tenant ids appear in every event and log line: never a card.
-            && !crate::leak::contains_card_number(id);
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if ok {
             Ok(Self(id.into()))
         } else {

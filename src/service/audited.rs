@@ -21,6 +21,10 @@ pub struct CallContext {
     pub request_id: String,
     /// The peer address.
     pub origin: String,
+    /// The tenant an operator's call acts on, when not its own: its events
+    /// are then filed under that tenant, so the tenant's auditors see what
+    /// was done to it.
+    pub affected_tenant: Option<String>,
 }
 
 fn well_formed_request_id(id: &str) -> bool {
@@ -54,6 +58,7 @@ impl CallContext {
             rpc,
             request_id,
             origin,
+            affected_tenant: None,
         }
     }
 
@@ -68,9 +73,11 @@ impl CallContext {
             time_ms: 0,
             request_id: self.request_id.clone(),
             principal: principal.map(|p| p.name.clone()).unwrap_or_default(),
-            tenant: principal
-                .map(|p| p.tenant.as_str().to_owned())
-                .unwrap_or_default(),
+            tenant: self.affected_tenant.clone().unwrap_or_else(|| {
+                principal
+                    .map(|p| p.tenant.as_str().to_owned())
+                    .unwrap_or_default()
+            }),
             action: self.rpc.to_owned(),
             resource,
             outcome: outcome.to_owned(),

@@ -113,11 +113,7 @@ impl KeyAdminService {
     }
 
     /// Runs an approved action.
-    async fn run_approved(
-        &self,
-        approver: &Principal,
-        action: DualControlAction,
-    ) -> Result<String, Status> {
+    async fn run_approved(&self, action: DualControlAction) -> Result<String, Status> {
         let vault_status = |e: crate::vault::VaultError| status::from_vault(&e);
         match action {
             DualControlAction::RotateMasterKey => self
@@ -134,16 +130,8 @@ impl KeyAdminService {
                 .map_err(vault_status),
             DualControlAction::Unseal => self
                 .vault
-                .unseal(&approver.name, &[])
-                .await
-                .map(|p| {
-                    if p.sealed {
-                        "still sealed"
-                    } else {
-                        "vault unsealed"
-                    }
-                    .to_owned()
-                })
+                .reopen()
+                .map(|()| "vault unsealed".to_owned())
                 .map_err(vault_status),
             DualControlAction::AddPrincipal(mut entry) => {
                 entry.created_at_ms = self.vault.now_ms();
@@ -200,6 +188,7 @@ fn approval_status(e: &ApprovalError) -> Status {
             Status::permission_denied(e.to_string())
         }
         ApprovalError::TooMany => Status::resource_exhausted(e.to_string()),
+        ApprovalError::NoRandomness => Status::unavailable(e.to_string()),
         _ => Status::not_found(e.to_string()),
     }
 }
@@ -605,7 +594,7 @@ impl KeyAdmin for KeyAdminService {
         let action = pending.action.name().to_owned();
         let requested_by = pending.requested_by.clone();
         let result = self
-            .run_approved(&principal, pending.action)
+            .run_approved(pending.action)
             .await
             .map(|result| v1::ApproveResponse {
                 action: action.clone(),

@@ -23,6 +23,10 @@ use crate::proto::v1::principals_server::Principals;
 use crate::service::audited::{CallContext, WhenSealed, authorize_call, finish_admin, intend};
 use crate::service::{Authenticator, Credentials, status};
 
+/// Admins an operator may add to a tenant: two, each by a different
+/// operator, so they can approve each other's requests.
+const BOOTSTRAP_ADMINS: usize = 2;
+
 /// The roles whose RPCs need a second factor, and so may hold a session.
 const SECOND_FACTOR_ROLES: &[Role] = &[Role::Admin, Role::Audit, Role::Operator];
 use crate::vault::Vault;
@@ -60,6 +64,34 @@ impl PrincipalsService {
             WhenSealed::Refuse,
         )
         .await
+    }
+
+    /// An operator adds admins to a tenant only to bootstrap it: while the
+    /// tenant has (or awaits) fewer than [`BOOTSTRAP_ADMINS`] admins. After
+    /// that the tenant's own admins add everyone, so no operator holds the
+    /// credentials of a tenant's working principals.
+    fn check_bootstrap(&self, tenant: &TenantId) -> Result<(), Status> {
+        let live = self
+            .auth
+            .principals()
+            .list()
+            .into_iter()
+            .filter(|s| !s.revoked && s.principal.tenant == *tenant && s.principal.has(Role::Admin))
+            .count();
+        let pending = self
+            .approvals
+            .list(&TenantId::system())
+            .into_iter()
+            .filter(|p| {
+                matches!(&p.action, DualControlAction::AddPrincipal(e) if e.principal.tenant == *tenant)
+            })
+            .count();
+        if live + pending >= BOOTSTRAP_ADMINS {
+            return Err(Status::permission_denied(
+                "this tenant has its bootstrap admins; its own admins add the rest",
+            ));
+        }
+        Ok(())
     }
 
     /// The named principal, when it is in the caller's own scope: unlocking
@@ -190,6 +222,15 @@ fn parse_new(
     let tenant = match req.tenant.as_str() {
         "" => caller.tenant.clone(),
         named if named == caller.tenant.as_str() => caller.tenant.clone(),
+        // A new tenant's id lands in every event and log line: never a card
+        // number (checked here, where tenants are named; ids already stored
+        // keep reading as they are).
+        named if caller.has(Role::Operator) && crate::leak::contains_card_number(named) => {
+            return Err(status::invalid_argument(
+                "tenant",
+                "must not be a card number",
+            ));
+        }
         named if caller.has(Role::Operator) => TenantId::from_stored(named)
             .map_err(|e| status::invalid_argument("tenant", &e.to_string()))?,
         _ => {
@@ -256,14 +297,22 @@ impl Principals for PrincipalsService {
         &self,
         request: Request<v1::AddPrincipalRequest>,
     ) -> Result<Response<v1::AddPrincipalResponse>, Status> {
-        let call = CallContext::of("AddPrincipal", &request);
+        let mut call = CallContext::of("AddPrincipal", &request);
         let caller = self.admin(&call, &request).await?;
         let now = self.vault.now_ms();
         let new = parse_new(&caller, request.get_ref(), now);
+        call.affected_tenant = new
+            .as_ref()
+            .ok()
+            .filter(|n| n.tenant != caller.tenant)
+            .map(|n| n.tenant.as_str().to_owned());
         let mut resource = principal_resource(&checked_name(&request.get_ref().name));
         let step = self.auth.otp_step();
         let result = async {
             let new = new?;
+            if new.tenant != caller.tenant {
+                self.check_bootstrap(&new.tenant)?;
+            }
             let name = new.name.clone();
             let roles: Vec<_> = new.roles.iter().map(|r| r.name()).collect();
             let needs_approval = new.roles.iter().any(|r| r.grant_needs_approval());
@@ -331,10 +380,18 @@ impl Principals for PrincipalsService {
         &self,
         request: Request<v1::RevokePrincipalRequest>,
     ) -> Result<Response<v1::RevokePrincipalResponse>, Status> {
-        let call = CallContext::of("RevokePrincipal", &request);
+        let mut call = CallContext::of("RevokePrincipal", &request);
         let caller = self.admin(&call, &request).await?;
         let name = checked_name(&request.get_ref().name);
+        let cascade = request.get_ref().cascade;
         let resource = principal_resource(&name);
+        call.affected_tenant = name
+            .as_ref()
+            .ok()
+            .and_then(|n| self.auth.principals().get(n))
+            .map(|s| s.principal.tenant)
+            .filter(|t| *t != caller.tenant)
+            .map(|t| t.as_str().to_owned());
         let result = async {
             let name = name?;
             self.managed(&caller, name)?;
@@ -343,19 +400,40 @@ impl Principals for PrincipalsService {
                     "an admin cannot revoke itself; ask another admin",
                 ));
             }
+            let book = self.auth.principals();
+            // Everything it created held keys it was shown; the caller
+            // itself (if one of them) stays, to finish the job.
+            let descendants: Vec<String> = if cascade {
+                book.list()
+                    .into_iter()
+                    .filter(|s| !s.revoked && s.principal.name != caller.name)
+                    .filter(|s| manages(&caller, &s.principal.tenant))
+                    .map(|s| s.principal.name)
+                    .filter(|n| book.lineage(n).iter().any(|a| a == name))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             intend(&self.vault, &call, &caller, &resource).await?;
-            self.auth
-                .principals()
-                .revoke(name)
-                .map_err(|e| book_status(&e))?;
-            let sessions = self.auth.sessions().close_all(name);
-            // Its pending requests die with it: a revoked admin's grant
-            // (whose credentials it holds) must not be approved later.
-            let requests = self.approvals.drop_where(|p| p.requested_by == name);
-            tracing::warn!(revoked = %name, sessions, requests, "principal revoked");
-            Ok(v1::RevokePrincipalResponse {})
+            for target in std::iter::once(name).chain(descendants.iter().map(String::as_str)) {
+                book.revoke(target).map_err(|e| book_status(&e))?;
+                let sessions = self.auth.sessions().close_all(target);
+                // Its pending requests die with it: a revoked admin's grant
+                // (whose credentials it holds) must not be approved later.
+                let requests = self.approvals.drop_where(|p| p.requested_by == target);
+                tracing::warn!(revoked = %target, sessions, requests, "principal revoked");
+            }
+            Ok(v1::RevokePrincipalResponse {
+                also_revoked: descendants,
+            })
         }
         .await;
+        let resource = match &result {
+            Ok(r) if !r.also_revoked.is_empty() => {
+                format!("{resource} cascade:{}", r.also_revoked.join(","))
+            }
+            _ => resource,
+        };
         finish_admin(&self.vault, &call, &caller, resource, result).await
     }
 

@@ -76,19 +76,39 @@ impl Vault {
 
     /// Offers an unseal share (Shamir) or, for backends not sealed by
     /// shares, reopens a vault an admin sealed.
+    ///
+    /// Only shares ever unseal here. On a backend without shares this
+    /// reports the state and changes nothing: reopening such a vault is
+    /// [`Self::reopen`], which only an approved dual-control request calls
+    /// (a call in flight must never undo a seal that landed after its
+    /// check).
     pub async fn unseal(&self, holder: &str, share: &[u8]) -> Result<UnsealProgress, VaultError> {
-        let progress = match self.kms.unseal_progress() {
-            Some(_) => self.kms.submit_share(holder, share).await?,
-            None => UnsealProgress {
-                sealed: false,
+        let Some(_) = self.kms.unseal_progress() else {
+            return Ok(UnsealProgress {
+                sealed: self.is_sealed(),
                 received: 0,
                 threshold: 0,
-            },
+            });
         };
+        let progress = self.kms.submit_share(holder, share).await?;
         if !progress.sealed && self.sealed.swap(false, Ordering::SeqCst) {
             tracing::warn!(event = "unsealed", "vault unsealed");
         }
         Ok(progress)
+    }
+
+    /// Reopens a vault sealed on a backend without shares, after a second
+    /// operator approved (the caller's job).
+    pub fn reopen(&self) -> Result<(), VaultError> {
+        if self.unsealed_by_shares() {
+            return Err(VaultError::Precondition(
+                "this vault unseals with its custodians' shares".into(),
+            ));
+        }
+        if self.sealed.swap(false, Ordering::SeqCst) {
+            tracing::warn!(event = "unsealed", "vault reopened by two operators");
+        }
+        Ok(())
     }
 
     /// Key status of `tenant`. Answers while sealed (without key details).

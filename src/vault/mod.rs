@@ -404,7 +404,8 @@ impl Vault {
             ));
         }
         if metadata.iter().any(|(k, v)| {
-            crate::leak::contains_card_number(k) || crate::leak::contains_card_number(v)
+            crate::leak::contains_card_number_in_text(k)
+                || crate::leak::contains_card_number_in_text(v)
         }) {
             return Err(VaultError::invalid(
                 "metadata",

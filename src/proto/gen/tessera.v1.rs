@@ -2990,9 +2990,18 @@ pub struct ListPrincipalsResponse {
 pub struct RevokePrincipalRequest {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
+    /// Also revoke every principal it created, directly or through principals
+    /// it created: their API keys were shown to it. For a compromised admin
+    /// (the breach runbook); leave it off to offboard one whose tills stay.
+    #[prost(bool, tag = "2")]
+    pub cascade: bool,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct RevokePrincipalResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokePrincipalResponse {
+    /// The principals revoked with it (`cascade`).
+    #[prost(string, repeated, tag = "1")]
+    pub also_revoked: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct UnlockPrincipalRequest {
     #[prost(string, tag = "1")]

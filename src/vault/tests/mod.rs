@@ -375,8 +375,9 @@ async fn rotation_reencryption_and_retirement() {
         vec![t.clone()]
     );
 
-    // Unseal (dev KMS: an admin reopens) and run again: it resumes.
-    f.vault.unseal("admin", b"").await.unwrap();
+    // Reopen (dev KMS: two operators approve a reopen) and run again: it
+    // resumes.
+    f.vault.reopen().unwrap();
     let mut first_done = None;
     let done = f
         .vault
@@ -464,7 +465,7 @@ async fn sealed_vault_refuses_everything_and_forgets_keys() {
         Err(VaultError::Sealed)
     ));
     assert!(f.vault.key_status(&t).await.unwrap().sealed);
-    f.vault.unseal("admin", b"").await.unwrap();
+    f.vault.reopen().unwrap();
     assert!(f.vault.detokenize(&t, &out.token).await.is_ok());
 }
 
@@ -557,6 +558,19 @@ async fn a_reused_token_is_durable_before_it_is_returned() {
         store.sync_count() > before,
         "the reuse waited for durability"
     );
+}
+
+/// Review finding: an Unseal call in flight (checked while unsealed) could
+/// undo a seal that landed before it reached the vault: on a backend
+/// without shares, `unseal` reopened whatever it found.
+#[tokio::test]
+async fn only_an_approved_reopen_unseals_a_vault_without_shares() {
+    let f = fixture(VaultPolicy::default());
+    f.vault.seal();
+    let progress = f.vault.unseal("operator", &[]).await.unwrap();
+    assert!(progress.sealed && f.vault.is_sealed());
+    f.vault.reopen().unwrap();
+    assert!(!f.vault.is_sealed());
 }
 
 mod format_contract;
