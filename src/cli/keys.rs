@@ -53,11 +53,11 @@ pub enum KeysCommand {
     /// Rewrite every record under the newest data key, with a progress bar.
     Reencrypt,
     /// New master key version; every data key is rewrapped under it.
-    /// Needs a second admin's approval (dual control).
+    /// Operators only; needs a second operator's approval (dual control).
     RotateMaster,
     /// Pending dual-control approvals.
     Approvals,
-    /// Approve (and so run) another admin's pending action.
+    /// Approve (and so run) another admin's or operator's pending request.
     Approve {
         /// The approval id.
         id: String,

@@ -43,7 +43,8 @@ pub enum Command {
     /// Create a new deployment: Shamir-split master key, custodian shares
     /// and keys, config file.
     Init(init::InitArgs),
-    /// Submit one unseal share (or reopen a vault sealed by an admin).
+    /// Submit one unseal share (Shamir), or, on other backends, ask to
+    /// reopen the vault (a second operator approves).
     Unseal(keys::UnsealArgs),
     /// Seal the vault: every key leaves memory at once.
     Seal(keys::SealArgs),
