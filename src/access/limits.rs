@@ -314,7 +314,12 @@ impl Guard {
     pub fn network_refused(&self, peer: IpAddr) -> bool {
         let now = Instant::now();
         let window = self.config.refusal_window;
-        self.state()
+        let state = self.state();
+        // Every call asks: skip naming the network while nothing failed.
+        if state.network_failures.is_empty() {
+            return false;
+        }
+        state
             .network_failures
             .get(&failure_network(peer))
             .is_some_and(|w| {

@@ -92,11 +92,6 @@ impl Sessions {
         }
     }
 
-    /// How long a session lasts.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     fn open_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.open
             .lock()

@@ -350,15 +350,6 @@ impl Vault {
         tracing::warn!(event = "tenant_recreated", tenant = %tenant, "shredded tenant re-created");
         Ok(())
     }
-
-    /// Whether `tenant` is shredded and not re-created.
-    pub async fn is_shredded(&self, tenant: &TenantId) -> Result<bool, VaultError> {
-        Ok(self
-            .store
-            .checkpoint(&crate::keyring::shredded_marker(tenant))
-            .await?
-            .is_some())
-    }
 }
 
 impl From<KmsError> for VaultError {
