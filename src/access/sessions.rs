@@ -7,7 +7,7 @@
 //!   compares in constant time.
 //! - It is bound to the principal that opened it: it stands in for the
 //!   second factor only next to that principal's API key or certificate.
-//! - It lasts [`Sessions::ttl`] (default 15 minutes), can be deleted
+//! - It lasts `access.session_minutes` (default 15 minutes), can be deleted
 //!   (logout) and dies with its principal's revocation. A session never
 //!   opens another one, so its life is bounded by the code that opened it.
 //! - Sessions live in the server's memory: a restart ends them all.
