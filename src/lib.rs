@@ -61,6 +61,7 @@ pub mod envelope;
 pub mod keyring;
 pub mod kms;
 pub mod leak;
+pub mod pipeline;
 pub mod private_file;
 pub mod proto;
 pub mod secret;

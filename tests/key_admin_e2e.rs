@@ -667,7 +667,11 @@ async fn traffic_continues_through_rotation_and_reencryption() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
-    let server = Server::start(&data, &log);
+    let config = dir.path().join("tessera.toml");
+    // Four workers read back every PAN they tokenize for as long as the key
+    // operations take: more than a new key's learning limit (1,000) allows.
+    std::fs::write(&config, "[access]\ndetokenize_learning_limit = 1000000\n").unwrap();
+    let server = Server::start_dev_with_config(&config, &data, &log);
     let seed: Vec<String> = (10_000..10_600).map(pan_n).collect();
     tokenize_many(&server, &seed).await;
 

@@ -11,7 +11,7 @@ use tessera::config::Profile;
 use tessera::domain::{Pan, TenantId};
 use tessera::kms::Kms;
 use tessera::kms::dev::DevKms;
-use tessera::store::Store;
+use tessera::store::KeyStore;
 use tessera::store::sled::SledStore;
 use tessera::vault::{FormatRequest, TokenizeCommand, Vault, VaultPolicy};
 

@@ -8,7 +8,8 @@
     dead_code
 )]
 
-#[path = "store_conformance/suite.rs"]
+#[macro_use]
+#[path = "store_conformance/mod.rs"]
 mod suite;
 
 use std::sync::Arc;
@@ -24,7 +25,4 @@ impl suite::Factory for Memory {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_store_conforms() {
-    suite::run_all(&Memory).await;
-}
+conformance!(crate::Memory);

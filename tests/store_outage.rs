@@ -16,8 +16,8 @@ use tessera::access::totp::TotpSecret;
 use tessera::cli::client::Bearer;
 use tessera::clock::SystemClock;
 use tessera::config::Profile;
+use tessera::domain::key::KeyContext;
 use tessera::domain::{Fingerprint, Principal, Role, TenantId, TokenId};
-use tessera::kms::KeyContext;
 use tessera::kms::dev::DevKms;
 use tessera::proto::v1;
 use tessera::proto::v1::key_admin_client::KeyAdminClient;
@@ -26,7 +26,8 @@ use tessera::proto::v1::tokenizer_client::TokenizerClient;
 use tessera::server::{self, App};
 use tessera::store::sled::SledStore;
 use tessera::store::{
-    SealedRecord, SealedVersion, Store, StoreError, StoredRecord, Tombstone, WrappedKeyRecord,
+    AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedVersion, StoreError,
+    StoredRecord, WrappedKeyRecord, WriteBatch,
 };
 use tessera::vault::{Vault, VaultPolicy};
 use tonic::Code;
@@ -50,11 +51,7 @@ impl Switchable {
 }
 
 #[async_trait]
-impl Store for Switchable {
-    async fn append(&self, record: SealedRecord) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.append(record).await
-    }
+impl RecordStore for Switchable {
     async fn get(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
         self.check()?;
         self.inner.get(id).await
@@ -66,30 +63,6 @@ impl Store for Switchable {
     ) -> Result<Option<StoredRecord>, StoreError> {
         self.check()?;
         self.inner.find_by_fingerprint(t, fp).await
-    }
-    async fn append_tombstone(&self, id: &TokenId, t: Tombstone) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.append_tombstone(id, t).await
-    }
-    async fn put_wrapped_key(&self, k: WrappedKeyRecord) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.put_wrapped_key(k).await
-    }
-    async fn wrapped_key(&self, c: &KeyContext) -> Result<Option<WrappedKeyRecord>, StoreError> {
-        self.check()?;
-        self.inner.wrapped_key(c).await
-    }
-    async fn wrapped_keys(&self, t: &TenantId) -> Result<Vec<WrappedKeyRecord>, StoreError> {
-        self.check()?;
-        self.inner.wrapped_keys(t).await
-    }
-    async fn destroy_wrapped_keys(&self, t: &TenantId) -> Result<usize, StoreError> {
-        self.check()?;
-        self.inner.destroy_wrapped_keys(t).await
-    }
-    async fn destroy_wrapped_key(&self, c: &KeyContext) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.destroy_wrapped_key(c).await
     }
     async fn scan_tenant(
         &self,
@@ -107,6 +80,66 @@ impl Store for Switchable {
         self.check()?;
         self.inner.append_sealed_versions(items).await
     }
+}
+
+#[async_trait]
+impl KeyStore for Switchable {
+    async fn put_wrapped_key(&self, k: WrappedKeyRecord) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put_wrapped_key(k).await
+    }
+    async fn wrapped_key(&self, c: &KeyContext) -> Result<Option<WrappedKeyRecord>, StoreError> {
+        self.check()?;
+        self.inner.wrapped_key(c).await
+    }
+    async fn wrapped_keys(&self, t: &TenantId) -> Result<Vec<WrappedKeyRecord>, StoreError> {
+        self.check()?;
+        self.inner.wrapped_keys(t).await
+    }
+    async fn all_wrapped_keys(&self) -> Result<Vec<WrappedKeyRecord>, StoreError> {
+        self.check()?;
+        self.inner.all_wrapped_keys().await
+    }
+    async fn replace_wrapped_key(
+        &self,
+        expected: &WrappedKeyRecord,
+        new: WrappedKeyRecord,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.replace_wrapped_key(expected, new).await
+    }
+    async fn destroy_wrapped_keys(&self, t: &TenantId) -> Result<usize, StoreError> {
+        self.check()?;
+        self.inner.destroy_wrapped_keys(t).await
+    }
+    async fn destroy_wrapped_key(&self, c: &KeyContext) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.destroy_wrapped_key(c).await
+    }
+}
+
+#[async_trait]
+impl AuditStore for Switchable {
+    async fn audit_records(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.check()?;
+        self.inner.audit_records(from, limit).await
+    }
+    async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.check()?;
+        self.inner.last_audit_record().await
+    }
+    async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check()?;
+        self.inner.audit_head().await
+    }
+}
+
+#[async_trait]
+impl JobStore for Switchable {
     async fn put_checkpoint(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
         self.check()?;
         self.inner.put_checkpoint(name, value).await
@@ -123,45 +156,16 @@ impl Store for Switchable {
         self.check()?;
         self.inner.delete_checkpoint(name).await
     }
-    async fn all_wrapped_keys(&self) -> Result<Vec<WrappedKeyRecord>, StoreError> {
+}
+
+#[async_trait]
+impl Engine for Switchable {
+    async fn commit(&self, batch: Arc<WriteBatch>) -> Result<(), CommitError> {
         self.check()?;
-        self.inner.all_wrapped_keys().await
-    }
-    async fn replace_wrapped_key(
-        &self,
-        expected: &WrappedKeyRecord,
-        new: WrappedKeyRecord,
-    ) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.replace_wrapped_key(expected, new).await
-    }
-    async fn append_audit(
-        &self,
-        seq: u64,
-        record: Vec<u8>,
-        head: Option<Vec<u8>>,
-    ) -> Result<(), StoreError> {
-        self.check()?;
-        if self.audit_down.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("injected audit outage".into()));
+        if !batch.audit.events.is_empty() && self.audit_down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected audit outage".into()).into());
         }
-        self.inner.append_audit(seq, record, head).await
-    }
-    async fn audit_records(
-        &self,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.check()?;
-        self.inner.audit_records(from, limit).await
-    }
-    async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.check()?;
-        self.inner.last_audit_record().await
-    }
-    async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.check()?;
-        self.inner.audit_head().await
+        self.inner.commit(batch).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.check()?;

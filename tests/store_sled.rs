@@ -9,14 +9,17 @@
     dead_code
 )]
 
-#[path = "store_conformance/suite.rs"]
+#[macro_use]
+#[path = "store_conformance/mod.rs"]
 mod suite;
 
 use std::sync::{Arc, Mutex};
 
 use tessera::store::sled::SledStore;
-use tessera::store::{Store, Tombstone, TombstoneReason};
+use tessera::store::{RecordStore, Store, Tombstone, TombstoneReason};
 
+/// Fresh stores in temporary directories, removed when the factory drops.
+#[derive(Default)]
 struct Sled {
     dirs: Mutex<Vec<tempfile::TempDir>>,
 }
@@ -30,13 +33,7 @@ impl suite::Factory for Sled {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sled_store_conforms() {
-    suite::run_all(&Sled {
-        dirs: Mutex::new(Vec::new()),
-    })
-    .await;
-}
+conformance!(crate::Sled::default());
 
 #[tokio::test]
 async fn reopen_sees_acknowledged_writes() {

@@ -34,11 +34,10 @@ pub mod verify;
 
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
-
 use crate::codec::DecodeError;
+use crate::pipeline::{Pipeline, Submission, WriteError};
 use crate::secret::DataKey;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WriteUnit};
 use chain::{ChainHash, ChainedEvent, SignedHead};
 
 /// One audited action.
@@ -63,7 +62,7 @@ pub struct AuditEvent {
 }
 
 /// The audit log could not be written or read.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuditError {
     /// The store failed.
@@ -91,31 +90,54 @@ pub(crate) async fn head_required(store: &dyn Store, events: u64) -> Result<bool
     Ok(events > 0 && !store.all_wrapped_keys().await?.is_empty())
 }
 
-#[derive(Debug)]
-struct ChainState {
-    loaded: bool,
-    next_seq: u64,
-    last_hash: ChainHash,
+/// Where the stored chain ends: the next position and the hash of the last
+/// event (zeros for an empty log).
+pub(crate) async fn chain_end(store: &dyn Store) -> Result<(u64, ChainHash), AuditError> {
+    Ok(match store.last_audit_record().await? {
+        Some((seq, bytes)) => (seq + 1, ChainedEvent::decode(&bytes)?.hash),
+        None => (0, [0; 32]),
+    })
 }
 
-/// The chained, signed, append-only event log over a store.
+/// Refuses to continue a chain whose end does not reach its signed head
+/// with the same hash, or that lost the head it must have: appending would
+/// sign over a truncation or a rewrite.
+pub(crate) async fn check_head(store: &dyn Store, next_seq: u64) -> Result<(), AuditError> {
+    let Some(bytes) = store.audit_head().await? else {
+        if head_required(store, next_seq).await? {
+            return Err(AuditError::Tampered);
+        }
+        return Ok(());
+    };
+    let head = SignedHead::decode(&bytes)?;
+    if head.seq >= next_seq {
+        return Err(AuditError::Tampered);
+    }
+    let at_head = store.audit_records(head.seq, 1).await?;
+    match at_head.first() {
+        Some((seq, bytes))
+            if *seq == head.seq && ChainedEvent::decode(bytes)?.hash == head.hash =>
+        {
+            Ok(())
+        }
+        _ => Err(AuditError::Tampered),
+    }
+}
+
+/// The chained, signed, append-only event log over a store. Appends go
+/// through the store's write pipeline ([`crate::pipeline`]), which chains
+/// events in commit order; reads go to the store.
 #[derive(Debug)]
 pub struct AuditLog {
     store: Arc<dyn Store>,
-    state: Mutex<ChainState>,
+    pipeline: Arc<Pipeline>,
 }
 
 impl AuditLog {
-    /// A log over `store`; the chain resumes from the store's last event.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self {
-            store,
-            state: Mutex::new(ChainState {
-                loaded: false,
-                next_seq: 0,
-                last_hash: [0; 32],
-            }),
-        }
+    /// A log over `store`, appended to through `pipeline` (the store's
+    /// one write pipeline); the chain resumes from the store's last event.
+    pub fn new(store: Arc<dyn Store>, pipeline: Arc<Pipeline>) -> Self {
+        Self { store, pipeline }
     }
 
     /// Appends `event`, signing the new head with `key` when given. Returns
@@ -123,56 +145,25 @@ impl AuditLog {
     pub async fn record(
         &self,
         event: AuditEvent,
-        key: Option<&DataKey>,
+        key: Option<Arc<DataKey>>,
     ) -> Result<u64, AuditError> {
-        let mut state = self.state.lock().await;
-        if !state.loaded {
-            if let Some((seq, bytes)) = self.store.last_audit_record().await? {
-                let last = ChainedEvent::decode(&bytes)?;
-                state.next_seq = seq + 1;
-                state.last_hash = last.hash;
-            }
-            self.check_head(state.next_seq).await?;
-            state.loaded = true;
-        }
-        let chained = ChainedEvent::new(state.next_seq, state.last_hash, event);
-        let head = key.map(|k| SignedHead::sign(k, chained.seq, chained.hash).encode());
-        if let Err(e) = self
-            .store
-            .append_audit(chained.seq, chained.encode(), head)
-            .await
-        {
-            // Another writer moved the end (or the store failed): reload next time.
-            state.loaded = false;
-            return Err(e.into());
-        }
-        state.next_seq = chained.seq + 1;
-        state.last_hash = chained.hash;
-        Ok(chained.seq)
-    }
-
-    /// Refuses to continue a chain whose end does not reach its signed head
-    /// with the same hash, or that lost the head it must have: appending
-    /// would sign over a truncation or a rewrite.
-    async fn check_head(&self, next_seq: u64) -> Result<(), AuditError> {
-        let Some(bytes) = self.store.audit_head().await? else {
-            if head_required(self.store.as_ref(), next_seq).await? {
-                return Err(AuditError::Tampered);
-            }
-            return Ok(());
+        let submission = Submission {
+            unit: WriteUnit::default(),
+            events: vec![event],
+            signer: key,
         };
-        let head = SignedHead::decode(&bytes)?;
-        if head.seq >= next_seq {
-            return Err(AuditError::Tampered);
-        }
-        let at_head = self.store.audit_records(head.seq, 1).await?;
-        match at_head.first() {
-            Some((seq, bytes))
-                if *seq == head.seq && ChainedEvent::decode(bytes)?.hash == head.hash =>
-            {
-                Ok(())
+        match self.pipeline.submit(submission).await {
+            Ok(positions) => {
+                positions
+                    .first()
+                    .copied()
+                    .ok_or(AuditError::Store(StoreError::Damaged(
+                        "event not positioned",
+                    )))
             }
-            _ => Err(AuditError::Tampered),
+            Err(WriteError::Audit(e)) => Err(e),
+            Err(WriteError::Refused(e) | WriteError::Store(e)) => Err(AuditError::Store(e)),
+            Err(e) => Err(AuditError::Store(StoreError::Unavailable(e.to_string()))),
         }
     }
 
@@ -180,40 +171,14 @@ impl AuditLog {
     /// the log, and if it is not intact appends `event` as an
     /// [`RECOVERY_ACTION`] event (its resource, the operator's reason, gets
     /// what verification found appended) signed with `key`, so appends
-    /// resume after it. The evidence
-    /// stays: every event before it is reported as it was found.
+    /// resume after it. The evidence stays: every event before it is
+    /// reported as it was found.
     pub async fn recover(
         &self,
-        mut event: AuditEvent,
-        key: &DataKey,
+        event: AuditEvent,
+        key: Arc<DataKey>,
     ) -> Result<(u64, verify::VerifyReport), AuditError> {
-        let mut state = self.state.lock().await;
-        let report = verify::verify(self.store.as_ref(), Some(key)).await?;
-        if report.ok() {
-            return Err(AuditError::NothingToRecover);
-        }
-        event.action = RECOVERY_ACTION.to_owned();
-        event.resource = format!(
-            "{} first_bad:{} problem:{}",
-            event.resource,
-            report.first_bad.unwrap_or(report.events),
-            report.problem
-        )
-        .trim_start()
-        .to_owned();
-        let (next_seq, last_hash) = match self.store.last_audit_record().await? {
-            Some((seq, bytes)) => (seq + 1, ChainedEvent::decode(&bytes)?.hash),
-            None => (0, [0; 32]),
-        };
-        let chained = ChainedEvent::new(next_seq, last_hash, event);
-        let head = SignedHead::sign(key, chained.seq, chained.hash).encode();
-        self.store
-            .append_audit(chained.seq, chained.encode(), Some(head))
-            .await?;
-        state.next_seq = chained.seq + 1;
-        state.last_hash = chained.hash;
-        state.loaded = true;
-        Ok((chained.seq, report))
+        self.pipeline.recover(event, key).await
     }
 
     /// Events from position `from`, at most `limit`, decoded.

@@ -1,7 +1,16 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::pipeline::Pipeline;
 use crate::store::memory::MemoryStore;
+
+/// A log with its own write pipeline, as a vault builds one.
+fn log_over(store: &Arc<dyn Store>) -> AuditLog {
+    AuditLog::new(
+        Arc::clone(store),
+        Arc::new(Pipeline::new(Arc::clone(store))),
+    )
+}
 
 fn event(n: u64) -> AuditEvent {
     AuditEvent {
@@ -19,13 +28,13 @@ fn event(n: u64) -> AuditEvent {
 #[tokio::test]
 async fn chain_resumes_and_verifies() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let key = DataKey::from_bytes([5; 32]);
-    let log = AuditLog::new(Arc::clone(&store));
+    let key = Arc::new(DataKey::from_bytes([5; 32]));
+    let log = log_over(&store);
     for n in 0..5 {
-        assert_eq!(log.record(event(n), Some(&key)).await.unwrap(), n);
+        assert_eq!(log.record(event(n), Some(key.clone())).await.unwrap(), n);
     }
     // A second log over the same store (a restart) continues the chain.
-    let again = AuditLog::new(Arc::clone(&store));
+    let again = log_over(&store);
     assert_eq!(again.record(event(5), None).await.unwrap(), 5);
     let report = again.verify(Some(&key)).await.unwrap();
     assert!(report.ok(), "{report:?}");

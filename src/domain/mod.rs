@@ -2,6 +2,7 @@
 
 pub mod brand;
 pub mod disclosure;
+pub mod key;
 pub mod pan;
 pub mod principal;
 pub mod tenant;

@@ -50,6 +50,12 @@ impl Token {
         Ok(Self(input.to_owned()))
     }
 
+    /// A second copy, zeroized on drop like the first: a batch that names
+    /// one card twice returns its token twice. Deliberately not `Clone`.
+    pub(crate) fn copy(&self) -> Self {
+        Self(self.0.clone())
+    }
+
     /// Builds a token from digit values produced by a generator.
     pub fn from_digits(digits: &[u8]) -> Result<Self, TokenError> {
         if digits.iter().any(|d| *d > 9) {

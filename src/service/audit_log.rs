@@ -30,11 +30,19 @@ const MESSAGE_BYTES: usize = 1 << 20;
 /// saying by how much. The stored event, and so verification, is intact.
 const FIELD_BYTES: usize = 4096;
 
-fn clip(mut field: String) -> String {
-    if field.len() <= FIELD_BYTES {
+/// Longest resource a listed event shows: a batch's event names the keyed
+/// ids of its tokens (17 bytes each, at most 10,000 items a batch).
+const RESOURCE_BYTES: usize = 192 * 1024;
+
+fn clip(field: String) -> String {
+    clip_to(field, FIELD_BYTES)
+}
+
+fn clip_to(mut field: String, limit: usize) -> String {
+    if field.len() <= limit {
         return field;
     }
-    let mut end = FIELD_BYTES;
+    let mut end = limit;
     while !field.is_char_boundary(end) {
         end -= 1;
     }
@@ -142,7 +150,7 @@ fn to_message(e: ChainedEvent) -> v1::AuditEvent {
         principal: clip(ev.principal),
         tenant: clip(ev.tenant),
         action: clip(ev.action),
-        resource: clip(ev.resource),
+        resource: clip_to(ev.resource, RESOURCE_BYTES),
         outcome: clip(ev.outcome),
         origin: clip(ev.origin),
     }

@@ -21,7 +21,7 @@ use tracing::instrument;
 use crate::domain::{Principal, Role};
 use crate::proto::v1;
 use crate::proto::v1::tokenizer_server::Tokenizer;
-use crate::vault::{TokenizeCommand, Vault};
+use crate::vault::{TokenizeCommand, Tokenized, Vault, VaultError};
 use audited::{
     CallContext, WhenSealed, audited, authorize_call, intend, raise_anomaly, record_intent,
 };
@@ -56,19 +56,6 @@ impl TokenizerService {
             WhenSealed::Refuse,
         )
         .await
-    }
-
-    async fn tokenize_one(
-        &self,
-        principal: &Principal,
-        req: v1::TokenizeRequest,
-    ) -> Result<v1::TokenizeResponse, Status> {
-        let cmd = TokenizeCommand::try_from(req)?;
-        self.vault
-            .tokenize(&principal.tenant, cmd)
-            .await
-            .map(Into::into)
-            .map_err(|e| status::from_vault(&e))
     }
 
     async fn detokenize_one(
@@ -132,26 +119,34 @@ impl Tokenizer for TokenizerService {
     ) -> Result<Response<v1::TokenizeResponse>, Status> {
         let call = CallContext::of("Tokenize", &request);
         let principal = self.authorize(&call, &request, Role::Tokenize).await?;
-        let result = self.tokenize_one(&principal, request.into_inner()).await;
+        // The event commits with the record, in the same flush; only a call
+        // that failed before writing records its event afterwards.
+        let event = call.event(Some(&principal), String::new(), "OK");
+        let result = async {
+            let cmd = TokenizeCommand::try_from(request.into_inner())?;
+            self.vault
+                .tokenize_audited(&principal.tenant, cmd, event)
+                .await
+                .map(v1::TokenizeResponse::from)
+                .map_err(|e| status::from_vault(&e))
+        }
+        .await;
         log_outcome(&result);
-        let resource = match &result {
-            Ok(r) => match crate::domain::Token::parse(&r.token) {
-                Ok(token) => self.vault.token_ref(&principal.tenant, &token).await,
-                Err(_) => String::new(),
-            },
-            Err(_) => String::new(),
-        };
-        let fail_closed = self.vault.policy().audit_tokenize_fail_closed;
-        audited(
-            &self.vault,
-            &call,
-            Some(&principal),
-            resource,
-            result,
-            fail_closed,
-        )
-        .await
-        .map(Response::new)
+        match result {
+            Ok(response) => Ok(Response::new(response)),
+            Err(status) => {
+                let fail_closed = self.vault.policy().audit_tokenize_fail_closed;
+                audited(
+                    &self.vault,
+                    &call,
+                    Some(&principal),
+                    String::new(),
+                    Err(status),
+                    fail_closed,
+                )
+                .await
+            }
+        }
     }
 
     #[instrument(skip_all, name = "TokenizeBatch", fields(principal, tenant, items))]
@@ -168,32 +163,71 @@ impl Tokenizer for TokenizerService {
             // The gate took one call; the rest of the items pay too.
             self.auth
                 .charge(&principal, call.rpc, total.saturating_sub(1))?;
-            let mut outcomes = Vec::with_capacity(total);
+            // Items that do not parse are answered here; the rest go to the
+            // vault as one commit with one event.
+            let mut commands = Vec::with_capacity(total);
+            let mut parsed = Vec::with_capacity(total);
             for item in items {
-                outcomes.push(self.tokenize_one(&principal, item).await);
+                match TokenizeCommand::try_from(item) {
+                    Ok(cmd) => {
+                        commands.push(cmd);
+                        parsed.push(Ok(()));
+                    }
+                    Err(status) => parsed.push(Err(status)),
+                }
             }
+            let unparsed = parsed.iter().filter(|p| p.is_err()).count();
+            let event = |outcomes: &[Result<Tokenized, VaultError>]| {
+                call.event(
+                    Some(&principal),
+                    batch_event_resource(total, unparsed, outcomes),
+                    "OK",
+                )
+            };
+            let mut tokenized = self
+                .vault
+                .tokenize_batch(&principal.tenant, commands, event)
+                .await
+                .map_err(|e| status::from_vault(&e))?
+                .into_iter();
+            let outcomes: Vec<Result<v1::TokenizeResponse, Status>> = parsed
+                .into_iter()
+                .map(|p| match p {
+                    Ok(()) => match tokenized.next() {
+                        Some(r) => r.map(Into::into).map_err(|e| status::from_vault(&e)),
+                        None => Err(Status::internal("batch outcome missing")),
+                    },
+                    Err(status) => Err(status),
+                })
+                .collect();
             Ok(per_item_statuses(outcomes))
         }
         .await;
-        let resource = batch_resource(total, &result);
-        let fail_closed = self.vault.policy().audit_tokenize_fail_closed;
-        let results = audited(
-            &self.vault,
-            &call,
-            Some(&principal),
-            resource,
-            result,
-            fail_closed,
-        )
-        .await?
-        .into_iter()
-        .map(|r| v1::TokenizeResult {
-            result: Some(match r {
-                Ok(token) => v1::tokenize_result::Result::Token(token),
-                Err(e) => v1::tokenize_result::Result::Error(e),
-            }),
-        })
-        .collect();
+        let results = match result {
+            Ok(results) => results,
+            Err(status) => {
+                let resource = format!("items={total}");
+                let fail_closed = self.vault.policy().audit_tokenize_fail_closed;
+                return audited(
+                    &self.vault,
+                    &call,
+                    Some(&principal),
+                    resource,
+                    Err(status),
+                    fail_closed,
+                )
+                .await;
+            }
+        };
+        let results = results
+            .into_iter()
+            .map(|r| v1::TokenizeResult {
+                result: Some(match r {
+                    Ok(token) => v1::tokenize_result::Result::Token(token),
+                    Err(e) => v1::tokenize_result::Result::Error(e),
+                }),
+            })
+            .collect();
         Ok(Response::new(v1::TokenizeBatchResponse { results }))
     }
 
@@ -340,6 +374,24 @@ impl TokenizerService {
 
 fn is_not_found<T>(result: &Result<T, Status>) -> bool {
     matches!(result, Err(s) if s.code() == tonic::Code::NotFound)
+}
+
+/// The audit resource of a tokenize batch: how many items, how many failed,
+/// and the keyed ids of the tokens it returned (never a PAN or a token).
+fn batch_event_resource(
+    total: usize,
+    unparsed: usize,
+    outcomes: &[Result<Tokenized, VaultError>],
+) -> String {
+    let failed = unparsed + outcomes.iter().filter(|r| r.is_err()).count();
+    let mut resource = format!("items={total} failed={failed} tokens=");
+    for (i, done) in outcomes.iter().flatten().enumerate() {
+        if i > 0 {
+            resource.push(',');
+        }
+        resource.push_str(&done.token_id.short());
+    }
+    resource
 }
 
 /// The audit resource of a batch: how many items, how many failed.

@@ -1,15 +1,17 @@
 //! An in-memory store for unit tests. Not durable; never used by `serve`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use crate::domain::key::KeyContext;
 use crate::domain::{Fingerprint, TenantId, TokenId};
-use crate::kms::KeyContext;
 use crate::store::record::{fingerprint_key, tenant_prefix};
 use crate::store::{
-    SealedRecord, SealedVersion, Store, StoreError, StoredRecord, Tombstone, WrappedKeyRecord,
+    AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord, SealedVersion,
+    StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
 };
 
 #[derive(Debug, Default)]
@@ -37,7 +39,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// How many times [`Store::sync`] was called.
+    /// How many times [`Engine::sync`] was called.
     pub fn sync_count(&self) -> u64 {
         self.syncs.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -66,26 +68,75 @@ impl Inner {
     }
 }
 
-#[async_trait]
-impl Store for MemoryStore {
-    async fn append(&self, record: SealedRecord) -> Result<(), StoreError> {
-        let mut inner = self.lock()?;
-        if inner.records.contains_key(&record.token_id) {
-            return Err(StoreError::AlreadyExists);
-        }
-        if let Some(fp) = &record.fingerprint {
-            let key = fingerprint_key(&record.tenant, fp);
-            if let Some(holder) = inner.fingerprints.get(&key)
-                && !inner.tombstones.contains_key(holder)
-            {
-                return Err(StoreError::FingerprintTaken(*holder));
+impl Inner {
+    /// Every rule of [`Engine::commit`], checked before anything is written
+    /// so a refused batch leaves no trace. Units see the writes of the
+    /// units before them.
+    fn check(&self, batch: &WriteBatch) -> Result<(), CommitError> {
+        let mut new_ids: HashSet<TokenId> = HashSet::new();
+        let mut new_fingerprints: HashMap<Vec<u8>, TokenId> = HashMap::new();
+        let mut new_tombstones: HashSet<TokenId> = HashSet::new();
+        for (index, unit) in batch.units.iter().enumerate() {
+            let refuse = |error| CommitError::Refused { unit: index, error };
+            for record in &unit.records {
+                let id = record.token_id;
+                if self.records.contains_key(&id) || !new_ids.insert(id) {
+                    return Err(refuse(StoreError::AlreadyExists));
+                }
+                if let Some(fp) = &record.fingerprint {
+                    let key = fingerprint_key(&record.tenant, fp);
+                    let holder = new_fingerprints
+                        .get(&key)
+                        .or_else(|| self.fingerprints.get(&key))
+                        .copied();
+                    if let Some(holder) = holder
+                        && !self.tombstones.contains_key(&holder)
+                        && !new_tombstones.contains(&holder)
+                    {
+                        return Err(refuse(StoreError::FingerprintTaken(holder)));
+                    }
+                    new_fingerprints.insert(key, id);
+                }
             }
-            inner.fingerprints.insert(key, record.token_id);
+            for (id, _) in &unit.tombstones {
+                if !self.records.contains_key(id) && !new_ids.contains(id) {
+                    return Err(refuse(StoreError::NotFound));
+                }
+                if self.tombstones.contains_key(id) || !new_tombstones.insert(*id) {
+                    return Err(refuse(StoreError::AlreadyExists));
+                }
+            }
         }
-        inner.records.insert(record.token_id, record);
+        if !batch.audit.events.is_empty()
+            && usize::try_from(batch.audit.from).ok() != Some(self.audit.len())
+        {
+            return Err(CommitError::Batch(StoreError::AlreadyExists));
+        }
         Ok(())
     }
 
+    fn apply(&mut self, batch: &WriteBatch) {
+        for unit in &batch.units {
+            for record in &unit.records {
+                if let Some(fp) = &record.fingerprint {
+                    self.fingerprints
+                        .insert(fingerprint_key(&record.tenant, fp), record.token_id);
+                }
+                self.records.insert(record.token_id, record.clone());
+            }
+            for (id, tombstone) in &unit.tombstones {
+                self.tombstones.insert(*id, *tombstone);
+            }
+        }
+        self.audit.extend(batch.audit.events.iter().cloned());
+        if let Some(head) = &batch.audit.head {
+            self.audit_head = Some(head.clone());
+        }
+    }
+}
+
+#[async_trait]
+impl RecordStore for MemoryStore {
     async fn get(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
         Ok(self.lock()?.stored(id))
     }
@@ -100,18 +151,51 @@ impl Store for MemoryStore {
         Ok(inner.fingerprints.get(&key).and_then(|id| inner.stored(id)))
     }
 
-    async fn append_tombstone(&self, id: &TokenId, tombstone: Tombstone) -> Result<(), StoreError> {
-        let mut inner = self.lock()?;
-        if !inner.records.contains_key(id) {
-            return Err(StoreError::NotFound);
-        }
-        if inner.tombstones.contains_key(id) {
-            return Err(StoreError::AlreadyExists);
-        }
-        inner.tombstones.insert(*id, tombstone);
-        Ok(())
+    async fn scan_tenant(
+        &self,
+        tenant: &TenantId,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let inner = self.lock()?;
+        let mut ids: Vec<TokenId> = inner
+            .records
+            .values()
+            .filter(|r| r.tenant == *tenant && after.is_none_or(|a| r.token_id > a))
+            .map(|r| r.token_id)
+            .collect();
+        ids.sort();
+        Ok(ids
+            .iter()
+            .take(limit)
+            .filter_map(|id| inner.stored(id))
+            .collect())
     }
 
+    async fn append_sealed_versions(
+        &self,
+        items: Vec<SealedVersion>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut inner = self.lock()?;
+        Ok(items
+            .into_iter()
+            .map(|item| {
+                if !inner.records.contains_key(&item.id) {
+                    return Err(StoreError::NotFound);
+                }
+                let versions = inner.sealed_versions.entry(item.id).or_default();
+                if usize::try_from(item.version).ok() != Some(versions.len() + 1) {
+                    return Err(StoreError::AlreadyExists);
+                }
+                versions.push(item.sealed_pan);
+                Ok(())
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
     async fn put_wrapped_key(&self, key: WrappedKeyRecord) -> Result<(), StoreError> {
         let mut inner = self.lock()?;
         let k = WrappedKeyRecord::store_key(&key.context);
@@ -139,51 +223,6 @@ impl Store for MemoryStore {
             .take_while(|(k, _)| k.starts_with(&prefix))
             .map(|(_, v)| v.clone())
             .collect())
-    }
-
-    async fn append_sealed_versions(
-        &self,
-        items: Vec<SealedVersion>,
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let mut inner = self.lock()?;
-        Ok(items
-            .into_iter()
-            .map(|item| {
-                if !inner.records.contains_key(&item.id) {
-                    return Err(StoreError::NotFound);
-                }
-                let versions = inner.sealed_versions.entry(item.id).or_default();
-                if usize::try_from(item.version).ok() != Some(versions.len() + 1) {
-                    return Err(StoreError::AlreadyExists);
-                }
-                versions.push(item.sealed_pan);
-                Ok(())
-            })
-            .collect())
-    }
-
-    async fn put_checkpoint(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
-        self.lock()?.checkpoints.insert(name.to_owned(), value);
-        Ok(())
-    }
-
-    async fn checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.lock()?.checkpoints.get(name).cloned())
-    }
-
-    async fn checkpoints(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .lock()?
-            .checkpoints
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
-            .collect())
-    }
-
-    async fn delete_checkpoint(&self, name: &str) -> Result<(), StoreError> {
-        self.lock()?.checkpoints.remove(name);
-        Ok(())
     }
 
     async fn all_wrapped_keys(&self) -> Result<Vec<WrappedKeyRecord>, StoreError> {
@@ -229,45 +268,10 @@ impl Store for MemoryStore {
             .map(|_| ())
             .ok_or(StoreError::NotFound)
     }
+}
 
-    async fn scan_tenant(
-        &self,
-        tenant: &TenantId,
-        after: Option<TokenId>,
-        limit: usize,
-    ) -> Result<Vec<StoredRecord>, StoreError> {
-        let inner = self.lock()?;
-        let mut ids: Vec<TokenId> = inner
-            .records
-            .values()
-            .filter(|r| r.tenant == *tenant && after.is_none_or(|a| r.token_id > a))
-            .map(|r| r.token_id)
-            .collect();
-        ids.sort();
-        Ok(ids
-            .iter()
-            .take(limit)
-            .filter_map(|id| inner.stored(id))
-            .collect())
-    }
-
-    async fn append_audit(
-        &self,
-        seq: u64,
-        record: Vec<u8>,
-        head: Option<Vec<u8>>,
-    ) -> Result<(), StoreError> {
-        let mut inner = self.lock()?;
-        if usize::try_from(seq).ok() != Some(inner.audit.len()) {
-            return Err(StoreError::AlreadyExists);
-        }
-        inner.audit.push(record);
-        if let Some(head) = head {
-            inner.audit_head = Some(head);
-        }
-        Ok(())
-    }
-
+#[async_trait]
+impl AuditStore for MemoryStore {
     async fn audit_records(
         &self,
         from: u64,
@@ -298,9 +302,42 @@ impl Store for MemoryStore {
     async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock()?.audit_head.clone())
     }
+}
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.lock().map(|_| ())
+#[async_trait]
+impl JobStore for MemoryStore {
+    async fn put_checkpoint(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.lock()?.checkpoints.insert(name.to_owned(), value);
+        Ok(())
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock()?.checkpoints.get(name).cloned())
+    }
+
+    async fn checkpoints(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .lock()?
+            .checkpoints
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    async fn delete_checkpoint(&self, name: &str) -> Result<(), StoreError> {
+        self.lock()?.checkpoints.remove(name);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryStore {
+    async fn commit(&self, batch: Arc<WriteBatch>) -> Result<(), CommitError> {
+        let mut inner = self.lock()?;
+        inner.check(&batch)?;
+        inner.apply(&batch);
+        Ok(())
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
@@ -308,5 +345,9 @@ impl Store for MemoryStore {
         // that callers ask.
         self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.lock().map(|_| ())
     }
 }

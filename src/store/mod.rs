@@ -1,41 +1,51 @@
-//! The append-only store of sealed records, tombstones and wrapped keys.
+//! The append-only store of sealed records, tombstones, wrapped keys, audit
+//! events and job checkpoints.
 //!
-//! This module names no vendor type. Backends:
+//! Capabilities are split the way tikv splits `KvEngine` into small traits,
+//! one file each, so a use case names only what it needs and a new backend
+//! (PostgreSQL) implements them one at a time:
+//! - [`RecordStore`] ([`records`]): sealed records, tombstones, seal versions.
+//! - [`KeyStore`] ([`keys`]): wrapped keys per context.
+//! - [`AuditStore`] ([`audit`]): the chained audit events and the signed head.
+//! - [`JobStore`] ([`jobs`]): checkpoints of background jobs.
+//! - [`Engine`] ([`batch`]): one atomic, durable commit of a [`WriteBatch`]
+//!   (records, tombstones and audit events of many writers), the write
+//!   pipeline's seam; a durability barrier; a liveness probe.
+//!
+//! [`Store`] is their sum. This module names no vendor type and no KMS type:
+//! it sees sealed bytes, ids, fingerprints and public facts only, never a PAN
+//! and never an unwrapped key. Backends:
 //! - [`sled::SledStore`]: embedded, one node, the default.
 //! - [`memory::MemoryStore`]: in process, for unit tests only.
 //!
-//! Business rules (TTL, single use, tenancy) live in `vault.rs`; the store
+//! Business rules (TTL, single use, tenancy) live in `vault`; the store
 //! only guarantees the storage primitives below.
 
+pub mod audit;
+pub mod batch;
+pub mod jobs;
+pub mod keys;
 pub mod memory;
 pub mod record;
+pub mod records;
 pub mod sled;
 
 use std::fmt;
 
-use async_trait::async_trait;
-
+pub use audit::AuditStore;
+pub use batch::{AuditAppend, CommitError, Engine, WriteBatch, WriteUnit};
+pub use jobs::JobStore;
+pub use keys::KeyStore;
 pub use record::{
     PublicFacts, SealedRecord, StoredRecord, Tombstone, TombstoneReason, WrappedKeyRecord,
 };
+pub use records::{RecordStore, SealedVersion};
 
 use crate::codec::DecodeError;
-use crate::domain::{Fingerprint, TenantId, TokenId};
-use crate::kms::KeyContext;
-
-/// A re-sealed PAN for an existing record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SealedVersion {
-    /// The record.
-    pub id: TokenId,
-    /// The new seal version: current + 1.
-    pub version: u32,
-    /// The re-sealed bytes.
-    pub sealed_pan: Vec<u8>,
-}
+use crate::domain::TokenId;
 
 /// A store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The id (or key version, or tombstone) is already present; nothing
@@ -49,11 +59,12 @@ pub enum StoreError {
     /// A tombstone was appended for a record that does not exist.
     #[error("no such record")]
     NotFound,
-    /// Stored bytes did not decode.
+    /// Stored bytes did not decode. Never retryable: a retry reads the same
+    /// bytes.
     #[error("stored data is corrupt: {0}")]
     Corrupt(#[from] DecodeError),
     /// An index or the backend itself reports damage. Like `Corrupt`, never
-    /// retryable: a retry reads the same bytes.
+    /// retryable.
     #[error("stored data is corrupt: {0}")]
     Damaged(&'static str),
     /// The backend is unreachable or failed in a way a retry may fix.
@@ -68,130 +79,20 @@ impl StoreError {
     }
 }
 
-/// Append-only storage.
+/// Every capability together: what a backend is. Implemented for every
+/// type that implements the parts; held as `Arc<dyn Store>`, picked once
+/// at start-up.
 ///
-/// Contract, checked by `tests/store_conformance/suite.rs` for every backend:
-/// - Every method that returns `Ok` after a write has made it durable: it
-///   survives a crash or `kill -9` of the process.
-/// - [`Store::append`] never overwrites: an existing token id is
-///   [`StoreError::AlreadyExists`]; a fingerprint held by a live (untombstoned)
-///   record of the same tenant is [`StoreError::FingerprintTaken`]. The check
-///   and the write are atomic; a failed append writes nothing.
-/// - [`Store::append_tombstone`] succeeds at most once per record, atomically:
-///   of N concurrent calls exactly one returns `Ok`.
-/// - Fingerprints are scoped to their tenant.
-#[async_trait]
-pub trait Store: Send + Sync + fmt::Debug + 'static {
-    /// Appends a new record.
-    async fn append(&self, record: SealedRecord) -> Result<(), StoreError>;
+/// The shared contract, checked by `tests/store_conformance/` for every
+/// backend: every method that returns `Ok` after a write has made it
+/// durable (it survives a crash or `kill -9`); corrupt stored bytes are
+/// [`StoreError::Corrupt`] or [`StoreError::Damaged`], never retryable.
+pub trait Store:
+    RecordStore + KeyStore + AuditStore + JobStore + Engine + Send + Sync + fmt::Debug + 'static
+{
+}
 
-    /// Reads a record and its tombstone.
-    async fn get(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError>;
-
-    /// The record currently indexed under a tenant's fingerprint, if any
-    /// (possibly tombstoned since).
-    async fn find_by_fingerprint(
-        &self,
-        tenant: &TenantId,
-        fingerprint: &Fingerprint,
-    ) -> Result<Option<StoredRecord>, StoreError>;
-
-    /// Marks a record dead; [`StoreError::AlreadyExists`] if it already is.
-    async fn append_tombstone(&self, id: &TokenId, tombstone: Tombstone) -> Result<(), StoreError>;
-
-    /// Stores a wrapped key; [`StoreError::AlreadyExists`] if that context has one.
-    async fn put_wrapped_key(&self, key: WrappedKeyRecord) -> Result<(), StoreError>;
-
-    /// Reads the wrapped key of one context.
-    async fn wrapped_key(&self, ctx: &KeyContext) -> Result<Option<WrappedKeyRecord>, StoreError>;
-
-    /// Every wrapped key of a tenant, ordered by purpose then version.
-    async fn wrapped_keys(&self, tenant: &TenantId) -> Result<Vec<WrappedKeyRecord>, StoreError>;
-
-    /// Appends re-sealed PAN bytes for many records, each as seal version
-    /// `version`, which must be that record's current seal version + 1;
-    /// otherwise (a concurrent re-encryption won) that item is
-    /// `AlreadyExists`, and `NotFound` when its record does not exist.
-    /// Earlier versions stay until an explicit compaction. One durable flush
-    /// covers the whole batch; per-item outcomes come back in order.
-    async fn append_sealed_versions(
-        &self,
-        items: Vec<SealedVersion>,
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
-
-    /// Writes a job checkpoint (the one overwritable table: progress of
-    /// background jobs, never card data).
-    async fn put_checkpoint(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError>;
-
-    /// Reads a job checkpoint.
-    async fn checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
-
-    /// Names of the checkpoints starting with `prefix`.
-    async fn checkpoints(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
-
-    /// Removes a job checkpoint (the job finished).
-    async fn delete_checkpoint(&self, name: &str) -> Result<(), StoreError>;
-
-    /// Every wrapped key of every tenant (master key rotation rewraps them).
-    async fn all_wrapped_keys(&self) -> Result<Vec<WrappedKeyRecord>, StoreError>;
-
-    /// Replaces a wrapped key with the same key rewrapped, if it is still
-    /// exactly `expected`; otherwise `AlreadyExists` and nothing changes.
-    /// The key table is not card data: a rewrap replaces the old wrap so no
-    /// copy under a retired master key lingers.
-    async fn replace_wrapped_key(
-        &self,
-        expected: &WrappedKeyRecord,
-        new: WrappedKeyRecord,
-    ) -> Result<(), StoreError>;
-
-    /// Destroys every wrapped key of a tenant and returns how many there
-    /// were. The one deletion the store performs: crypto-shredding needs the
-    /// keys gone, not tombstoned (PCI DSS 3.7.5, DESIGN.md §3).
-    async fn destroy_wrapped_keys(&self, tenant: &TenantId) -> Result<usize, StoreError>;
-
-    /// Destroys one wrapped key; `NotFound` if absent.
-    async fn destroy_wrapped_key(&self, ctx: &KeyContext) -> Result<(), StoreError>;
-
-    /// Up to `limit` records of a tenant in token-id order, starting after
-    /// `after`. Pages through a tenant for re-encryption and key statistics.
-    async fn scan_tenant(
-        &self,
-        tenant: &TenantId,
-        after: Option<TokenId>,
-        limit: usize,
-    ) -> Result<Vec<StoredRecord>, StoreError>;
-
-    /// Appends audit record `seq`, which must be the next position (the
-    /// log's length); otherwise `AlreadyExists` and nothing is written.
-    /// With `head`, the signed chain head is replaced in the same atomic
-    /// write. Durable on return.
-    async fn append_audit(
-        &self,
-        seq: u64,
-        record: Vec<u8>,
-        head: Option<Vec<u8>>,
-    ) -> Result<(), StoreError>;
-
-    /// Audit records from position `from`, at most `limit`, in order.
-    async fn audit_records(
-        &self,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
-
-    /// The newest audit record, to continue the chain after a restart.
-    async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
-
-    /// The signed chain head, if one was written.
-    async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError>;
-
-    /// Checks the backend answers.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Returns once everything written to the store so far, by any writer,
-    /// is durable. A reader that found another writer's record may be
-    /// ahead of that writer's flush; it calls this before acting on the
-    /// record as acknowledged (deterministic reuse returns such a token).
-    async fn sync(&self) -> Result<(), StoreError>;
+impl<T> Store for T where
+    T: RecordStore + KeyStore + AuditStore + JobStore + Engine + Send + Sync + fmt::Debug + 'static
+{
 }

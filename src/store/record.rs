@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::domain::key::{KeyContext, KeyId, KeyPurpose, WrappedKey};
 use crate::domain::token::{FINGERPRINT_LEN, TOKEN_ID_LEN};
 use crate::domain::{CardBrand, Fingerprint, MaskedPan, TenantId, TokenId};
-use crate::kms::{KeyContext, KeyId, KeyPurpose, WrappedKey};
 
 const RECORD_V1: u8 = 1;
 const TOMBSTONE_V1: u8 = 1;

@@ -5,25 +5,28 @@
 //! `tenant_records` (tenant ‖ 0 ‖ token id → empty, for paging a tenant),
 //! `sealed_versions` (token id ‖ seal version → re-sealed PAN),
 //! `latest_seal` (token id → newest seal version), `checkpoints` (job name →
-//! progress) and `keys` (tenant ‖ 0 ‖ purpose ‖ version → wrapped key). Multi-tree checks
-//! and writes run in one sled transaction; every acknowledged write is
-//! flushed to disk before the method returns, and sled coalesces concurrent
-//! flushes into one fsync (group commit).
+//! progress), `keys` (tenant ‖ 0 ‖ purpose ‖ version → wrapped key), `audit`
+//! (position → chained event) and `audit_meta` (the signed head).
 //!
-//! sled calls are synchronous but short (in-memory pages, log append); only
-//! the flush waits on disk, on tokio's blocking pool.
+//! A [`WriteBatch`] is one sled transaction over the record and audit trees
+//! followed by one flush, both on tokio's blocking pool: the write
+//! pipeline's committer is the only caller under load, so one fsync
+//! acknowledges every writer of the batch (group commit). Reads are short
+//! in-memory page lookups and run on the caller's task.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use crate::domain::key::KeyContext;
 use crate::domain::{Fingerprint, TenantId, TokenId};
-use crate::kms::KeyContext;
 use crate::store::record::{fingerprint_key, tenant_prefix};
 use crate::store::{
-    SealedRecord, SealedVersion, Store, StoreError, StoredRecord, Tombstone, WrappedKeyRecord,
+    AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord, SealedVersion,
+    StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch, WriteUnit,
 };
 
 /// A sled-backed store.
@@ -97,6 +100,83 @@ impl SledStore {
             .map_err(unavailable)
     }
 
+    /// Checks and writes a batch in one transaction (see [`Engine::commit`]).
+    /// Encoding happens before the transaction, whose closure sled may run
+    /// more than once.
+    fn apply(&self, batch: &WriteBatch) -> Result<(), CommitError> {
+        let units: Vec<PreparedUnit> = batch.units.iter().map(PreparedUnit::new).collect();
+        let audit = &batch.audit;
+        (
+            &self.records,
+            &self.tombstones,
+            &self.fingerprints,
+            &self.tenant_records,
+            &self.audit,
+            &self.audit_meta,
+        )
+            .transaction(
+                |(records, tombstones, fingerprints, tenant_records, events, meta)| {
+                    for (index, unit) in units.iter().enumerate() {
+                        let refuse = |error| {
+                            ConflictableTransactionError::Abort(CommitError::Refused {
+                                unit: index,
+                                error,
+                            })
+                        };
+                        for record in &unit.records {
+                            if records.get(record.id.as_bytes())?.is_some() {
+                                return Err(refuse(StoreError::AlreadyExists));
+                            }
+                            if let Some(key) = &record.fingerprint_key {
+                                if let Some(holder) = fingerprints.get(key)?
+                                    && tombstones.get(&holder)?.is_none()
+                                {
+                                    let holder = TokenId::from_slice(&holder)
+                                        .ok_or(StoreError::Damaged("corrupt fingerprint index"))
+                                        .map_err(batch_abort)?;
+                                    return Err(refuse(StoreError::FingerprintTaken(holder)));
+                                }
+                                fingerprints.insert(key.as_slice(), record.id.as_bytes())?;
+                            }
+                            records.insert(record.id.as_bytes(), record.bytes.as_slice())?;
+                            tenant_records.insert(record.tenant_key.as_slice(), b"".as_slice())?;
+                        }
+                        for (id, tombstone) in &unit.tombstones {
+                            if records.get(id.as_bytes())?.is_none() {
+                                return Err(refuse(StoreError::NotFound));
+                            }
+                            if tombstones.get(id.as_bytes())?.is_some() {
+                                return Err(refuse(StoreError::AlreadyExists));
+                            }
+                            tombstones.insert(id.as_bytes(), tombstone.as_slice())?;
+                        }
+                    }
+                    if !audit.events.is_empty() {
+                        // The next position: nothing at `from`, something
+                        // at `from - 1`.
+                        let previous_present = match audit.from.checked_sub(1) {
+                            Some(prev) => events.get(prev.to_be_bytes())?.is_some(),
+                            None => true,
+                        };
+                        if events.get(audit.from.to_be_bytes())?.is_some() || !previous_present {
+                            return Err(batch_abort(StoreError::AlreadyExists));
+                        }
+                        for (seq, event) in (audit.from..).zip(&audit.events) {
+                            events.insert(&seq.to_be_bytes(), event.as_slice())?;
+                        }
+                    }
+                    if let Some(head) = &audit.head {
+                        meta.insert(AUDIT_HEAD, head.as_slice())?;
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => CommitError::Batch(unavailable(e)),
+            })
+    }
+
     fn stored(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
         let Some(bytes) = self.records.get(id.as_bytes()).map_err(unavailable)? else {
             return Ok(None);
@@ -145,46 +225,56 @@ fn decode_u32(bytes: &[u8]) -> Result<u32, StoreError> {
     Ok(u32::from_be_bytes(array))
 }
 
-#[async_trait]
-impl Store for SledStore {
-    async fn append(&self, record: SealedRecord) -> Result<(), StoreError> {
-        let id = record.token_id;
-        let fp_key = record
-            .fingerprint
-            .as_ref()
-            .map(|fp| fingerprint_key(&record.tenant, fp));
-        let bytes = record.encode();
-        let mut tenant_key = tenant_prefix(&record.tenant);
-        tenant_key.extend_from_slice(id.as_bytes());
-        (
-            &self.records,
-            &self.tombstones,
-            &self.fingerprints,
-            &self.tenant_records,
-        )
-            .transaction(|(records, tombstones, fingerprints, tenant_records)| {
-                if records.get(id.as_bytes())?.is_some() {
-                    return Err(abort(StoreError::AlreadyExists));
-                }
-                if let Some(key) = &fp_key {
-                    if let Some(holder) = fingerprints.get(key)?
-                        && tombstones.get(&holder)?.is_none()
-                    {
-                        let holder = TokenId::from_slice(&holder).ok_or_else(|| {
-                            abort(StoreError::Damaged("corrupt fingerprint index"))
-                        })?;
-                        return Err(abort(StoreError::FingerprintTaken(holder)));
-                    }
-                    fingerprints.insert(key.as_slice(), id.as_bytes())?;
-                }
-                records.insert(id.as_bytes(), bytes.as_slice())?;
-                tenant_records.insert(tenant_key.as_slice(), b"".as_slice())?;
-                Ok(())
-            })
-            .map_err(flatten)?;
-        self.flush().await
-    }
+/// A record's tree keys and bytes, encoded once outside the transaction.
+struct PreparedRecord {
+    id: TokenId,
+    fingerprint_key: Option<Vec<u8>>,
+    tenant_key: Vec<u8>,
+    bytes: Vec<u8>,
+}
 
+struct PreparedUnit {
+    records: Vec<PreparedRecord>,
+    tombstones: Vec<(TokenId, Vec<u8>)>,
+}
+
+impl PreparedUnit {
+    fn new(unit: &WriteUnit) -> Self {
+        let records = unit
+            .records
+            .iter()
+            .map(|record| {
+                let mut tenant_key = tenant_prefix(&record.tenant);
+                tenant_key.extend_from_slice(record.token_id.as_bytes());
+                PreparedRecord {
+                    id: record.token_id,
+                    fingerprint_key: record
+                        .fingerprint
+                        .as_ref()
+                        .map(|fp| fingerprint_key(&record.tenant, fp)),
+                    tenant_key,
+                    bytes: record.encode(),
+                }
+            })
+            .collect();
+        let tombstones = unit
+            .tombstones
+            .iter()
+            .map(|(id, tombstone)| (*id, tombstone.encode()))
+            .collect();
+        Self {
+            records,
+            tombstones,
+        }
+    }
+}
+
+fn batch_abort(e: StoreError) -> ConflictableTransactionError<CommitError> {
+    ConflictableTransactionError::Abort(CommitError::Batch(e))
+}
+
+#[async_trait]
+impl RecordStore for SledStore {
     async fn get(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
         self.stored(id)
     }
@@ -203,58 +293,38 @@ impl Store for SledStore {
         self.stored(&id)
     }
 
-    async fn append_tombstone(&self, id: &TokenId, tombstone: Tombstone) -> Result<(), StoreError> {
-        if self
-            .records
-            .get(id.as_bytes())
-            .map_err(unavailable)?
-            .is_none()
-        {
-            return Err(StoreError::NotFound);
+    async fn scan_tenant(
+        &self,
+        tenant: &TenantId,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let prefix = tenant_prefix(tenant);
+        let start = match after {
+            Some(id) => {
+                let mut k = prefix.clone();
+                k.extend_from_slice(id.as_bytes());
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.tenant_records.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(unavailable)?;
+            let Some(id_bytes) = key.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let id =
+                TokenId::from_slice(id_bytes).ok_or(StoreError::Damaged("corrupt tenant index"))?;
+            if let Some(stored) = self.stored(&id)? {
+                out.push(stored);
+            }
         }
-        // Compare-and-swap from absent: of N racing callers exactly one wins.
-        let swapped = self
-            .tombstones
-            .compare_and_swap(
-                id.as_bytes(),
-                Option::<&[u8]>::None,
-                Some(tombstone.encode()),
-            )
-            .map_err(unavailable)?;
-        if swapped.is_err() {
-            return Err(StoreError::AlreadyExists);
-        }
-        self.flush().await
-    }
-
-    async fn put_wrapped_key(&self, key: WrappedKeyRecord) -> Result<(), StoreError> {
-        let k = WrappedKeyRecord::store_key(&key.context);
-        let swapped = self
-            .keys
-            .compare_and_swap(k, Option::<&[u8]>::None, Some(key.encode()))
-            .map_err(unavailable)?;
-        if swapped.is_err() {
-            return Err(StoreError::AlreadyExists);
-        }
-        self.flush().await
-    }
-
-    async fn wrapped_key(&self, ctx: &KeyContext) -> Result<Option<WrappedKeyRecord>, StoreError> {
-        self.keys
-            .get(WrappedKeyRecord::store_key(ctx))
-            .map_err(unavailable)?
-            .map(|b| WrappedKeyRecord::decode(&b).map_err(StoreError::from))
-            .transpose()
-    }
-
-    async fn wrapped_keys(&self, tenant: &TenantId) -> Result<Vec<WrappedKeyRecord>, StoreError> {
-        self.keys
-            .scan_prefix(tenant_prefix(tenant))
-            .map(|item| {
-                let (_, v) = item.map_err(unavailable)?;
-                WrappedKeyRecord::decode(&v).map_err(StoreError::from)
-            })
-            .collect()
+        Ok(out)
     }
 
     async fn append_sealed_versions(
@@ -289,35 +359,38 @@ impl Store for SledStore {
         self.flush().await?;
         Ok(outcomes)
     }
+}
 
-    async fn put_checkpoint(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
-        self.checkpoints.insert(name, value).map_err(unavailable)?;
+#[async_trait]
+impl KeyStore for SledStore {
+    async fn put_wrapped_key(&self, key: WrappedKeyRecord) -> Result<(), StoreError> {
+        let k = WrappedKeyRecord::store_key(&key.context);
+        let swapped = self
+            .keys
+            .compare_and_swap(k, Option::<&[u8]>::None, Some(key.encode()))
+            .map_err(unavailable)?;
+        if swapped.is_err() {
+            return Err(StoreError::AlreadyExists);
+        }
         self.flush().await
     }
 
-    async fn checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .checkpoints
-            .get(name)
+    async fn wrapped_key(&self, ctx: &KeyContext) -> Result<Option<WrappedKeyRecord>, StoreError> {
+        self.keys
+            .get(WrappedKeyRecord::store_key(ctx))
             .map_err(unavailable)?
-            .map(|v| v.to_vec()))
+            .map(|b| WrappedKeyRecord::decode(&b).map_err(StoreError::from))
+            .transpose()
     }
 
-    async fn checkpoints(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.checkpoints
-            .scan_prefix(prefix)
-            .keys()
-            .map(|k| {
-                let k = k.map_err(unavailable)?;
-                String::from_utf8(k.to_vec())
-                    .map_err(|_| StoreError::Damaged("corrupt checkpoint name"))
+    async fn wrapped_keys(&self, tenant: &TenantId) -> Result<Vec<WrappedKeyRecord>, StoreError> {
+        self.keys
+            .scan_prefix(tenant_prefix(tenant))
+            .map(|item| {
+                let (_, v) = item.map_err(unavailable)?;
+                WrappedKeyRecord::decode(&v).map_err(StoreError::from)
             })
             .collect()
-    }
-
-    async fn delete_checkpoint(&self, name: &str) -> Result<(), StoreError> {
-        self.checkpoints.remove(name).map_err(unavailable)?;
-        self.flush().await
     }
 
     async fn all_wrapped_keys(&self) -> Result<Vec<WrappedKeyRecord>, StoreError> {
@@ -373,67 +446,10 @@ impl Store for SledStore {
         }
         self.flush().await
     }
+}
 
-    async fn scan_tenant(
-        &self,
-        tenant: &TenantId,
-        after: Option<TokenId>,
-        limit: usize,
-    ) -> Result<Vec<StoredRecord>, StoreError> {
-        let prefix = tenant_prefix(tenant);
-        let start = match after {
-            Some(id) => {
-                let mut k = prefix.clone();
-                k.extend_from_slice(id.as_bytes());
-                k.push(0);
-                k
-            }
-            None => prefix.clone(),
-        };
-        let mut out = Vec::new();
-        for item in self.tenant_records.range(start..) {
-            if out.len() >= limit {
-                break;
-            }
-            let (key, _) = item.map_err(unavailable)?;
-            let Some(id_bytes) = key.strip_prefix(prefix.as_slice()) else {
-                break;
-            };
-            let id =
-                TokenId::from_slice(id_bytes).ok_or(StoreError::Damaged("corrupt tenant index"))?;
-            if let Some(stored) = self.stored(&id)? {
-                out.push(stored);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn append_audit(
-        &self,
-        seq: u64,
-        record: Vec<u8>,
-        head: Option<Vec<u8>>,
-    ) -> Result<(), StoreError> {
-        (&self.audit, &self.audit_meta)
-            .transaction(|(audit, meta)| {
-                // The next position: nothing at `seq`, something at `seq - 1`.
-                let previous_present = match seq.checked_sub(1) {
-                    Some(prev) => audit.get(prev.to_be_bytes())?.is_some(),
-                    None => true,
-                };
-                if audit.get(seq.to_be_bytes())?.is_some() || !previous_present {
-                    return Err(abort(StoreError::AlreadyExists));
-                }
-                audit.insert(&seq.to_be_bytes(), record.as_slice())?;
-                if let Some(head) = &head {
-                    meta.insert(AUDIT_HEAD, head.as_slice())?;
-                }
-                Ok(())
-            })
-            .map_err(flatten)?;
-        self.flush().await
-    }
-
+#[async_trait]
+impl AuditStore for SledStore {
     async fn audit_records(
         &self,
         from: u64,
@@ -473,15 +489,64 @@ impl Store for SledStore {
             .map_err(unavailable)?
             .map(|v| v.to_vec()))
     }
+}
+
+#[async_trait]
+impl JobStore for SledStore {
+    async fn put_checkpoint(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.checkpoints.insert(name, value).map_err(unavailable)?;
+        self.flush().await
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .checkpoints
+            .get(name)
+            .map_err(unavailable)?
+            .map(|v| v.to_vec()))
+    }
+
+    async fn checkpoints(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.checkpoints
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| {
+                let k = k.map_err(unavailable)?;
+                String::from_utf8(k.to_vec())
+                    .map_err(|_| StoreError::Damaged("corrupt checkpoint name"))
+            })
+            .collect()
+    }
+
+    async fn delete_checkpoint(&self, name: &str) -> Result<(), StoreError> {
+        self.checkpoints.remove(name).map_err(unavailable)?;
+        self.flush().await
+    }
+}
+
+#[async_trait]
+impl Engine for SledStore {
+    async fn commit(&self, batch: Arc<WriteBatch>) -> Result<(), CommitError> {
+        // The transaction and the flush may block on disk: both run on the
+        // blocking pool, never on an async worker.
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            store.apply(&batch)?;
+            store.db.flush().map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| CommitError::Batch(StoreError::Unavailable(e.to_string())))?
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.flush().await
+    }
 
     async fn ping(&self) -> Result<(), StoreError> {
         // A point read touches the page cache and the tree machinery without
         // scanning; it fails when the database is broken.
         self.keys.get(b"\xffping").map(|_| ()).map_err(unavailable)
-    }
-
-    async fn sync(&self) -> Result<(), StoreError> {
-        self.flush().await
     }
 }
 

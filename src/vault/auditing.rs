@@ -1,34 +1,79 @@
 //! The vault's side of auditing: signing with the audit key while unsealed,
 //! naming tokens by keyed id, reading and verifying the log.
 
-use crate::audit::AuditEvent;
 use crate::audit::chain::ChainedEvent;
 use crate::audit::verify::VerifyReport;
+use crate::audit::{AuditError, AuditEvent};
 use crate::domain::{TenantId, Token};
+use crate::pipeline::{Submission, WriteError};
+use crate::store::{StoreError, WriteUnit};
 use crate::vault::{Vault, VaultError};
 
 impl Vault {
     /// Appends an audit event (durable on return). While unsealed the new
     /// chain head is signed; while sealed the event is chained only, and
     /// the next signed append covers it.
-    pub async fn record_audit(&self, mut event: AuditEvent) -> Result<u64, VaultError> {
-        event.time_ms = self.clock.now_ms();
-        let key = if self.is_sealed() {
-            None
-        } else {
-            Some(self.keys.audit_key().await?)
-        };
-        let copy = (!self.sinks.is_empty()).then(|| event.clone());
-        let position = self.audit.record(event, key.as_deref()).await?;
-        if let Some(event) = &copy {
+    pub async fn record_audit(&self, event: AuditEvent) -> Result<u64, VaultError> {
+        let positions = self
+            .commit_write(WriteUnit::default(), Some(event))
+            .await
+            .map_err(|e| match e {
+                WriteError::Audit(e) => VaultError::Audit(e),
+                WriteError::Refused(e) | WriteError::Store(e) => {
+                    VaultError::Audit(AuditError::Store(e))
+                }
+                other => VaultError::Audit(AuditError::Store(StoreError::Unavailable(
+                    other.to_string(),
+                ))),
+            })?;
+        positions
+            .first()
+            .copied()
+            .ok_or(VaultError::Store(StoreError::Damaged(
+                "event not positioned",
+            )))
+    }
+
+    /// Commits `unit` with `event` (stamped with the vault's clock) in one
+    /// write through the pipeline, then copies the event to the second
+    /// sinks. Returns the event's position.
+    pub(crate) async fn commit_write(
+        &self,
+        unit: WriteUnit,
+        event: Option<AuditEvent>,
+    ) -> Result<Vec<u64>, WriteError> {
+        let mut events = Vec::new();
+        let mut signer = None;
+        if let Some(mut event) = event {
+            event.time_ms = self.clock.now_ms();
+            if !self.is_sealed() {
+                signer = Some(
+                    self.keys
+                        .audit_key()
+                        .await
+                        .map_err(|e| WriteError::Store(StoreError::Unavailable(e.to_string())))?,
+                );
+            }
+            events.push(event);
+        }
+        let copies = (!self.sinks.is_empty()).then(|| events.clone());
+        let positions = self
+            .pipeline
+            .submit(Submission {
+                unit,
+                events,
+                signer,
+            })
+            .await?;
+        for (position, event) in positions.iter().zip(copies.iter().flatten()) {
             for sink in &self.sinks {
-                if let Err(e) = sink.send(position, event) {
+                if let Err(e) = sink.send(*position, event) {
                     tracing::error!(error = %e, alert = "audit_sink_failed", "second audit sink failed; the event is in the primary log");
                     metrics::counter!("tessera_audit_sink_failures_total").increment(1);
                 }
             }
         }
-        Ok(position)
+        Ok(positions)
     }
 
     /// Now, by the vault's clock (milliseconds since the epoch).
@@ -65,7 +110,7 @@ impl Vault {
         self.ensure_unsealed()?;
         event.time_ms = self.clock.now_ms();
         let key = self.keys.audit_key().await?;
-        Ok(self.audit.recover(event, &key).await?)
+        Ok(self.audit.recover(event, key).await?)
     }
 
     /// Verifies the audit chain; the head signature too while unsealed.

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod auditing;
 pub mod reencrypt;
+mod tokenize;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,18 +19,15 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::clock::Clock;
-use crate::domain::{CardBrand, Fingerprint, MaskedPan, Pan, TenantId, Token};
+use crate::domain::{CardBrand, MaskedPan, Pan, TenantId, Token, TokenId};
 use crate::envelope::{self, Binding, EnvelopeError};
 use crate::keyring::{Keyring, KeyringError, TenantKeys};
 use crate::kms::{Kms, KmsError};
-use crate::secret::DataKey;
+use crate::pipeline::{Pipeline, WriteError};
 use crate::store::{
-    PublicFacts, SealedRecord, Store, StoreError, StoredRecord, Tombstone, TombstoneReason,
+    PublicFacts, Store, StoreError, StoredRecord, Tombstone, TombstoneReason, WriteUnit,
 };
-use crate::tokens::random::RandomGenerator;
-use crate::tokens::{
-    FormatError, GenerateError, GeneratorKind, LuhnPolicy, TokenFormat, TokenGenerator,
-};
+use crate::tokens::{GenerateError, GeneratorKind, LuhnPolicy, TokenFormat};
 
 /// Random draws a tokenize makes before it searches a small bucket to the
 /// end. At 32 draws a bucket must be over 97 % full before a draw-only
@@ -43,7 +41,7 @@ pub const EXHAUSTIVE_SEARCH_LIMIT: u64 = 10_000;
 
 /// Times an FF1 tokenize re-searches its generation when a racing writer
 /// takes the one found free.
-const FF1_PLACE_ATTEMPTS: u32 = 4;
+pub(crate) const FF1_PLACE_ATTEMPTS: u32 = 4;
 
 /// Vault-wide policy.
 #[derive(Debug, Clone)]
@@ -153,6 +151,16 @@ impl From<crate::csprng::RngError> for VaultError {
     }
 }
 
+impl From<WriteError> for VaultError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Refused(e) | WriteError::Store(e) => Self::Store(e),
+            WriteError::Audit(e) => Self::Audit(e),
+            WriteError::Stopped => Self::Store(StoreError::Unavailable(e.to_string())),
+        }
+    }
+}
+
 impl From<KeyringError> for VaultError {
     fn from(e: KeyringError) -> Self {
         match e {
@@ -209,12 +217,35 @@ pub struct TokenizeCommand {
 pub struct Tokenized {
     /// The token.
     pub token: Token,
+    /// Its keyed id: how the store and the audit log name it.
+    pub token_id: TokenId,
     /// Masked PAN.
     pub masked_pan: MaskedPan,
     /// Brand.
     pub brand: CardBrand,
     /// An existing live token was returned.
     pub reused: bool,
+}
+
+impl Tokenized {
+    /// The same token again, as returned to a later item of one batch.
+    fn repeated(&self) -> Self {
+        Self {
+            token: self.token.copy(),
+            token_id: self.token_id,
+            masked_pan: self.masked_pan.clone(),
+            brand: self.brand,
+            reused: true,
+        }
+    }
+}
+
+/// A unit that tombstones `stored`.
+fn tombstone_of(stored: &StoredRecord, tombstone: Tombstone) -> WriteUnit {
+    WriteUnit {
+        records: Vec::new(),
+        tombstones: vec![(stored.record.token_id, tombstone)],
+    }
 }
 
 /// Public facts of a live token.
@@ -230,6 +261,8 @@ pub struct Vault {
     policy: VaultPolicy,
     sealed: AtomicBool,
     jobs: reencrypt::RunningJobs,
+    /// Every record, tombstone and audit event is committed through it.
+    pipeline: Arc<Pipeline>,
     audit: crate::audit::AuditLog,
     sinks: Vec<crate::audit::sink::AuditSink>,
 }
@@ -237,7 +270,7 @@ pub struct Vault {
 /// The plaintext sealed in each record: `u8 len ‖ PAN digits ‖ token digits`.
 /// Sealing the token too lets deterministic mode return an existing token
 /// although the store knows tokens only by keyed hash.
-fn encode_payload(pan: &Pan, token: &Token) -> Zeroizing<Vec<u8>> {
+pub(crate) fn encode_payload(pan: &Pan, token: &Token) -> Zeroizing<Vec<u8>> {
     let pan_ascii = pan.expose_ascii();
     let mut out = Zeroizing::new(Vec::with_capacity(1 + pan_ascii.len() + token.len()));
     // A PAN has at most 19 digits.
@@ -261,43 +294,6 @@ fn decode_payload(payload: &[u8]) -> Result<(Pan, Token), VaultError> {
     Ok((pan, token))
 }
 
-/// Everything one tokenize needs to place its token.
-struct Issue<'a> {
-    tenant: &'a TenantId,
-    keys: &'a TenantKeys,
-    pan: &'a Pan,
-    format: TokenFormat,
-    fingerprint: Option<Fingerprint>,
-    facts: PublicFacts,
-    dek_version: u32,
-    dek: &'a DataKey,
-    now: u64,
-}
-
-/// What came of one append attempt.
-enum Placed {
-    /// The token was issued (or a concurrent one with the same options reused).
-    Issued(Tokenized),
-    /// The token value was taken.
-    Taken,
-}
-
-/// The first option in which a live token's facts differ from the facts a
-/// new token would get (DESIGN.md §2: reuse only when the options match).
-/// The TTL is compared as the lifetime it was issued with.
-fn reuse_conflict(existing: &PublicFacts, wanted: &PublicFacts) -> Option<&'static str> {
-    let lifetime = |f: &PublicFacts| f.expires_at_ms.map(|at| at.saturating_sub(f.created_at_ms));
-    if existing.single_use != wanted.single_use {
-        Some("single_use")
-    } else if lifetime(existing) != lifetime(wanted) {
-        Some("ttl")
-    } else if existing.metadata != wanted.metadata {
-        Some("metadata")
-    } else {
-        None
-    }
-}
-
 impl Vault {
     /// A vault over its parts.
     pub fn new(
@@ -307,7 +303,8 @@ impl Vault {
         policy: VaultPolicy,
     ) -> Self {
         let sealed = kms.unseal_progress().is_some_and(|p| p.sealed);
-        let audit = crate::audit::AuditLog::new(Arc::clone(&store));
+        let pipeline = Arc::new(Pipeline::new(Arc::clone(&store)));
+        let audit = crate::audit::AuditLog::new(Arc::clone(&store), Arc::clone(&pipeline));
         Self {
             keys: Keyring::new(Arc::clone(&kms), Arc::clone(&store), Arc::clone(&clock)),
             kms,
@@ -316,6 +313,7 @@ impl Vault {
             policy,
             sealed: AtomicBool::new(sealed),
             jobs: reencrypt::RunningJobs::default(),
+            pipeline,
             audit,
             sinks: Vec::new(),
         }
@@ -350,329 +348,8 @@ impl Vault {
         self.store.ping().await.map_err(VaultError::from)
     }
 
-    /// The format for a PAN of `len` digits. Fields the request sets are
-    /// honoured exactly (or refused with the reason); kept-digit counts it
-    /// leaves unset start from the vault default and give way, leading
-    /// digits first, until the token keeps no more than PCI SSC FAQ 1091
-    /// allows for the length, so the default format serves every valid PAN
-    /// of 12–19 digits.
-    fn resolve_format(&self, req: FormatRequest, len: usize) -> Result<TokenFormat, VaultError> {
-        let d = self.policy.default_format;
-        let generator = req.generator.unwrap_or(d.generator());
-        let luhn = req.luhn.unwrap_or(d.luhn());
-        let default_lead = u32::try_from(d.keep_leading()).unwrap_or(0);
-        let default_trail = u32::try_from(d.keep_trailing()).unwrap_or(0);
-        let build = |lead: u32, trail: u32| {
-            TokenFormat::new(generator, lead, trail, luhn).map_err(|e| match e {
-                FormatError::KeepLeading => VaultError::invalid("format.keep_leading", e),
-                FormatError::KeepTrailing => VaultError::invalid("format.keep_trailing", e),
-            })
-        };
-        let lead = req.keep_leading.unwrap_or(default_lead);
-        let trail = req.keep_trailing.unwrap_or(default_trail);
-        let wanted = build(lead, trail)?;
-        let Err(refusal) = wanted.check_disclosure(len) else {
-            return Ok(wanted);
-        };
-        let (lead_set, trail_set) = (req.keep_leading.is_some(), req.keep_trailing.is_some());
-        let fallbacks = [
-            (!lead_set).then_some((0, trail)),
-            (!trail_set).then_some((lead, 0)),
-            (!lead_set && !trail_set).then_some((0, 0)),
-        ];
-        for (lead, trail) in fallbacks.into_iter().flatten() {
-            let format = build(lead, trail)?;
-            if format.check_disclosure(len).is_ok() {
-                return Ok(format);
-            }
-        }
-        Err(refusal.into())
-    }
-
-    fn check_metadata(&self, metadata: &BTreeMap<String, String>) -> Result<(), VaultError> {
-        if metadata.len() > self.policy.max_metadata_entries {
-            return Err(VaultError::invalid(
-                "metadata",
-                format!("at most {} entries", self.policy.max_metadata_entries),
-            ));
-        }
-        let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
-        if bytes > self.policy.max_metadata_bytes {
-            return Err(VaultError::invalid(
-                "metadata",
-                format!("at most {} bytes", self.policy.max_metadata_bytes),
-            ));
-        }
-        if metadata.iter().any(|(k, v)| {
-            crate::leak::contains_card_number_in_text(k)
-                || crate::leak::contains_card_number_in_text(v)
-        }) {
-            return Err(VaultError::invalid(
-                "metadata",
-                "must not contain card numbers",
-            ));
-        }
-        Ok(())
-    }
-
-    fn expiry(&self, now: u64, ttl: Option<Duration>) -> Result<Option<u64>, VaultError> {
-        match ttl {
-            None => Ok(None),
-            Some(ttl) if ttl.is_zero() => Ok(None),
-            Some(ttl) if ttl > self.policy.max_ttl => Err(VaultError::invalid(
-                "ttl",
-                "longer than the vault's maximum",
-            )),
-            Some(ttl) => {
-                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-                Ok(Some(now.saturating_add(ms.max(1))))
-            }
-        }
-    }
-
     fn is_live(&self, stored: &StoredRecord, now: u64) -> bool {
         stored.tombstone.is_none() && stored.record.facts.expires_at_ms.is_none_or(|at| now < at)
-    }
-
-    /// Tokenizes one PAN for `tenant`.
-    pub async fn tokenize(
-        &self,
-        tenant: &TenantId,
-        cmd: TokenizeCommand,
-    ) -> Result<Tokenized, VaultError> {
-        self.ensure_unsealed()?;
-        let format = self.resolve_format(cmd.format, cmd.pan.len())?;
-        self.check_metadata(&cmd.metadata)?;
-        let now = self.clock.now_ms();
-        let expires_at_ms = self.expiry(now, cmd.ttl)?;
-        let keys = self
-            .keys
-            .tenant_keys(tenant, true)
-            .await?
-            .ok_or(VaultError::MissingKey)?;
-
-        // Distinguishability: a live token of this tenant is never accepted
-        // as a PAN (PCI tokenization guidance).
-        let as_token = self
-            .store
-            .get(&keys.token_id_of_digits(&cmd.pan.expose_ascii()))
-            .await?;
-        if as_token.is_some_and(|s| s.record.tenant == *tenant && self.is_live(&s, now)) {
-            return Err(VaultError::invalid(
-                "pan",
-                "is a token of this vault, not a card number",
-            ));
-        }
-
-        let facts = PublicFacts {
-            masked_pan: cmd.pan.masked(),
-            brand: cmd.pan.brand(),
-            created_at_ms: now,
-            expires_at_ms,
-            single_use: cmd.single_use,
-            metadata: cmd.metadata,
-        };
-        let deterministic = format.generator() == GeneratorKind::Ff1
-            || cmd
-                .deterministic
-                .unwrap_or(self.policy.deterministic_by_default);
-        let fingerprint = deterministic.then(|| keys.fingerprint(&cmd.pan, &format));
-        if let Some(fp) = &fingerprint
-            && let Some(existing) = self.store.find_by_fingerprint(tenant, fp).await?
-            && let Some(reused) = self.reuse(tenant, &existing, &facts, now).await?
-        {
-            return Ok(reused);
-        }
-
-        let (dek_version, dek) = self.keys.current_dek(tenant).await?;
-        let issue = Issue {
-            tenant,
-            keys: &keys,
-            pan: &cmd.pan,
-            format,
-            fingerprint,
-            facts,
-            dek_version,
-            dek: &dek,
-            now,
-        };
-        match format.generator() {
-            GeneratorKind::Random => self.issue_random(&issue).await,
-            GeneratorKind::Ff1 => self.issue_ff1(&issue).await,
-        }
-    }
-
-    /// Issues a random token: uniform draws from the card's bucket, then,
-    /// when they keep colliding and the bucket is small enough, a search of
-    /// the whole bucket from a random place. A full bucket is
-    /// `BucketExhausted` (RESOURCE_EXHAUSTED), never an endless loop.
-    async fn issue_random(&self, issue: &Issue<'_>) -> Result<Tokenized, VaultError> {
-        for _ in 0..RANDOM_DRAWS {
-            let token = RandomGenerator.generate(issue.pan, &issue.format, 0)?;
-            if let Placed::Issued(done) = self.place(issue, token).await? {
-                return Ok(done);
-            }
-        }
-        let capacity = RandomGenerator::capacity(issue.pan, &issue.format);
-        if capacity <= EXHAUSTIVE_SEARCH_LIMIT {
-            let start = crate::csprng::below_u64(capacity)?;
-            for step in 0..capacity {
-                let index = (start + step) % capacity;
-                let token = RandomGenerator::candidate(issue.pan, &issue.format, index)?;
-                if self
-                    .store
-                    .get(&issue.keys.token_id(&token))
-                    .await?
-                    .is_some()
-                {
-                    continue;
-                }
-                if let Placed::Issued(done) = self.place(issue, token).await? {
-                    return Ok(done);
-                }
-            }
-        }
-        Err(GenerateError::BucketExhausted { capacity }.into())
-    }
-
-    /// Issues an FF1 token. Generation 0 first; when its value is taken (an
-    /// earlier token of this card was deleted, consumed or expired, and the
-    /// store never overwrites), the first free generation above the taken
-    /// ones, found in O(log n) reads for n dead tokens.
-    async fn issue_ff1(&self, issue: &Issue<'_>) -> Result<Tokenized, VaultError> {
-        let mut generation = 0;
-        for _ in 0..FF1_PLACE_ATTEMPTS {
-            let token = issue
-                .keys
-                .ff1()
-                .generate(issue.pan, &issue.format, generation)?;
-            if let Placed::Issued(done) = self.place(issue, token).await? {
-                return Ok(done);
-            }
-            generation = self.free_ff1_generation(issue).await?;
-        }
-        Err(VaultError::Contended)
-    }
-
-    /// The generation just above the taken ones: doubles until a free one,
-    /// then bisects between the last taken and the first free. Generations
-    /// are used in order, so taken ones form a prefix and this finds its end.
-    async fn free_ff1_generation(&self, issue: &Issue<'_>) -> Result<u32, VaultError> {
-        let (mut taken, mut free) = (0u32, 1u32);
-        while self.ff1_generation_taken(issue, free).await? {
-            taken = free;
-            free = free.checked_mul(2).ok_or(GenerateError::BucketExhausted {
-                capacity: u64::from(u32::MAX),
-            })?;
-        }
-        while free - taken > 1 {
-            let mid = taken + (free - taken) / 2;
-            if self.ff1_generation_taken(issue, mid).await? {
-                taken = mid;
-            } else {
-                free = mid;
-            }
-        }
-        Ok(free)
-    }
-
-    async fn ff1_generation_taken(
-        &self,
-        issue: &Issue<'_>,
-        generation: u32,
-    ) -> Result<bool, VaultError> {
-        let token = issue
-            .keys
-            .ff1()
-            .generate(issue.pan, &issue.format, generation)?;
-        Ok(self
-            .store
-            .get(&issue.keys.token_id(&token))
-            .await?
-            .is_some())
-    }
-
-    /// Seals `token`'s record and appends it. A taken token value is
-    /// `Taken`; a fingerprint held by a concurrent tokenize of the same card
-    /// returns that token when its options match.
-    async fn place(&self, issue: &Issue<'_>, token: Token) -> Result<Placed, VaultError> {
-        let token_id = issue.keys.token_id(&token);
-        let binding = Binding {
-            tenant: issue.tenant,
-            token_id: &token_id,
-            dek_version: issue.dek_version,
-        };
-        let sealed_pan = envelope::seal(issue.dek, binding, &encode_payload(issue.pan, &token))?;
-        let record = SealedRecord {
-            token_id,
-            tenant: issue.tenant.clone(),
-            fingerprint: issue.fingerprint,
-            facts: issue.facts.clone(),
-            sealed_pan,
-        };
-        match self.store.append(record).await {
-            Ok(()) => Ok(Placed::Issued(Tokenized {
-                token,
-                masked_pan: issue.facts.masked_pan.clone(),
-                brand: issue.facts.brand,
-                reused: false,
-            })),
-            Err(StoreError::AlreadyExists) => Ok(Placed::Taken),
-            Err(StoreError::FingerprintTaken(holder)) => {
-                if let Some(existing) = self.store.get(&holder).await?
-                    && let Some(reused) = self
-                        .reuse(issue.tenant, &existing, &issue.facts, issue.now)
-                        .await?
-                {
-                    return Ok(Placed::Issued(reused));
-                }
-                Ok(Placed::Taken)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Returns an existing live deterministic token when its options match
-    /// `wanted` (the facts a new token would get), refuses with
-    /// `ReuseConflict` when they do not, or tombstones it when it has expired
-    /// (so the fingerprint is free again) and returns `None`.
-    async fn reuse(
-        &self,
-        tenant: &TenantId,
-        existing: &StoredRecord,
-        wanted: &PublicFacts,
-        now: u64,
-    ) -> Result<Option<Tokenized>, VaultError> {
-        if existing.record.tenant != *tenant || existing.tombstone.is_some() {
-            return Ok(None);
-        }
-        if !self.is_live(existing, now) {
-            let tombstone = Tombstone {
-                reason: TombstoneReason::Expired,
-                at_ms: now,
-            };
-            match self
-                .store
-                .append_tombstone(&existing.record.token_id, tombstone)
-                .await
-            {
-                Ok(()) | Err(StoreError::AlreadyExists) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if let Some(option) = reuse_conflict(&existing.record.facts, wanted) {
-            return Err(VaultError::ReuseConflict { option });
-        }
-        let (_, token) = self.open(tenant, existing).await?;
-        // The record may be another writer's, found before its flush:
-        // never hand out a token that a crash could still take back.
-        self.store.sync().await?;
-        Ok(Some(Tokenized {
-            token,
-            masked_pan: existing.record.facts.masked_pan.clone(),
-            brand: existing.record.facts.brand,
-            reused: true,
-        }))
     }
 
     async fn open(
@@ -755,12 +432,13 @@ impl Vault {
                 at_ms: self.clock.now_ms(),
             };
             match self
-                .store
-                .append_tombstone(&stored.record.token_id, tombstone)
+                .commit_write(tombstone_of(&stored, tombstone), None)
                 .await
             {
-                Ok(()) => {}
-                Err(StoreError::AlreadyExists) => return Err(VaultError::NotFound),
+                Ok(_) => {}
+                Err(WriteError::Refused(StoreError::AlreadyExists)) => {
+                    return Err(VaultError::NotFound);
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -785,12 +463,11 @@ impl Vault {
             at_ms: self.clock.now_ms(),
         };
         match self
-            .store
-            .append_tombstone(&stored.record.token_id, tombstone)
+            .commit_write(tombstone_of(&stored, tombstone), None)
             .await
         {
-            Ok(()) => Ok(()),
-            Err(StoreError::AlreadyExists) => Err(VaultError::NotFound),
+            Ok(_) => Ok(()),
+            Err(WriteError::Refused(StoreError::AlreadyExists)) => Err(VaultError::NotFound),
             Err(e) => Err(e.into()),
         }
     }

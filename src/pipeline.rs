@@ -1,0 +1,385 @@
+//! The write pipeline: group commit of records, tombstones and audit events.
+//!
+//! Every state change of the data plane (a new record, a tombstone, an
+//! audit event) is a [`Submission`] handed to one committer task per store.
+//! The committer takes everything that queued while its previous commit
+//! ran, chains the audit events in queue order, and writes it all as one
+//! [`WriteBatch`] (on sled one transaction and one flush); only then does it
+//! answer each submitter. So:
+//! - nothing is acknowledged before it is durable, and a failed commit
+//!   fails every submitter of that batch (never retried silently: the
+//!   caller sees UNAVAILABLE and decides);
+//! - a call's record and its audit event are one submission, hence one
+//!   atomic write: fail-closed audit costs no second flush;
+//! - a submission is all or nothing: when the store refuses it (a token id
+//!   or live fingerprint taken, a token already tombstoned by a writer in
+//!   the same batch or before), that submitter alone gets
+//!   [`WriteError::Refused`] and the rest of the batch commits without it;
+//! - the audit chain has one writer, so positions never fork, and a commit
+//!   that fails leaves the chain to be re-read from the store.
+//!
+//! Under load one flush acknowledges every call in flight: throughput
+//! follows the concurrency instead of the disk's flush latency.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::audit::chain::{ChainHash, ChainedEvent, SignedHead};
+use crate::audit::verify::{self, VerifyReport};
+use crate::audit::{self, AuditError, AuditEvent, RECOVERY_ACTION};
+use crate::secret::DataKey;
+use crate::store::{AuditAppend, CommitError, Store, StoreError, WriteBatch, WriteUnit};
+
+/// Most records and events one commit takes; a larger queue waits for the
+/// next commit. Bounds a transaction's size and one batch's latency.
+pub const MAX_BATCH_WRITES: usize = 16_384;
+
+/// One caller's writes, committed together or not at all.
+#[derive(Debug, Default)]
+pub struct Submission {
+    /// Records and tombstones.
+    pub unit: WriteUnit,
+    /// Audit events, chained in this order after the events of earlier
+    /// submissions.
+    pub events: Vec<AuditEvent>,
+    /// Signs the chain head after these events (the audit key, present
+    /// while the vault is unsealed). Events without one are chained and
+    /// covered by the next signed head.
+    pub signer: Option<Arc<DataKey>>,
+}
+
+impl Submission {
+    fn writes(&self) -> usize {
+        self.unit.records.len() + self.unit.tombstones.len() + self.events.len()
+    }
+}
+
+/// A submission was not written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The store refused this submission (`AlreadyExists`,
+    /// `FingerprintTaken`, `NotFound`); nothing of it was written.
+    #[error("refused: {0}")]
+    Refused(StoreError),
+    /// The commit of its batch failed; nothing of the batch was written.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The audit log refuses appends (found tampered or corrupt); nothing
+    /// of this submission was written.
+    #[error(transparent)]
+    Audit(AuditError),
+    /// The committer is gone (the process is shutting down).
+    #[error("the write pipeline has stopped")]
+    Stopped,
+}
+
+/// Where a submitter waits for the positions of its events.
+type Reply = oneshot::Sender<Result<Vec<u64>, WriteError>>;
+
+enum Job {
+    Write {
+        submission: Submission,
+        reply: Reply,
+    },
+    Recover {
+        event: AuditEvent,
+        key: Arc<DataKey>,
+        reply: oneshot::Sender<Result<(u64, VerifyReport), AuditError>>,
+    },
+}
+
+/// The handle writers submit through. The committer task starts with the
+/// first submission (on the caller's runtime) and ends when the handle is
+/// dropped.
+#[derive(Debug)]
+pub struct Pipeline {
+    jobs: mpsc::UnboundedSender<Job>,
+    idle: Mutex<Option<Committer>>,
+}
+
+impl Pipeline {
+    /// A pipeline writing to `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        Self {
+            jobs,
+            idle: Mutex::new(Some(Committer {
+                store,
+                queue,
+                tip: None,
+                deferred: None,
+            })),
+        }
+    }
+
+    fn send(&self, job: Job) -> Result<(), WriteError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(committer) = idle {
+            tokio::spawn(committer.run());
+        }
+        self.jobs.send(job).map_err(|_| WriteError::Stopped)
+    }
+
+    /// Commits `submission` with whatever else is queued; returns the
+    /// positions of its audit events once durable.
+    pub async fn submit(&self, submission: Submission) -> Result<Vec<u64>, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Write { submission, reply })?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// The audited way out of a log found tampered; see
+    /// [`crate::audit::AuditLog::recover`]. Runs in the committer, between
+    /// batches, so no append races it.
+    pub async fn recover(
+        &self,
+        event: AuditEvent,
+        key: Arc<DataKey>,
+    ) -> Result<(u64, VerifyReport), AuditError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped =
+            || AuditError::Store(StoreError::Unavailable("write pipeline stopped".into()));
+        self.send(Job::Recover { event, key, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Where the chain ends: the next position and the hash it links to.
+#[derive(Debug, Clone, Copy)]
+struct Tip {
+    next_seq: u64,
+    hash: ChainHash,
+}
+
+/// A submission in the batch being built, with its answer channel.
+struct Pending {
+    events: Vec<AuditEvent>,
+    signer: Option<Arc<DataKey>>,
+    reply: Reply,
+}
+
+#[derive(Debug)]
+struct Committer {
+    store: Arc<dyn Store>,
+    queue: mpsc::UnboundedReceiver<Job>,
+    /// The chain's end when known; `None` after a failed commit or before
+    /// the first event, so it is read (and the head checked) again.
+    tip: Option<Tip>,
+    /// A job taken from the queue that belongs to the next round.
+    deferred: Option<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Write { .. } => "Job::Write",
+            Self::Recover { .. } => "Job::Recover",
+        })
+    }
+}
+
+impl Committer {
+    async fn run(mut self) {
+        loop {
+            let first = match self.deferred.take() {
+                Some(job) => job,
+                None => match self.queue.recv().await {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            match first {
+                Job::Recover { event, key, reply } => {
+                    let _ = reply.send(self.recover(event, &key).await);
+                }
+                Job::Write { submission, reply } => {
+                    let batch = self.gather(submission, reply);
+                    self.commit(batch).await;
+                }
+            }
+        }
+    }
+
+    /// The first submission plus everything queued behind it, up to
+    /// [`MAX_BATCH_WRITES`] or a recovery.
+    fn gather(&mut self, first: Submission, reply: Reply) -> Vec<(Submission, Reply)> {
+        let mut writes = first.writes();
+        let mut batch = vec![(first, reply)];
+        while writes < MAX_BATCH_WRITES {
+            match self.queue.try_recv() {
+                Ok(Job::Write { submission, reply }) => {
+                    writes += submission.writes();
+                    batch.push((submission, reply));
+                }
+                Ok(recover) => {
+                    self.deferred = Some(recover);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    /// The chain's end, read from the store (and the head checked) when
+    /// not known.
+    async fn tip(&mut self) -> Result<Tip, AuditError> {
+        if let Some(tip) = self.tip {
+            return Ok(tip);
+        }
+        let (next_seq, hash) = audit::chain_end(self.store.as_ref()).await?;
+        audit::check_head(self.store.as_ref(), next_seq).await?;
+        let tip = Tip { next_seq, hash };
+        self.tip = Some(tip);
+        Ok(tip)
+    }
+
+    async fn commit(&mut self, submissions: Vec<(Submission, Reply)>) {
+        let has_events = submissions.iter().any(|(s, _)| !s.events.is_empty());
+        let tip = if has_events {
+            match self.tip().await {
+                Ok(tip) => Some(tip),
+                Err(e) => {
+                    // Appends are refused; writes without events go on.
+                    let mut rest = Vec::new();
+                    for (submission, reply) in submissions {
+                        if submission.events.is_empty() {
+                            rest.push((submission, reply));
+                        } else {
+                            let _ = reply.send(Err(WriteError::Audit(e.clone())));
+                        }
+                    }
+                    return Box::pin(self.commit(rest)).await;
+                }
+            }
+        } else {
+            None
+        };
+        let mut units = Vec::with_capacity(submissions.len());
+        let mut pending = Vec::with_capacity(submissions.len());
+        for (submission, reply) in submissions {
+            units.push(submission.unit);
+            pending.push(Pending {
+                events: submission.events,
+                signer: submission.signer,
+                reply,
+            });
+        }
+        loop {
+            if pending.is_empty() {
+                return;
+            }
+            let (audit, positions, end) = chain(tip, &pending);
+            let batch = Arc::new(WriteBatch { units, audit });
+            let outcome = self.store.commit(Arc::clone(&batch)).await;
+            match outcome {
+                Ok(()) => {
+                    if let Some(end) = end {
+                        self.tip = Some(end);
+                    }
+                    for (p, positions) in pending.into_iter().zip(positions) {
+                        let _ = p.reply.send(Ok(positions));
+                    }
+                    return;
+                }
+                Err(CommitError::Refused { unit, error }) if unit < pending.len() => {
+                    let refused = pending.remove(unit);
+                    let _ = refused.reply.send(Err(WriteError::Refused(error)));
+                    // The commit returned, so the store holds no copy.
+                    let Ok(batch) = Arc::try_unwrap(batch) else {
+                        return fail_all(pending, &StoreError::Damaged("batch still shared"));
+                    };
+                    units = batch.units;
+                    units.remove(unit);
+                }
+                Err(e) => {
+                    // Another writer moved the chain's end, or the store
+                    // failed: read the end again next time.
+                    self.tip = None;
+                    return fail_all(pending, &e.into_store());
+                }
+            }
+        }
+    }
+
+    /// Appends a recovery event after a log that does not verify, signed,
+    /// so appends resume after it; see [`crate::audit::AuditLog::recover`].
+    async fn recover(
+        &mut self,
+        mut event: AuditEvent,
+        key: &DataKey,
+    ) -> Result<(u64, VerifyReport), AuditError> {
+        let report = verify::verify(self.store.as_ref(), Some(key)).await?;
+        if report.ok() {
+            return Err(AuditError::NothingToRecover);
+        }
+        event.action = RECOVERY_ACTION.to_owned();
+        event.resource = format!(
+            "{} first_bad:{} problem:{}",
+            event.resource,
+            report.first_bad.unwrap_or(report.events),
+            report.problem
+        )
+        .trim_start()
+        .to_owned();
+        let (next_seq, last_hash) = audit::chain_end(self.store.as_ref()).await?;
+        let chained = ChainedEvent::new(next_seq, last_hash, event);
+        let head = SignedHead::sign(key, chained.seq, chained.hash).encode();
+        self.store
+            .append_audit(chained.seq, chained.encode(), Some(head))
+            .await?;
+        self.tip = Some(Tip {
+            next_seq: chained.seq + 1,
+            hash: chained.hash,
+        });
+        Ok((chained.seq, report))
+    }
+}
+
+/// Chains the pending events from `tip` in order: the batch's audit part,
+/// each submission's positions, and the new end (when there are events).
+fn chain(tip: Option<Tip>, pending: &[Pending]) -> (AuditAppend, Vec<Vec<u64>>, Option<Tip>) {
+    let Some(mut tip) = tip else {
+        return (
+            AuditAppend::default(),
+            vec![Vec::new(); pending.len()],
+            None,
+        );
+    };
+    let mut audit = AuditAppend {
+        from: tip.next_seq,
+        events: Vec::new(),
+        head: None,
+    };
+    let mut positions = Vec::with_capacity(pending.len());
+    for p in pending {
+        let mut mine = Vec::with_capacity(p.events.len());
+        for event in &p.events {
+            let chained = ChainedEvent::new(tip.next_seq, tip.hash, event.clone());
+            audit.events.push(chained.encode());
+            mine.push(chained.seq);
+            tip = Tip {
+                next_seq: chained.seq + 1,
+                hash: chained.hash,
+            };
+        }
+        if let (Some(key), Some(&last)) = (&p.signer, mine.last()) {
+            audit.head = Some(SignedHead::sign(key, last, tip.hash).encode());
+        }
+        positions.push(mine);
+    }
+    (audit, positions, Some(tip))
+}
+
+fn fail_all(pending: Vec<Pending>, error: &StoreError) {
+    for p in pending {
+        let _ = p.reply.send(Err(WriteError::Store(error.clone())));
+    }
+}
