@@ -685,24 +685,20 @@ async fn bench_loads_the_server_and_reports_latency() {
     let server =
         Server::start_dev_with_config(std::path::Path::new(config), &env.data(), &env.log());
     let key = server.api_key("processor");
-    for args in [
-        vec!["--rpc", "tokenize"],
+    let plots = tempfile::tempdir().unwrap();
+    for (n, args) in [
+        vec!["--rpc", "tokenize", "--concurrency", "1,4", "--ceiling"],
         vec!["--rpc", "detokenize", "--batch", "10", "--tokens", "20"],
+        vec!["--rpc", "mixed", "--read-percent", "80", "--tokens", "20"],
         vec!["--rpc", "health"],
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
             .arg("bench")
             .args(&args)
-            .args([
-                "--duration",
-                "1",
-                "--warmup",
-                "0",
-                "--concurrency",
-                "4",
-                "--connections",
-                "2",
-            ])
+            .args(["--duration", "1", "--warmup", "0", "--connections", "2"])
             .args(["--json", "--addr", &server.addr])
             .env("TESSERA_API_KEY", &key)
             .output()
@@ -713,14 +709,57 @@ async fn bench_loads_the_server_and_reports_latency() {
             String::from_utf8_lossy(&out.stderr)
         );
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(report["errors"], 0, "{report}");
+        let runs = report["runs"].as_array().unwrap();
+        let levels: Vec<u64> = runs
+            .iter()
+            .map(|r| r["concurrency"].as_u64().unwrap())
+            .collect();
+        let wanted: Vec<u64> = if n == 0 { vec![1, 4] } else { vec![64] };
+        assert_eq!(levels, wanted, "{report}");
+        for run in runs {
+            assert_eq!(run["errors"], 0, "{report}");
+            assert!(run["calls_per_second"].as_f64().unwrap() > 0.0, "{report}");
+            let at = |p: &str| run["latency_us"][p].as_u64().unwrap();
+            assert!(at("p50") > 0, "{report}");
+            assert!(
+                at("p50") <= at("p99") && at("p99") <= at("p99_9"),
+                "{report}"
+            );
+            assert!(at("p99_9") <= at("max"), "{report}");
+            if n == 0 {
+                let ratio = run["ratio_to_ceiling"].as_f64().unwrap();
+                assert!(ratio > 0.0, "{report}");
+                assert!(run["ceiling"]["calls_per_second"].as_f64().unwrap() > 0.0);
+            }
+        }
+        // The plot script draws what the report says.
+        let json = plots.path().join(format!("run{n}.json"));
+        std::fs::write(&json, &out.stdout).unwrap();
+        let svg = plots.path().join(format!("run{n}.svg"));
+        let drawn = std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/bench_plot.py"
+            ))
+            .arg(&svg)
+            .arg(&json)
+            .output()
+            .unwrap();
         assert!(
-            report["calls_per_second"].as_f64().unwrap() > 0.0,
-            "{report}"
+            drawn.status.success(),
+            "{}",
+            String::from_utf8_lossy(&drawn.stderr)
         );
-        let p50 = report["latency_us"]["p50"].as_u64().unwrap();
-        let p99 = report["latency_us"]["p99"].as_u64().unwrap();
-        assert!(p50 > 0 && p50 <= p99, "{report}");
+        let picture = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            picture.starts_with("<svg") && picture.contains("<circle"),
+            "{picture}"
+        );
+        assert_eq!(
+            picture.matches("<circle").count(),
+            runs.len(),
+            "one point per level"
+        );
     }
     // Bad arguments are refused before any load.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -765,6 +804,6 @@ fn many_concurrent_writes_all_complete() {
     std::io::Read::read_to_string(&mut bench.stdout.take().unwrap(), &mut out).unwrap();
     assert!(status.success(), "{out}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report["errors"], 0);
-    assert!(report["calls_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["runs"][0]["errors"], 0);
+    assert!(report["runs"][0]["calls_per_second"].as_f64().unwrap() > 0.0);
 }
