@@ -84,7 +84,21 @@ impl App {
         principals: Vec<PrincipalEntry>,
     ) -> Result<Self, StartError> {
         let store: Arc<dyn Store> = match config.store {
-            StoreBackend::Sled => Arc::new(SledStore::open(&config.data_dir.join("store"))?),
+            StoreBackend::Sled {
+                simulated_flush_delay,
+            } => {
+                let store = SledStore::open(&config.data_dir.join("store"))?;
+                match simulated_flush_delay {
+                    Some(delay) => {
+                        tracing::warn!(
+                            delay_us = delay.as_micros(),
+                            "every store commit waits a simulated slow flush (benchmark aid, --dev only)"
+                        );
+                        Arc::new(store.with_simulated_flush_delay(delay))
+                    }
+                    None => Arc::new(store),
+                }
+            }
         };
         let kms: Arc<dyn Kms> = match &config.kms {
             KmsBackend::Dev { key_file } => {

@@ -197,6 +197,10 @@ pub struct RawKeys {
 pub struct RawStore {
     /// `sled` (default).
     pub backend: Option<String>,
+    /// Dev only: every sled commit waits this many microseconds after its
+    /// flush, to show group commit on a slow disk (cloud volumes flush in
+    /// 1–2 ms) on a machine whose disk is fast. Refused outside `--dev`.
+    pub simulated_flush_delay_us: Option<u64>,
 }
 
 /// `[kms]`.
@@ -274,7 +278,11 @@ pub struct RawPrincipal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
     /// sled in `DATA_DIR/store`.
-    Sled,
+    Sled {
+        /// Dev only: added to every commit's flush (see
+        /// [`RawStore::simulated_flush_delay_us`]).
+        simulated_flush_delay: Option<std::time::Duration>,
+    },
 }
 
 /// KMS backend.
@@ -362,7 +370,21 @@ impl RawConfig {
             .data_dir
             .ok_or_else(|| invalid("data_dir", "required"))?;
         let store = match self.store.backend.as_deref().unwrap_or("sled") {
-            "sled" => StoreBackend::Sled,
+            "sled" => StoreBackend::Sled {
+                simulated_flush_delay: match self.store.simulated_flush_delay_us {
+                    None => None,
+                    Some(_) if profile == Profile::Production => {
+                        return Err(invalid(
+                            "store.simulated_flush_delay_us",
+                            "a benchmark aid that runs only with --dev",
+                        ));
+                    }
+                    Some(us) if us > 100_000 => {
+                        return Err(invalid("store.simulated_flush_delay_us", "at most 100000"));
+                    }
+                    Some(us) => Some(std::time::Duration::from_micros(us)),
+                },
+            },
             other => {
                 return Err(invalid(
                     "store.backend",
@@ -801,8 +823,31 @@ mod tests {
             .check(Profile::Dev)
             .unwrap();
         assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(cfg.store, StoreBackend::Sled);
+        assert_eq!(
+            cfg.store,
+            StoreBackend::Sled {
+                simulated_flush_delay: None
+            }
+        );
         assert_eq!(cfg.policy.default_format, TokenFormat::default());
+    }
+
+    #[test]
+    fn a_simulated_slow_flush_is_a_dev_only_benchmark_aid() {
+        let toml = "data_dir = \"/tmp/x\"\n[store]\nsimulated_flush_delay_us = 1500\n";
+        let dev = load(toml, &[]).unwrap().check(Profile::Dev).unwrap();
+        assert_eq!(
+            dev.store,
+            StoreBackend::Sled {
+                simulated_flush_delay: Some(std::time::Duration::from_micros(1500))
+            }
+        );
+        let err = load(toml, &[])
+            .unwrap()
+            .check(Profile::Production)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.simulated_flush_delay_us"), "{err}");
     }
 
     #[test]

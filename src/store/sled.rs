@@ -43,6 +43,9 @@ pub struct SledStore {
     keys: sled::Tree,
     audit: sled::Tree,
     audit_meta: sled::Tree,
+    /// A benchmark aid: added after every commit's flush, as a slow disk
+    /// would (`store.simulated_flush_delay_us`, dev only).
+    flush_delay: Option<std::time::Duration>,
 }
 
 /// Maps a sled error: corruption sled itself detects (checksums) is
@@ -81,8 +84,18 @@ impl SledStore {
             audit: tree("audit")?,
             audit_meta: tree("audit_meta")?,
             keys: tree("keys")?,
+            flush_delay: None,
             db,
         })
+    }
+
+    /// The same store, with every commit's flush taking `delay` longer:
+    /// group commit on a slow disk, shown on a fast one.
+    pub fn with_simulated_flush_delay(self, delay: std::time::Duration) -> Self {
+        Self {
+            flush_delay: Some(delay),
+            ..self
+        }
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
@@ -533,6 +546,9 @@ impl Engine for SledStore {
         tokio::task::spawn_blocking(move || {
             store.apply(&batch)?;
             store.db.flush().map_err(unavailable)?;
+            if let Some(delay) = store.flush_delay {
+                std::thread::sleep(delay);
+            }
             Ok(())
         })
         .await

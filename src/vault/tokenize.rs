@@ -165,16 +165,13 @@ impl Vault {
                 in_batch.push((results.len() - 1, plan));
                 continue;
             }
-            let token = match plan.format.generator() {
-                GeneratorKind::Random => RandomGenerator.generate(&plan.pan, &plan.format, 0)?,
-                GeneratorKind::Ff1 => plan.keys.ff1().generate(&plan.pan, &plan.format, 0)?,
-            };
-            let token_id = plan.keys.token_id(&token);
-            if !ids.insert(token_id) || self.store.get(&token_id).await?.is_some() {
-                // Its first candidate is taken: placed on its own.
+            let Some(token) = self.batch_candidate(&plan, &ids).await? else {
+                // No free candidate found cheaply (a nearly full bucket):
+                // placed on its own, before the batch's event is written.
                 results.push(self.issue(tenant, &plan, None).await);
                 continue;
-            }
+            };
+            ids.insert(plan.keys.token_id(&token));
             let (record, done) = self.seal_record(tenant, &plan, token)?;
             records.push(record);
             results.push(Ok(done));
@@ -201,6 +198,41 @@ impl Vault {
                 Ok(results)
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A token for `plan` that no stored record and no earlier item of the
+    /// batch (`taken`) holds: random draws, or the first free FF1
+    /// generation. `None` when the draws keep colliding; the item is then
+    /// placed alone (which searches a small bucket to the end).
+    async fn batch_candidate(
+        &self,
+        plan: &Plan,
+        taken: &HashSet<TokenId>,
+    ) -> Result<Option<Token>, VaultError> {
+        let free = |token: Token| async {
+            let id = plan.keys.token_id(&token);
+            let used = taken.contains(&id) || self.store.get(&id).await?.is_some();
+            Ok::<_, VaultError>((!used).then_some(token))
+        };
+        match plan.format.generator() {
+            GeneratorKind::Random => {
+                for _ in 0..RANDOM_DRAWS {
+                    let token = RandomGenerator.generate(&plan.pan, &plan.format, 0)?;
+                    if let Some(token) = free(token).await? {
+                        return Ok(Some(token));
+                    }
+                }
+                Ok(None)
+            }
+            GeneratorKind::Ff1 => {
+                let ff1 = plan.keys.ff1();
+                if let Some(token) = free(ff1.generate(&plan.pan, &plan.format, 0)?).await? {
+                    return Ok(Some(token));
+                }
+                let generation = self.free_ff1_generation(plan).await?;
+                free(ff1.generate(&plan.pan, &plan.format, generation)?).await
+            }
         }
     }
 
