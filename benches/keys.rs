@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tessera::clock::SystemClock;
 use tessera::config::Profile;
-use tessera::domain::{Pan, TenantId};
+use tessera::domain::{Pan, TenantId, Token};
 use tessera::keyring::Keyring;
 use tessera::kms::Kms;
 use tessera::kms::dev::DevKms;
 use tessera::kms::shamir::{ShamirKms, split_new_master_key};
 use tessera::store::memory::MemoryStore;
 use tessera::store::sled::SledStore;
-use tessera::tokens::luhn;
+use tessera::tokens::{TokenFormat, luhn};
 use tessera::vault::{FormatRequest, TokenizeCommand, Vault, VaultPolicy};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -60,6 +60,21 @@ fn dek_cache_hit(c: &mut Criterion) {
         .unwrap_or_else(|_| std::process::abort());
     c.bench_function("keyring/dek_cache_hit", |b| {
         b.iter(|| rt.block_on(keyring.dek(&tenant, 1)))
+    });
+    // The keyed ids every call computes, from the tenant's cached keys.
+    let keys = rt
+        .block_on(keyring.tenant_keys(&tenant, true))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| std::process::abort());
+    let token = Token::parse("4111110000021111").unwrap_or_else(|_| std::process::abort());
+    c.bench_function("keyring/token_id", |b| {
+        b.iter(|| keys.token_id(std::hint::black_box(&token)))
+    });
+    let card = pan(7);
+    let format = TokenFormat::default();
+    c.bench_function("keyring/fingerprint", |b| {
+        b.iter(|| keys.fingerprint(std::hint::black_box(&card), &format))
     });
 }
 

@@ -189,9 +189,27 @@ async fn every_call_is_an_event_with_the_required_fields() {
 /// Rewrites the stored audit tree of a stopped server's data dir.
 fn tamper(data: &Path, f: impl FnOnce(&sled::Tree)) {
     let db = sled::open(data.join("store")).unwrap();
-    let tree = db.open_tree("audit").unwrap();
+    let tree = one_event_per_key(&db);
     f(&tree);
     db.flush().unwrap();
+}
+
+/// Unpacks the audit tree's segments (one per commit) into one event per
+/// key, the layout Tessera still reads, so a forger's edits can address
+/// single positions.
+fn one_event_per_key(db: &sled::Db) -> sled::Tree {
+    let tree = db.open_tree("audit").unwrap();
+    let mut events = Vec::new();
+    for item in tree.iter() {
+        let (key, value) = item.unwrap();
+        let first = u64::from_be_bytes(key.as_ref().try_into().unwrap());
+        events.extend(tessera::store::segment::decode(first, &value).unwrap());
+    }
+    tree.clear().unwrap();
+    for (seq, event) in events {
+        tree.insert(key(seq), event).unwrap();
+    }
+    tree
 }
 
 fn key(n: u64) -> [u8; 8] {
@@ -363,7 +381,7 @@ async fn a_deleted_head_is_tampering_until_an_operator_recovers() {
     {
         let db = sled::open(data.join("store")).unwrap();
         db.open_tree("audit_meta").unwrap().remove(b"head").unwrap();
-        let tree = db.open_tree("audit").unwrap();
+        let tree = one_event_per_key(&db);
         let n = u64::try_from(tree.len()).unwrap();
         let mut prev = ChainedEvent::decode(&tree.get(key(2)).unwrap().unwrap())
             .unwrap()

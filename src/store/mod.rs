@@ -28,6 +28,7 @@ pub mod keys;
 pub mod memory;
 pub mod record;
 pub mod records;
+pub mod segment;
 pub mod sled;
 
 use std::fmt;

@@ -6,7 +6,8 @@
 //! `sealed_versions` (token id ‖ seal version → re-sealed PAN),
 //! `latest_seal` (token id → newest seal version), `checkpoints` (job name →
 //! progress), `keys` (tenant ‖ 0 ‖ purpose ‖ version → wrapped key), `audit`
-//! (position → chained event) and `audit_meta` (the signed head).
+//! (first position → the commit's chained events, a [`segment`]) and
+//! `audit_meta` (the signed head).
 //!
 //! A [`WriteBatch`] is one sled transaction over the record and audit trees
 //! followed by one flush, both on tokio's blocking pool: the write
@@ -24,6 +25,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use crate::domain::key::KeyContext;
 use crate::domain::{Fingerprint, TenantId, TokenId};
 use crate::store::record::{fingerprint_key, tenant_prefix};
+use crate::store::segment;
 use crate::store::{
     AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord, SealedVersion,
     StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch, WriteUnit,
@@ -119,6 +121,12 @@ impl SledStore {
     fn apply(&self, batch: &WriteBatch) -> Result<(), CommitError> {
         let units: Vec<PreparedUnit> = batch.units.iter().map(PreparedUnit::new).collect();
         let audit = &batch.audit;
+        // The committer is the audit tree's only writer (sled locks the
+        // directory to one process), so the end read here stays the end.
+        if !audit.events.is_empty() && self.audit_end().map_err(CommitError::Batch)? != audit.from {
+            return Err(CommitError::Batch(StoreError::AlreadyExists));
+        }
+        let segment = segment::encode(&audit.events);
         (
             &self.records,
             &self.tombstones,
@@ -165,18 +173,7 @@ impl SledStore {
                         }
                     }
                     if !audit.events.is_empty() {
-                        // The next position: nothing at `from`, something
-                        // at `from - 1`.
-                        let previous_present = match audit.from.checked_sub(1) {
-                            Some(prev) => events.get(prev.to_be_bytes())?.is_some(),
-                            None => true,
-                        };
-                        if events.get(audit.from.to_be_bytes())?.is_some() || !previous_present {
-                            return Err(batch_abort(StoreError::AlreadyExists));
-                        }
-                        for (seq, event) in (audit.from..).zip(&audit.events) {
-                            events.insert(&seq.to_be_bytes(), event.as_slice())?;
-                        }
+                        events.insert(&audit.from.to_be_bytes(), segment.as_slice())?;
                     }
                     if let Some(head) = &audit.head {
                         meta.insert(AUDIT_HEAD, head.as_slice())?;
@@ -188,6 +185,19 @@ impl SledStore {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => CommitError::Batch(unavailable(e)),
             })
+    }
+
+    /// The last stored audit event and its position.
+    fn last_event(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let Some((key, value)) = self.audit.last().map_err(unavailable)? else {
+            return Ok(None);
+        };
+        Ok(segment::decode(audit_position(&key)?, &value)?.pop())
+    }
+
+    /// The audit log's next position.
+    fn audit_end(&self) -> Result<u64, StoreError> {
+        Ok(self.last_event()?.map_or(0, |(seq, _)| seq + 1))
     }
 
     fn stored(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
@@ -220,6 +230,14 @@ impl SledStore {
             seal_version,
         }))
     }
+}
+
+/// The position an `audit` key names.
+fn audit_position(key: &[u8]) -> Result<u64, StoreError> {
+    let key: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::Damaged("corrupt audit key"))?;
+    Ok(u64::from_be_bytes(key))
 }
 
 /// Key of the signed chain head in `audit_meta`.
@@ -468,31 +486,34 @@ impl AuditStore for SledStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.audit
-            .range(from.to_be_bytes()..)
-            .take(limit)
-            .map(|item| {
-                let (k, v) = item.map_err(unavailable)?;
-                let key: [u8; 8] = k
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Damaged("corrupt audit key"))?;
-                Ok((u64::from_be_bytes(key), v.to_vec()))
-            })
-            .collect()
+        // The segment holding `from` starts at or before it.
+        let start = match self
+            .audit
+            .range(..=from.to_be_bytes())
+            .next_back()
+            .transpose()
+            .map_err(unavailable)?
+        {
+            Some((key, _)) => key.to_vec(),
+            None => from.to_be_bytes().to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self.audit.range(start..) {
+            let (key, value) = item.map_err(unavailable)?;
+            for (seq, event) in segment::decode(audit_position(&key)?, &value)? {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                if seq >= from {
+                    out.push((seq, event));
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        match self.audit.last().map_err(unavailable)? {
-            Some((k, v)) => {
-                let key: [u8; 8] = k
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Damaged("corrupt audit key"))?;
-                Ok(Some((u64::from_be_bytes(key), v.to_vec())))
-            }
-            None => Ok(None),
-        }
+        self.last_event()
     }
 
     async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
