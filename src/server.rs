@@ -86,8 +86,10 @@ impl App {
         let store: Arc<dyn Store> = match config.store {
             StoreBackend::Sled {
                 simulated_flush_delay,
+                cache_bytes,
             } => {
-                let store = SledStore::open(&config.data_dir.join("store"))?;
+                let store =
+                    SledStore::open_with_cache(&config.data_dir.join("store"), cache_bytes)?;
                 match simulated_flush_delay {
                     Some(delay) => {
                         tracing::warn!(

@@ -334,20 +334,30 @@ async fn measure(
     Ok(Measured::of(all, seconds))
 }
 
-/// Makes `count` tokens to detokenize.
+/// Makes `count` tokens to detokenize, in batches of up to 1,000.
 async fn make_tokens(clients: &Clients, count: usize) -> Result<Vec<String>, String> {
     let (mut client, _) = clients.pick(0);
     let mut tokens = Vec::with_capacity(count);
-    for _ in 0..count.max(1) {
-        let pan = synthetic_pan()?;
-        let response = client
-            .tokenize(v1::TokenizeRequest {
-                pan,
-                ..Default::default()
+    while tokens.len() < count.max(1) {
+        let n = (count.max(1) - tokens.len()).min(1000);
+        let items = (0..n)
+            .map(|_| {
+                synthetic_pan().map(|pan| v1::TokenizeRequest {
+                    pan,
+                    ..Default::default()
+                })
             })
+            .collect::<Result<Vec<_>, _>>()?;
+        let response = client
+            .tokenize_batch(v1::TokenizeBatchRequest { items })
             .await
             .map_err(|s| format!("setup tokenize failed: {s}"))?;
-        tokens.push(response.into_inner().token);
+        for result in response.into_inner().results {
+            match result.result {
+                Some(v1::tokenize_result::Result::Token(t)) => tokens.push(t.token),
+                _ => return Err("setup tokenize refused an item".to_owned()),
+            }
+        }
     }
     Ok(tokens)
 }

@@ -191,6 +191,11 @@ pub struct RawKeys {
     pub reencrypt_records_per_second: Option<u32>,
 }
 
+/// sled's page cache unless `store.cache_mb` says otherwise: enough for the
+/// hot pages of millions of records within the 200 MiB RSS budget
+/// (BENCHMARKS.md, "Store size").
+pub const DEFAULT_SLED_CACHE_MB: u64 = 64;
+
 /// `[store]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +206,9 @@ pub struct RawStore {
     /// flush, to show group commit on a slow disk (cloud volumes flush in
     /// 1–2 ms) on a machine whose disk is fast. Refused outside `--dev`.
     pub simulated_flush_delay_us: Option<u64>,
+    /// sled's page cache in MiB (default 64): the bulk of the server's
+    /// memory; the OS page cache holds the rest of a large store.
+    pub cache_mb: Option<u64>,
 }
 
 /// `[kms]`.
@@ -282,6 +290,8 @@ pub enum StoreBackend {
         /// Dev only: added to every commit's flush (see
         /// [`RawStore::simulated_flush_delay_us`]).
         simulated_flush_delay: Option<std::time::Duration>,
+        /// sled's page cache, bytes.
+        cache_bytes: u64,
     },
 }
 
@@ -383,6 +393,10 @@ impl RawConfig {
                         return Err(invalid("store.simulated_flush_delay_us", "at most 100000"));
                     }
                     Some(us) => Some(std::time::Duration::from_micros(us)),
+                },
+                cache_bytes: match self.store.cache_mb.unwrap_or(DEFAULT_SLED_CACHE_MB) {
+                    mb @ 8..=65_536 => mb * 1024 * 1024,
+                    _ => return Err(invalid("store.cache_mb", "between 8 and 65536")),
                 },
             },
             other => {
@@ -826,7 +840,8 @@ mod tests {
         assert_eq!(
             cfg.store,
             StoreBackend::Sled {
-                simulated_flush_delay: None
+                simulated_flush_delay: None,
+                cache_bytes: 64 * 1024 * 1024,
             }
         );
         assert_eq!(cfg.policy.default_format, TokenFormat::default());
@@ -839,7 +854,8 @@ mod tests {
         assert_eq!(
             dev.store,
             StoreBackend::Sled {
-                simulated_flush_delay: Some(std::time::Duration::from_micros(1500))
+                simulated_flush_delay: Some(std::time::Duration::from_micros(1500)),
+                cache_bytes: 64 * 1024 * 1024,
             }
         );
         let err = load(toml, &[])

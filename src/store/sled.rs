@@ -71,9 +71,19 @@ fn flatten(e: TransactionError<StoreError>) -> StoreError {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` with sled's default cache.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open().map_err(unavailable)?;
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store in `dir`, keeping at most `cache_bytes`
+    /// of pages in memory.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(unavailable)?;
         let tree = |name: &str| db.open_tree(name).map_err(unavailable);
         Ok(Self {
             records: tree("records")?,
@@ -239,6 +249,9 @@ fn audit_position(key: &[u8]) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Damaged("corrupt audit key"))?;
     Ok(u64::from_be_bytes(key))
 }
+
+/// The page cache of [`SledStore::open`]: 64 MiB.
+const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Key of the signed chain head in `audit_meta`.
 const AUDIT_HEAD: &[u8] = b"head";

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every end-to-end figure of BENCHMARKS.md against fresh release-build
+# servers on this machine and writes one `tessera bench --json` report per
+# load into OUT (default bench-results/), plus plot.svg.
+#
+#   cargo build --release && scripts/bench_suite.sh [OUT]
+#
+# Each server is `serve --dev` (sled, dev KMS, audit on, plaintext loopback)
+# with deploy/bench.toml's load-test limits; the slow-disk run uses
+# deploy/bench-slow-disk.toml (every commit's flush made 1.5 ms slower).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-bench-results}
+BIN=target/release/tessera
+SECONDS_PER_LEVEL=${SECONDS_PER_LEVEL:-10}
+mkdir -p "$OUT"
+
+serve() { # CONFIG PORT DATA
+    rm -rf "$3"
+    "$BIN" serve --dev --config "$1" --data-dir "$3" --listen "127.0.0.1:$2" >"$3.log" 2>&1 &
+    SERVER=$!
+    for _ in $(seq 100); do
+        [ -s "$3/dev-credentials.json" ] && "$BIN" bench --rpc health --addr "http://127.0.0.1:$2" \
+            --duration 1 --warmup 0 --concurrency 1 >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    TESSERA_API_KEY=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['processor']['api_key'])" "$3/dev-credentials.json")
+    export TESSERA_API_KEY
+}
+
+bench() { # NAME PORT ARGS...
+    local name=$1 port=$2
+    shift 2
+    echo "== $name: tessera bench $*" >&2
+    "$BIN" bench --addr "http://127.0.0.1:$port" --duration "$SECONDS_PER_LEVEL" --json "$@" >"$OUT/$name.json"
+}
+
+serve deploy/bench.toml 50061 /tmp/tessera-bench
+bench tokenize 50061 --rpc tokenize --concurrency 1,8,64,256 --ceiling
+bench detokenize 50061 --rpc detokenize --concurrency 1,8,64,256 --ceiling
+bench mixed 50061 --rpc mixed --read-percent 80 --concurrency 64 --ceiling
+bench tokenize-batch 50061 --rpc tokenize --batch 1000 --concurrency 4 --ceiling
+bench detokenize-batch 50061 --rpc detokenize --batch 1000 --concurrency 4 --ceiling
+kill "$SERVER"; wait "$SERVER" || true
+
+serve deploy/bench-slow-disk.toml 50062 /tmp/tessera-bench-slow
+bench slow-disk-tokenize 50062 --rpc tokenize --concurrency 64 --ceiling
+bench slow-disk-detokenize 50062 --rpc detokenize --concurrency 64 --ceiling
+kill "$SERVER"; wait "$SERVER" || true
+
+python3 scripts/bench_plot.py "$OUT/plot.svg" "$OUT/tokenize.json" "$OUT/detokenize.json"
+echo "reports and plot.svg in $OUT" >&2
