@@ -14,6 +14,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tessera::audit::AuditEvent;
 use tessera::domain::{CardBrand, MaskedPan, TenantId, TokenId};
 use tessera::pipeline::{Pipeline, Submission};
+use tessera::store::fjall::FjallStore;
 use tessera::store::memory::MemoryStore;
 use tessera::store::sled::SledStore;
 use tessera::store::{PublicFacts, SealedRecord, Store, WriteUnit};
@@ -61,12 +62,17 @@ fn event(n: u64) -> AuditEvent {
     }
 }
 
-/// The backends, each fresh: sled in a temporary directory, memory.
+/// The backends, each fresh: sled and fjall in temporary directories,
+/// memory.
 fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap_or_else(|_| std::process::abort());
     let sled = SledStore::open(&dir.path().join("store")).unwrap_or_else(|_| std::process::abort());
+    let fjall_dir = tempfile::tempdir().unwrap_or_else(|_| std::process::abort());
+    let fjall =
+        FjallStore::open(fjall_dir.path(), 64 << 20).unwrap_or_else(|_| std::process::abort());
     vec![
         ("sled", Arc::new(sled), Some(dir)),
+        ("fjall", Arc::new(fjall), Some(fjall_dir)),
         ("memory", Arc::new(MemoryStore::new()), None),
     ]
 }

@@ -8,12 +8,15 @@
 //!   bucket positions (PCI tokenization guidance: no relation to the PAN),
 //!   from a per-thread deterministic random bit generator that the OS
 //!   seeds: ChaCha20 keyed with 256 bits from [`fill`], rekeyed from the OS
-//!   after every 64 KiB of output, and never seeded by anything else. The
-//!   same construction as the kernel's own CSPRNG (and `rand`'s `StdRng`);
-//!   it is not one of SP 800-90A's DRBGs, which is why keys and nonces do
-//!   not use it. A rekey that fails is an error, never a panic, and never a
-//!   fallback to weaker randomness. It made a random token 5 times cheaper
-//!   (BENCHMARKS.md, `token/random_16_keep_6_4`).
+//!   after every 64 KiB of output, and never seeded by anything else. Each
+//!   draw rekeys the generator from its own output and zeroizes the old
+//!   state (fast key erasure, as the kernel's CSPRNG does), so a copy of the
+//!   process's memory does not give away tokens already drawn; it would
+//!   predict this thread's draws until the next rekey from the OS, which is
+//!   why keys and nonces never come from here. It is not one of SP
+//!   800-90A's DRBGs. A rekey that fails is an error, never a panic, and
+//!   never a fallback to weaker randomness. It made a random token 5 times
+//!   cheaper (BENCHMARKS.md, `token/random_16_keep_6_4`).
 
 use std::cell::RefCell;
 
@@ -65,7 +68,17 @@ fn drbg_fill(buf: &mut [u8]) -> Result<(), RngError> {
         };
         let drbg = slot.insert(drbg);
         drbg.rng.fill_bytes(buf);
-        drbg.produced = drbg.produced.saturating_add(buf.len());
+        // Fast key erasure: the generator rekeys from its own output at
+        // once, and the old state is zeroized as it drops, so a later read
+        // of this thread's memory cannot recompute the bytes just handed
+        // out.
+        let mut next = Zeroizing::new([0u8; 32]);
+        drbg.rng.fill_bytes(next.as_mut());
+        drbg.rng = ChaCha20Rng::from_seed(*next);
+        drbg.produced = drbg
+            .produced
+            .saturating_add(buf.len())
+            .saturating_add(next.len());
         Ok(())
     })
 }
@@ -154,7 +167,7 @@ mod tests {
         assert!(produced().unwrap() >= REKEY_AFTER_BYTES);
         let mut more = [0u8; 16];
         drbg_fill(&mut more).unwrap();
-        assert_eq!(produced(), Some(16), "a fresh keying after the quota");
+        assert_eq!(produced(), Some(16 + 32), "a fresh keying after the quota");
     }
 
     #[test]

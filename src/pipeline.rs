@@ -35,6 +35,10 @@ use crate::store::{AuditAppend, CommitError, Store, StoreError, WriteBatch, Writ
 /// next commit. Bounds a transaction's size and one batch's latency.
 pub const MAX_BATCH_WRITES: usize = 16_384;
 
+/// Most submissions waiting for the committer. Past it, writers are told
+/// UNAVAILABLE at once (overload), instead of queueing without bound.
+pub const MAX_QUEUED: usize = 65_536;
+
 /// One caller's writes, committed together or not at all.
 #[derive(Debug, Default)]
 pub struct Submission {
@@ -73,6 +77,9 @@ pub enum WriteError {
     /// The committer is gone (the process is shutting down).
     #[error("the write pipeline has stopped")]
     Stopped,
+    /// [`MAX_QUEUED`] submissions are waiting already.
+    #[error("the write queue is full")]
+    Overloaded,
 }
 
 /// Where a submitter waits for the positions of its events.
@@ -95,14 +102,14 @@ enum Job {
 /// dropped.
 #[derive(Debug)]
 pub struct Pipeline {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::Sender<Job>,
     idle: Mutex<Option<Committer>>,
 }
 
 impl Pipeline {
     /// A pipeline writing to `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        let (jobs, queue) = mpsc::unbounded_channel();
+        let (jobs, queue) = mpsc::channel(MAX_QUEUED);
         Self {
             jobs,
             idle: Mutex::new(Some(Committer {
@@ -123,7 +130,16 @@ impl Pipeline {
         if let Some(committer) = idle {
             tokio::spawn(committer.run());
         }
-        self.jobs.send(job).map_err(|_| WriteError::Stopped)
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => WriteError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
+        })
+    }
+
+    /// Whether the committer still runs (or has not been needed yet): a
+    /// committer that died makes every write fail, which health reports.
+    pub fn is_running(&self) -> bool {
+        !self.jobs.is_closed()
     }
 
     /// Commits `submission` with whatever else is queued; returns the
@@ -168,7 +184,7 @@ struct Pending {
 #[derive(Debug)]
 struct Committer {
     store: Arc<dyn Store>,
-    queue: mpsc::UnboundedReceiver<Job>,
+    queue: mpsc::Receiver<Job>,
     /// The chain's end when known; `None` after a failed commit or before
     /// the first event, so it is read (and the head checked) again.
     tip: Option<Tip>,
@@ -329,14 +345,23 @@ impl Committer {
         )
         .trim_start()
         .to_owned();
-        let (next_seq, last_hash) = audit::chain_end(self.store.as_ref()).await?;
+        // After the last stored record, even one that no longer decodes
+        // (its hash is then unknown: the recovery links to zeros, and
+        // verification keeps reporting the damage before it).
+        let (next_seq, last_hash) = match self.store.last_audit_record().await? {
+            Some((seq, bytes)) => (
+                seq.saturating_add(1),
+                ChainedEvent::decode(&bytes).map_or([0; 32], |last| last.hash),
+            ),
+            None => (0, [0; 32]),
+        };
         let chained = ChainedEvent::new(next_seq, last_hash, event);
         let head = SignedHead::sign(key, chained.seq, chained.hash).encode();
         self.store
             .append_audit(chained.seq, chained.encode(), Some(head))
             .await?;
         self.tip = Some(Tip {
-            next_seq: chained.seq + 1,
+            next_seq: chained.seq.saturating_add(1),
             hash: chained.hash,
         });
         Ok((chained.seq, report))
@@ -366,7 +391,7 @@ fn chain(tip: Option<Tip>, pending: &[Pending]) -> (AuditAppend, Vec<Vec<u64>>, 
             audit.events.push(chained.encode());
             mine.push(chained.seq);
             tip = Tip {
-                next_seq: chained.seq + 1,
+                next_seq: chained.seq.saturating_add(1),
                 hash: chained.hash,
             };
         }

@@ -28,6 +28,7 @@ use crate::service::audit_log::AuditService;
 use crate::service::key_admin::KeyAdminService;
 use crate::service::principals::PrincipalsService;
 use crate::service::{Authenticator, TokenizerService};
+use crate::store::fjall::FjallStore;
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
 use crate::vault::Vault;
@@ -101,6 +102,10 @@ impl App {
                     None => Arc::new(store),
                 }
             }
+            StoreBackend::Fjall { cache_bytes } => Arc::new(FjallStore::open(
+                &config.data_dir.join("fjall"),
+                cache_bytes,
+            )?),
         };
         let kms: Arc<dyn Kms> = match &config.kms {
             KmsBackend::Dev { key_file } => {

@@ -18,6 +18,7 @@ use tessera::audit::chain::ChainedEvent;
 use tessera::domain::TenantId;
 use tessera::proto::v1;
 use tessera::store::Store;
+use tessera::store::fjall::FjallStore;
 use tessera::store::sled::SledStore;
 
 /// A Luhn-valid 16-digit PAN unique to `n`.
@@ -93,13 +94,37 @@ fn named_tokens(event: &ChainedEvent) -> Vec<String> {
     }
 }
 
+/// The embedded engine under test.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sled,
+    Fjall,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_group_commit_loses_nothing_acknowledged_and_shows_no_half_batch() {
+async fn sled_kill_9_mid_group_commit_loses_nothing_acknowledged_and_shows_no_half_batch() {
+    kill_9_mid_group_commit(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fjall_kill_9_mid_group_commit_loses_nothing_acknowledged_and_shows_no_half_batch() {
+    kill_9_mid_group_commit(Backend::Fjall).await;
+}
+
+async fn kill_9_mid_group_commit(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/bench.toml");
-    let server = Server::start_dev_with_config(std::path::Path::new(config), &data, &log);
+    // The load-test limits, on the engine under test.
+    let config = dir.path().join("tessera.toml");
+    let mut toml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/bench.toml")).unwrap();
+    if let Backend::Fjall = backend {
+        toml.push_str("\n[store]\nbackend = \"fjall\"\n");
+    }
+    std::fs::write(&config, toml).unwrap();
+    let config = config.as_path();
+    let server = Server::start_dev_with_config(config, &data, &log);
     let key = server.api_key("pos");
     let acked: Acknowledged = Arc::default();
     let mut workers = Vec::new();
@@ -133,7 +158,7 @@ async fn kill_9_mid_group_commit_loses_nothing_acknowledged_and_shows_no_half_ba
     assert!(acked.len() >= 3_000);
 
     // Every acknowledged token detokenizes to its PAN.
-    let server = Server::start_dev_with_config(std::path::Path::new(config), &data, &log);
+    let server = Server::start_dev_with_config(config, &data, &log);
     let mut processor = server.client("processor").await;
     for chunk in acked.chunks(1000) {
         let items = chunk
@@ -158,7 +183,7 @@ async fn kill_9_mid_group_commit_loses_nothing_acknowledged_and_shows_no_half_ba
     assert_eq!(server.terminate().code(), Some(0));
 
     // No half-written commit: records and their events are all or nothing.
-    let store = open_when_released(&data.join("store")).await;
+    let store = open_when_released(backend, &data).await;
     let mut stored = BTreeSet::new();
     let tenant = TenantId::new("default").unwrap();
     let mut after = None;
@@ -202,17 +227,25 @@ async fn kill_9_mid_group_commit_loses_nothing_acknowledged_and_shows_no_half_ba
     assert_no_pan_leaked(&log, &data, &pans);
 }
 
-/// Opens the sled store once the stopped server's process has let go of it.
-async fn open_when_released(path: &std::path::Path) -> Arc<dyn Store> {
+/// Opens the store once the stopped server's process has let go of it.
+async fn open_when_released(backend: Backend, data: &std::path::Path) -> Arc<dyn Store> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match SledStore::open(path) {
-            Ok(store) => return Arc::new(store),
+        let opened: Result<Arc<dyn Store>, _> = match backend {
+            Backend::Sled => SledStore::open(&data.join("store")).map(shared),
+            Backend::Fjall => FjallStore::open(&data.join("fjall"), 16 << 20).map(shared),
+        };
+        match opened {
+            Ok(store) => return store,
             Err(e) if std::time::Instant::now() < deadline => {
                 let _ = e;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => panic!("sled did not reopen: {e}"),
+            Err(e) => panic!("the store did not reopen: {e}"),
         }
     }
+}
+
+fn shared(store: impl Store) -> Arc<dyn Store> {
+    Arc::new(store)
 }

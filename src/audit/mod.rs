@@ -94,7 +94,7 @@ pub(crate) async fn head_required(store: &dyn Store, events: u64) -> Result<bool
 /// event (zeros for an empty log).
 pub(crate) async fn chain_end(store: &dyn Store) -> Result<(u64, ChainHash), AuditError> {
     Ok(match store.last_audit_record().await? {
-        Some((seq, bytes)) => (seq + 1, ChainedEvent::decode(&bytes)?.hash),
+        Some((seq, bytes)) => (seq.saturating_add(1), ChainedEvent::decode(&bytes)?.hash),
         None => (0, [0; 32]),
     })
 }

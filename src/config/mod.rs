@@ -191,23 +191,24 @@ pub struct RawKeys {
     pub reencrypt_records_per_second: Option<u32>,
 }
 
-/// sled's page cache unless `store.cache_mb` says otherwise: enough for the
+/// The embedded store's cache unless `store.cache_mb` says otherwise: enough for the
 /// hot pages of millions of records within the 200 MiB RSS budget
 /// (BENCHMARKS.md, "Store size").
-pub const DEFAULT_SLED_CACHE_MB: u64 = 64;
+pub const DEFAULT_STORE_CACHE_MB: u64 = 64;
 
 /// `[store]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
-    /// `sled` (default).
+    /// `sled` (default) or `fjall`.
     pub backend: Option<String>,
     /// Dev only: every sled commit waits this many microseconds after its
     /// flush, to show group commit on a slow disk (cloud volumes flush in
     /// 1–2 ms) on a machine whose disk is fast. Refused outside `--dev`.
     pub simulated_flush_delay_us: Option<u64>,
-    /// sled's page cache in MiB (default 64): the bulk of the server's
-    /// memory; the OS page cache holds the rest of a large store.
+    /// The embedded store's cache in MiB (default 64; sled's page cache or
+    /// fjall's block cache): the bulk of the server's memory; the OS page
+    /// cache holds the rest of a large store.
     pub cache_mb: Option<u64>,
 }
 
@@ -291,6 +292,11 @@ pub enum StoreBackend {
         /// [`RawStore::simulated_flush_delay_us`]).
         simulated_flush_delay: Option<std::time::Duration>,
         /// sled's page cache, bytes.
+        cache_bytes: u64,
+    },
+    /// fjall (an LSM tree) in `DATA_DIR/fjall`.
+    Fjall {
+        /// fjall's block cache, bytes.
         cache_bytes: u64,
     },
 }
@@ -379,30 +385,39 @@ impl RawConfig {
         let data_dir = self
             .data_dir
             .ok_or_else(|| invalid("data_dir", "required"))?;
+        let cache_bytes = match self.store.cache_mb.unwrap_or(DEFAULT_STORE_CACHE_MB) {
+            mb @ 8..=65_536 => mb * 1024 * 1024,
+            _ => return Err(invalid("store.cache_mb", "between 8 and 65536")),
+        };
+        let simulated_flush_delay = match self.store.simulated_flush_delay_us {
+            None => None,
+            Some(_) if profile == Profile::Production => {
+                return Err(invalid(
+                    "store.simulated_flush_delay_us",
+                    "a benchmark aid that runs only with --dev",
+                ));
+            }
+            Some(us) if us > 100_000 => {
+                return Err(invalid("store.simulated_flush_delay_us", "at most 100000"));
+            }
+            Some(us) => Some(std::time::Duration::from_micros(us)),
+        };
         let store = match self.store.backend.as_deref().unwrap_or("sled") {
             "sled" => StoreBackend::Sled {
-                simulated_flush_delay: match self.store.simulated_flush_delay_us {
-                    None => None,
-                    Some(_) if profile == Profile::Production => {
-                        return Err(invalid(
-                            "store.simulated_flush_delay_us",
-                            "a benchmark aid that runs only with --dev",
-                        ));
-                    }
-                    Some(us) if us > 100_000 => {
-                        return Err(invalid("store.simulated_flush_delay_us", "at most 100000"));
-                    }
-                    Some(us) => Some(std::time::Duration::from_micros(us)),
-                },
-                cache_bytes: match self.store.cache_mb.unwrap_or(DEFAULT_SLED_CACHE_MB) {
-                    mb @ 8..=65_536 => mb * 1024 * 1024,
-                    _ => return Err(invalid("store.cache_mb", "between 8 and 65536")),
-                },
+                simulated_flush_delay,
+                cache_bytes,
             },
+            "fjall" if simulated_flush_delay.is_some() => {
+                return Err(invalid(
+                    "store.simulated_flush_delay_us",
+                    "only the sled backend simulates a slow flush",
+                ));
+            }
+            "fjall" => StoreBackend::Fjall { cache_bytes },
             other => {
                 return Err(invalid(
                     "store.backend",
-                    format!("unknown backend {other:?}; expected sled"),
+                    format!("unknown backend {other:?}; expected sled or fjall"),
                 ));
             }
         };
@@ -864,6 +879,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("store.simulated_flush_delay_us"), "{err}");
+    }
+
+    #[test]
+    fn the_fjall_backend_is_chosen_by_name_with_its_cache() {
+        let toml = "data_dir = \"/tmp/x\"\n[store]\nbackend = \"fjall\"\ncache_mb = 32\n";
+        let cfg = load(toml, &[]).unwrap().check(Profile::Dev).unwrap();
+        assert_eq!(
+            cfg.store,
+            StoreBackend::Fjall {
+                cache_bytes: 32 * 1024 * 1024
+            }
+        );
+        for bad in [
+            "backend = \"fjall\"\nsimulated_flush_delay_us = 10",
+            "cache_mb = 1",
+            "backend = \"rocks\"",
+        ] {
+            let toml = format!("data_dir = \"/tmp/x\"\n[store]\n{bad}\n");
+            assert!(
+                load(&toml, &[]).unwrap().check(Profile::Dev).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -177,16 +177,13 @@ impl Tokenizer for TokenizerService {
                 }
             }
             let unparsed = parsed.iter().filter(|p| p.is_err()).count();
-            let event = |outcomes: &[Result<Tokenized, VaultError>]| {
-                call.event(
-                    Some(&principal),
-                    batch_event_resource(total, unparsed, outcomes),
-                    "OK",
-                )
+            let event = call.event(Some(&principal), String::new(), "OK");
+            let resource = |outcomes: &[Result<Tokenized, VaultError>]| {
+                batch_event_resource(total, unparsed, outcomes)
             };
             let mut tokenized = self
                 .vault
-                .tokenize_batch(&principal.tenant, commands, event)
+                .tokenize_batch(&principal.tenant, commands, event, resource)
                 .await
                 .map_err(|e| status::from_vault(&e))?
                 .into_iter();

@@ -100,7 +100,12 @@ impl CommitError {
 #[async_trait]
 pub trait Engine: Send + Sync {
     /// Writes `batch` atomically and durably: on `Ok` every write in it
-    /// survives a crash, on `Err` none is visible, now or after a restart.
+    /// survives a crash; on `Err` none is visible, now or after a restart,
+    /// with one exception: when the disk fails while making the batch
+    /// durable (a failed fsync), the batch may or may not be on disk. The
+    /// backend then refuses every later call until the process restarts,
+    /// as PostgreSQL does after a failed fsync, so nothing is served from
+    /// writes whose fate is unknown.
     async fn commit(&self, batch: Arc<WriteBatch>) -> Result<(), CommitError>;
 
     /// Returns once everything written to the store so far, by any writer,

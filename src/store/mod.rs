@@ -16,6 +16,7 @@
 //! it sees sealed bytes, ids, fingerprints and public facts only, never a PAN
 //! and never an unwrapped key. Backends:
 //! - [`sled::SledStore`]: embedded, one node, the default.
+//! - [`fjall::FjallStore`]: embedded LSM tree, one node (`backend = "fjall"`).
 //! - [`memory::MemoryStore`]: in process, for unit tests only.
 //!
 //! Business rules (TTL, single use, tenancy) live in `vault`; the store
@@ -23,9 +24,11 @@
 
 pub mod audit;
 pub mod batch;
+pub mod fjall;
 pub mod jobs;
 pub mod keys;
 pub mod memory;
+mod prepared;
 pub mod record;
 pub mod records;
 pub mod segment;

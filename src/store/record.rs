@@ -254,6 +254,21 @@ pub fn tenant_prefix(tenant: &TenantId) -> Vec<u8> {
     k
 }
 
+/// The key of a record's seal version: `token id ‖ version (BE)`.
+pub(crate) fn version_key(id: &TokenId, version: u32) -> Vec<u8> {
+    let mut k = id.as_bytes().to_vec();
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// A stored seal version number.
+pub(crate) fn decode_u32(bytes: &[u8]) -> Result<u32, crate::store::StoreError> {
+    let array: [u8; 4] = bytes
+        .try_into()
+        .map_err(|_| crate::store::StoreError::Damaged("corrupt seal version"))?;
+    Ok(u32::from_be_bytes(array))
+}
+
 /// The fingerprint index key: `tenant ‖ 0x00 ‖ fingerprint`.
 pub fn fingerprint_key(tenant: &TenantId, fp: &Fingerprint) -> Vec<u8> {
     let mut k = tenant_prefix(tenant);

@@ -24,11 +24,12 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::domain::key::KeyContext;
 use crate::domain::{Fingerprint, TenantId, TokenId};
-use crate::store::record::{fingerprint_key, tenant_prefix};
+use crate::store::prepared::PreparedUnit;
+use crate::store::record::{decode_u32, fingerprint_key, tenant_prefix, version_key};
 use crate::store::segment;
 use crate::store::{
     AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord, SealedVersion,
-    StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch, WriteUnit,
+    StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
 };
 
 /// A sled-backed store.
@@ -48,6 +49,11 @@ pub struct SledStore {
     /// A benchmark aid: added after every commit's flush, as a slow disk
     /// would (`store.simulated_flush_delay_us`, dev only).
     flush_delay: Option<std::time::Duration>,
+    /// Set when a flush failed: writes it was to make durable may already
+    /// be visible in memory, and may or may not reach the disk. Like
+    /// PostgreSQL after a failed fsync, the store then refuses every call
+    /// until the process restarts and recovers from what the disk holds.
+    poisoned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Maps a sled error: corruption sled itself detects (checksums) is
@@ -97,6 +103,7 @@ impl SledStore {
             audit_meta: tree("audit_meta")?,
             keys: tree("keys")?,
             flush_delay: None,
+            poisoned: Arc::default(),
             db,
         })
     }
@@ -117,12 +124,31 @@ impl SledStore {
         // waited for a log write that needed a pool thread: a deadlock
         // (reproduced with `tessera bench`, 64 writes in flight). A
         // blocking flush on tokio's blocking pool leaves sled's pool free.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        self.healthy()?;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush_blocking())
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
-            .map(|_| ())
-            .map_err(unavailable)
+    }
+
+    /// Flushes; a failure poisons the store (see `poisoned`).
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|e| {
+            self.poisoned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::error!(error = %e, alert = "store_flush_failed", "a flush failed: the store refuses every call until the server restarts");
+            unavailable(e)
+        })
+    }
+
+    /// Refuses every call once a flush failed.
+    fn healthy(&self) -> Result<(), StoreError> {
+        if self.poisoned.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "a flush failed earlier; restart the server to recover the store".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks and writes a batch in one transaction (see [`Engine::commit`]).
@@ -183,6 +209,10 @@ impl SledStore {
                         }
                     }
                     if !audit.events.is_empty() {
+                        // Never over another commit's segment.
+                        if events.get(audit.from.to_be_bytes())?.is_some() {
+                            return Err(batch_abort(StoreError::AlreadyExists));
+                        }
                         events.insert(&audit.from.to_be_bytes(), segment.as_slice())?;
                     }
                     if let Some(head) = &audit.head {
@@ -199,18 +229,22 @@ impl SledStore {
 
     /// The last stored audit event and its position.
     fn last_event(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.healthy()?;
         let Some((key, value)) = self.audit.last().map_err(unavailable)? else {
             return Ok(None);
         };
-        Ok(segment::decode(audit_position(&key)?, &value)?.pop())
+        Ok(segment::events_at(segment::position(&key)?, &value).pop())
     }
 
     /// The audit log's next position.
     fn audit_end(&self) -> Result<u64, StoreError> {
-        Ok(self.last_event()?.map_or(0, |(seq, _)| seq + 1))
+        Ok(self
+            .last_event()?
+            .map_or(0, |(seq, _)| seq.saturating_add(1)))
     }
 
     fn stored(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
+        self.healthy()?;
         let Some(bytes) = self.records.get(id.as_bytes()).map_err(unavailable)? else {
             return Ok(None);
         };
@@ -242,76 +276,11 @@ impl SledStore {
     }
 }
 
-/// The position an `audit` key names.
-fn audit_position(key: &[u8]) -> Result<u64, StoreError> {
-    let key: [u8; 8] = key
-        .try_into()
-        .map_err(|_| StoreError::Damaged("corrupt audit key"))?;
-    Ok(u64::from_be_bytes(key))
-}
-
 /// The page cache of [`SledStore::open`]: 64 MiB.
 const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Key of the signed chain head in `audit_meta`.
 const AUDIT_HEAD: &[u8] = b"head";
-
-fn version_key(id: &TokenId, version: u32) -> Vec<u8> {
-    let mut k = id.as_bytes().to_vec();
-    k.extend_from_slice(&version.to_be_bytes());
-    k
-}
-
-fn decode_u32(bytes: &[u8]) -> Result<u32, StoreError> {
-    let array: [u8; 4] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Damaged("corrupt seal version"))?;
-    Ok(u32::from_be_bytes(array))
-}
-
-/// A record's tree keys and bytes, encoded once outside the transaction.
-struct PreparedRecord {
-    id: TokenId,
-    fingerprint_key: Option<Vec<u8>>,
-    tenant_key: Vec<u8>,
-    bytes: Vec<u8>,
-}
-
-struct PreparedUnit {
-    records: Vec<PreparedRecord>,
-    tombstones: Vec<(TokenId, Vec<u8>)>,
-}
-
-impl PreparedUnit {
-    fn new(unit: &WriteUnit) -> Self {
-        let records = unit
-            .records
-            .iter()
-            .map(|record| {
-                let mut tenant_key = tenant_prefix(&record.tenant);
-                tenant_key.extend_from_slice(record.token_id.as_bytes());
-                PreparedRecord {
-                    id: record.token_id,
-                    fingerprint_key: record
-                        .fingerprint
-                        .as_ref()
-                        .map(|fp| fingerprint_key(&record.tenant, fp)),
-                    tenant_key,
-                    bytes: record.encode(),
-                }
-            })
-            .collect();
-        let tombstones = unit
-            .tombstones
-            .iter()
-            .map(|(id, tombstone)| (*id, tombstone.encode()))
-            .collect();
-        Self {
-            records,
-            tombstones,
-        }
-    }
-}
 
 fn batch_abort(e: StoreError) -> ConflictableTransactionError<CommitError> {
     ConflictableTransactionError::Abort(CommitError::Batch(e))
@@ -328,6 +297,7 @@ impl RecordStore for SledStore {
         tenant: &TenantId,
         fingerprint: &Fingerprint,
     ) -> Result<Option<StoredRecord>, StoreError> {
+        self.healthy()?;
         let key = fingerprint_key(tenant, fingerprint);
         let Some(holder) = self.fingerprints.get(key).map_err(unavailable)? else {
             return Ok(None);
@@ -343,6 +313,7 @@ impl RecordStore for SledStore {
         after: Option<TokenId>,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
+        self.healthy()?;
         let prefix = tenant_prefix(tenant);
         let start = match after {
             Some(id) => {
@@ -499,6 +470,7 @@ impl AuditStore for SledStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.healthy()?;
         // The segment holding `from` starts at or before it.
         let start = match self
             .audit
@@ -513,7 +485,7 @@ impl AuditStore for SledStore {
         let mut out = Vec::new();
         for item in self.audit.range(start..) {
             let (key, value) = item.map_err(unavailable)?;
-            for (seq, event) in segment::decode(audit_position(&key)?, &value)? {
+            for (seq, event) in segment::events_at(segment::position(&key)?, &value) {
                 if out.len() == limit {
                     return Ok(out);
                 }
@@ -530,6 +502,7 @@ impl AuditStore for SledStore {
     }
 
     async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.healthy()?;
         Ok(self
             .audit_meta
             .get(AUDIT_HEAD)
@@ -578,8 +551,9 @@ impl Engine for SledStore {
         // blocking pool, never on an async worker.
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
+            store.healthy()?;
             store.apply(&batch)?;
-            store.db.flush().map_err(unavailable)?;
+            store.flush_blocking()?;
             if let Some(delay) = store.flush_delay {
                 std::thread::sleep(delay);
             }
@@ -594,6 +568,7 @@ impl Engine for SledStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        self.healthy()?;
         // A point read touches the page cache and the tree machinery without
         // scanning; it fails when the database is broken.
         self.keys.get(b"\xffping").map(|_| ()).map_err(unavailable)
@@ -603,6 +578,55 @@ impl Engine for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review finding M2: a segment whose framing was damaged made reading
+    /// the log fail, so verification could not name the position and
+    /// recovery could not run; it reads back whole, at its position.
+    #[tokio::test]
+    async fn a_damaged_segment_reads_back_whole_at_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("store")).unwrap();
+        for from in [0, 3] {
+            let batch = WriteBatch {
+                units: Vec::new(),
+                audit: crate::store::AuditAppend {
+                    from,
+                    events: vec![vec![1, 1], vec![1, 2], vec![1, 3]],
+                    head: None,
+                },
+            };
+            store.commit(Arc::new(batch)).await.unwrap();
+        }
+        // The forger raises the first segment's event count.
+        let mut damaged = store
+            .audit
+            .get(0u64.to_be_bytes())
+            .unwrap()
+            .unwrap()
+            .to_vec();
+        damaged[4] = 9;
+        store
+            .audit
+            .insert(0u64.to_be_bytes(), damaged.clone())
+            .unwrap();
+        let records = store.audit_records(0, 10).await.unwrap();
+        assert_eq!(records[0], (0, damaged));
+        let positions: Vec<u64> = records.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(positions, vec![0, 3, 4, 5]);
+        // Damage at the end is read whole too, so the chain's end is known.
+        let mut last = store
+            .audit
+            .get(3u64.to_be_bytes())
+            .unwrap()
+            .unwrap()
+            .to_vec();
+        last.truncate(7);
+        store
+            .audit
+            .insert(3u64.to_be_bytes(), last.clone())
+            .unwrap();
+        assert_eq!(store.last_audit_record().await.unwrap(), Some((3, last)));
+    }
 
     /// Finding 15: sled reported corrupt data as UNAVAILABLE, which callers
     /// retry for ever; damage is `Damaged`, never retryable.

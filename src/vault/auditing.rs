@@ -47,12 +47,11 @@ impl Vault {
         if let Some(mut event) = event {
             event.time_ms = self.clock.now_ms();
             if !self.is_sealed() {
-                signer = Some(
-                    self.keys
-                        .audit_key()
-                        .await
-                        .map_err(|e| WriteError::Store(StoreError::Unavailable(e.to_string())))?,
-                );
+                // Without the audit key the event cannot be signed: an
+                // audit failure (fail-open tokenize may go on without it).
+                signer = Some(self.keys.audit_key().await.map_err(|e| {
+                    WriteError::Audit(AuditError::Store(StoreError::Unavailable(e.to_string())))
+                })?);
             }
             events.push(event);
         }

@@ -156,7 +156,9 @@ impl From<WriteError> for VaultError {
         match e {
             WriteError::Refused(e) | WriteError::Store(e) => Self::Store(e),
             WriteError::Audit(e) => Self::Audit(e),
-            WriteError::Stopped => Self::Store(StoreError::Unavailable(e.to_string())),
+            WriteError::Stopped | WriteError::Overloaded => {
+                Self::Store(StoreError::Unavailable(e.to_string()))
+            }
         }
     }
 }
@@ -345,6 +347,9 @@ impl Vault {
 
     /// Checks the store answers (for health).
     pub async fn ping(&self) -> Result<(), VaultError> {
+        if !self.pipeline.is_running() {
+            return Err(StoreError::Unavailable("the write pipeline stopped".into()).into());
+        }
         self.store.ping().await.map_err(VaultError::from)
     }
 

@@ -117,17 +117,22 @@ impl Vault {
         }
     }
 
-    /// Tokenizes a batch for `tenant`: every new record and one event, made
-    /// by `audit` from the per-item outcomes, in one commit. An `Err` means
-    /// the commit failed and no new record of it was written.
-    pub async fn tokenize_batch<F>(
+    /// Tokenizes a batch for `tenant` in one commit: every new record and
+    /// one event, `event` with its resource made by `resource` from the
+    /// per-item outcomes. One bad item never fails the batch: its error is
+    /// its outcome. An item that cannot join the batch's commit (its bucket
+    /// is nearly full) is placed on its own with its own event, so no
+    /// record is ever written without one. An `Err` means the batch's
+    /// commit failed.
+    pub async fn tokenize_batch<R>(
         &self,
         tenant: &TenantId,
         cmds: Vec<TokenizeCommand>,
-        audit: F,
+        event: AuditEvent,
+        resource: R,
     ) -> Result<Vec<Result<Tokenized, VaultError>>, VaultError>
     where
-        F: FnOnce(&[Result<Tokenized, VaultError>]) -> AuditEvent,
+        R: Fn(&[Result<Tokenized, VaultError>]) -> String,
     {
         let mut results = Vec::with_capacity(cmds.len());
         // Items answered from the batch's own submission, for the fallback.
@@ -140,6 +145,7 @@ impl Vault {
             let plan = match self.plan(tenant, cmd).await {
                 Ok(Planned::New(plan)) => plan,
                 Ok(Planned::Reused(done)) => {
+                    // Named by the batch's event; nothing is written.
                     results.push(Ok(done));
                     continue;
                 }
@@ -165,14 +171,24 @@ impl Vault {
                 in_batch.push((results.len() - 1, plan));
                 continue;
             }
-            let Some(token) = self.batch_candidate(&plan, &ids).await? else {
-                // No free candidate found cheaply (a nearly full bucket):
-                // placed on its own, before the batch's event is written.
-                results.push(self.issue(tenant, &plan, None).await);
-                continue;
+            let sealed = match self.batch_candidate(&plan, &ids).await {
+                Ok(Some(token)) => self.seal_record(tenant, &plan, token),
+                Ok(None) => {
+                    // No free candidate found cheaply (a nearly full bucket):
+                    // placed on its own, with its own event.
+                    results.push(self.issue(tenant, &plan, Some(&event)).await);
+                    continue;
+                }
+                Err(e) => Err(e),
             };
-            ids.insert(plan.keys.token_id(&token));
-            let (record, done) = self.seal_record(tenant, &plan, token)?;
+            let (record, done) = match sealed {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            ids.insert(done.token_id);
             records.push(record);
             results.push(Ok(done));
             if let Some(fp) = plan.fingerprint {
@@ -180,21 +196,29 @@ impl Vault {
             }
             in_batch.push((results.len() - 1, plan));
         }
-        let event = audit(&results);
         let unit = WriteUnit {
             records,
             tombstones: Vec::new(),
         };
-        match self.commit_tokenize(unit, Some(event.clone())).await {
+        let batch_event = |results: &[Result<Tokenized, VaultError>]| AuditEvent {
+            resource: resource(results),
+            ..event.clone()
+        };
+        match self
+            .commit_tokenize(unit, Some(batch_event(&results)))
+            .await
+        {
             Ok(()) => Ok(results),
             Err(WriteError::Refused(_)) => {
                 // A concurrent writer took a token value or a fingerprint of
-                // the batch first: place those items one by one (a repeated
-                // card then reuses its first item's token).
+                // the batch first: place those items one by one, each with
+                // its own event (a repeated card then reuses its first
+                // item's token), then record the batch's outcome.
                 for (index, plan) in &in_batch {
-                    results[*index] = self.issue(tenant, plan, None).await;
+                    results[*index] = self.issue(tenant, plan, Some(&event)).await;
                 }
-                self.record_audit(event).await?;
+                self.commit_tokenize(WriteUnit::default(), Some(batch_event(&results)))
+                    .await?;
                 Ok(results)
             }
             Err(e) => Err(e.into()),

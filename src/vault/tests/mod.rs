@@ -574,3 +574,52 @@ async fn only_an_approved_reopen_unseals_a_vault_without_shares() {
 }
 
 mod format_contract;
+
+/// Review finding H1: an item whose token cannot be generated (FF1 over a
+/// domain too small) failed the whole TokenizeBatch; it is that item's
+/// error, and the rest of the batch commits with one event naming them.
+#[tokio::test]
+async fn one_bad_item_never_fails_a_batch() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let ff1_too_small = TokenizeCommand {
+        format: FormatRequest {
+            generator: Some(GeneratorKind::Ff1),
+            ..FormatRequest::default()
+        },
+        ..cmd(VISA)
+    };
+    let event = crate::audit::AuditEvent {
+        action: "TokenizeBatch".into(),
+        principal: "pos".into(),
+        ..Default::default()
+    };
+    let results = f
+        .vault
+        .tokenize_batch(
+            &t,
+            vec![cmd(&pan_n(1)), ff1_too_small, cmd(&pan_n(2))],
+            event,
+            |r| format!("failed={}", r.iter().filter(|r| r.is_err()).count()),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        results[1],
+        Err(VaultError::Generate(
+            GenerateError::Ff1DomainTooSmall { .. }
+        ))
+    ));
+    for (i, pan) in [(0, pan_n(1)), (2, pan_n(2))] {
+        let token = &results[i].as_ref().unwrap().token;
+        let back = f.vault.detokenize(&t, token).await.unwrap();
+        assert_eq!(back.expose_ascii().as_slice(), pan.as_bytes());
+    }
+    let events = f.vault.audit_events(0, 100).await.unwrap();
+    let batch: Vec<_> = events
+        .iter()
+        .filter(|e| e.event.action == "TokenizeBatch")
+        .collect();
+    assert_eq!(batch.len(), 1, "one event for the batch");
+    assert_eq!(batch[0].event.resource, "failed=1");
+}

@@ -1,0 +1,544 @@
+//! The embedded LSM store: fjall, one node (`[store] backend = "fjall"`).
+//!
+//! Keyspaces mirror sled's trees (`records`, `tombstones`, `fingerprints`,
+//! `tenant_records`, `sealed_versions`, `latest_seal`, `checkpoints`,
+//! `keys`, `audit` with one [`segment`] per commit, `audit_meta`).
+//!
+//! A [`WriteBatch`] is one fjall write batch across keyspaces: one journal
+//! append and one `fdatasync`, atomic on recovery. fjall batches have no
+//! read-your-writes, so the rules of [`Engine::commit`] are checked first,
+//! against the store and the batch's earlier units, under the commit lock:
+//! every writer of records, tombstones and audit events goes through it
+//! (in the server, the pipeline's one committer), so what the check saw is
+//! what the write lands on. Keys and seal versions, written rarely and by
+//! admin jobs, take their own lock for their compare-and-set rules.
+//!
+//! Memory is bounded by the block cache (`[store] cache_mb`) and the write
+//! buffers; start-up replays only the journal, not the whole store.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::domain::key::KeyContext;
+use crate::domain::{Fingerprint, TenantId, TokenId};
+use crate::store::prepared::PreparedUnit;
+use crate::store::record::{decode_u32, fingerprint_key, tenant_prefix, version_key};
+use crate::store::{
+    AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord, SealedVersion,
+    StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch, segment,
+};
+
+/// Key of the signed chain head in `audit_meta`.
+const AUDIT_HEAD: &[u8] = b"head";
+
+/// A fjall-backed store.
+#[derive(Clone)]
+pub struct FjallStore {
+    db: Database,
+    records: Keyspace,
+    tombstones: Keyspace,
+    fingerprints: Keyspace,
+    tenant_records: Keyspace,
+    sealed_versions: Keyspace,
+    latest_seal: Keyspace,
+    checkpoints: Keyspace,
+    keys: Keyspace,
+    audit: Keyspace,
+    audit_meta: Keyspace,
+    /// Serializes commits: their checks and writes are one step.
+    commit_lock: Arc<Mutex<()>>,
+    /// Serializes the compare-and-set writes of keys and seal versions.
+    admin_lock: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for FjallStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FjallStore")
+    }
+}
+
+/// Maps a fjall error: I/O and a poisoned journal may pass with a restart
+/// or a retry (`Unavailable`); anything about the bytes is damage.
+fn unavailable(e: fjall::Error) -> StoreError {
+    match e {
+        fjall::Error::Io(e) => StoreError::Unavailable(e.to_string()),
+        fjall::Error::Poisoned => StoreError::Unavailable("fjall journal poisoned".into()),
+        fjall::Error::Storage(fjall::LsmError::Io(e)) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Damaged("fjall reported corruption"),
+    }
+}
+
+fn get(keyspace: &Keyspace, key: &[u8]) -> Result<Option<fjall::Slice>, StoreError> {
+    keyspace.get(key).map_err(unavailable)
+}
+
+fn lock(mutex: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl FjallStore {
+    /// Opens (or creates) the store in `dir`, with a block cache of
+    /// `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = Database::builder(dir)
+            .cache_size(cache_bytes)
+            .open()
+            .map_err(unavailable)?;
+        let keyspace = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(unavailable)
+        };
+        Ok(Self {
+            records: keyspace("records")?,
+            tombstones: keyspace("tombstones")?,
+            fingerprints: keyspace("fingerprints")?,
+            tenant_records: keyspace("tenant_records")?,
+            sealed_versions: keyspace("sealed_versions")?,
+            latest_seal: keyspace("latest_seal")?,
+            checkpoints: keyspace("checkpoints")?,
+            keys: keyspace("keys")?,
+            audit: keyspace("audit")?,
+            audit_meta: keyspace("audit_meta")?,
+            commit_lock: Arc::default(),
+            admin_lock: Arc::default(),
+            db,
+        })
+    }
+
+    /// Runs a blocking store call on tokio's blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    /// Writes `batch` (fjall's) durably: one journal append and fdatasync.
+    fn write(&self, batch: fjall::OwnedWriteBatch) -> Result<(), StoreError> {
+        batch
+            .durability(Some(PersistMode::SyncData))
+            .commit()
+            .map_err(unavailable)
+    }
+
+    fn stored(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
+        let Some(bytes) = get(&self.records, id.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut record = SealedRecord::decode(&bytes)?;
+        let seal_version = match get(&self.latest_seal, id.as_bytes())? {
+            Some(v) => {
+                let version = decode_u32(&v)?;
+                let sealed = get(&self.sealed_versions, &version_key(id, version))?
+                    .ok_or(StoreError::Damaged("missing sealed version"))?;
+                record.sealed_pan = sealed.to_vec();
+                version
+            }
+            None => 0,
+        };
+        let tombstone = get(&self.tombstones, id.as_bytes())?
+            .map(|t| Tombstone::decode(&t))
+            .transpose()?;
+        Ok(Some(StoredRecord {
+            record,
+            tombstone,
+            seal_version,
+        }))
+    }
+
+    /// The last stored audit event and its position.
+    fn last_event(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let Some(guard) = self.audit.last_key_value() else {
+            return Ok(None);
+        };
+        let (key, value) = guard.into_inner().map_err(unavailable)?;
+        Ok(segment::events_at(segment::position(&key)?, &value).pop())
+    }
+
+    /// Checks `batch` against the store and its own earlier units, then
+    /// writes it. Called under the commit lock.
+    fn apply(&self, batch: &WriteBatch) -> Result<(), CommitError> {
+        let audit = &batch.audit;
+        if !audit.events.is_empty() {
+            let end = self
+                .last_event()?
+                .map_or(0, |(seq, _)| seq.saturating_add(1));
+            if end != audit.from {
+                return Err(CommitError::Batch(StoreError::AlreadyExists));
+            }
+        }
+        let units: Vec<PreparedUnit> = batch.units.iter().map(PreparedUnit::new).collect();
+        let mut new_ids: HashSet<TokenId> = HashSet::new();
+        let mut new_fingerprints: HashMap<&[u8], TokenId> = HashMap::new();
+        let mut new_tombstones: HashSet<TokenId> = HashSet::new();
+        let mut write = self.db.batch();
+        for (index, unit) in units.iter().enumerate() {
+            let refuse = |error| CommitError::Refused { unit: index, error };
+            for record in &unit.records {
+                if new_ids.contains(&record.id)
+                    || get(&self.records, record.id.as_bytes())?.is_some()
+                {
+                    return Err(refuse(StoreError::AlreadyExists));
+                }
+                if let Some(key) = &record.fingerprint_key {
+                    let holder = match new_fingerprints.get(key.as_slice()) {
+                        Some(id) => Some(*id),
+                        None => get(&self.fingerprints, key)?
+                            .map(|h| {
+                                TokenId::from_slice(&h)
+                                    .ok_or(StoreError::Damaged("corrupt fingerprint index"))
+                            })
+                            .transpose()?,
+                    };
+                    if let Some(holder) = holder
+                        && !new_tombstones.contains(&holder)
+                        && get(&self.tombstones, holder.as_bytes())?.is_none()
+                    {
+                        return Err(refuse(StoreError::FingerprintTaken(holder)));
+                    }
+                    new_fingerprints.insert(key.as_slice(), record.id);
+                    write.insert(&self.fingerprints, key.as_slice(), record.id.as_bytes());
+                }
+                new_ids.insert(record.id);
+                write.insert(&self.records, record.id.as_bytes(), record.bytes.as_slice());
+                write.insert(
+                    &self.tenant_records,
+                    record.tenant_key.as_slice(),
+                    b"".as_slice(),
+                );
+            }
+            for (id, tombstone) in &unit.tombstones {
+                if !new_ids.contains(id) && get(&self.records, id.as_bytes())?.is_none() {
+                    return Err(refuse(StoreError::NotFound));
+                }
+                if new_tombstones.contains(id) || get(&self.tombstones, id.as_bytes())?.is_some() {
+                    return Err(refuse(StoreError::AlreadyExists));
+                }
+                new_tombstones.insert(*id);
+                write.insert(&self.tombstones, id.as_bytes(), tombstone.as_slice());
+            }
+        }
+        if !audit.events.is_empty() {
+            write.insert(
+                &self.audit,
+                audit.from.to_be_bytes(),
+                segment::encode(&audit.events),
+            );
+        }
+        if let Some(head) = &audit.head {
+            write.insert(&self.audit_meta, AUDIT_HEAD, head.as_slice());
+        }
+        self.write(write).map_err(CommitError::Batch)
+    }
+}
+
+#[async_trait]
+impl RecordStore for FjallStore {
+    async fn get(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
+        self.stored(id)
+    }
+
+    async fn find_by_fingerprint(
+        &self,
+        tenant: &TenantId,
+        fingerprint: &Fingerprint,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let Some(holder) = get(&self.fingerprints, &fingerprint_key(tenant, fingerprint))? else {
+            return Ok(None);
+        };
+        let id =
+            TokenId::from_slice(&holder).ok_or(StoreError::Damaged("corrupt fingerprint index"))?;
+        self.stored(&id)
+    }
+
+    async fn scan_tenant(
+        &self,
+        tenant: &TenantId,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let prefix = tenant_prefix(tenant);
+        let start = match after {
+            Some(id) => {
+                let mut k = prefix.clone();
+                k.extend_from_slice(id.as_bytes());
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for guard in self.tenant_records.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let key = guard.key().map_err(unavailable)?;
+            let Some(id_bytes) = key.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let id =
+                TokenId::from_slice(id_bytes).ok_or(StoreError::Damaged("corrupt tenant index"))?;
+            if let Some(stored) = self.stored(&id)? {
+                out.push(stored);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn append_sealed_versions(
+        &self,
+        items: Vec<SealedVersion>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.blocking(move |store| {
+            let _admin = lock(&store.admin_lock);
+            let mut outcomes = Vec::with_capacity(items.len());
+            let mut latest: HashMap<TokenId, u32> = HashMap::new();
+            let mut write = store.db.batch();
+            for item in &items {
+                if get(&store.records, item.id.as_bytes())?.is_none() {
+                    outcomes.push(Err(StoreError::NotFound));
+                    continue;
+                }
+                let current = match latest.get(&item.id) {
+                    Some(v) => *v,
+                    None => match get(&store.latest_seal, item.id.as_bytes())? {
+                        Some(v) => decode_u32(&v)?,
+                        None => 0,
+                    },
+                };
+                if current.checked_add(1) != Some(item.version) {
+                    outcomes.push(Err(StoreError::AlreadyExists));
+                    continue;
+                }
+                latest.insert(item.id, item.version);
+                write.insert(
+                    &store.sealed_versions,
+                    version_key(&item.id, item.version),
+                    item.sealed_pan.as_slice(),
+                );
+                write.insert(
+                    &store.latest_seal,
+                    item.id.as_bytes(),
+                    item.version.to_be_bytes(),
+                );
+                outcomes.push(Ok(()));
+            }
+            store.write(write)?;
+            Ok(outcomes)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl KeyStore for FjallStore {
+    async fn put_wrapped_key(&self, key: WrappedKeyRecord) -> Result<(), StoreError> {
+        self.blocking(move |store| {
+            let _admin = lock(&store.admin_lock);
+            let k = WrappedKeyRecord::store_key(&key.context);
+            if get(&store.keys, &k)?.is_some() {
+                return Err(StoreError::AlreadyExists);
+            }
+            let mut write = store.db.batch();
+            write.insert(&store.keys, k, key.encode());
+            store.write(write)
+        })
+        .await
+    }
+
+    async fn wrapped_key(&self, ctx: &KeyContext) -> Result<Option<WrappedKeyRecord>, StoreError> {
+        get(&self.keys, &WrappedKeyRecord::store_key(ctx))?
+            .map(|b| WrappedKeyRecord::decode(&b).map_err(StoreError::from))
+            .transpose()
+    }
+
+    async fn wrapped_keys(&self, tenant: &TenantId) -> Result<Vec<WrappedKeyRecord>, StoreError> {
+        self.keys
+            .prefix(tenant_prefix(tenant))
+            .map(|guard| {
+                let value = guard.value().map_err(unavailable)?;
+                WrappedKeyRecord::decode(&value).map_err(StoreError::from)
+            })
+            .collect()
+    }
+
+    async fn all_wrapped_keys(&self) -> Result<Vec<WrappedKeyRecord>, StoreError> {
+        self.keys
+            .iter()
+            .map(|guard| {
+                let value = guard.value().map_err(unavailable)?;
+                WrappedKeyRecord::decode(&value).map_err(StoreError::from)
+            })
+            .collect()
+    }
+
+    async fn replace_wrapped_key(
+        &self,
+        expected: &WrappedKeyRecord,
+        new: WrappedKeyRecord,
+    ) -> Result<(), StoreError> {
+        if new.context != expected.context {
+            return Err(StoreError::AlreadyExists);
+        }
+        let k = WrappedKeyRecord::store_key(&expected.context);
+        let expected = expected.encode();
+        self.blocking(move |store| {
+            let _admin = lock(&store.admin_lock);
+            match get(&store.keys, &k)? {
+                None => Err(StoreError::NotFound),
+                Some(current) if *current != *expected => Err(StoreError::AlreadyExists),
+                Some(_) => {
+                    let mut write = store.db.batch();
+                    write.insert(&store.keys, k, new.encode());
+                    store.write(write)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn destroy_wrapped_keys(&self, tenant: &TenantId) -> Result<usize, StoreError> {
+        let prefix = tenant_prefix(tenant);
+        self.blocking(move |store| {
+            let _admin = lock(&store.admin_lock);
+            let mut write = store.db.batch();
+            let mut destroyed = 0;
+            for guard in store.keys.prefix(&prefix) {
+                write.remove(&store.keys, guard.key().map_err(unavailable)?);
+                destroyed += 1;
+            }
+            store.write(write)?;
+            Ok(destroyed)
+        })
+        .await
+    }
+
+    async fn destroy_wrapped_key(&self, ctx: &KeyContext) -> Result<(), StoreError> {
+        let k = WrappedKeyRecord::store_key(ctx);
+        self.blocking(move |store| {
+            let _admin = lock(&store.admin_lock);
+            if get(&store.keys, &k)?.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            let mut write = store.db.batch();
+            write.remove(&store.keys, k);
+            store.write(write)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AuditStore for FjallStore {
+    async fn audit_records(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        // The segment holding `from` starts at or before it.
+        let start = match self.audit.range(..=from.to_be_bytes()).next_back() {
+            Some(guard) => guard.key().map_err(unavailable)?.to_vec(),
+            None => from.to_be_bytes().to_vec(),
+        };
+        let mut out = Vec::new();
+        for guard in self.audit.range(start..) {
+            let (key, value) = guard.into_inner().map_err(unavailable)?;
+            for (seq, event) in segment::events_at(segment::position(&key)?, &value) {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                if seq >= from {
+                    out.push((seq, event));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.last_event()
+    }
+
+    async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(get(&self.audit_meta, AUDIT_HEAD)?.map(|v| v.to_vec()))
+    }
+}
+
+#[async_trait]
+impl JobStore for FjallStore {
+    async fn put_checkpoint(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.blocking(move |store| {
+            let mut write = store.db.batch();
+            write.insert(&store.checkpoints, name.as_bytes(), value);
+            store.write(write)
+        })
+        .await
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(get(&self.checkpoints, name.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    async fn checkpoints(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.checkpoints
+            .prefix(prefix.as_bytes())
+            .map(|guard| {
+                let key = guard.key().map_err(unavailable)?;
+                String::from_utf8(key.to_vec())
+                    .map_err(|_| StoreError::Damaged("corrupt checkpoint name"))
+            })
+            .collect()
+    }
+
+    async fn delete_checkpoint(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.blocking(move |store| {
+            let mut write = store.db.batch();
+            write.remove(&store.checkpoints, name.as_bytes());
+            store.write(write)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Engine for FjallStore {
+    async fn commit(&self, batch: Arc<WriteBatch>) -> Result<(), CommitError> {
+        // The checks read and the journal write waits on disk: both on the
+        // blocking pool, under the commit lock.
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _commit = lock(&store.commit_lock);
+            store.apply(&batch)
+        })
+        .await
+        .map_err(|e| CommitError::Batch(StoreError::Unavailable(e.to_string())))?
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        // Every commit is synced before it returns; a reader that found a
+        // record found a durable one, unless its commit is still running:
+        // taking the commit lock waits for that commit.
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _commit = lock(&store.commit_lock);
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        get(&self.keys, b"\xffping").map(|_| ())
+    }
+}
