@@ -9,6 +9,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-bench-scale}
 BIN=target/release/tessera
+CONFIG=${CONFIG:-deploy/bench.toml}   # deploy/bench-fjall.toml for the fjall backend
 DATA=${DATA:-/tmp/tessera-scale}
 ADDR=http://127.0.0.1:50071
 mkdir -p "$OUT"
@@ -17,7 +18,7 @@ rm -rf "$DATA"
 start() {
     local t0 t1
     t0=$(date +%s.%N)
-    "$BIN" serve --dev --config deploy/bench.toml --data-dir "$DATA" --listen 127.0.0.1:50071 >>"$OUT/server.log" 2>&1 &
+    "$BIN" serve --dev --config "$CONFIG" --data-dir "$DATA" --listen 127.0.0.1:50071 >>"$OUT/server.log" 2>&1 &
     PID=$!
     until "$BIN" bench --rpc health --addr "$ADDR" --duration 1 --warmup 0 --concurrency 1 >/dev/null 2>&1; do sleep 0.02; done
     t1=$(date +%s.%N)
@@ -33,7 +34,7 @@ measure() { # LABEL
     # 100,000 tokens made for the run, spread over the whole key space.
     "$BIN" bench --rpc detokenize --tokens 100000 --addr "$ADDR" --duration 10 --json >"$OUT/$1-detokenize.json"
     echo "$1 rss_kb $(awk '/VmRSS/ {print $2}' /proc/$PID/status)" >>"$OUT/results.txt"
-    echo "$1 store_bytes $(du -sb "$DATA/store" | cut -f1)" >>"$OUT/results.txt"
+    echo "$1 store_bytes $(du -sb "$DATA" | cut -f1)" >>"$OUT/results.txt"
 }
 
 : >"$OUT/results.txt"

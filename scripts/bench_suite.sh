@@ -4,15 +4,19 @@
 # load into OUT (default bench-results/), plus plot.svg.
 #
 #   cargo build --release && scripts/bench_suite.sh [OUT]
+#   CONFIG=deploy/bench-fjall.toml SLOW_CONFIG=deploy/bench-fjall-slow-disk.toml \
+#       scripts/bench_suite.sh OUT        # the same on the fjall backend
 #
-# Each server is `serve --dev` (sled, dev KMS, audit on, plaintext loopback)
-# with deploy/bench.toml's load-test limits; the slow-disk run uses
-# deploy/bench-slow-disk.toml (every commit's flush made 1.5 ms slower).
+# Each server is `serve --dev` (sled by default, dev KMS, audit on,
+# plaintext loopback) with deploy/bench.toml's load-test limits; the
+# slow-disk run adds 1.5 ms to every commit's flush.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench-results}
 BIN=target/release/tessera
 SECONDS_PER_LEVEL=${SECONDS_PER_LEVEL:-10}
+CONFIG=${CONFIG:-deploy/bench.toml}   # deploy/bench-fjall.toml for the fjall backend
+SLOW_CONFIG=${SLOW_CONFIG:-deploy/bench-slow-disk.toml}   # deploy/bench-fjall-slow-disk.toml for fjall
 mkdir -p "$OUT"
 
 serve() { # CONFIG PORT DATA
@@ -35,7 +39,7 @@ bench() { # NAME PORT ARGS...
     "$BIN" bench --addr "http://127.0.0.1:$port" --duration "$SECONDS_PER_LEVEL" --json "$@" >"$OUT/$name.json"
 }
 
-serve deploy/bench.toml 50061 /tmp/tessera-bench
+serve "$CONFIG" 50061 /tmp/tessera-bench
 bench tokenize 50061 --rpc tokenize --concurrency 1,8,64,256 --ceiling
 bench detokenize 50061 --rpc detokenize --concurrency 1,8,64,256 --ceiling
 bench mixed 50061 --rpc mixed --read-percent 80 --concurrency 64 --ceiling
@@ -43,7 +47,7 @@ bench tokenize-batch 50061 --rpc tokenize --batch 1000 --concurrency 4 --ceiling
 bench detokenize-batch 50061 --rpc detokenize --batch 1000 --concurrency 4 --ceiling
 kill "$SERVER"; wait "$SERVER" || true
 
-serve deploy/bench-slow-disk.toml 50062 /tmp/tessera-bench-slow
+serve "$SLOW_CONFIG" 50062 /tmp/tessera-bench-slow
 bench slow-disk-tokenize 50062 --rpc tokenize --concurrency 64 --ceiling
 bench slow-disk-detokenize 50062 --rpc detokenize --concurrency 64 --ceiling
 kill "$SERVER"; wait "$SERVER" || true

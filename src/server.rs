@@ -102,10 +102,22 @@ impl App {
                     None => Arc::new(store),
                 }
             }
-            StoreBackend::Fjall { cache_bytes } => Arc::new(FjallStore::open(
-                &config.data_dir.join("fjall"),
+            StoreBackend::Fjall {
+                simulated_flush_delay,
                 cache_bytes,
-            )?),
+            } => {
+                let store = FjallStore::open(&config.data_dir.join("fjall"), cache_bytes)?;
+                match simulated_flush_delay {
+                    Some(delay) => {
+                        tracing::warn!(
+                            delay_us = delay.as_micros(),
+                            "every store commit waits a simulated slow flush (benchmark aid, --dev only)"
+                        );
+                        Arc::new(store.with_simulated_flush_delay(delay))
+                    }
+                    None => Arc::new(store),
+                }
+            }
         };
         let kms: Arc<dyn Kms> = match &config.kms {
             KmsBackend::Dev { key_file } => {

@@ -472,7 +472,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let keys_before = server.api_key("processor");
     let mut processor = server.client("processor").await;
 
-    let pans: Vec<String> = (0..150u64).map(pan_from_seed).collect();
+    let pans: Vec<String> = (0..150u64).map(|n| common::test_pan(4, n)).collect();
     let mut acknowledged = Vec::new();
     for pan in &pans {
         let t = processor
@@ -559,18 +559,6 @@ fn bad_configuration_exits_64_before_binding() {
         );
         assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
     }
-}
-
-/// A Luhn-valid 16-digit Visa-range PAN derived from `seed`.
-fn pan_from_seed(seed: u64) -> String {
-    let mut digits: Vec<u8> = format!("4{:014}", seed * 7_919 + 13)
-        .bytes()
-        .map(|b| b - b'0')
-        .collect();
-    digits.push(0);
-    let last = digits.len() - 1;
-    digits[last] = tessera::tokens::luhn::completing_digit(&digits, last);
-    digits.into_iter().map(|d| char::from(d + b'0')).collect()
 }
 
 /// The README's quick-start round trip, through the CLI binary itself.

@@ -21,25 +21,13 @@ use tessera::store::Store;
 use tessera::store::fjall::FjallStore;
 use tessera::store::sled::SledStore;
 
-/// A Luhn-valid 16-digit PAN unique to `n`.
-fn pan(n: u64) -> String {
-    let mut digits: Vec<u8> = format!("4{:014}", n * 7_919 + 3)
-        .bytes()
-        .map(|b| b - b'0')
-        .collect();
-    digits.push(0);
-    let last = digits.len() - 1;
-    digits[last] = tessera::tokens::luhn::completing_digit(&digits, last);
-    digits.into_iter().map(|d| char::from(d + b'0')).collect()
-}
-
 type Acknowledged = Arc<Mutex<Vec<(String, String)>>>;
 
 /// Tokenizes unary calls until the server stops answering.
 async fn unary_load(server_addr: String, key: String, worker: u64, acked: Acknowledged) {
     let mut client = common::client(&server_addr, Some(&key)).await;
     for n in 0.. {
-        let pan = pan(worker * 1_000_000 + n);
+        let pan = common::test_pan(4, worker * 1_000_000 + n);
         let request = v1::TokenizeRequest {
             pan: pan.clone(),
             ..Default::default()
@@ -56,7 +44,7 @@ async fn batch_load(server_addr: String, key: String, worker: u64, acked: Acknow
     let mut client = common::client(&server_addr, Some(&key)).await;
     for round in 0.. {
         let pans: Vec<String> = (0..50)
-            .map(|i| pan(worker * 1_000_000 + round * 50 + i))
+            .map(|i| common::test_pan(4, worker * 1_000_000 + round * 50 + i))
             .collect();
         let items = pans
             .iter()

@@ -296,6 +296,9 @@ pub enum StoreBackend {
     },
     /// fjall (an LSM tree) in `DATA_DIR/fjall`.
     Fjall {
+        /// Dev only: added to every commit's sync (see
+        /// [`RawStore::simulated_flush_delay_us`]).
+        simulated_flush_delay: Option<std::time::Duration>,
         /// fjall's block cache, bytes.
         cache_bytes: u64,
     },
@@ -407,13 +410,10 @@ impl RawConfig {
                 simulated_flush_delay,
                 cache_bytes,
             },
-            "fjall" if simulated_flush_delay.is_some() => {
-                return Err(invalid(
-                    "store.simulated_flush_delay_us",
-                    "only the sled backend simulates a slow flush",
-                ));
-            }
-            "fjall" => StoreBackend::Fjall { cache_bytes },
+            "fjall" => StoreBackend::Fjall {
+                simulated_flush_delay,
+                cache_bytes,
+            },
             other => {
                 return Err(invalid(
                     "store.backend",
@@ -888,11 +888,12 @@ mod tests {
         assert_eq!(
             cfg.store,
             StoreBackend::Fjall {
-                cache_bytes: 32 * 1024 * 1024
+                simulated_flush_delay: None,
+                cache_bytes: 32 * 1024 * 1024,
             }
         );
         for bad in [
-            "backend = \"fjall\"\nsimulated_flush_delay_us = 10",
+            "simulated_flush_delay_us = 100001",
             "cache_mb = 1",
             "backend = \"rocks\"",
         ] {

@@ -53,6 +53,9 @@ pub struct FjallStore {
     commit_lock: Arc<Mutex<()>>,
     /// Serializes the compare-and-set writes of keys and seal versions.
     admin_lock: Arc<Mutex<()>>,
+    /// A benchmark aid: added after every commit's sync, as a slow disk
+    /// would (`store.simulated_flush_delay_us`, dev only).
+    flush_delay: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for FjallStore {
@@ -107,8 +110,17 @@ impl FjallStore {
             audit_meta: keyspace("audit_meta")?,
             commit_lock: Arc::default(),
             admin_lock: Arc::default(),
+            flush_delay: None,
             db,
         })
+    }
+
+    /// The same store, with every commit's sync taking `delay` longer.
+    pub fn with_simulated_flush_delay(self, delay: std::time::Duration) -> Self {
+        Self {
+            flush_delay: Some(delay),
+            ..self
+        }
     }
 
     /// Runs a blocking store call on tokio's blocking pool.
@@ -449,19 +461,11 @@ impl AuditStore for FjallStore {
             Some(guard) => guard.key().map_err(unavailable)?.to_vec(),
             None => from.to_be_bytes().to_vec(),
         };
-        let mut out = Vec::new();
-        for guard in self.audit.range(start..) {
-            let (key, value) = guard.into_inner().map_err(unavailable)?;
-            for (seq, event) in segment::events_at(segment::position(&key)?, &value) {
-                if out.len() == limit {
-                    return Ok(out);
-                }
-                if seq >= from {
-                    out.push((seq, event));
-                }
-            }
-        }
-        Ok(out)
+        let segments = self
+            .audit
+            .range(start..)
+            .map(|guard| guard.into_inner().map_err(unavailable));
+        segment::collect_from(from, limit, segments)
     }
 
     async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
@@ -519,7 +523,11 @@ impl Engine for FjallStore {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             let _commit = lock(&store.commit_lock);
-            store.apply(&batch)
+            store.apply(&batch)?;
+            if let Some(delay) = store.flush_delay {
+                std::thread::sleep(delay);
+            }
+            Ok(())
         })
         .await
         .map_err(|e| CommitError::Batch(StoreError::Unavailable(e.to_string())))?

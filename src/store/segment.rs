@@ -63,6 +63,33 @@ pub(crate) fn events_at(first: u64, value: &[u8]) -> Vec<(u64, Vec<u8>)> {
     decode(first, value).unwrap_or_else(|_| vec![(first, value.to_vec())])
 }
 
+/// The events from position `from` on, at most `limit`, out of the
+/// segments that `segments` yields in key order, starting with the one
+/// holding `from` (each engine finds it with a reverse range read).
+pub(crate) fn collect_from<K, V>(
+    from: u64,
+    limit: usize,
+    segments: impl Iterator<Item = Result<(K, V), StoreError>>,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError>
+where
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    let mut out = Vec::new();
+    for segment in segments {
+        let (key, value) = segment?;
+        for (seq, event) in events_at(position(key.as_ref())?, value.as_ref()) {
+            if out.len() == limit {
+                return Ok(out);
+            }
+            if seq >= from {
+                out.push((seq, event));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -482,19 +482,11 @@ impl AuditStore for SledStore {
             Some((key, _)) => key.to_vec(),
             None => from.to_be_bytes().to_vec(),
         };
-        let mut out = Vec::new();
-        for item in self.audit.range(start..) {
-            let (key, value) = item.map_err(unavailable)?;
-            for (seq, event) in segment::events_at(segment::position(&key)?, &value) {
-                if out.len() == limit {
-                    return Ok(out);
-                }
-                if seq >= from {
-                    out.push((seq, event));
-                }
-            }
-        }
-        Ok(out)
+        let segments = self
+            .audit
+            .range(start..)
+            .map(|item| item.map_err(unavailable));
+        segment::collect_from(from, limit, segments)
     }
 
     async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

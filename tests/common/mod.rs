@@ -488,3 +488,16 @@ pub async fn audit_events(
     }
     events
 }
+
+/// A Luhn-valid 16-digit test PAN: `first`, then 14 digits made from `n`,
+/// then the check digit. Distinct `n` give distinct PANs.
+pub fn test_pan(first: u8, n: u64) -> String {
+    let mut digits: Vec<u8> = format!("{first}{:014}", n * 7_919 + 3)
+        .bytes()
+        .map(|b| b - b'0')
+        .collect();
+    digits.push(0);
+    let last = digits.len() - 1;
+    digits[last] = tessera::tokens::luhn::completing_digit(&digits, last);
+    digits.into_iter().map(|d| char::from(d + b'0')).collect()
+}
