@@ -84,41 +84,34 @@ impl App {
         config: &Config,
         principals: Vec<PrincipalEntry>,
     ) -> Result<Self, StartError> {
-        let store: Arc<dyn Store> = match config.store {
+        let (store, simulated_flush_delay): (Arc<dyn Store>, _) = match config.store {
             StoreBackend::Sled {
                 simulated_flush_delay,
                 cache_bytes,
-            } => {
-                let store =
-                    SledStore::open_with_cache(&config.data_dir.join("store"), cache_bytes)?;
-                match simulated_flush_delay {
-                    Some(delay) => {
-                        tracing::warn!(
-                            delay_us = delay.as_micros(),
-                            "every store commit waits a simulated slow flush (benchmark aid, --dev only)"
-                        );
-                        Arc::new(store.with_simulated_flush_delay(delay))
-                    }
-                    None => Arc::new(store),
-                }
-            }
+            } => (
+                Arc::new(
+                    SledStore::open_with_cache(&config.data_dir.join("store"), cache_bytes)?
+                        .with_simulated_flush_delay(simulated_flush_delay),
+                ),
+                simulated_flush_delay,
+            ),
             StoreBackend::Fjall {
                 simulated_flush_delay,
                 cache_bytes,
-            } => {
-                let store = FjallStore::open(&config.data_dir.join("fjall"), cache_bytes)?;
-                match simulated_flush_delay {
-                    Some(delay) => {
-                        tracing::warn!(
-                            delay_us = delay.as_micros(),
-                            "every store commit waits a simulated slow flush (benchmark aid, --dev only)"
-                        );
-                        Arc::new(store.with_simulated_flush_delay(delay))
-                    }
-                    None => Arc::new(store),
-                }
-            }
+            } => (
+                Arc::new(
+                    FjallStore::open(&config.data_dir.join("fjall"), cache_bytes)?
+                        .with_simulated_flush_delay(simulated_flush_delay),
+                ),
+                simulated_flush_delay,
+            ),
         };
+        if let Some(delay) = simulated_flush_delay {
+            tracing::warn!(
+                delay_us = delay.as_micros(),
+                "every store commit waits a simulated slow flush (benchmark aid, --dev only)"
+            );
+        }
         let kms: Arc<dyn Kms> = match &config.kms {
             KmsBackend::Dev { key_file } => {
                 Arc::new(DevKms::open_or_create(key_file, config.profile)?)

@@ -405,33 +405,25 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     let mut lines = Vec::new();
     let mut errors = 0;
     for &concurrency in &args.concurrency {
-        let ceiling = if args.ceiling {
-            match measure(
-                ceiling_load,
+        let level = |load| {
+            measure(
+                load,
                 concurrency,
                 &clients,
                 &tokens,
                 args.warmup,
                 args.duration,
             )
-            .await
-            {
+        };
+        let ceiling = if args.ceiling {
+            match level(ceiling_load).await {
                 Ok(m) => Some(m),
                 Err(e) => return fail(&e),
             }
         } else {
             None
         };
-        let measured = match measure(
-            load,
-            concurrency,
-            &clients,
-            &tokens,
-            args.warmup,
-            args.duration,
-        )
-        .await
-        {
+        let measured = match level(load).await {
             Ok(m) => m,
             Err(e) => return fail(&e),
         };

@@ -116,9 +116,9 @@ impl FjallStore {
     }
 
     /// The same store, with every commit's sync taking `delay` longer.
-    pub fn with_simulated_flush_delay(self, delay: std::time::Duration) -> Self {
+    pub fn with_simulated_flush_delay(self, delay: Option<std::time::Duration>) -> Self {
         Self {
-            flush_delay: Some(delay),
+            flush_delay: delay,
             ..self
         }
     }

@@ -110,9 +110,9 @@ impl SledStore {
 
     /// The same store, with every commit's flush taking `delay` longer:
     /// group commit on a slow disk, shown on a fast one.
-    pub fn with_simulated_flush_delay(self, delay: std::time::Duration) -> Self {
+    pub fn with_simulated_flush_delay(self, delay: Option<std::time::Duration>) -> Self {
         Self {
-            flush_delay: Some(delay),
+            flush_delay: delay,
             ..self
         }
     }
