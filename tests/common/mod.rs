@@ -28,8 +28,11 @@ use tonic::transport::Channel;
 pub const OTP_STEP: Duration = Duration::from_secs(1);
 
 /// A TOTP code for `secret` (base32) that this process has not used yet:
-/// the server accepts each code once, for the current step ± 1. Waits for
-/// the next step when all three are spent.
+/// the server accepts each code once, for the current step ± 1. Only the
+/// current and the next step are handed out, never the one before: that
+/// code may expire within milliseconds, and a CLI process started on a
+/// loaded machine takes longer than that to send it. Waits for the next
+/// step when both are spent.
 pub fn otp(secret: &str) -> String {
     static USED: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
     let parsed = TotpSecret::from_base32(secret).expect("base32 TOTP secret");
@@ -40,7 +43,7 @@ pub fn otp(secret: &str) -> String {
             .get_or_insert_with(HashMap::new)
             .entry(secret.to_owned())
             .or_insert(0);
-        let next = (*last + 1).max(now.saturating_sub(1));
+        let next = (*last + 1).max(now);
         if next <= now + 1 {
             *last = next;
             return format!("{:06}", parsed.code_at(next));
