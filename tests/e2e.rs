@@ -561,6 +561,78 @@ fn bad_configuration_exits_64_before_binding() {
     }
 }
 
+/// A data directory holding one embedded backend's store is never served
+/// empty by the other: a changed default or a typo in `[store] backend`
+/// must not make every issued token "not found".
+#[tokio::test]
+async fn another_backends_store_is_refused_not_started_empty() {
+    let f = Fixture::new();
+    for (backend, other) in [("sled", "fjall"), ("fjall", "sled")] {
+        let data = f.dir.path().join(backend);
+        let args = ["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"];
+        let with_backend = |name: &str| [("TESSERA__STORE__BACKEND", name.to_owned())];
+        let mut full_args = args.to_vec();
+        full_args.push(data.to_str().unwrap());
+        let server = Server::start_with_env(&full_args, &with_backend(backend), &data, &f.log());
+        let token = server
+            .client("processor")
+            .await
+            .tokenize(tokenize_req(VISA))
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        // kill -9 (an acknowledged write is durable): no drain to wait for.
+        server.kill9();
+
+        let mut refused = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(&full_args)
+            .env("TESSERA__STORE__BACKEND", other)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while refused.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                refused.kill().unwrap();
+                panic!("{other} started on a {backend} data directory");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = refused.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{other} on {backend}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("holds a {backend} store")),
+            "{stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+        let other_dir = if other == "sled" { "store" } else { other };
+        assert!(
+            !data.join(other_dir).exists(),
+            "an empty {other} store was made"
+        );
+
+        // The store's own backend again: the token is still there.
+        let server = Server::start_with_env(&full_args, &with_backend(backend), &data, &f.log());
+        let pan = server
+            .client("processor")
+            .await
+            .detokenize(v1::DetokenizeRequest { token })
+            .await
+            .unwrap()
+            .into_inner()
+            .pan;
+        assert_eq!(pan, VISA, "{backend}");
+        server.kill9();
+    }
+}
+
 /// The README's quick-start round trip, through the CLI binary itself.
 #[tokio::test]
 async fn cli_round_trip_human_and_json() {

@@ -85,7 +85,11 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     }
     let app = match App::build(&config, principals).await {
         Ok(app) => app,
-        Err(e @ (StartError::Kms(_) | StartError::Principals(_))) => return config_error(&e),
+        Err(
+            e @ (StartError::Kms(_) | StartError::Principals(_) | StartError::OtherStore { .. }),
+        ) => {
+            return config_error(&e);
+        }
         Err(e) => {
             eprintln!("tessera: cannot start: {e}");
             return ExitCode::FAILURE;

@@ -304,6 +304,27 @@ pub enum StoreBackend {
     },
 }
 
+impl StoreBackend {
+    /// Every embedded backend's name and its directory under `DATA_DIR`.
+    pub const EMBEDDED: [(&'static str, &'static str); 2] = [("sled", "store"), ("fjall", "fjall")];
+
+    /// The name `[store] backend` gives this backend.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sled { .. } => "sled",
+            Self::Fjall { .. } => "fjall",
+        }
+    }
+
+    /// This backend's directory under `DATA_DIR`.
+    pub fn dir(&self) -> &'static str {
+        Self::EMBEDDED
+            .iter()
+            .find(|(name, _)| *name == self.name())
+            .map_or("store", |(_, dir)| dir)
+    }
+}
+
 /// KMS backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KmsBackend {

@@ -13,8 +13,9 @@
 //! what the write lands on. Keys and seal versions, written rarely and by
 //! admin jobs, take their own lock for their compare-and-set rules.
 //!
-//! Memory is bounded by the block cache (`[store] cache_mb`) and the write
-//! buffers; start-up replays only the journal, not the whole store.
+//! Memory is the block cache (`[store] cache_mb`) plus the write buffers,
+//! which the journal's bound ([`MAX_JOURNAL_BYTES`]) caps; start-up replays
+//! only that journal, not the whole store.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -31,6 +32,16 @@ use crate::store::{
     AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord, SealedVersion,
     StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch, segment,
 };
+
+/// The journal's size before fjall flushes the memtables it covers
+/// (fjall's minimum; its default is 512 MiB). Start-up replays the journal
+/// into memory, so this bounds both the time to serving and the write
+/// buffers' memory.
+const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// One keyspace's write buffer before it is flushed to a table (fjall's
+/// default is 64 MiB, per keyspace).
+const MAX_MEMTABLE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Key of the signed chain head in `audit_meta`.
 const AUDIT_HEAD: &[u8] = b"head";
@@ -91,11 +102,14 @@ impl FjallStore {
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = Database::builder(dir)
             .cache_size(cache_bytes)
+            .max_journaling_size(MAX_JOURNAL_BYTES)
             .open()
             .map_err(unavailable)?;
         let keyspace = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(unavailable)
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MAX_MEMTABLE_BYTES)
+            })
+            .map_err(unavailable)
         };
         Ok(Self {
             records: keyspace("records")?,
