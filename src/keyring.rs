@@ -23,7 +23,7 @@ use crate::clock::Clock;
 use crate::domain::token::{FINGERPRINT_LEN, TOKEN_ID_LEN};
 use crate::domain::{Fingerprint, Pan, TenantId, Token, TokenId};
 use crate::kms::{KeyContext, KeyPurpose, Kms, KmsError};
-use crate::secret::{DataKey, KEY_LEN};
+use crate::secret::{DataKey, KEY_LEN, MacKey};
 use crate::store::{Store, StoreError, WrappedKeyRecord};
 use crate::tokens::ff1::Ff1Generator;
 use crate::tokens::{GeneratorKind, LuhnPolicy, TokenFormat};
@@ -84,9 +84,12 @@ pub fn dek_floor(tenant: &TenantId) -> String {
 }
 
 /// The keys derived from a tenant's index key.
+///
+/// The two HMAC keys are kept as keyed states ([`MacKey`]): every tokenize
+/// computes a token id and a fingerprint, every detokenize a token id.
 pub struct TenantKeys {
-    token_id: DataKey,
-    fingerprint: DataKey,
+    token_id: MacKey,
+    fingerprint: MacKey,
     ff1: Ff1Generator,
 }
 
@@ -101,21 +104,21 @@ impl TenantKeys {
         };
         let ff1_key = expand(FF1_INFO);
         Self {
-            token_id: expand(TOKEN_ID_INFO),
-            fingerprint: expand(FINGERPRINT_INFO),
+            token_id: MacKey::new(&expand(TOKEN_ID_INFO)),
+            fingerprint: MacKey::new(&expand(FINGERPRINT_INFO)),
             ff1: Ff1Generator::new(&ff1_key, tenant.clone()),
         }
     }
 
     /// The store id of a token: HMAC-SHA256(token-id key, token).
     pub fn token_id(&self, token: &Token) -> TokenId {
-        TokenId::from_bytes(hmac(&self.token_id, token.as_str().as_bytes()))
+        TokenId::from_bytes(self.token_id.mac(&[token.as_str().as_bytes()]))
     }
 
     /// The store id a PAN would have if it were one of this tenant's tokens
     /// (for the "input is a live token" check).
     pub fn token_id_of_digits(&self, ascii_digits: &[u8]) -> TokenId {
-        TokenId::from_bytes(hmac(&self.token_id, ascii_digits))
+        TokenId::from_bytes(self.token_id.mac(&[ascii_digits]))
     }
 
     /// The PAN's fingerprint in one token format:
@@ -126,7 +129,7 @@ impl TenantKeys {
     /// so never returns, a token of the wrong shape (SECURITY.md §5.7).
     pub fn fingerprint(&self, pan: &Pan, format: &TokenFormat) -> Fingerprint {
         let shape = format_tag(format);
-        Fingerprint::from_bytes(self.fingerprint.hmac_sha256(&[
+        Fingerprint::from_bytes(self.fingerprint.mac(&[
             FINGERPRINT_DOMAIN,
             &shape,
             &pan.expose_ascii(),
@@ -163,10 +166,8 @@ fn format_tag(format: &TokenFormat) -> [u8; 4] {
     ]
 }
 
-fn hmac(key: &DataKey, message: &[u8]) -> [u8; TOKEN_ID_LEN] {
-    const _: () = assert!(TOKEN_ID_LEN == FINGERPRINT_LEN);
-    key.hmac_sha256(&[message])
-}
+// Token ids and fingerprints are HMAC-SHA256 outputs, whole.
+const _: () = assert!(TOKEN_ID_LEN == 32 && FINGERPRINT_LEN == 32);
 
 /// Caches unwrapped keys; creates a tenant's first keys on first tokenize.
 #[derive(Debug)]

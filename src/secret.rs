@@ -57,6 +57,55 @@ impl DataKey {
     }
 }
 
+/// An HMAC-SHA256 key with its inner and outer pads already hashed: a MAC
+/// under it costs the message's blocks only, not two more for the key.
+/// Each MAC works on a copy of the keyed state.
+///
+/// The keyed states are key-equivalent secrets. They, and every copy, are
+/// zeroized on drop: the `zeroize` features of `hmac` and `sha2` (and so of
+/// `digest` and `block-buffer`) make the hash cores and buffers wipe
+/// themselves, which the assertion below keeps true.
+pub struct MacKey(hmac::Hmac<sha2::Sha256>);
+
+// Fails to build if the `zeroize` features are ever dropped: `Sha256` is
+// `ZeroizeOnDrop` only when its core and its block buffer (the same kinds
+// `Hmac<Sha256>` holds) wipe themselves.
+const _: () = {
+    fn wiped_on_drop<T: ZeroizeOnDrop>() {}
+    let _ = wiped_on_drop::<sha2::Sha256>;
+};
+
+impl MacKey {
+    /// Keys an HMAC-SHA256 state with `key`.
+    pub fn new(key: &DataKey) -> Self {
+        use hmac::KeyInit;
+        // HMAC accepts keys of any length (RFC 2104 §2), so this cannot
+        // fail; the all-zero fallback keeps it total without a panic path.
+        Self(
+            <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key.expose_secret())
+                .unwrap_or_else(
+                    |_| <hmac::Hmac<sha2::Sha256> as KeyInit>::new(&Default::default()),
+                ),
+        )
+    }
+
+    /// HMAC-SHA256 over the concatenation of `parts`.
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac = self.0.clone();
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MacKey(<redacted>)")
+    }
+}
+
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("DataKey(<redacted>)")
@@ -131,6 +180,36 @@ mod tests {
         let a = DataKey::generate().unwrap();
         let b = DataKey::generate().unwrap();
         assert_ne!(a.expose_secret(), b.expose_secret());
+    }
+
+    /// RFC 4231 test case 2 (key "Jefe"): the keyed state gives the same
+    /// MAC as keying afresh, message after message, in one part or several.
+    #[test]
+    fn a_keyed_state_macs_like_a_fresh_key() {
+        let mut jefe = [0u8; KEY_LEN];
+        jefe[..4].copy_from_slice(b"Jefe");
+        // HMAC pads a short key with zeros: "Jefe" and "Jefe" + 28 zero
+        // bytes are the same key (RFC 2104 §2).
+        let key = DataKey::from_bytes(jefe);
+        let mac_key = MacKey::new(&key);
+        let expected = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        let hex = |b: [u8; 32]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        for _ in 0..3 {
+            assert_eq!(
+                hex(mac_key.mac(&[b"what do ya want for nothing?"])),
+                expected
+            );
+            assert_eq!(
+                hex(mac_key.mac(&[b"what do ya ", b"want for nothing?"])),
+                expected
+            );
+        }
+        assert_eq!(
+            hex(key.hmac_sha256(&[b"what do ya want for nothing?"])),
+            expected
+        );
+        assert_ne!(mac_key.mac(&[b"other"]), mac_key.mac(&[b"another"]));
+        assert!(!format!("{mac_key:?}").contains("Jefe"));
     }
 
     #[test]
