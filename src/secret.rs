@@ -45,15 +45,7 @@ impl DataKey {
 
     /// HMAC-SHA256 under this key over the concatenation of `parts`.
     pub fn hmac_sha256(&self, parts: &[&[u8]]) -> [u8; 32] {
-        use hmac::{Hmac, KeyInit, Mac};
-        // HMAC accepts keys of any length (RFC 2104 §2), so this cannot
-        // fail; the all-zero fallback keeps it total without a panic path.
-        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| <Hmac<sha2::Sha256> as KeyInit>::new(&Default::default()));
-        for part in parts {
-            mac.update(part);
-        }
-        mac.finalize().into_bytes().into()
+        MacKey::new(self).mac(parts)
     }
 }
 
@@ -61,10 +53,14 @@ impl DataKey {
 /// under it costs the message's blocks only, not two more for the key.
 /// Each MAC works on a copy of the keyed state.
 ///
-/// The keyed states are key-equivalent secrets. They, and every copy, are
-/// zeroized on drop: the `zeroize` features of `hmac` and `sha2` (and so of
-/// `digest` and `block-buffer`) make the hash cores and buffers wipe
-/// themselves, which the assertion below keeps true.
+/// The keyed states are key-equivalent secrets. The cached state and the
+/// copy each MAC works on are zeroized when dropped: the `zeroize`
+/// features of `hmac` and `sha2` (and so of `digest` and `block-buffer`)
+/// make the hash cores and buffers wipe themselves, which the assertion
+/// below keeps true. What they cannot wipe are the bytes a move leaves
+/// behind: `finalize` takes the working copy by value, and the tenant's
+/// keys are moved into their `Arc` once. Those stack copies live until the
+/// stack is reused, as with any Rust value that is moved.
 pub struct MacKey(hmac::Hmac<sha2::Sha256>);
 
 // Fails to build if the `zeroize` features are ever dropped: `Sha256` is
@@ -79,14 +75,14 @@ impl MacKey {
     /// Keys an HMAC-SHA256 state with `key`.
     pub fn new(key: &DataKey) -> Self {
         use hmac::KeyInit;
-        // HMAC accepts keys of any length (RFC 2104 §2), so this cannot
-        // fail; the all-zero fallback keeps it total without a panic path.
-        Self(
-            <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key.expose_secret())
-                .unwrap_or_else(
-                    |_| <hmac::Hmac<sha2::Sha256> as KeyInit>::new(&Default::default()),
-                ),
-        )
+        // HMAC pads a key shorter than its block with zeros (RFC 2104 §2):
+        // padding it here first is the same MAC, and keying a whole block
+        // cannot fail, so there is no fallback key to get wrong.
+        let mut block = hmac::digest::Key::<hmac::Hmac<sha2::Sha256>>::default();
+        block[..KEY_LEN].copy_from_slice(key.expose_secret());
+        let keyed = <hmac::Hmac<sha2::Sha256> as KeyInit>::new(&block);
+        Zeroize::zeroize(&mut block[..]);
+        Self(keyed)
     }
 
     /// HMAC-SHA256 over the concatenation of `parts`.

@@ -65,21 +65,9 @@ pub enum StartError {
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// `DATA_DIR` holds another embedded backend's store and none of the
-    /// configured one's.
-    #[error(
-        "store: {data_dir}/{found_dir} holds a {found} store but [store] backend is {chosen}; \
-         set backend = \"{found}\" to serve it (a {chosen} store is never started empty beside it)"
-    )]
-    OtherStore {
-        /// The data directory.
-        data_dir: String,
-        /// The backend whose store is there.
-        found: &'static str,
-        /// Its directory under `data_dir`.
-        found_dir: &'static str,
-        /// The configured backend.
-        chosen: &'static str,
-    },
+    /// configured one's, or both, or cannot be checked.
+    #[error("store: {0}")]
+    OtherStore(String),
 }
 
 /// The accepted connections of `listener`, with `TCP_NODELAY` set. Without
@@ -91,25 +79,39 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 }
 
 /// Refuses to open `backend` in `data_dir` when another embedded backend's
-/// store is there and this one's is not: a changed default or a typo in the
-/// configuration would otherwise serve an empty vault, and every token
-/// issued before would answer "not found".
+/// store is there: a changed default or a typo in the configuration would
+/// otherwise serve an empty vault, and every token issued before would
+/// answer "not found". Both stores present is refused too (which one holds
+/// the vault is for an operator to say), and so is a directory that cannot
+/// be checked (an unreadable or dangling mount is not an empty one).
 fn check_no_other_store(data_dir: &Path, backend: &StoreBackend) -> Result<(), StartError> {
-    if data_dir.join(backend.dir()).exists() {
-        return Ok(());
+    let present = |dir: &str| {
+        data_dir.join(dir).try_exists().map_err(|e| {
+            StartError::OtherStore(format!("cannot check {}/{dir}: {e}", data_dir.display()))
+        })
+    };
+    let ours = present(backend.dir())?;
+    for (other, other_dir) in StoreBackend::EMBEDDED {
+        if other == backend.name() || !present(other_dir)? {
+            continue;
+        }
+        let chosen = backend.name();
+        let data_dir = data_dir.display();
+        return Err(StartError::OtherStore(if ours {
+            format!(
+                "{data_dir} holds both a {chosen} store ({}) and a {other} store ({other_dir}); \
+                 move the one not in use out of the data directory",
+                backend.dir()
+            )
+        } else {
+            format!(
+                "{data_dir}/{other_dir} holds a {other} store but [store] backend is {chosen}; \
+                 set backend = \"{other}\" to serve it (if that directory is empty, left by a \
+                 start that failed, remove it)"
+            )
+        }));
     }
-    match StoreBackend::EMBEDDED
-        .iter()
-        .find(|(name, dir)| *name != backend.name() && data_dir.join(dir).exists())
-    {
-        Some((found, found_dir)) => Err(StartError::OtherStore {
-            data_dir: data_dir.display().to_string(),
-            found,
-            found_dir,
-            chosen: backend.name(),
-        }),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// The running service's parts.

@@ -631,6 +631,80 @@ async fn another_backends_store_is_refused_not_started_empty() {
         assert_eq!(pan, VISA, "{backend}");
         server.kill9();
     }
+
+    // Both stores in one data directory: which holds the vault is for an
+    // operator to say, so neither starts.
+    let data = f.dir.path().join("sled");
+    std::fs::create_dir(data.join("fjall")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("holds both a sled store"), "{stderr}");
+}
+
+/// At the default log level a successful data-plane call writes no line
+/// (its cost under load), and a failed one still names its RPC, principal
+/// and tenant, though its span is off.
+#[tokio::test]
+async fn at_info_failures_are_attributed_and_successes_are_quiet() {
+    let f = Fixture::new();
+    let data = f.data();
+    let args = ["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"];
+    let mut full_args = args.to_vec();
+    full_args.push(data.to_str().unwrap());
+    let server = Server::start_with_env(
+        &full_args,
+        &[("RUST_LOG", "info".to_owned())],
+        &data,
+        &f.log(),
+    );
+    let mut processor = server.client("processor").await;
+    let token = processor
+        .tokenize(tokenize_req(VISA))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    processor
+        .detokenize(v1::DetokenizeRequest { token })
+        .await
+        .unwrap();
+    let missing = processor
+        .detokenize(v1::DetokenizeRequest {
+            token: "4111110000001111".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let mut pos = server.client("pos").await;
+    let denied = pos
+        .detokenize(v1::DetokenizeRequest {
+            token: "4111110000001111".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    server.kill9();
+
+    let log = std::fs::read_to_string(f.log()).unwrap();
+    let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(lines("outcome=\"ok\""), 0, "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("rpc=\"Detokenize\"")
+            && l.contains("principal=processor")
+            && l.contains("NotFound")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("rpc=\"Detokenize\"")
+            && l.contains("principal=pos")
+            && l.contains("permission_denied")),
+        "{log}"
+    );
 }
 
 /// The README's quick-start round trip, through the CLI binary itself.

@@ -85,9 +85,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     }
     let app = match App::build(&config, principals).await {
         Ok(app) => app,
-        Err(
-            e @ (StartError::Kms(_) | StartError::Principals(_) | StartError::OtherStore { .. }),
-        ) => {
+        Err(e @ (StartError::Kms(_) | StartError::Principals(_) | StartError::OtherStore(_))) => {
             return config_error(&e);
         }
         Err(e) => {

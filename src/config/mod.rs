@@ -318,10 +318,10 @@ impl StoreBackend {
 
     /// This backend's directory under `DATA_DIR`.
     pub fn dir(&self) -> &'static str {
-        Self::EMBEDDED
-            .iter()
-            .find(|(name, _)| *name == self.name())
-            .map_or("store", |(_, dir)| dir)
+        match self {
+            Self::Sled { .. } => Self::EMBEDDED[0].1,
+            Self::Fjall { .. } => Self::EMBEDDED[1].1,
+        }
     }
 }
 

@@ -203,6 +203,7 @@ impl Authenticator {
             .is_some_and(|id| self.guard.key_locked(id))
         {
             tracing::warn!(
+                rpc,
                 outcome = "locked",
                 "credentials locked after repeated failures"
             );
@@ -213,7 +214,7 @@ impl Authenticator {
         let principal = match self.authenticate(creds) {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(outcome = "unauthenticated", "authentication failed");
+                tracing::warn!(rpc, outcome = "unauthenticated", "authentication failed");
                 if let Some(id) = &key_id {
                     self.failed(id);
                 }
@@ -227,6 +228,9 @@ impl Authenticator {
         span.record("tenant", principal.tenant.as_str());
         if self.guard.principal_locked(&principal.name) {
             tracing::warn!(
+                rpc,
+                principal = %principal.name,
+                tenant = %principal.tenant,
                 outcome = "locked",
                 "principal locked for suspicious activity"
             );
@@ -235,7 +239,13 @@ impl Authenticator {
             ));
         }
         access::require(&principal, roles).map_err(|e| {
-            tracing::warn!(outcome = "permission_denied", "role missing");
+            tracing::warn!(
+                rpc,
+                principal = %principal.name,
+                tenant = %principal.tenant,
+                outcome = "permission_denied",
+                "role missing"
+            );
             status::from_access(e)
         })?;
         if needs_second_factor(roles) {
@@ -255,7 +265,13 @@ impl Authenticator {
         self.guard
             .take_n(&principal.name, rpc, calls)
             .map_err(|wait| {
-                tracing::warn!(outcome = "rate_limited", "rate limit reached");
+                tracing::warn!(
+                    rpc,
+                    principal = %principal.name,
+                    tenant = %principal.tenant,
+                    outcome = "rate_limited",
+                    "rate limit reached"
+                );
                 metrics::counter!("tessera_rate_limited_total", "rpc" => rpc.to_owned())
                     .increment(1);
                 Status::with_error_details(

@@ -14,7 +14,7 @@
 //! admin jobs, take their own lock for their compare-and-set rules.
 //!
 //! Memory is the block cache (`[store] cache_mb`) plus the write buffers,
-//! which the journal's bound ([`MAX_JOURNAL_BYTES`]) caps; start-up replays
+//! which the journal's bound (`MAX_JOURNAL_BYTES`) caps; start-up replays
 //! only that journal, not the whole store.
 
 use std::collections::{HashMap, HashSet};
@@ -36,11 +36,15 @@ use crate::store::{
 /// The journal's size before fjall flushes the memtables it covers
 /// (fjall's minimum; its default is 512 MiB). Start-up replays the journal
 /// into memory, so this bounds both the time to serving and the write
-/// buffers' memory.
+/// buffers' memory. fjall checks it when it rotates a journal file (every
+/// 64 MB), so replay may read up to about twice this.
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// One keyspace's write buffer before it is flushed to a table (fjall's
-/// default is 64 MiB, per keyspace).
+/// default is 64 MiB, per keyspace). fjall records it when a keyspace is
+/// created: stores made before this bound keep 64 MiB, still capped by the
+/// journal's bound. 8 MiB stalled writers for seconds while compaction
+/// caught up (BENCHMARKS.md).
 const MAX_MEMTABLE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Key of the signed chain head in `audit_meta`.

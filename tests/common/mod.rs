@@ -31,19 +31,23 @@ pub const OTP_STEP: Duration = Duration::from_secs(1);
 /// the server accepts each code once, for the current step ± 1. Only the
 /// current and the next step are handed out, never the one before: that
 /// code may expire within milliseconds, and a CLI process started on a
-/// loaded machine takes longer than that to send it. Waits for the next
-/// step when both are spent.
+/// loaded machine takes longer than that to send it; late in a step only
+/// the next one is. Waits for the next step when they are spent.
 pub fn otp(secret: &str) -> String {
     static USED: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
     let parsed = TotpSecret::from_base32(secret).expect("base32 TOTP secret");
     loop {
-        let now = totp::counter(std::time::SystemTime::now(), OTP_STEP);
+        let clock = std::time::SystemTime::now();
+        let now = totp::counter(clock, OTP_STEP);
+        // Late in a step, start from the next one: the current step's code
+        // then has little of its life left.
+        let late = totp::counter(clock + OTP_STEP / 2, OTP_STEP) > now;
         let mut used = USED.lock().unwrap();
         let last = used
             .get_or_insert_with(HashMap::new)
             .entry(secret.to_owned())
             .or_insert(0);
-        let next = (*last + 1).max(now);
+        let next = (*last + 1).max(if late { now + 1 } else { now });
         if next <= now + 1 {
             *last = next;
             return format!("{:06}", parsed.code_at(next));
