@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, assert_no_pan_leaked, client};
+use common::{Server, assert_no_pan_leaked, client, dev_args};
 use tessera::proto::v1;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -569,11 +569,8 @@ async fn another_backends_store_is_refused_not_started_empty() {
     let f = Fixture::new();
     for (backend, other) in [("sled", "fjall"), ("fjall", "sled")] {
         let data = f.dir.path().join(backend);
-        let args = ["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"];
         let with_backend = |name: &str| [("TESSERA__STORE__BACKEND", name.to_owned())];
-        let mut full_args = args.to_vec();
-        full_args.push(data.to_str().unwrap());
-        let server = Server::start_with_env(&full_args, &with_backend(backend), &data, &f.log());
+        let server = Server::start_dev_with_env(&data, &with_backend(backend), &f.log());
         let token = server
             .client("processor")
             .await
@@ -586,7 +583,7 @@ async fn another_backends_store_is_refused_not_started_empty() {
         server.kill9();
 
         let mut refused = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(&full_args)
+            .args(dev_args(&data))
             .env("TESSERA__STORE__BACKEND", other)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -619,7 +616,7 @@ async fn another_backends_store_is_refused_not_started_empty() {
         );
 
         // The store's own backend again: the token is still there.
-        let server = Server::start_with_env(&full_args, &with_backend(backend), &data, &f.log());
+        let server = Server::start_dev_with_env(&data, &with_backend(backend), &f.log());
         let pan = server
             .client("processor")
             .await
@@ -637,8 +634,7 @@ async fn another_backends_store_is_refused_not_started_empty() {
     let data = f.dir.path().join("sled");
     std::fs::create_dir(data.join("fjall")).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
+        .args(dev_args(&data))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -653,15 +649,7 @@ async fn another_backends_store_is_refused_not_started_empty() {
 async fn at_info_failures_are_attributed_and_successes_are_quiet() {
     let f = Fixture::new();
     let data = f.data();
-    let args = ["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"];
-    let mut full_args = args.to_vec();
-    full_args.push(data.to_str().unwrap());
-    let server = Server::start_with_env(
-        &full_args,
-        &[("RUST_LOG", "info".to_owned())],
-        &data,
-        &f.log(),
-    );
+    let server = Server::start_dev_with_env(&data, &[("RUST_LOG", "info".to_owned())], &f.log());
     let mut processor = server.client("processor").await;
     let token = processor
         .tokenize(tokenize_req(VISA))

@@ -88,6 +88,19 @@ fn needs_second_factor(roles: &[Role]) -> bool {
         .any(|r| matches!(r, Role::Admin | Role::Audit | Role::Operator))
 }
 
+/// Logs a refused call of a known principal: which RPC, who, which tenant
+/// and why, so a failure at the default level is attributable (successes
+/// are quiet there).
+fn warn_refused(rpc: &str, principal: &Principal, outcome: &'static str, message: &str) {
+    tracing::warn!(
+        rpc,
+        principal = %principal.name,
+        tenant = %principal.tenant,
+        outcome,
+        "{message}"
+    );
+}
+
 /// Turns credentials into a principal, enforcing lockouts, the second
 /// factor and rate limits on the way.
 #[derive(Debug)]
@@ -227,25 +240,18 @@ impl Authenticator {
         span.record("principal", principal.name.as_str());
         span.record("tenant", principal.tenant.as_str());
         if self.guard.principal_locked(&principal.name) {
-            tracing::warn!(
+            warn_refused(
                 rpc,
-                principal = %principal.name,
-                tenant = %principal.tenant,
-                outcome = "locked",
-                "principal locked for suspicious activity"
+                &principal,
+                "locked",
+                "principal locked for suspicious activity",
             );
             return Err(Status::unauthenticated(
                 "this principal is locked for suspicious activity",
             ));
         }
         access::require(&principal, roles).map_err(|e| {
-            tracing::warn!(
-                rpc,
-                principal = %principal.name,
-                tenant = %principal.tenant,
-                outcome = "permission_denied",
-                "role missing"
-            );
+            warn_refused(rpc, &principal, "permission_denied", "role missing");
             status::from_access(e)
         })?;
         if needs_second_factor(roles) {
@@ -265,13 +271,7 @@ impl Authenticator {
         self.guard
             .take_n(&principal.name, rpc, calls)
             .map_err(|wait| {
-                tracing::warn!(
-                    rpc,
-                    principal = %principal.name,
-                    tenant = %principal.tenant,
-                    outcome = "rate_limited",
-                    "rate limit reached"
-                );
+                warn_refused(rpc, principal, "rate_limited", "rate limit reached");
                 metrics::counter!("tessera_rate_limited_total", "rpc" => rpc.to_owned())
                     .increment(1);
                 Status::with_error_details(

@@ -116,6 +116,18 @@ pub async fn open_channel(addr: &str, tls: Option<&ClientTls>) -> Channel {
     endpoint.connect().await.unwrap()
 }
 
+/// The command line of `serve --dev` on `data_dir`, on a free loopback port.
+pub fn dev_args(data_dir: &Path) -> [&str; 6] {
+    [
+        "serve",
+        "--dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]
+}
+
 /// A `tessera serve --dev` child process.
 pub struct Server {
     child: Child,
@@ -130,19 +142,12 @@ impl Server {
     /// Starts the binary on `data_dir`, appending its stderr to `log`, and
     /// waits for the readiness line.
     pub fn start(data_dir: &Path, log: &Path) -> Self {
-        let dir = data_dir.to_str().unwrap();
-        Self::start_with(
-            &[
-                "serve",
-                "--dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                dir,
-            ],
-            data_dir,
-            log,
-        )
+        Self::start_dev_with_env(data_dir, &[], log)
+    }
+
+    /// `serve --dev` on `data_dir` with extra environment variables.
+    pub fn start_dev_with_env(data_dir: &Path, env: &[(&str, String)], log: &Path) -> Self {
+        Self::start_with_env(&dev_args(data_dir), env, data_dir, log)
     }
 
     /// `serve --dev` on `data_dir` with an extra config file.
