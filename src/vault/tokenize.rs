@@ -6,8 +6,8 @@
 //! event, so the record and its event share one flush. A batch plans every
 //! item, then commits all new records and one event with counts in a
 //! single submission; when a concurrent writer takes one of its token
-//! values or fingerprints first, the batch falls back to placing items one
-//! by one.
+//! values or fingerprints first, only the items it took are placed one by
+//! one and the rest commits as a batch again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -28,6 +28,10 @@ use crate::vault::{
     EXHAUSTIVE_SEARCH_LIMIT, FF1_PLACE_ATTEMPTS, FormatRequest, RANDOM_DRAWS, TokenizeCommand,
     Tokenized, Vault, VaultError, encode_payload,
 };
+
+/// Times a batch re-commits after losing a race for some of its items
+/// before placing the rest one by one.
+const BATCH_RACE_ROUNDS: usize = 3;
 
 /// Everything one tokenize needs to place its token.
 struct Plan {
@@ -138,6 +142,8 @@ impl Vault {
         // Items answered from the batch's own submission, for the fallback.
         let mut in_batch: Vec<(usize, Plan)> = Vec::new();
         let mut records = Vec::new();
+        // For each record, its item's index in `in_batch`.
+        let mut fresh = Vec::new();
         let mut ids = HashSet::new();
         // The first fresh item of each deterministic card in the batch.
         let mut firsts: HashMap<Fingerprint, usize> = HashMap::new();
@@ -190,39 +196,103 @@ impl Vault {
             };
             ids.insert(done.token_id);
             records.push(record);
+            fresh.push(in_batch.len());
             results.push(Ok(done));
             if let Some(fp) = plan.fingerprint {
                 firsts.insert(fp, in_batch.len());
             }
             in_batch.push((results.len() - 1, plan));
         }
-        let unit = WriteUnit {
-            records,
-            tombstones: Vec::new(),
-        };
         let batch_event = |results: &[Result<Tokenized, VaultError>]| AuditEvent {
             resource: resource(results),
             ..event.clone()
         };
-        match self
-            .commit_tokenize(unit, Some(batch_event(&results)))
-            .await
-        {
-            Ok(()) => Ok(results),
-            Err(WriteError::Refused(_)) => {
-                // A concurrent writer took a token value or a fingerprint of
-                // the batch first: place those items one by one, each with
-                // its own event (a repeated card then reuses its first
-                // item's token), then record the batch's outcome.
-                for (index, plan) in &in_batch {
-                    results[*index] = self.issue(tenant, plan, Some(&event)).await;
-                }
-                self.commit_tokenize(WriteUnit::default(), Some(batch_event(&results)))
-                    .await?;
-                Ok(results)
+        // Items placed on their own after losing a race.
+        let mut placed = vec![false; in_batch.len()];
+        for _ in 0..BATCH_RACE_ROUNDS {
+            let unit = WriteUnit {
+                records: records.clone(),
+                tombstones: Vec::new(),
+            };
+            match self
+                .commit_tokenize(unit, Some(batch_event(&results)))
+                .await
+            {
+                Ok(()) => return Ok(results),
+                Err(WriteError::Refused(_)) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => Err(e.into()),
+            // A concurrent writer took a token value or a card of the batch
+            // first. Only what it took is placed again, one item at a time
+            // with its own event (a repeat of a lost card then reuses the
+            // card's token); the rest commits as one batch again. Placing
+            // all 1,000 items one by one instead once held a batch for 37 s.
+            let lost = self.lost_to_race(tenant, &records).await?;
+            if lost.is_empty() {
+                continue;
+            }
+            let lost_cards: HashSet<Fingerprint> = lost
+                .iter()
+                .filter_map(|&k| in_batch[fresh[k]].1.fingerprint)
+                .collect();
+            let mut again: Vec<usize> = lost.iter().map(|&k| fresh[k]).collect();
+            again.extend((0..in_batch.len()).filter(|&i| {
+                !placed[i]
+                    && in_batch[i]
+                        .1
+                        .fingerprint
+                        .is_some_and(|fp| lost_cards.contains(&fp))
+            }));
+            again.sort_unstable();
+            again.dedup();
+            (records, fresh) = records
+                .into_iter()
+                .zip(fresh)
+                .enumerate()
+                .filter(|(k, _)| !lost.contains(k))
+                .map(|(_, kept)| kept)
+                .unzip();
+            for i in again {
+                placed[i] = true;
+                let (index, plan) = &in_batch[i];
+                results[*index] = self.issue(tenant, plan, Some(&event)).await;
+            }
         }
+        // Still racing: every item not placed yet goes on its own, then
+        // the batch's outcome is recorded.
+        for (i, (index, plan)) in in_batch.iter().enumerate() {
+            if !placed[i] {
+                results[*index] = self.issue(tenant, plan, Some(&event)).await;
+            }
+        }
+        self.commit_tokenize(WriteUnit::default(), Some(batch_event(&results)))
+            .await?;
+        Ok(results)
+    }
+
+    /// Which of a refused batch's `records` another writer got to first:
+    /// their token id is stored, or their card has a live token now.
+    async fn lost_to_race(
+        &self,
+        tenant: &TenantId,
+        records: &[SealedRecord],
+    ) -> Result<HashSet<usize>, VaultError> {
+        let mut lost = HashSet::new();
+        for (k, record) in records.iter().enumerate() {
+            let id_taken = self.store.get(&record.token_id).await?.is_some();
+            let card_taken = match &record.fingerprint {
+                Some(fp) => self
+                    .store
+                    .find_by_fingerprint(tenant, fp)
+                    .await?
+                    .is_some_and(|holder| holder.tombstone.is_none()),
+                None => false,
+            };
+            if id_taken || card_taken {
+                lost.insert(k);
+            }
+        }
+        Ok(lost)
     }
 
     /// A token for `plan` that no stored record and no earlier item of the
