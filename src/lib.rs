@@ -58,6 +58,7 @@ pub mod csprng;
 pub mod devcreds;
 pub mod domain;
 pub mod envelope;
+pub mod huge_pages;
 pub mod keyring;
 pub mod kms;
 pub mod leak;

@@ -929,3 +929,17 @@ fn many_concurrent_writes_all_complete() {
     assert_eq!(report["runs"][0]["errors"], 0);
     assert!(report["runs"][0]["calls_per_second"].as_f64().unwrap() > 0.0);
 }
+
+/// The server opts out of transparent huge pages, which cost it 80–220 MiB
+/// of resident memory under load (see `tessera::huge_pages`).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_server_runs_without_transparent_huge_pages() {
+    let f = Fixture::new();
+    let server = Server::start(&f.data(), &f.log());
+    assert_eq!(server.proc_status("THP_enabled").as_deref(), Some("0"));
+    // Its children would inherit the opt-out, the test process has none.
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert!(own.contains("THP_enabled:\t1"), "{own}");
+    server.kill9();
+}

@@ -43,6 +43,7 @@ fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
 /// Runs the server until SIGTERM or ctrl-c.
 pub async fn run(args: ServeArgs) -> ExitCode {
     crate::telemetry::init_logging();
+    crate::huge_pages::disable();
     let profile = if args.dev {
         Profile::Dev
     } else {

@@ -264,6 +264,16 @@ impl Server {
         OtpAuth::new(&self.api_key(who), &self.totp_secret(who))
     }
 
+    /// A line of the server process's `/proc/PID/status` (Linux), such as
+    /// `THP_enabled`, without its name.
+    pub fn proc_status(&self, field: &str) -> Option<String> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .map(|value| value.trim().to_owned())
+    }
+
     /// `kill -9`: no chance to flush anything.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
