@@ -288,6 +288,26 @@ impl Committer {
                 reply,
             });
         }
+        let mut refused = Vec::new();
+        self.write(tip, units, pending, &mut refused).await;
+        // Refused writers hear last, once the rest of their batch is
+        // committed (or failed): a refused writer then reads the record
+        // that beat it. Told first, it read the store before that record
+        // was written and found nothing it had lost to.
+        for (reply, error) in refused {
+            let _ = reply.send(Err(WriteError::Refused(error)));
+        }
+    }
+
+    /// Commits `units` with their events; a refused unit leaves the batch
+    /// (its answer goes to `refused`) and the rest is committed again.
+    async fn write(
+        &mut self,
+        tip: Option<Tip>,
+        mut units: Vec<WriteUnit>,
+        mut pending: Vec<Pending>,
+        refused: &mut Vec<(Reply, StoreError)>,
+    ) {
         loop {
             if pending.is_empty() {
                 return;
@@ -306,8 +326,7 @@ impl Committer {
                     return;
                 }
                 Err(CommitError::Refused { unit, error }) if unit < pending.len() => {
-                    let refused = pending.remove(unit);
-                    let _ = refused.reply.send(Err(WriteError::Refused(error)));
+                    refused.push((pending.remove(unit).reply, error));
                     // The commit returned, so the store holds no copy.
                     let Ok(batch) = Arc::try_unwrap(batch) else {
                         return fail_all(pending, &StoreError::Damaged("batch still shared"));
@@ -406,5 +425,45 @@ fn chain(tip: Option<Tip>, pending: &[Pending]) -> (AuditAppend, Vec<Vec<u64>>, 
 fn fail_all(pending: Vec<Pending>, error: &StoreError) {
     for p in pending {
         let _ = p.reply.send(Err(WriteError::Store(error.clone())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fjall::FjallStore;
+    use crate::store::record::tests::sample;
+
+    fn writing(record: &crate::store::SealedRecord) -> Submission {
+        Submission {
+            unit: WriteUnit {
+                records: vec![record.clone()],
+                tombstones: Vec::new(),
+            },
+            ..Submission::default()
+        }
+    }
+
+    /// Two writers of one token id in one commit: the second is refused,
+    /// and when it hears so, the first one's record is in the store. Told
+    /// before the first was written (fjall commits on another thread), a
+    /// refused batch found nothing it had lost and retried in vain.
+    #[tokio::test]
+    async fn a_refused_writer_hears_after_the_writer_that_beat_it_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(FjallStore::open(dir.path(), 8 << 20).unwrap());
+        let pipeline = Pipeline::new(Arc::clone(&store));
+        let record = sample();
+        let (first, (second, seen)) = tokio::join!(pipeline.submit(writing(&record)), async {
+            let refused = pipeline.submit(writing(&record)).await;
+            let seen = store.get(&record.token_id).await.unwrap().is_some();
+            (refused, seen)
+        });
+        first.unwrap();
+        assert!(
+            matches!(second, Err(WriteError::Refused(StoreError::AlreadyExists))),
+            "{second:?}"
+        );
+        assert!(seen, "refused before the winner was stored");
     }
 }

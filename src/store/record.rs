@@ -277,9 +277,10 @@ pub fn fingerprint_key(tenant: &TenantId, fp: &Fingerprint) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A record for tests of other modules.
     pub(crate) fn sample() -> SealedRecord {
         SealedRecord {
             token_id: TokenId::from_bytes([1; 32]),

@@ -77,6 +77,20 @@ fn reuse_conflict(existing: &PublicFacts, wanted: &PublicFacts) -> Option<&'stat
     }
 }
 
+/// A batch's answer for a repeat of a card placed earlier in the batch:
+/// the first item's token when the options match.
+fn repeat_of(
+    first: &Plan,
+    first_result: &Result<Tokenized, VaultError>,
+    repeat: &Plan,
+) -> Result<Tokenized, VaultError> {
+    match (reuse_conflict(&first.facts, &repeat.facts), first_result) {
+        (Some(option), _) => Err(VaultError::ReuseConflict { option }),
+        (None, Ok(done)) => Ok(done.repeated()),
+        (None, Err(_)) => Err(VaultError::Contended),
+    }
+}
+
 /// The event of a tokenize that issued or reused `token_id`.
 fn token_event(mut event: AuditEvent, token_id: &TokenId) -> AuditEvent {
     event.resource = format!("token:{}", token_id.short());
@@ -163,16 +177,8 @@ impl Vault {
             if let Some(fp) = plan.fingerprint
                 && let Some(&first) = firsts.get(&fp)
             {
-                // The same card again: its token, when the options match.
-                let facts = &in_batch[first].1.facts;
-                let result = match (
-                    reuse_conflict(facts, &plan.facts),
-                    &results[in_batch[first].0],
-                ) {
-                    (Some(option), _) => Err(VaultError::ReuseConflict { option }),
-                    (None, Ok(done)) => Ok(done.repeated()),
-                    (None, Err(_)) => Err(VaultError::Contended),
-                };
+                let (first_index, first_plan) = &in_batch[first];
+                let result = repeat_of(first_plan, &results[*first_index], &plan);
                 results.push(result);
                 in_batch.push((results.len() - 1, plan));
                 continue;
@@ -224,27 +230,16 @@ impl Vault {
             }
             // A concurrent writer took a token value or a card of the batch
             // first. Only what it took is placed again, one item at a time
-            // with its own event (a repeat of a lost card then reuses the
-            // card's token); the rest commits as one batch again. Placing
-            // all 1,000 items one by one instead once held a batch for 37 s.
+            // with its own event (a lost card then gets the other writer's
+            // token), its repeats answer from that, and the rest commits as
+            // one batch again. Placing all 1,000 items one by one instead
+            // once held a batch for 37 s.
             let lost = self.lost_to_race(tenant, &records).await?;
             if lost.is_empty() {
                 continue;
             }
-            let lost_cards: HashSet<Fingerprint> = lost
-                .iter()
-                .filter_map(|&k| in_batch[fresh[k]].1.fingerprint)
-                .collect();
             let mut again: Vec<usize> = lost.iter().map(|&k| fresh[k]).collect();
-            again.extend((0..in_batch.len()).filter(|&i| {
-                !placed[i]
-                    && in_batch[i]
-                        .1
-                        .fingerprint
-                        .is_some_and(|fp| lost_cards.contains(&fp))
-            }));
             again.sort_unstable();
-            again.dedup();
             (records, fresh) = records
                 .into_iter()
                 .zip(fresh)
@@ -252,10 +247,20 @@ impl Vault {
                 .filter(|(k, _)| !lost.contains(k))
                 .map(|(_, kept)| kept)
                 .unzip();
-            for i in again {
+            for &i in &again {
                 placed[i] = true;
                 let (index, plan) = &in_batch[i];
                 results[*index] = self.issue(tenant, plan, Some(&event)).await;
+            }
+            for i in 0..in_batch.len() {
+                let first = in_batch[i].1.fingerprint.and_then(|fp| firsts.get(&fp));
+                let Some(&first) = first.filter(|&&f| f != i && again.contains(&f)) else {
+                    continue;
+                };
+                placed[i] = true;
+                let (first_index, first_plan) = &in_batch[first];
+                let result = repeat_of(first_plan, &results[*first_index], &in_batch[i].1);
+                results[in_batch[i].0] = result;
             }
         }
         // Still racing: every item not placed yet goes on its own, then
