@@ -217,7 +217,7 @@ impl Vault {
         let mut placed = vec![false; in_batch.len()];
         for _ in 0..BATCH_RACE_ROUNDS {
             let unit = WriteUnit {
-                records: records.clone(),
+                records: std::mem::take(&mut records),
                 tombstones: Vec::new(),
             };
             match self
@@ -234,19 +234,25 @@ impl Vault {
             // token), its repeats answer from that, and the rest commits as
             // one batch again. Placing all 1,000 items one by one instead
             // once held a batch for 37 s.
-            let lost = self.lost_to_race(tenant, &records).await?;
-            if lost.is_empty() {
-                continue;
+            let claims: Vec<(usize, TokenId, Option<Fingerprint>)> = fresh
+                .iter()
+                .filter_map(|&i| {
+                    let (index, plan) = &in_batch[i];
+                    let done = results[*index].as_ref().ok()?;
+                    Some((i, done.token_id, plan.fingerprint))
+                })
+                .collect();
+            let lost = self.lost_to_race(tenant, &claims).await?;
+            let again: Vec<usize> = fresh.iter().copied().filter(|i| lost.contains(i)).collect();
+            fresh.retain(|i| !lost.contains(i));
+            // The refused commit took the records: seal the kept items again
+            // (only on this rare path, so the first attempt copies nothing).
+            for &i in &fresh {
+                let (index, plan) = &in_batch[i];
+                if let Ok(done) = &results[*index] {
+                    records.push(self.sealed(tenant, plan, &done.token)?);
+                }
             }
-            let mut again: Vec<usize> = lost.iter().map(|&k| fresh[k]).collect();
-            again.sort_unstable();
-            (records, fresh) = records
-                .into_iter()
-                .zip(fresh)
-                .enumerate()
-                .filter(|(k, _)| !lost.contains(k))
-                .map(|(_, kept)| kept)
-                .unzip();
             for &i in &again {
                 placed[i] = true;
                 let (index, plan) = &in_batch[i];
@@ -275,17 +281,18 @@ impl Vault {
         Ok(results)
     }
 
-    /// Which of a refused batch's `records` another writer got to first:
-    /// their token id is stored, or their card has a live token now.
+    /// Which of a refused batch's items, each `(item, token id, card)`,
+    /// another writer got to first: their token id is stored, or their card
+    /// has a live token now.
     async fn lost_to_race(
         &self,
         tenant: &TenantId,
-        records: &[SealedRecord],
+        claims: &[(usize, TokenId, Option<Fingerprint>)],
     ) -> Result<HashSet<usize>, VaultError> {
         let mut lost = HashSet::new();
-        for (k, record) in records.iter().enumerate() {
-            let id_taken = self.store.get(&record.token_id).await?.is_some();
-            let card_taken = match &record.fingerprint {
+        for (item, token_id, fingerprint) in claims {
+            let id_taken = self.store.get(token_id).await?.is_some();
+            let card_taken = match fingerprint {
                 Some(fp) => self
                     .store
                     .find_by_fingerprint(tenant, fp)
@@ -294,7 +301,7 @@ impl Vault {
                 None => false,
             };
             if id_taken || card_taken {
-                lost.insert(k);
+                lost.insert(*item);
             }
         }
         Ok(lost)
@@ -494,6 +501,30 @@ impl Vault {
         Ok(self.store.get(&plan.keys.token_id(&token)).await?.is_some())
     }
 
+    /// `token`'s record for `plan`, its PAN sealed under the tenant's data
+    /// key and bound to the token id.
+    fn sealed(
+        &self,
+        tenant: &TenantId,
+        plan: &Plan,
+        token: &Token,
+    ) -> Result<SealedRecord, VaultError> {
+        let token_id = plan.keys.token_id(token);
+        let binding = Binding {
+            tenant,
+            token_id: &token_id,
+            dek_version: plan.dek_version,
+        };
+        let sealed_pan = envelope::seal(&plan.dek, binding, &encode_payload(&plan.pan, token))?;
+        Ok(SealedRecord {
+            token_id,
+            tenant: tenant.clone(),
+            fingerprint: plan.fingerprint,
+            facts: plan.facts.clone(),
+            sealed_pan,
+        })
+    }
+
     /// Seals `token`'s record for `plan`.
     fn seal_record(
         &self,
@@ -501,23 +532,10 @@ impl Vault {
         plan: &Plan,
         token: Token,
     ) -> Result<(SealedRecord, Tokenized), VaultError> {
-        let token_id = plan.keys.token_id(&token);
-        let binding = Binding {
-            tenant,
-            token_id: &token_id,
-            dek_version: plan.dek_version,
-        };
-        let sealed_pan = envelope::seal(&plan.dek, binding, &encode_payload(&plan.pan, &token))?;
-        let record = SealedRecord {
-            token_id,
-            tenant: tenant.clone(),
-            fingerprint: plan.fingerprint,
-            facts: plan.facts.clone(),
-            sealed_pan,
-        };
+        let record = self.sealed(tenant, plan, &token)?;
         let done = Tokenized {
             token,
-            token_id,
+            token_id: record.token_id,
             masked_pan: plan.facts.masked_pan.clone(),
             brand: plan.facts.brand,
             reused: false,
