@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # SECONDS of batch tokenize (4 x 1,000 in flight, fjall), then 8 s of unary
 # tokenize: the slowest call (a stalled batch shows as max) and the peak RSS.
-# SERVER_ENV adds environment to the server.
+# SERVER_ENV adds environment to the server; BIN picks the build.
 #   scripts/perf/batch_stall.sh 60
 cd "$(dirname "$0")/../.."
 DATA=/tmp/stall-data; rm -rf $DATA
-BIN=target/release/tessera
+BIN=${BIN:-target/release/tessera}
 env $SERVER_ENV $BIN serve --dev --config deploy/bench-fjall.toml --data-dir $DATA --listen 127.0.0.1:50066 > /tmp/stall-ready.txt 2>/tmp/stall-server.log &
 SPID=$!
 until grep -q "listening" /tmp/stall-ready.txt; do sleep 0.05; done
