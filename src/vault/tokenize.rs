@@ -77,15 +77,21 @@ fn reuse_conflict(existing: &PublicFacts, wanted: &PublicFacts) -> Option<&'stat
     }
 }
 
-/// A batch's answer for a repeat of a card placed earlier in the batch:
-/// the first item's token when the options match.
+/// A batch's answer for a repeat of a card placed earlier in the batch,
+/// from the first item's options (`first`), its result and the repeat's
+/// options: the first item's token when the options match, and the first
+/// item's conflict with a stored token when it met one, since the repeat
+/// asked for the same options.
 fn repeat_of(
-    first: &Plan,
+    first: &PublicFacts,
     first_result: &Result<Tokenized, VaultError>,
-    repeat: &Plan,
+    repeat: &PublicFacts,
 ) -> Result<Tokenized, VaultError> {
-    match (reuse_conflict(&first.facts, &repeat.facts), first_result) {
+    match (reuse_conflict(first, repeat), first_result) {
         (Some(option), _) => Err(VaultError::ReuseConflict { option }),
+        (None, Err(VaultError::ReuseConflict { option })) => {
+            Err(VaultError::ReuseConflict { option })
+        }
         (None, Ok(done)) => Ok(done.repeated()),
         (None, Err(_)) => Err(VaultError::Contended),
     }
@@ -141,7 +147,10 @@ impl Vault {
     /// its outcome. An item that cannot join the batch's commit (its bucket
     /// is nearly full) is placed on its own with its own event, so no
     /// record is ever written without one. An `Err` means the batch's
-    /// commit failed.
+    /// commit (or a store read) failed; items placed on their own before
+    /// that are stored with their own events, and their tokens are lost to
+    /// the caller, so a retry of a random-token item mints another token
+    /// for the same card (as after any call whose answer was lost).
     pub async fn tokenize_batch<R>(
         &self,
         tenant: &TenantId,
@@ -178,7 +187,7 @@ impl Vault {
                 && let Some(&first) = firsts.get(&fp)
             {
                 let (first_index, first_plan) = &in_batch[first];
-                let result = repeat_of(first_plan, &results[*first_index], &plan);
+                let result = repeat_of(&first_plan.facts, &results[*first_index], &plan.facts);
                 results.push(result);
                 in_batch.push((results.len() - 1, plan));
                 continue;
@@ -265,7 +274,11 @@ impl Vault {
                 };
                 placed[i] = true;
                 let (first_index, first_plan) = &in_batch[first];
-                let result = repeat_of(first_plan, &results[*first_index], &in_batch[i].1);
+                let result = repeat_of(
+                    &first_plan.facts,
+                    &results[*first_index],
+                    &in_batch[i].1.facts,
+                );
                 results[in_batch[i].0] = result;
             }
         }
@@ -735,5 +748,35 @@ impl Vault {
                 Ok(Some(now.saturating_add(ms.max(1))))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A review finding: a repeat of a card whose first item met a stored
+    /// token with other options was told to retry (ABORTED), though a retry
+    /// meets the same conflict; it gets the first item's conflict.
+    #[test]
+    fn a_repeat_shares_its_first_items_reuse_conflict() {
+        let facts = crate::store::record::tests::sample().facts;
+        let conflict = Err(VaultError::ReuseConflict { option: "ttl" });
+        assert!(matches!(
+            repeat_of(&facts, &conflict, &facts),
+            Err(VaultError::ReuseConflict { option: "ttl" })
+        ));
+        assert!(matches!(
+            repeat_of(&facts, &Err(VaultError::Contended), &facts),
+            Err(VaultError::Contended)
+        ));
+        let mut single_use = crate::store::record::tests::sample().facts;
+        single_use.single_use = !facts.single_use;
+        assert!(matches!(
+            repeat_of(&facts, &conflict, &single_use),
+            Err(VaultError::ReuseConflict {
+                option: "single_use"
+            })
+        ));
     }
 }
