@@ -15,7 +15,7 @@ use crate::access::approvals::Approvals;
 use crate::access::principals::{self, BookError, PrincipalBook};
 use crate::audit::sink::AuditSink;
 use crate::clock::SystemClock;
-use crate::config::{Config, KmsBackend, PrincipalEntry, StoreBackend};
+use crate::config::{Config, KmsBackend, PostgresSettings, PrincipalEntry, StoreBackend};
 use crate::kms::dev::DevKms;
 use crate::kms::pkcs11::Pkcs11Kms;
 use crate::kms::shamir::ShamirKms;
@@ -30,6 +30,7 @@ use crate::service::key_admin::KeyAdminService;
 use crate::service::principals::PrincipalsService;
 use crate::service::{Authenticator, TokenizerService};
 use crate::store::fjall::FjallStore;
+use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
 use crate::vault::Vault;
@@ -90,7 +91,10 @@ fn check_no_other_store(data_dir: &Path, backend: &StoreBackend) -> Result<(), S
             StartError::OtherStore(format!("cannot check {}/{dir}: {e}", data_dir.display()))
         })
     };
-    let ours = present(backend.dir())?;
+    let Some(our_dir) = backend.dir() else {
+        return Ok(());
+    };
+    let ours = present(our_dir)?;
     for (other, other_dir) in StoreBackend::EMBEDDED {
         if other == backend.name() || !present(other_dir)? {
             continue;
@@ -101,7 +105,7 @@ fn check_no_other_store(data_dir: &Path, backend: &StoreBackend) -> Result<(), S
             format!(
                 "{data_dir} holds both a {chosen} store ({}) and a {other} store ({other_dir}); \
                  move the one not in use out of the data directory",
-                backend.dir()
+                our_dir
             )
         } else {
             format!(
@@ -112,6 +116,43 @@ fn check_no_other_store(data_dir: &Path, backend: &StoreBackend) -> Result<(), S
         }));
     }
     Ok(())
+}
+
+/// Connects to PostgreSQL as `settings` say, applies missing migrations
+/// when told to, and checks the schema is this build's.
+pub async fn open_postgres(settings: &PostgresSettings) -> Result<PgStore, StartError> {
+    let password = match &settings.password_file {
+        Some(path) => {
+            let mut bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "store.password_file {}: {}",
+                    path.display(),
+                    e.kind()
+                ))
+            })?);
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            Some(bytes)
+        }
+        None => None,
+    };
+    let store = PgStore::new(&PgOptions {
+        url: settings.url.clone(),
+        password,
+        pool_size: settings.pool_size,
+        statement_timeout: settings.statement_timeout,
+        commit_deadline: settings.commit_deadline,
+        connect_timeout: settings.connect_timeout,
+    })?;
+    if settings.migrate {
+        let applied = store.migrate().await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "postgres migrations applied");
+        }
+    }
+    store.check_schema().await?;
+    Ok(store)
 }
 
 /// The running service's parts.
@@ -134,28 +175,29 @@ impl App {
         principals: Vec<PrincipalEntry>,
     ) -> Result<Self, StartError> {
         check_no_other_store(&config.data_dir, &config.store)?;
-        let store_dir = config.data_dir.join(config.store.dir());
-        let (store, simulated_flush_delay): (Arc<dyn Store>, _) = match config.store {
+        let store_dir = config.data_dir.join(config.store.dir().unwrap_or_default());
+        let (store, simulated_flush_delay): (Arc<dyn Store>, _) = match &config.store {
             StoreBackend::Sled {
                 simulated_flush_delay,
                 cache_bytes,
             } => (
                 Arc::new(
-                    SledStore::open_with_cache(&store_dir, cache_bytes)?
-                        .with_simulated_flush_delay(simulated_flush_delay),
+                    SledStore::open_with_cache(&store_dir, *cache_bytes)?
+                        .with_simulated_flush_delay(*simulated_flush_delay),
                 ),
-                simulated_flush_delay,
+                *simulated_flush_delay,
             ),
             StoreBackend::Fjall {
                 simulated_flush_delay,
                 cache_bytes,
             } => (
                 Arc::new(
-                    FjallStore::open(&store_dir, cache_bytes)?
-                        .with_simulated_flush_delay(simulated_flush_delay),
+                    FjallStore::open(&store_dir, *cache_bytes)?
+                        .with_simulated_flush_delay(*simulated_flush_delay),
                 ),
-                simulated_flush_delay,
+                *simulated_flush_delay,
             ),
+            StoreBackend::Postgres(settings) => (Arc::new(open_postgres(settings).await?), None),
         };
         if let Some(delay) = simulated_flush_delay {
             tracing::warn!(

@@ -26,8 +26,9 @@ struct Fjall {
     dirs: Mutex<Vec<tempfile::TempDir>>,
 }
 
+#[async_trait::async_trait]
 impl suite::Factory for Fjall {
-    fn make(&self) -> Arc<dyn Store> {
+    async fn make(&self) -> Arc<dyn Store> {
         let dir = tempfile::tempdir().unwrap();
         let store = FjallStore::open(dir.path(), CACHE).unwrap();
         self.dirs.lock().unwrap().push(dir);

@@ -19,8 +19,9 @@ use tessera::store::memory::MemoryStore;
 
 struct Memory;
 
+#[async_trait::async_trait]
 impl suite::Factory for Memory {
-    fn make(&self) -> Arc<dyn Store> {
+    async fn make(&self) -> Arc<dyn Store> {
         Arc::new(MemoryStore::new())
     }
 }

@@ -24,8 +24,9 @@ struct Sled {
     dirs: Mutex<Vec<tempfile::TempDir>>,
 }
 
+#[async_trait::async_trait]
 impl suite::Factory for Sled {
-    fn make(&self) -> Arc<dyn Store> {
+    async fn make(&self) -> Arc<dyn Store> {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         self.dirs.lock().unwrap().push(dir);

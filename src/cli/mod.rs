@@ -6,6 +6,7 @@ pub mod client;
 pub mod hsm;
 pub mod init;
 pub mod keys;
+pub mod migrate;
 pub mod principal;
 pub mod serve;
 pub mod session;
@@ -63,6 +64,8 @@ pub enum Command {
     Logout(session::SessionArgs),
     /// Load a running server and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Apply the PostgreSQL schema (`[store] backend = "postgres"`).
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Parses the command line and runs it.
@@ -96,6 +99,7 @@ pub fn main() -> ExitCode {
             Command::Login(args) => session::login(args).await,
             Command::Logout(args) => session::logout(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Migrate(args) => migrate::run(args).await,
         }
     })
 }

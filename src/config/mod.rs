@@ -210,6 +210,24 @@ pub struct RawStore {
     /// fjall's block cache): the bulk of the server's memory; the OS page
     /// cache holds the rest of a large store.
     pub cache_mb: Option<u64>,
+    /// postgres: a libpq URL or key=value string, several hosts allowed
+    /// (`host=a,b target_session_attrs=read-write`); never a password.
+    pub url: Option<String>,
+    /// postgres: the file holding the database password.
+    pub password_file: Option<PathBuf>,
+    /// postgres: connections in the pool (default 16).
+    pub pool_size: Option<usize>,
+    /// postgres: the server-side bound on each statement (default 5000).
+    pub statement_timeout_ms: Option<u64>,
+    /// postgres: Tessera's own bound on each commit, COMMIT included
+    /// (default 10000); `statement_timeout` does not cover the wait for a
+    /// synchronous standby.
+    pub commit_deadline_ms: Option<u64>,
+    /// postgres: the bound on opening a connection (default 2000).
+    pub connect_timeout_ms: Option<u64>,
+    /// postgres: apply missing migrations at start-up (default false:
+    /// `tessera migrate` does it, and `serve` refuses an old schema).
+    pub migrate: Option<bool>,
 }
 
 /// `[kms]`.
@@ -283,6 +301,57 @@ pub struct RawPrincipal {
     pub totp_secret_file: Option<PathBuf>,
 }
 
+/// Checks `[store]` for the postgres backend; every bound has a default.
+pub fn postgres_settings(raw: &RawStore) -> Result<PostgresSettings, ConfigError> {
+    if raw.simulated_flush_delay_us.is_some() || raw.cache_mb.is_some() {
+        let field = if raw.cache_mb.is_some() {
+            "store.cache_mb"
+        } else {
+            "store.simulated_flush_delay_us"
+        };
+        return Err(invalid(field, "applies only to the embedded backends"));
+    }
+    let url = raw
+        .url
+        .clone()
+        .ok_or_else(|| invalid("store.url", "required with backend = \"postgres\""))?;
+    crate::store::postgres::parse_url(&url).map_err(|e| invalid("store.url", e.to_string()))?;
+    let millis = |field: &str, value: Option<u64>, default: u64, max: u64| match value {
+        None => Ok(std::time::Duration::from_millis(default)),
+        Some(ms @ 1..) if ms <= max => Ok(std::time::Duration::from_millis(ms)),
+        Some(_) => Err(invalid(field, format!("between 1 and {max}"))),
+    };
+    let pool_size = match raw.pool_size {
+        None => 16,
+        Some(n @ 1..=1024) => n,
+        Some(_) => return Err(invalid("store.pool_size", "between 1 and 1024")),
+    };
+    Ok(PostgresSettings {
+        url,
+        password_file: raw.password_file.clone(),
+        pool_size,
+        statement_timeout: millis(
+            "store.statement_timeout_ms",
+            raw.statement_timeout_ms,
+            5_000,
+            600_000,
+        )?,
+        commit_deadline: millis(
+            "store.commit_deadline_ms",
+            raw.commit_deadline_ms,
+            10_000,
+            600_000,
+        )?,
+        connect_timeout: millis(
+            "store.connect_timeout_ms",
+            raw.connect_timeout_ms,
+            2_000,
+            60_000,
+        )?,
+        migrate: raw.migrate.unwrap_or(false),
+    })
+}
+
 /// Store backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
@@ -302,6 +371,28 @@ pub enum StoreBackend {
         /// fjall's block cache, bytes.
         cache_bytes: u64,
     },
+    /// PostgreSQL, shared by every replica.
+    Postgres(PostgresSettings),
+}
+
+/// `[store] backend = "postgres"`: where the database is and how to bound
+/// the calls to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresSettings {
+    /// The connection string (checked: parses, holds no password).
+    pub url: String,
+    /// The file holding the password.
+    pub password_file: Option<PathBuf>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// The server-side bound on each statement.
+    pub statement_timeout: std::time::Duration,
+    /// Tessera's own bound on each commit.
+    pub commit_deadline: std::time::Duration,
+    /// The bound on opening a connection.
+    pub connect_timeout: std::time::Duration,
+    /// Apply missing migrations at start-up.
+    pub migrate: bool,
 }
 
 impl StoreBackend {
@@ -313,14 +404,17 @@ impl StoreBackend {
         match self {
             Self::Sled { .. } => "sled",
             Self::Fjall { .. } => "fjall",
+            Self::Postgres(_) => "postgres",
         }
     }
 
-    /// This backend's directory under `DATA_DIR`.
-    pub fn dir(&self) -> &'static str {
+    /// This backend's directory under `DATA_DIR`; `None` for a database
+    /// server.
+    pub fn dir(&self) -> Option<&'static str> {
         match self {
-            Self::Sled { .. } => Self::EMBEDDED[0].1,
-            Self::Fjall { .. } => Self::EMBEDDED[1].1,
+            Self::Sled { .. } => Some(Self::EMBEDDED[0].1),
+            Self::Fjall { .. } => Some(Self::EMBEDDED[1].1),
+            Self::Postgres(_) => None,
         }
     }
 }
@@ -435,13 +529,37 @@ impl RawConfig {
                 simulated_flush_delay,
                 cache_bytes,
             },
+            "postgres" => StoreBackend::Postgres(postgres_settings(&self.store)?),
             other => {
                 return Err(invalid(
                     "store.backend",
-                    format!("unknown backend {other:?}; expected sled or fjall"),
+                    format!("unknown backend {other:?}; expected sled, fjall or postgres"),
                 ));
             }
         };
+        if !matches!(store, StoreBackend::Postgres(_)) {
+            let postgres_only = [
+                ("store.url", self.store.url.is_some()),
+                ("store.password_file", self.store.password_file.is_some()),
+                ("store.pool_size", self.store.pool_size.is_some()),
+                (
+                    "store.statement_timeout_ms",
+                    self.store.statement_timeout_ms.is_some(),
+                ),
+                (
+                    "store.commit_deadline_ms",
+                    self.store.commit_deadline_ms.is_some(),
+                ),
+                (
+                    "store.connect_timeout_ms",
+                    self.store.connect_timeout_ms.is_some(),
+                ),
+                ("store.migrate", self.store.migrate.is_some()),
+            ];
+            if let Some((field, _)) = postgres_only.iter().find(|(_, set)| *set) {
+                return Err(invalid(field, "applies only to backend = \"postgres\""));
+            }
+        }
         let default_backend = match profile {
             Profile::Dev => Some("dev"),
             Profile::Production => None,

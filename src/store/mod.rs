@@ -17,6 +17,8 @@
 //! and never an unwrapped key. Backends:
 //! - [`sled::SledStore`]: embedded, one node, the default.
 //! - [`fjall::FjallStore`]: embedded LSM tree, one node (`backend = "fjall"`).
+//! - [`postgres::PgStore`]: PostgreSQL, shared by many replicas
+//!   (`backend = "postgres"`).
 //! - [`memory::MemoryStore`]: in process, for unit tests only.
 //!
 //! Business rules (TTL, single use, tenancy) live in `vault`; the store
@@ -28,6 +30,7 @@ pub mod fjall;
 pub mod jobs;
 pub mod keys;
 pub mod memory;
+pub mod postgres;
 mod prepared;
 pub mod record;
 pub mod records;

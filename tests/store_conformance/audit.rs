@@ -5,7 +5,7 @@ use tessera::store::StoreError;
 use super::Factory;
 
 pub async fn audit_log_appends_only_at_the_end(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     assert!(store.last_audit_record().await.unwrap().is_none());
     assert!(matches!(
         store.append_audit(1, vec![1], None).await,

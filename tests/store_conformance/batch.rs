@@ -36,7 +36,7 @@ fn id(n: u8) -> TokenId {
 }
 
 pub async fn commit_writes_every_unit_and_event_together(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     store.append(record(1, "a", None)).await.unwrap();
     let batch = WriteBatch {
         units: vec![
@@ -59,7 +59,7 @@ pub async fn commit_writes_every_unit_and_event_together(f: &dyn Factory) {
 }
 
 pub async fn commit_refuses_the_unit_that_breaks_a_rule_and_writes_nothing(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     store.append(record(1, "a", None)).await.unwrap();
     let batch = WriteBatch {
         units: vec![
@@ -84,7 +84,7 @@ pub async fn commit_refuses_the_unit_that_breaks_a_rule_and_writes_nothing(f: &d
 }
 
 pub async fn commit_units_see_the_units_before_them(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     // A fingerprint taken by an earlier unit of the same batch.
     let batch = WriteBatch {
         units: vec![
@@ -141,7 +141,7 @@ pub async fn commit_units_see_the_units_before_them(f: &dyn Factory) {
 }
 
 pub async fn commit_tombstone_of_a_missing_record_is_not_found(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     let batch = WriteBatch {
         units: vec![unit(vec![], vec![id(9)])],
         audit: AuditAppend::default(),
@@ -155,7 +155,7 @@ pub async fn commit_tombstone_of_a_missing_record_is_not_found(f: &dyn Factory) 
 }
 
 pub async fn commit_events_only_at_the_end_of_the_log(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     store
         .commit(Arc::new(WriteBatch {
             units: vec![],
@@ -182,7 +182,7 @@ pub async fn commit_events_only_at_the_end_of_the_log(f: &dyn Factory) {
 }
 
 pub async fn concurrent_commits_keep_single_use_exactly_once(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     store.append(record(1, "a", None)).await.unwrap();
     let mut tasks = Vec::new();
     for _ in 0..16 {

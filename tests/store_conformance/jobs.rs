@@ -3,7 +3,7 @@
 use super::Factory;
 
 pub async fn checkpoints_overwrite_and_list(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     assert!(store.checkpoint("job/a").await.unwrap().is_none());
     store.put_checkpoint("job/a", vec![1]).await.unwrap();
     store.put_checkpoint("job/a", vec![2]).await.unwrap();

@@ -19,7 +19,7 @@ fn key(tenant_name: &str, purpose: KeyPurpose, version: u32) -> WrappedKeyRecord
 }
 
 pub async fn wrapped_keys_append_only_and_listed_per_tenant(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     for k in [
         key("a", KeyPurpose::Data, 2),
         key("a", KeyPurpose::Data, 1),
@@ -65,7 +65,7 @@ pub async fn wrapped_keys_append_only_and_listed_per_tenant(f: &dyn Factory) {
 }
 
 pub async fn destroying_keys_is_per_tenant(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     for k in [
         key("a", KeyPurpose::Data, 1),
         key("a", KeyPurpose::Index, 1),
@@ -89,7 +89,7 @@ pub async fn destroying_keys_is_per_tenant(f: &dyn Factory) {
 }
 
 pub async fn wrapped_keys_replace_by_compare_and_swap(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     let original = key("a", KeyPurpose::Data, 1);
     store.put_wrapped_key(original.clone()).await.unwrap();
     store

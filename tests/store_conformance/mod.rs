@@ -17,9 +17,10 @@ use tessera::domain::{CardBrand, Fingerprint, MaskedPan, TenantId, TokenId};
 use tessera::store::{PublicFacts, SealedRecord, Store, Tombstone, TombstoneReason};
 
 /// Makes a fresh, empty store.
-pub trait Factory {
+#[async_trait::async_trait]
+pub trait Factory: Sync {
     /// A new store.
-    fn make(&self) -> Arc<dyn Store>;
+    async fn make(&self) -> Arc<dyn Store>;
 }
 
 pub fn tenant(name: &str) -> TenantId {

@@ -9,7 +9,7 @@ use tessera::store::{SealedVersion, StoreError, TombstoneReason};
 use super::{Factory, record, tenant, tombstone};
 
 pub async fn append_then_get(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     let rec = record(1, "a", None);
     store.append(rec.clone()).await.unwrap();
     let got = store.get(&rec.token_id).await.unwrap().unwrap();
@@ -26,7 +26,7 @@ pub async fn append_then_get(f: &dyn Factory) {
 }
 
 pub async fn append_never_overwrites(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     let rec = record(1, "a", None);
     store.append(rec.clone()).await.unwrap();
     let mut other = record(1, "a", None);
@@ -39,7 +39,7 @@ pub async fn append_never_overwrites(f: &dyn Factory) {
 }
 
 pub async fn fingerprint_is_unique_per_tenant_while_live(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     let first = record(1, "a", Some(9));
     store.append(first.clone()).await.unwrap();
     // Same tenant, same fingerprint, live holder: refused, nothing written.
@@ -93,7 +93,7 @@ pub async fn fingerprint_is_unique_per_tenant_while_live(f: &dyn Factory) {
 }
 
 pub async fn tombstone_once(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     let rec = record(1, "a", None);
     store.append(rec.clone()).await.unwrap();
     store
@@ -120,7 +120,7 @@ pub async fn tombstone_once(f: &dyn Factory) {
 }
 
 pub async fn concurrent_tombstones_exactly_one_wins(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     let rec = record(1, "a", None);
     store.append(rec.clone()).await.unwrap();
     let mut tasks = Vec::new();
@@ -142,7 +142,7 @@ pub async fn concurrent_tombstones_exactly_one_wins(f: &dyn Factory) {
 }
 
 pub async fn concurrent_appends_one_fingerprint_one_winner(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     let mut tasks = Vec::new();
     for id in 1..=16u8 {
         let store = Arc::clone(&store);
@@ -158,7 +158,7 @@ pub async fn concurrent_appends_one_fingerprint_one_winner(f: &dyn Factory) {
 }
 
 pub async fn scan_tenant_pages_in_order_and_stays_in_tenant(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     for id in [5u8, 1, 9, 3, 7] {
         store.append(record(id, "a", None)).await.unwrap();
     }
@@ -187,7 +187,7 @@ fn version(id: u8, v: u32, byte: u8) -> SealedVersion {
 }
 
 pub async fn sealed_versions_append_in_order(f: &dyn Factory) {
-    let store = f.make();
+    let store = f.make().await;
     let rec = record(1, "a", None);
     store.append(rec.clone()).await.unwrap();
     assert_eq!(

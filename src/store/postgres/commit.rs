@@ -1,0 +1,248 @@
+//! One commit of the write pipeline as one transaction.
+//!
+//! Under the commit lock, three reads fetch what the batch's checks need
+//! (which of its token ids exist, which are tombstoned, who holds its
+//! fingerprints); the checks then run in memory in queue order, exactly as
+//! the embedded stores run them, and the writes go out as one multi-row
+//! insert per table. A refused unit rolls the transaction back and is named
+//! in [`CommitError::Refused`]; the committer commits the rest again.
+
+use std::collections::{HashMap, HashSet};
+
+use tokio_postgres::Transaction;
+
+use super::{COMMIT_LOCK, unavailable};
+use crate::domain::{Fingerprint, TokenId};
+use crate::store::{CommitError, StoreError, WriteBatch};
+
+/// A fingerprint index key: tenant and fingerprint.
+type FingerprintKey<'a> = (&'a str, Fingerprint);
+
+/// What the database holds for a batch's ids and fingerprints.
+#[derive(Default)]
+struct Known {
+    records: HashSet<TokenId>,
+    tombstoned: HashSet<TokenId>,
+    /// Each fingerprint's holder, and whether it is tombstoned.
+    holders: HashMap<(String, Fingerprint), (TokenId, bool)>,
+}
+
+/// The rows a batch appends, gathered by the checks.
+#[derive(Default)]
+struct Rows<'a> {
+    record_ids: Vec<&'a [u8]>,
+    record_tenants: Vec<&'a str>,
+    record_bodies: Vec<Vec<u8>>,
+    /// The final holder of each fingerprint the batch sets.
+    fingerprints: HashMap<FingerprintKey<'a>, TokenId>,
+    tombstone_ids: Vec<&'a [u8]>,
+    tombstone_bodies: Vec<Vec<u8>>,
+}
+
+/// Checks and writes `batch` in one transaction on `client`.
+pub(super) async fn write(
+    client: &mut tokio_postgres::Client,
+    batch: &WriteBatch,
+) -> Result<(), CommitError> {
+    let tx = client.transaction().await.map_err(unavailable)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])
+        .await
+        .map_err(unavailable)?;
+    let audit = &batch.audit;
+    if !audit.events.is_empty() {
+        let end: i64 = tx
+            .query_one("SELECT coalesce(max(seq) + 1, 0) FROM audit_events", &[])
+            .await
+            .map_err(unavailable)?
+            .try_get(0)
+            .map_err(super::damaged)?;
+        if u64::try_from(end).ok() != Some(audit.from) {
+            return Err(CommitError::Batch(StoreError::AlreadyExists));
+        }
+    }
+    let known = known(&tx, batch).await?;
+    let rows = check(batch, &known)?;
+    append(&tx, &rows).await?;
+    if !audit.events.is_empty() {
+        let first = i64::try_from(audit.from)
+            .map_err(|_| StoreError::Damaged("audit position out of range"))?;
+        let seqs: Vec<i64> = (first..).take(audit.events.len()).collect();
+        tx.execute(
+            "INSERT INTO audit_events (seq, body)
+             SELECT * FROM unnest($1::int8[], $2::bytea[])",
+            &[&seqs, &audit.events],
+        )
+        .await
+        .map_err(unavailable)?;
+    }
+    if let Some(head) = &audit.head {
+        tx.execute(
+            "INSERT INTO audit_head (only_row, body) VALUES (true, $1)
+             ON CONFLICT (only_row) DO UPDATE SET body = excluded.body",
+            &[head],
+        )
+        .await
+        .map_err(unavailable)?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(())
+}
+
+/// Reads what the checks of `batch` need, in three queries.
+async fn known(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<Known, StoreError> {
+    let mut ids: Vec<&[u8]> = Vec::new();
+    let mut fp_tenants: Vec<&str> = Vec::new();
+    let mut fp_values: Vec<&[u8]> = Vec::new();
+    for unit in &batch.units {
+        for record in &unit.records {
+            ids.push(record.token_id.as_bytes());
+            if let Some(fp) = &record.fingerprint {
+                fp_tenants.push(record.tenant.as_str());
+                fp_values.push(fp.as_bytes());
+            }
+        }
+        for (id, _) in &unit.tombstones {
+            ids.push(id.as_bytes());
+        }
+    }
+    let mut known = Known::default();
+    if ids.is_empty() {
+        return Ok(known);
+    }
+    known.records = present(tx, "records", &ids).await?;
+    if !fp_values.is_empty() {
+        for row in tx
+            .query(
+                "SELECT f.tenant, f.fingerprint, f.token_id, t.token_id IS NOT NULL
+                 FROM fingerprints f LEFT JOIN tombstones t ON t.token_id = f.token_id
+                 WHERE (f.tenant, f.fingerprint) IN
+                     (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+                &[&fp_tenants, &fp_values],
+            )
+            .await
+            .map_err(unavailable)?
+        {
+            let tenant: String = row.try_get(0).map_err(super::damaged)?;
+            let fingerprint = Fingerprint::from_slice(row.try_get(1).map_err(super::damaged)?)
+                .ok_or(StoreError::Damaged("corrupt fingerprint index"))?;
+            let holder = token_id(row.try_get(2))?;
+            let dead: bool = row.try_get(3).map_err(super::damaged)?;
+            known.holders.insert((tenant, fingerprint), (holder, dead));
+        }
+    }
+    known.tombstoned = present(tx, "tombstones", &ids).await?;
+    Ok(known)
+}
+
+/// Which of `ids` have a row in `table` (`records` or `tombstones`).
+pub(super) async fn present(
+    tx: &Transaction<'_>,
+    table: &'static str,
+    ids: &[&[u8]],
+) -> Result<HashSet<TokenId>, StoreError> {
+    let query = format!("SELECT token_id FROM {table} WHERE token_id = ANY($1)");
+    tx.query(&query, &[&ids])
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|row| token_id(row.try_get(0)))
+        .collect()
+}
+
+/// A token id column.
+fn token_id(column: Result<&[u8], tokio_postgres::Error>) -> Result<TokenId, StoreError> {
+    TokenId::from_slice(column.map_err(super::damaged)?)
+        .ok_or(StoreError::Damaged("corrupt token id"))
+}
+
+/// Runs the store's rules over `batch` in queue order, each unit seeing the
+/// units before it; returns the rows to append or the first refused unit.
+fn check<'a>(batch: &'a WriteBatch, known: &Known) -> Result<Rows<'a>, CommitError> {
+    let mut rows = Rows::default();
+    let mut new_ids: HashSet<TokenId> = HashSet::new();
+    let mut new_tombstones: HashSet<TokenId> = HashSet::new();
+    for (index, unit) in batch.units.iter().enumerate() {
+        let refuse = |error| CommitError::Refused { unit: index, error };
+        for record in &unit.records {
+            let id = record.token_id;
+            if new_ids.contains(&id) || known.records.contains(&id) {
+                return Err(refuse(StoreError::AlreadyExists));
+            }
+            if let Some(fp) = record.fingerprint {
+                let key = (record.tenant.as_str(), fp);
+                let holder = match rows.fingerprints.get(&key) {
+                    Some(holder) => Some((*holder, false)),
+                    None => known
+                        .holders
+                        .get(&(record.tenant.as_str().to_owned(), fp))
+                        .copied(),
+                };
+                if let Some((holder, dead)) = holder
+                    && !dead
+                    && !new_tombstones.contains(&holder)
+                {
+                    return Err(refuse(StoreError::FingerprintTaken(holder)));
+                }
+                rows.fingerprints.insert(key, id);
+            }
+            new_ids.insert(id);
+            rows.record_ids.push(record.token_id.as_bytes());
+            rows.record_tenants.push(record.tenant.as_str());
+            rows.record_bodies.push(record.encode());
+        }
+        for (id, tombstone) in &unit.tombstones {
+            if !new_ids.contains(id) && !known.records.contains(id) {
+                return Err(refuse(StoreError::NotFound));
+            }
+            if new_tombstones.contains(id) || known.tombstoned.contains(id) {
+                return Err(refuse(StoreError::AlreadyExists));
+            }
+            new_tombstones.insert(*id);
+            rows.tombstone_ids.push(id.as_bytes());
+            rows.tombstone_bodies.push(tombstone.encode());
+        }
+    }
+    Ok(rows)
+}
+
+/// Appends the checked rows: one multi-row insert per table, records first
+/// (the others reference them).
+async fn append(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<(), StoreError> {
+    if !rows.record_ids.is_empty() {
+        tx.execute(
+            "INSERT INTO records (token_id, tenant, body)
+             SELECT * FROM unnest($1::bytea[], $2::text[], $3::bytea[])",
+            &[&rows.record_ids, &rows.record_tenants, &rows.record_bodies],
+        )
+        .await
+        .map_err(unavailable)?;
+    }
+    if !rows.fingerprints.is_empty() {
+        let mut tenants = Vec::with_capacity(rows.fingerprints.len());
+        let mut fingerprints = Vec::with_capacity(rows.fingerprints.len());
+        let mut holders = Vec::with_capacity(rows.fingerprints.len());
+        for ((tenant, fp), holder) in &rows.fingerprints {
+            tenants.push(*tenant);
+            fingerprints.push(fp.as_bytes().as_slice());
+            holders.push(holder.as_bytes().as_slice());
+        }
+        tx.execute(
+            "INSERT INTO fingerprints (tenant, fingerprint, token_id)
+             SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
+             ON CONFLICT (tenant, fingerprint) DO UPDATE SET token_id = excluded.token_id",
+            &[&tenants, &fingerprints, &holders],
+        )
+        .await
+        .map_err(unavailable)?;
+    }
+    if !rows.tombstone_ids.is_empty() {
+        tx.execute(
+            "INSERT INTO tombstones (token_id, body)
+             SELECT * FROM unnest($1::bytea[], $2::bytea[])",
+            &[&rows.tombstone_ids, &rows.tombstone_bodies],
+        )
+        .await
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}

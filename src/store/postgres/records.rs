@@ -1,0 +1,187 @@
+//! Sealed records on PostgreSQL: reads by id, fingerprint and tenant, and
+//! re-sealed versions.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use tokio_postgres::Row;
+
+use super::{COMMIT_LOCK, PgStore, damaged, unavailable};
+use crate::domain::{Fingerprint, TenantId, TokenId};
+use crate::store::{
+    CommitError, RecordStore, SealedRecord, SealedVersion, StoreError, StoredRecord, Tombstone,
+};
+
+/// A record with its tombstone and newest seal version, from `records r`.
+const STORED: &str = "SELECT r.body, t.body, v.version, v.sealed_pan
+    FROM records r
+    LEFT JOIN tombstones t ON t.token_id = r.token_id
+    LEFT JOIN LATERAL (
+        SELECT version, sealed_pan FROM sealed_versions s
+        WHERE s.token_id = r.token_id ORDER BY version DESC LIMIT 1
+    ) v ON true";
+
+/// Decodes a row of [`STORED`].
+fn stored(row: &Row) -> Result<StoredRecord, StoreError> {
+    let mut record = SealedRecord::decode(row.try_get(0).map_err(damaged)?)?;
+    let tombstone = row
+        .try_get::<_, Option<&[u8]>>(1)
+        .map_err(damaged)?
+        .map(Tombstone::decode)
+        .transpose()?;
+    let version: Option<i32> = row.try_get(2).map_err(damaged)?;
+    let seal_version = match version {
+        Some(version) => {
+            let sealed: &[u8] = row.try_get(3).map_err(damaged)?;
+            record.sealed_pan = sealed.to_vec();
+            u32::try_from(version).map_err(|_| StoreError::Damaged("negative seal version"))?
+        }
+        None => 0,
+    };
+    Ok(StoredRecord {
+        record,
+        tombstone,
+        seal_version,
+    })
+}
+
+#[async_trait]
+impl RecordStore for PgStore {
+    async fn get(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
+        let client = self.client().await?;
+        let query = format!("{STORED} WHERE r.token_id = $1");
+        let statement = client.prepare_cached(&query).await.map_err(unavailable)?;
+        client
+            .query_opt(&statement, &[&id.as_bytes().as_slice()])
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(stored)
+            .transpose()
+    }
+
+    async fn find_by_fingerprint(
+        &self,
+        tenant: &TenantId,
+        fingerprint: &Fingerprint,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let client = self.client().await?;
+        let query = format!(
+            "{STORED} JOIN fingerprints f ON f.token_id = r.token_id
+             WHERE f.tenant = $1 AND f.fingerprint = $2"
+        );
+        let statement = client.prepare_cached(&query).await.map_err(unavailable)?;
+        client
+            .query_opt(
+                &statement,
+                &[&tenant.as_str(), &fingerprint.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(stored)
+            .transpose()
+    }
+
+    async fn scan_tenant(
+        &self,
+        tenant: &TenantId,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let client = self.client().await?;
+        let query = format!(
+            "{STORED} WHERE r.tenant = $1 AND r.token_id > $2 ORDER BY r.token_id LIMIT $3"
+        );
+        let after: &[u8] = match &after {
+            Some(id) => id.as_bytes(),
+            None => &[],
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        client
+            .query(&query, &[&tenant.as_str(), &after, &limit])
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(stored)
+            .collect()
+    }
+
+    async fn append_sealed_versions(
+        &self,
+        items: Vec<SealedVersion>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.bounded(async |client| {
+            append_sealed_versions(client, &items)
+                .await
+                .map_err(CommitError::Batch)
+        })
+        .await
+        .map_err(CommitError::into_store)
+    }
+}
+
+/// Appends each item whose version is its record's next, under the commit
+/// lock; the outcomes come back in order.
+async fn append_sealed_versions(
+    client: &mut tokio_postgres::Client,
+    items: &[SealedVersion],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let tx = client.transaction().await.map_err(unavailable)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])
+        .await
+        .map_err(unavailable)?;
+    let ids: Vec<&[u8]> = items
+        .iter()
+        .map(|item| item.id.as_bytes().as_slice())
+        .collect();
+    let exists = super::commit::present(&tx, "records", &ids).await?;
+    let mut latest: HashMap<TokenId, u32> = HashMap::new();
+    for row in tx
+        .query(
+            "SELECT token_id, max(version) FROM sealed_versions
+             WHERE token_id = ANY($1) GROUP BY token_id",
+            &[&ids],
+        )
+        .await
+        .map_err(unavailable)?
+    {
+        let version: i32 = row.try_get(1).map_err(damaged)?;
+        let version =
+            u32::try_from(version).map_err(|_| StoreError::Damaged("negative seal version"))?;
+        let id = TokenId::from_slice(row.try_get(0).map_err(damaged)?)
+            .ok_or(StoreError::Damaged("corrupt token id"))?;
+        latest.insert(id, version);
+    }
+    let mut outcomes = Vec::with_capacity(items.len());
+    let (mut new_ids, mut new_versions, mut new_pans) = (Vec::new(), Vec::new(), Vec::new());
+    for item in items {
+        let id = item.id;
+        if !exists.contains(&id) {
+            outcomes.push(Err(StoreError::NotFound));
+            continue;
+        }
+        let current = latest.get(&id).copied().unwrap_or(0);
+        let version = i32::try_from(item.version).ok();
+        if current.checked_add(1) != Some(item.version) || version.is_none() {
+            outcomes.push(Err(StoreError::AlreadyExists));
+            continue;
+        }
+        latest.insert(id, item.version);
+        new_ids.push(item.id.as_bytes().as_slice());
+        new_versions.push(version.unwrap_or_default());
+        new_pans.push(item.sealed_pan.as_slice());
+        outcomes.push(Ok(()));
+    }
+    if !new_ids.is_empty() {
+        tx.execute(
+            "INSERT INTO sealed_versions (token_id, version, sealed_pan)
+             SELECT * FROM unnest($1::bytea[], $2::int4[], $3::bytea[])",
+            &[&new_ids, &new_versions, &new_pans],
+        )
+        .await
+        .map_err(unavailable)?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(outcomes)
+}

@@ -1,0 +1,209 @@
+//! A throwaway PostgreSQL for tests: installs Debian's `postgresql` when
+//! `pg_ctl` is missing, copies a cluster made once by `initdb` (as the
+//! postgres user; initdb refuses root), starts it on a free loopback port,
+//! and stops it when dropped. A watchdog stops it too if the test process
+//! dies without unwinding (a timeout kill), so no postmaster outlives its
+//! test.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The template cluster every test copies (made once per machine).
+const TEMPLATE: &str = "/tmp/tessera-pg-template";
+
+/// The directory of PostgreSQL's server programs, installing them first
+/// when missing. Serialised with `flock` so parallel test processes do not
+/// fight over the dpkg lock.
+pub fn bin_dir() -> PathBuf {
+    let find = || {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path().join("bin"))
+            .filter(|bin| bin.join("pg_ctl").exists())
+            .collect();
+        dirs.sort();
+        dirs.pop()
+    };
+    if let Some(dir) = find() {
+        return dir;
+    }
+    let status = Command::new("flock")
+        .args([
+            "/tmp/tessera-postgres-install.lock",
+            "sh",
+            "-c",
+            "ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)",
+        ])
+        .status()
+        .expect("run apt-get");
+    assert!(status.success(), "postgresql could not be installed");
+    find().expect("pg_ctl after installing postgresql")
+}
+
+/// Runs `program` from `bin` as the postgres user.
+fn as_postgres(bin: &Path, program: &str) -> Command {
+    let mut command = Command::new("runuser");
+    command
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join(program))
+        .env_remove("PGPASSWORD");
+    command
+}
+
+/// Makes the template cluster once, under a lock.
+fn template(bin: &Path) -> PathBuf {
+    let template = PathBuf::from(TEMPLATE);
+    let script = format!(
+        "test -e {TEMPLATE}/PG_VERSION || (rm -rf {TEMPLATE} && install -d -o postgres -m 700 {TEMPLATE} \
+         && runuser -u postgres -- {initdb} -D {TEMPLATE} -A trust -U postgres --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null)",
+        initdb = bin.join("initdb").display(),
+    );
+    let status = Command::new("flock")
+        .args(["/tmp/tessera-pg-template.lock", "sh", "-c", &script])
+        .status()
+        .expect("run initdb");
+    assert!(status.success(), "initdb failed");
+    template
+}
+
+/// A running PostgreSQL, stopped on drop.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+    watchdog: std::process::Child,
+}
+
+impl Postgres {
+    /// Starts a fresh cluster (fsync off: these tests kill Tessera, not
+    /// PostgreSQL).
+    pub fn start() -> Self {
+        Self::start_with(&["-c", "fsync=off"])
+    }
+
+    /// Starts a fresh cluster with extra server `options`.
+    pub fn start_with(options: &[&str]) -> Self {
+        let bin = bin_dir();
+        let template = template(&bin);
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-pg-")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&template)
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(status.success(), "copy the template cluster");
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let port = free_port();
+        let mut server_options = format!(
+            "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=60 -c shared_buffers=16MB",
+            sock = dir.path().display()
+        );
+        for option in options {
+            server_options.push(' ');
+            server_options.push_str(option);
+        }
+        let status = as_postgres(&bin, "pg_ctl")
+            .arg("start")
+            .arg("-w")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("server.log"))
+            .arg("-o")
+            .arg(&server_options)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl start failed");
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {pid} 2>/dev/null; do sleep 1; done; runuser -u postgres -- {pg_ctl} stop -D {data} -m immediate >/dev/null 2>&1",
+                pid = std::process::id(),
+                pg_ctl = bin.join("pg_ctl").display(),
+                data = data.display(),
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            dir,
+            bin,
+            port,
+            watchdog,
+        }
+    }
+
+    /// A key=value connection string to database `db` as the superuser.
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
+    }
+
+    /// Creates an empty database and returns its connection string.
+    pub async fn database(&self, name: &str) -> String {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        self.url(name)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin, "pg_ctl")
+            .arg("stop")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "immediate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+    }
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,137 @@
+//! The real binary on PostgreSQL: `serve --dev` with the store chosen by
+//! environment variables (the one-command developer path), `tessera
+//! migrate`, and a start-up that refuses a database without the schema.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+#[path = "common/postgres.rs"]
+mod postgres;
+
+use std::process::Command;
+
+use common::{Server, assert_no_pan_leaked};
+use tessera::proto::v1;
+
+const VISA: &str = "4111111111111111";
+
+/// The variables that put `serve --dev` on `url`.
+fn on_postgres(url: &str, migrate: bool) -> Vec<(&'static str, String)> {
+    vec![
+        ("TESSERA__STORE__BACKEND", "postgres".to_owned()),
+        ("TESSERA__STORE__URL", url.to_owned()),
+        ("TESSERA__STORE__MIGRATE", migrate.to_string()),
+    ]
+}
+
+async fn tokenize(server: &Server, pan: &str) -> String {
+    let mut pos = server.client("pos").await;
+    pos.tokenize(v1::TokenizeRequest {
+        pan: pan.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .token
+}
+
+async fn detokenize(server: &Server, token: &str) -> String {
+    let mut processor = server.client("processor").await;
+    processor
+        .detokenize(v1::DetokenizeRequest {
+            token: token.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pan
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dev_on_postgres_round_trips_and_keeps_tokens_across_a_kill() {
+    let pg = postgres::Postgres::start();
+    let url = pg.database("vault").await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let server = Server::start_dev_with_env(&data, &on_postgres(&url, true), &log);
+    let token = tokenize(&server, VISA).await;
+    assert_eq!(detokenize(&server, &token).await, VISA);
+    // Nothing of the store is on local disk: no embedded store directory.
+    assert!(!data.join("store").exists() && !data.join("fjall").exists());
+    server.kill9();
+
+    let server = Server::start_dev_with_env(&data, &on_postgres(&url, false), &log);
+    assert_eq!(detokenize(&server, &token).await, VISA);
+    server.kill9();
+    assert_no_pan_leaked(&log, &data, &[VISA]);
+    // The database's own files (tables, WAL) hold it sealed only.
+    assert_no_pan_leaked(&log, &pg.data_dir(), &[VISA]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_database_without_the_schema_until_tessera_migrate() {
+    let pg = postgres::Postgres::start();
+    let url = pg.database("vault").await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = on_postgres(&url, false);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(common::dev_args(&data))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tessera migrate"), "{stderr}");
+
+    for expected in ["schema is at version 1", "schema is at version 1"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("migrate")
+            .env("TESSERA__STORE__BACKEND", "postgres")
+            .env("TESSERA__STORE__URL", &url)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(expected), "{stdout}");
+    }
+
+    let log = dir.path().join("server.log");
+    let server = Server::start_dev_with_env(&data, &env, &log);
+    let token = tokenize(&server, VISA).await;
+    assert_eq!(detokenize(&server, &token).await, VISA);
+    server.kill9();
+}
+
+#[test]
+fn migrate_refuses_a_url_with_a_password_and_an_embedded_backend() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("migrate")
+        .env("TESSERA__STORE__BACKEND", "postgres")
+        .env(
+            "TESSERA__STORE__URL",
+            "postgres://tessera:hunter2@127.0.0.1/vault",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("password_file") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("migrate")
+        .env("TESSERA__STORE__BACKEND", "sled")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}

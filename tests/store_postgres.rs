@@ -1,0 +1,213 @@
+//! The store conformance suite against PostgreSQL (a throwaway cluster
+//! started by the test), plus what only the database enforces: the schema's
+//! append-only rule, migrations applied once, and a commit bounded by
+//! Tessera's own deadline.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub,
+    dead_code
+)]
+
+#[macro_use]
+#[path = "store_conformance/mod.rs"]
+mod suite;
+
+#[path = "common/postgres.rs"]
+mod postgres;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tessera::store::postgres::{PgOptions, PgStore, migrate};
+use tessera::store::{AuditStore, Engine, RecordStore, Store, StoreError};
+
+/// One cluster per test process (one test under nextest), stopped by its
+/// watchdog when the process exits.
+fn cluster() -> &'static postgres::Postgres {
+    static CLUSTER: OnceLock<postgres::Postgres> = OnceLock::new();
+    CLUSTER.get_or_init(postgres::Postgres::start)
+}
+
+/// A new database on the test's cluster, migrated.
+async fn fresh_store() -> (PgStore, String) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let url = cluster().database(&name).await;
+    let store = PgStore::new(&PgOptions::new(url.clone())).unwrap();
+    assert_eq!(store.migrate().await.unwrap(), vec![1]);
+    (store, url)
+}
+
+struct Postgres;
+
+#[async_trait::async_trait]
+impl suite::Factory for Postgres {
+    async fn make(&self) -> Arc<dyn Store> {
+        Arc::new(fresh_store().await.0)
+    }
+}
+
+conformance!(crate::Postgres);
+
+/// A raw connection to `url`, as an operator or an attacker with the
+/// database's credentials would have.
+async fn raw(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_to_change_records_tombstones_versions_and_audit() {
+    let (store, url) = fresh_store().await;
+    let record = suite::record(1, "a", Some(2));
+    store.append(record.clone()).await.unwrap();
+    store
+        .append_tombstone(
+            &record.token_id,
+            suite::tombstone(tessera::store::TombstoneReason::Deleted),
+        )
+        .await
+        .unwrap();
+    store.append_audit(0, vec![1, 2, 3], None).await.unwrap();
+    // Row triggers fire only on rows: every table needs one.
+    let resealed = store
+        .append_sealed_versions(vec![tessera::store::SealedVersion {
+            id: record.token_id,
+            version: 1,
+            sealed_pan: vec![9; 40],
+        }])
+        .await
+        .unwrap();
+    assert!(resealed[0].is_ok());
+    let client = raw(&url).await;
+    for statement in [
+        "UPDATE records SET body = '\\x00'",
+        "DELETE FROM records",
+        "TRUNCATE records CASCADE",
+        "UPDATE tombstones SET body = '\\x00'",
+        "DELETE FROM tombstones",
+        "UPDATE sealed_versions SET version = 2",
+        "DELETE FROM sealed_versions",
+        "TRUNCATE sealed_versions",
+        "UPDATE audit_events SET body = '\\x00'",
+        "DELETE FROM audit_events",
+        "TRUNCATE audit_events",
+    ] {
+        let err = client.batch_execute(statement).await.unwrap_err();
+        let db = err.as_db_error().expect(statement);
+        assert_eq!(
+            db.code(),
+            &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE,
+            "{statement}: {db:?}"
+        );
+    }
+    // Still all there.
+    let got = store.get(&record.token_id).await.unwrap().unwrap();
+    let resealed = tessera::store::SealedRecord {
+        sealed_pan: vec![9; 40],
+        ..record
+    };
+    assert_eq!(got.record, resealed);
+    assert!(got.tombstone.is_some());
+    assert_eq!(got.seal_version, 1);
+    assert_eq!(store.audit_records(0, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_even_when_replicas_start_together() {
+    let url = cluster().database("racing").await;
+    let stores: Vec<PgStore> = (0..4)
+        .map(|_| PgStore::new(&PgOptions::new(url.clone())).unwrap())
+        .collect();
+    stores[0].check_schema().await.expect_err("no schema yet");
+    let handles: Vec<_> = stores
+        .iter()
+        .cloned()
+        .map(|store| tokio::spawn(async move { store.migrate().await }))
+        .collect();
+    let mut applied = Vec::new();
+    for handle in handles {
+        applied.push(handle.await.unwrap());
+    }
+    let total: usize = applied.iter().map(|r| r.as_ref().unwrap().len()).sum();
+    assert_eq!(total, migrate::MIGRATIONS.len(), "{applied:?}");
+    for store in &stores {
+        store.check_schema().await.unwrap();
+        assert!(store.migrate().await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_cannot_finish_fails_at_the_deadline_and_frees_nothing_stale() {
+    let (_, url) = fresh_store().await;
+    let mut options = PgOptions::new(url.clone());
+    options.commit_deadline = Duration::from_millis(500);
+    let store = PgStore::new(&options).unwrap();
+    // Another session holds the commit lock, as a primary cut off from its
+    // standby holds COMMIT: the commit must give up, not hang.
+    let blocker = raw(&url).await;
+    blocker
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(8387236820507844865)")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = store
+        .append(suite::record(1, "a", None))
+        .await
+        .expect_err("the commit cannot take the lock");
+    let waited = started.elapsed();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    // The pool serves again, on a fresh connection.
+    store.append(suite::record(2, "a", None)).await.unwrap();
+    assert!(
+        store
+            .get(&suite::record(1, "a", None).token_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_is_down_is_unavailable_not_a_crash() {
+    let mut options = PgOptions::new("host=127.0.0.1 port=1 user=postgres dbname=none");
+    options.connect_timeout = Duration::from_millis(300);
+    let store = PgStore::new(&options).unwrap();
+    let err = store.ping().await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    let err = store
+        .get(&suite::record(1, "a", None).token_id)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+}
+
+#[test]
+fn a_url_with_a_password_is_refused() {
+    for url in [
+        "postgres://tessera:secret@127.0.0.1/vault",
+        "host=127.0.0.1 user=tessera password=secret",
+    ] {
+        let err = tessera::store::postgres::parse_url(url).unwrap_err();
+        assert!(!err.to_string().contains("secret"));
+        assert!(PgStore::new(&PgOptions::new(url)).is_err());
+    }
+    tessera::store::postgres::parse_url(
+        "host=10.0.0.1,10.0.0.2 port=5432,5432 target_session_attrs=read-write",
+    )
+    .unwrap();
+}
