@@ -15,8 +15,12 @@
 //!   or live fingerprint taken, a token already tombstoned by a writer in
 //!   the same batch or before), that submitter alone gets
 //!   [`WriteError::Refused`] and the rest of the batch commits without it;
-//! - the audit chain has one writer, so positions never fork, and a commit
-//!   that fails leaves the chain to be re-read from the store.
+//! - the audit chain has one writer per process, so positions never fork;
+//!   replicas on one database each have a committer, and the store takes
+//!   a batch's events only at the log's current end, so when another
+//!   replica moved it the committer reads the end again and chains the
+//!   batch after it; a commit that fails leaves the chain to be re-read
+//!   from the store.
 //!
 //! Under load one flush acknowledges every call in flight: throughput
 //! follows the concurrency instead of the disk's flush latency.
@@ -34,6 +38,13 @@ use crate::store::{AuditAppend, CommitError, Store, StoreError, WriteBatch, Writ
 /// Most records and events one commit takes; a larger queue waits for the
 /// next commit. Bounds a transaction's size and one batch's latency.
 pub const MAX_BATCH_WRITES: usize = 16_384;
+
+/// How often one batch is chained again after another writer of the store
+/// (a replica on the same database) moved the audit log's end. Commits of
+/// all replicas are serialized by the store, so each move means another
+/// replica committed in between; past this many the batch fails
+/// (UNAVAILABLE) rather than wait without bound.
+pub const CHAIN_END_MOVES: usize = 16;
 
 /// Most submissions waiting for the committer. Past it, writers are told
 /// UNAVAILABLE at once (overload), instead of queueing without bound.
@@ -250,8 +261,7 @@ impl Committer {
         if let Some(tip) = self.tip {
             return Ok(tip);
         }
-        let (next_seq, hash) = audit::chain_end(self.store.as_ref()).await?;
-        audit::check_head(self.store.as_ref(), next_seq).await?;
+        let (next_seq, hash) = audit::checked_end(self.store.as_ref()).await?;
         let tip = Tip { next_seq, hash };
         self.tip = Some(tip);
         Ok(tip)
@@ -303,11 +313,12 @@ impl Committer {
     /// (its answer goes to `refused`) and the rest is committed again.
     async fn write(
         &mut self,
-        tip: Option<Tip>,
+        mut tip: Option<Tip>,
         mut units: Vec<WriteUnit>,
         mut pending: Vec<Pending>,
         refused: &mut Vec<(Reply, StoreError)>,
     ) {
+        let mut moved = 0;
         loop {
             if pending.is_empty() {
                 return;
@@ -334,9 +345,30 @@ impl Committer {
                     units = batch.units;
                     units.remove(unit);
                 }
+                Err(CommitError::Batch(StoreError::AlreadyExists))
+                    if tip.is_some() && moved < CHAIN_END_MOVES =>
+                {
+                    // Another writer of the same store (a replica) moved
+                    // the chain's end: chain the batch again after it.
+                    moved += 1;
+                    self.tip = None;
+                    let Ok(batch) = Arc::try_unwrap(batch) else {
+                        return fail_all(pending, &StoreError::Damaged("batch still shared"));
+                    };
+                    units = batch.units;
+                    match self.tip().await {
+                        Ok(end) => tip = Some(end),
+                        Err(e) => {
+                            for p in pending {
+                                let _ = p.reply.send(Err(WriteError::Audit(e.clone())));
+                            }
+                            return;
+                        }
+                    }
+                }
                 Err(e) => {
-                    // Another writer moved the chain's end, or the store
-                    // failed: read the end again next time.
+                    // The store failed, or the end kept moving: read the
+                    // end again next time.
                     self.tip = None;
                     return fail_all(pending, &e.into_store());
                 }

@@ -99,11 +99,32 @@ pub(crate) async fn chain_end(store: &dyn Store) -> Result<(u64, ChainHash), Aud
     })
 }
 
+/// Where the stored chain ends, checked against its signed head
+/// ([`check_head`]). The head is read before the end: another writer of
+/// the store (a replica) that commits between the two reads moves the end
+/// past the head, never the head past the end. The one race left, a first
+/// head written between the reads of an empty log, is read again once.
+pub(crate) async fn checked_end(store: &dyn Store) -> Result<(u64, ChainHash), AuditError> {
+    let mut reads = 0;
+    loop {
+        let head = store.audit_head().await?;
+        let (next_seq, hash) = chain_end(store).await?;
+        match check_head(store, head, next_seq).await {
+            Err(AuditError::Tampered) if reads == 0 => reads += 1,
+            checked => return checked.map(|()| (next_seq, hash)),
+        }
+    }
+}
+
 /// Refuses to continue a chain whose end does not reach its signed head
-/// with the same hash, or that lost the head it must have: appending would
-/// sign over a truncation or a rewrite.
-pub(crate) async fn check_head(store: &dyn Store, next_seq: u64) -> Result<(), AuditError> {
-    let Some(bytes) = store.audit_head().await? else {
+/// (`head`, read before the end) with the same hash, or that lost the head
+/// it must have: appending would sign over a truncation or a rewrite.
+async fn check_head(
+    store: &dyn Store,
+    head: Option<Vec<u8>>,
+    next_seq: u64,
+) -> Result<(), AuditError> {
+    let Some(bytes) = head else {
         if head_required(store, next_seq).await? {
             return Err(AuditError::Tampered);
         }

@@ -25,6 +25,34 @@ fn event(n: u64) -> AuditEvent {
     }
 }
 
+/// Replicas on one database: two logs, each with its own committer, over
+/// one store, appending at once. Each commit that finds the end moved by
+/// the other chains its batch again after it; before that, such commits
+/// failed (the caller's call with them, audit being fail-closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_committers_on_one_store_keep_one_chain() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let key = Arc::new(DataKey::from_bytes([5; 32]));
+    let logs = [Arc::new(log_over(&store)), Arc::new(log_over(&store))];
+    let mut calls = Vec::new();
+    for n in 0..200u64 {
+        let log = Arc::clone(&logs[usize::from(n % 2 == 1)]);
+        let key = key.clone();
+        calls.push(tokio::spawn(async move {
+            log.record(event(n), Some(key)).await
+        }));
+    }
+    let mut positions = Vec::new();
+    for call in calls {
+        positions.push(call.await.unwrap().unwrap());
+    }
+    positions.sort_unstable();
+    assert_eq!(positions, (0..200).collect::<Vec<u64>>());
+    let report = logs[0].verify(Some(&key)).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.events, 200);
+}
+
 #[tokio::test]
 async fn chain_resumes_and_verifies() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
