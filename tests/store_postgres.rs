@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tessera::store::postgres::{PgOptions, PgStore, migrate};
-use tessera::store::{AuditStore, Engine, RecordStore, Store, StoreError};
+use tessera::store::{AuditStore, Engine, JobStore, RecordStore, Store, StoreError};
 
 /// One cluster per test process (one test under nextest), stopped by its
 /// watchdog when the process exits.
@@ -210,4 +210,105 @@ fn a_url_with_a_password_is_refused() {
         "host=10.0.0.1,10.0.0.2 port=5432,5432 target_session_attrs=read-write",
     )
     .unwrap();
+}
+
+/// A write the synchronous standby never confirms is never acknowledged:
+/// here no standby answers (a synchronous standby name nothing has), with
+/// a statement timeout far below the deadline. The write must fail at the
+/// deadline, UNAVAILABLE, and stay invisible. (A review suspected the
+/// statement timeout would cancel the wait into a success; PostgreSQL 15
+/// did not, with or without the COMMIT's own `statement_timeout = 0`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_the_synchronous_standby_never_confirms_is_never_acknowledged() {
+    let (_, url) = fresh_store().await;
+    let admin = raw(&url).await;
+    for statement in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'ghost'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(statement).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut options = PgOptions::new(url.clone());
+    options.statement_timeout = Duration::from_millis(500);
+    options.commit_deadline = Duration::from_secs(3);
+    let store = PgStore::new(&options).unwrap();
+    let record = suite::record(1, "a", None);
+    let started = Instant::now();
+    let err = store
+        .append(record.clone())
+        .await
+        .expect_err("acknowledged without the standby");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(store.get(&record.token_id).await.unwrap().is_none());
+    for statement in [
+        "ALTER SYSTEM RESET synchronous_standby_names",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(statement).await.unwrap();
+    }
+}
+
+/// A review finding: serving as the tables' owner, the service could
+/// disable the append-only triggers. A role given `--grant-to` can serve
+/// and cannot change, delete or unprotect what is append-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_granted_by_migrate_serves_but_cannot_change_or_unprotect_the_tables() {
+    let (owner, url) = fresh_store().await;
+    raw(&url)
+        .await
+        .batch_execute("CREATE ROLE svc LOGIN")
+        .await
+        .unwrap();
+    owner.grant("svc").await.unwrap();
+    assert!(owner.grant("svc; DROP TABLE records").await.is_err());
+    let svc_url = url.replace("user=postgres", "user=svc");
+    let svc = PgStore::new(&PgOptions::new(svc_url.clone())).unwrap();
+    svc.check_schema().await.unwrap();
+
+    let record = suite::record(1, "a", Some(2));
+    svc.append(record.clone()).await.unwrap();
+    svc.append_tombstone(
+        &record.token_id,
+        suite::tombstone(tessera::store::TombstoneReason::Deleted),
+    )
+    .await
+    .unwrap();
+    svc.append(suite::record(2, "a", Some(2))).await.unwrap();
+    svc.append_audit(0, vec![1], Some(vec![2])).await.unwrap();
+    svc.append_audit(1, vec![3], Some(vec![4])).await.unwrap();
+    svc.append_sealed_versions(vec![tessera::store::SealedVersion {
+        id: record.token_id,
+        version: 1,
+        sealed_pan: vec![7; 40],
+    }])
+    .await
+    .unwrap();
+    svc.put_checkpoint("job", vec![1]).await.unwrap();
+    svc.delete_checkpoint("job").await.unwrap();
+
+    let client = raw(&svc_url).await;
+    for statement in [
+        "UPDATE records SET tenant = 'b'",
+        "DELETE FROM audit_events",
+        "ALTER TABLE records DISABLE TRIGGER USER",
+        "DROP TRIGGER records_append_only ON records",
+        "DROP TABLE audit_events",
+        "CREATE OR REPLACE FUNCTION tessera_refuse_change() RETURNS trigger \
+         LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+        "TRUNCATE tombstones",
+    ] {
+        let err = client.batch_execute(statement).await.unwrap_err();
+        let db = err.as_db_error().expect(statement);
+        assert_eq!(
+            db.code(),
+            &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE,
+            "{statement}: {db:?}"
+        );
+    }
 }

@@ -17,6 +17,11 @@ pub struct MigrateArgs {
     /// (with `TESSERA__STORE__…` variables over it).
     #[arg(long, env = "TESSERA_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Also grant this role what serving needs and no more (no UPDATE or
+    /// DELETE on records and audit events, no ownership): run `migrate` as
+    /// the tables' owner and `serve` as this role.
+    #[arg(long, value_name = "ROLE")]
+    pub grant_to: Option<String>,
 }
 
 /// Applies every migration the database lacks, once, even when several
@@ -45,7 +50,15 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         }
     };
     settings.migrate = true;
-    match open_postgres(&settings).await {
+    let granted = match open_postgres(&settings).await {
+        Ok(store) => match &args.grant_to {
+            Some(role) => store.grant(role).await.map(|()| store),
+            None => Ok(store),
+        }
+        .map_err(crate::server::StartError::from),
+        Err(e) => Err(e),
+    };
+    match granted {
         Ok(_) => {
             println!(
                 "schema is at version {}",

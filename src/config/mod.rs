@@ -326,22 +326,32 @@ pub fn postgres_settings(raw: &RawStore) -> Result<PostgresSettings, ConfigError
         Some(n @ 1..=1024) => n,
         Some(_) => return Err(invalid("store.pool_size", "between 1 and 1024")),
     };
+    let statement_timeout = millis(
+        "store.statement_timeout_ms",
+        raw.statement_timeout_ms,
+        5_000,
+        600_000,
+    )?;
+    let commit_deadline = millis(
+        "store.commit_deadline_ms",
+        raw.commit_deadline_ms,
+        10_000,
+        600_000,
+    )?;
+    if statement_timeout >= commit_deadline {
+        // Otherwise every statement that runs long is cut off by the
+        // client first, and its server session lingers.
+        return Err(invalid(
+            "store.statement_timeout_ms",
+            "must be below store.commit_deadline_ms",
+        ));
+    }
     Ok(PostgresSettings {
         url,
         password_file: raw.password_file.clone(),
         pool_size,
-        statement_timeout: millis(
-            "store.statement_timeout_ms",
-            raw.statement_timeout_ms,
-            5_000,
-            600_000,
-        )?,
-        commit_deadline: millis(
-            "store.commit_deadline_ms",
-            raw.commit_deadline_ms,
-            10_000,
-            600_000,
-        )?,
+        statement_timeout,
+        commit_deadline,
         connect_timeout: millis(
             "store.connect_timeout_ms",
             raw.connect_timeout_ms,

@@ -13,11 +13,9 @@
     clippy::panic
 )]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-/// The template cluster every test copies (made once per machine).
-const TEMPLATE: &str = "/tmp/tessera-pg-template";
 
 /// The directory of PostgreSQL's server programs, installing them first
 /// when missing. Serialised with `flock` so parallel test processes do not
@@ -60,12 +58,22 @@ fn as_postgres(bin: &Path, program: &str) -> Command {
     command
 }
 
-/// Makes the template cluster once, under a lock.
+/// Makes the template cluster once per machine and PostgreSQL major
+/// version, under a lock: initdb writes a scratch directory that is
+/// renamed into place only when complete, so a killed initdb leaves no
+/// broken template behind.
 fn template(bin: &Path) -> PathBuf {
-    let template = PathBuf::from(TEMPLATE);
+    let major = bin
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .unwrap_or("pg");
+    let template = PathBuf::from(format!("/tmp/tessera-pg-template-{major}"));
     let script = format!(
-        "test -e {TEMPLATE}/PG_VERSION || (rm -rf {TEMPLATE} && install -d -o postgres -m 700 {TEMPLATE} \
-         && runuser -u postgres -- {initdb} -D {TEMPLATE} -A trust -U postgres --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null)",
+        "test -e {t}/PG_VERSION || (rm -rf {t}.tmp && install -d -o postgres -m 700 {t}.tmp \
+         && runuser -u postgres -- {initdb} -D {t}.tmp -A trust -U postgres --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null \
+         && mv {t}.tmp {t})",
+        t = template.display(),
         initdb = bin.join("initdb").display(),
     );
     let status = Command::new("flock")
@@ -115,7 +123,7 @@ impl Postgres {
         assert!(status.success());
         let port = free_port();
         let mut server_options = format!(
-            "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=60 -c shared_buffers=16MB",
+            "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=100 -c shared_buffers=16MB",
             sock = dir.path().display()
         );
         for option in options {
@@ -146,6 +154,10 @@ impl Postgres {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group: a timeout that kills the test's group
+            // must leave the watchdog to stop PostgreSQL (pg_ctl started
+            // it in a session of its own).
+            .process_group(0)
             .spawn()
             .unwrap();
         Self {

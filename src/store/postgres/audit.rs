@@ -24,40 +24,46 @@ impl AuditStore for PgStore {
             return Ok(Vec::new());
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let client = self.client().await?;
-        client
-            .query(
-                "SELECT seq, body FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2",
-                &[&from, &limit],
-            )
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(event)
-            .collect()
+        self.call(async |client| {
+            client
+                .query(
+                    "SELECT seq, body FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                    &[&from, &limit],
+                )
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(event)
+                .collect()
+        })
+        .await
     }
 
     async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let client = self.client().await?;
-        client
-            .query_opt(
-                "SELECT seq, body FROM audit_events ORDER BY seq DESC LIMIT 1",
-                &[],
-            )
-            .await
-            .map_err(unavailable)?
-            .as_ref()
-            .map(event)
-            .transpose()
+        self.call(async |client| {
+            client
+                .query_opt(
+                    "SELECT seq, body FROM audit_events ORDER BY seq DESC LIMIT 1",
+                    &[],
+                )
+                .await
+                .map_err(unavailable)?
+                .as_ref()
+                .map(event)
+                .transpose()
+        })
+        .await
     }
 
     async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.client().await?;
-        client
-            .query_opt("SELECT body FROM audit_head", &[])
-            .await
-            .map_err(unavailable)?
-            .map(|row| row.try_get(0).map_err(damaged))
-            .transpose()
+        self.call(async |client| {
+            client
+                .query_opt("SELECT body FROM audit_head", &[])
+                .await
+                .map_err(unavailable)?
+                .map(|row| row.try_get(0).map_err(damaged))
+                .transpose()
+        })
+        .await
     }
 }

@@ -84,7 +84,7 @@ pub(super) async fn write(
         .await
         .map_err(unavailable)?;
     }
-    tx.commit().await.map_err(unavailable)?;
+    super::commit_durably(tx).await?;
     Ok(())
 }
 

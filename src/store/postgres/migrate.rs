@@ -7,7 +7,7 @@
 
 use tokio_postgres::Client;
 
-use super::{MIGRATION_LOCK, unavailable};
+use super::{MIGRATION_LOCK, commit_durably, damaged, unavailable};
 use crate::store::StoreError;
 
 /// One schema step: its number, name and SQL.
@@ -35,6 +35,10 @@ pub fn latest() -> i32 {
 /// Applies the migrations `client`'s database lacks; returns their versions.
 pub async fn apply(client: &mut Client) -> Result<Vec<i32>, StoreError> {
     let tx = client.transaction().await.map_err(unavailable)?;
+    // A migration may take long, and a replica may wait for another's.
+    tx.batch_execute("SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(unavailable)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(unavailable)?;
@@ -47,10 +51,13 @@ pub async fn apply(client: &mut Client) -> Result<Vec<i32>, StoreError> {
     )
     .await
     .map_err(unavailable)?;
-    tx.commit().await.map_err(unavailable)?;
+    commit_durably(tx).await?;
     let mut applied = Vec::new();
     for migration in MIGRATIONS {
         let tx = client.transaction().await.map_err(unavailable)?;
+        tx.batch_execute("SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(unavailable)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(unavailable)?;
@@ -72,7 +79,7 @@ pub async fn apply(client: &mut Client) -> Result<Vec<i32>, StoreError> {
         )
         .await
         .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
+        commit_durably(tx).await?;
         applied.push(migration.version);
     }
     Ok(applied)
@@ -84,13 +91,61 @@ pub async fn current(client: &Client) -> Result<Option<i32>, StoreError> {
         .query_one("SELECT to_regclass('tessera_migrations') IS NOT NULL", &[])
         .await
         .map_err(unavailable)?
-        .get(0);
+        .try_get(0)
+        .map_err(damaged)?;
     if !exists {
         return Ok(None);
     }
     client
         .query_one("SELECT max(version) FROM tessera_migrations", &[])
         .await
+        .map_err(unavailable)?
+        .try_get(0)
+        .map_err(damaged)
+}
+
+/// Whether the connected role owns the tables (it can then disable their
+/// triggers).
+pub async fn owns_schema(client: &Client) -> Result<bool, StoreError> {
+    client
+        .query_one(
+            "SELECT coalesce(bool_or(tableowner = current_user), false) FROM pg_tables
+             WHERE tablename = 'records' AND schemaname = current_schema()",
+            &[],
+        )
+        .await
+        .map_err(unavailable)?
+        .try_get(0)
+        .map_err(damaged)
+}
+
+/// Whether `role` is a plain lower-case identifier, the only role names
+/// `grant` writes into SQL.
+fn is_plain_identifier(role: &str) -> bool {
+    let mut chars = role.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && role.len() <= 63
+}
+
+/// Grants `role` what serving needs: SELECT and INSERT on the append-only
+/// tables, and changes in place only where the schema makes them (the
+/// fingerprint index, the audit head, wrapped keys, checkpoints).
+pub async fn grant(client: &Client, role: &str) -> Result<(), StoreError> {
+    if !is_plain_identifier(role) {
+        return Err(StoreError::Unavailable(
+            "postgres: --grant-to takes a plain lower-case role name".to_owned(),
+        ));
+    }
+    client
+        .batch_execute(&format!(
+            "GRANT SELECT, INSERT ON records, tombstones, sealed_versions, audit_events TO \"{role}\";
+             GRANT SELECT, INSERT, UPDATE ON fingerprints, audit_head TO \"{role}\";
+             GRANT SELECT, INSERT, UPDATE, DELETE ON wrapped_keys, checkpoints TO \"{role}\";
+             GRANT SELECT ON tessera_migrations TO \"{role}\";"
+        ))
+        .await
         .map_err(unavailable)
-        .map(|row| row.get(0))
 }

@@ -14,11 +14,24 @@
 //! replica commits one batch of many callers at a time, so the lock is
 //! taken once per batch, not per call.
 //!
-//! Every commit is bounded by Tessera's own deadline: `statement_timeout`
-//! does not cover the wait for a synchronous standby at COMMIT, and a
-//! primary cut off from its cluster can hold that wait forever. A commit
-//! past the deadline is reported as [`StoreError::Unavailable`] with its
-//! outcome unknown, and its connection is closed rather than reused.
+//! Every call, reads included, is bounded by Tessera's own deadline
+//! (`commit_deadline`), the wait for a pooled connection with it. A call
+//! past the deadline is [`StoreError::Unavailable`], a write's outcome
+//! unknown, and its connection is closed rather than reused. A COMMIT
+//! waits for the synchronous standby for as long as it takes (a cancel of
+//! that wait makes PostgreSQL report the transaction committed with only a
+//! warning, and a failover would then lose it), and the caller hears
+//! UNAVAILABLE at the deadline; a primary cut off from its cluster holds
+//! such a commit (and the commit lock) until Patroni demotes it. Every
+//! write turns `statement_timeout` off for its COMMIT so that no timeout
+//! can be that cancel: PostgreSQL 15 did not cancel the wait on a
+//! statement timeout when tried here, but nothing documents that it never
+//! will.
+//!
+//! A session whose client vanished mid-transaction is ended by the server
+//! (`idle_in_transaction_session_timeout`, the commit deadline) and TCP
+//! keepalives on both sides, so a frozen replica cannot hold the commit
+//! lock for long.
 //!
 //! Errors carry PostgreSQL's SQLSTATE and message, never its DETAIL (which
 //! can quote row values).
@@ -127,12 +140,19 @@ impl PgStore {
             config.password(password.as_slice());
         }
         config.connect_timeout(options.connect_timeout);
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
         if config.get_application_name().is_none() {
             config.application_name("tessera");
         }
         let timeout = format!(
-            "-c statement_timeout={}",
-            options.statement_timeout.as_millis()
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={} \
+             -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
+            options.statement_timeout.as_millis(),
+            options.commit_deadline.as_millis(),
         );
         let server_options = match config.get_options() {
             Some(given) => format!("{given} {timeout}"),
@@ -146,13 +166,19 @@ impl PgStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let wait = Some(options.connect_timeout);
+        // Opening a connection tries each host in turn, each within the
+        // connect timeout: a dead first host must leave time for the next.
+        let hosts = u32::try_from(host_count(&options.url)).unwrap_or(u32::MAX);
+        let create = options
+            .connect_timeout
+            .saturating_mul(hosts)
+            .saturating_add(Duration::from_secs(1));
         let pool = Pool::builder(manager)
             .max_size(options.pool_size)
             .runtime(Runtime::Tokio1)
-            .wait_timeout(wait)
-            .create_timeout(wait)
-            .recycle_timeout(wait)
+            .wait_timeout(Some(options.commit_deadline))
+            .create_timeout(Some(create))
+            .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| StoreError::Unavailable(format!("postgres pool: {e}")))?;
         Ok(Self {
@@ -162,27 +188,54 @@ impl PgStore {
     }
 
     /// Applies the migrations the database lacks; returns their versions.
+    /// Not bounded by the commit deadline: a migration may take long.
     pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
         let mut client = self.client().await?;
         migrate::apply(&mut client).await
     }
 
-    /// Checks the database holds the schema this build expects; start-up
-    /// refuses to serve on an older or newer one.
+    /// Grants `role` what serving needs and no more: SELECT and INSERT on
+    /// the append-only tables, updates only where the schema changes rows
+    /// in place. Serving as that role, not as the tables' owner, is what
+    /// keeps the service from disabling the append-only triggers.
+    pub async fn grant(&self, role: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        migrate::grant(&client, role).await
+    }
+
+    /// Checks the database holds the schema this build expects: start-up
+    /// refuses an older one (or none) and serves a newer one, which a
+    /// rolling upgrade's first new replica migrated to, with a warning.
+    /// Warns too when serving as the tables' owner.
     pub async fn check_schema(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let expected = Some(migrate::latest());
         let found = migrate::current(&client).await?;
-        if found == expected {
-            return Ok(());
-        }
-        Err(StoreError::Unavailable(match found {
-            None => "postgres: the schema is missing; run `tessera migrate`".to_owned(),
-            Some(v) => format!(
-                "postgres: schema version {v}, this build needs {}; run `tessera migrate`",
-                migrate::latest()
+        match found {
+            Some(v) if v == migrate::latest() => {}
+            Some(v) if v > migrate::latest() => tracing::warn!(
+                schema = v,
+                build = migrate::latest(),
+                "postgres: the schema is newer than this build; upgrade this replica"
             ),
-        }))
+            None => {
+                return Err(StoreError::Unavailable(
+                    "postgres: the schema is missing; run `tessera migrate`".to_owned(),
+                ));
+            }
+            Some(v) => {
+                return Err(StoreError::Unavailable(format!(
+                    "postgres: schema version {v}, this build needs {}; run `tessera migrate`",
+                    migrate::latest()
+                )));
+            }
+        }
+        if migrate::owns_schema(&client).await? {
+            tracing::warn!(
+                "postgres: serving as the owner of the tables, which can disable their \
+                 append-only triggers; serve as a role given `tessera migrate --grant-to`"
+            );
+        }
+        Ok(())
     }
 
     /// A pooled connection.
@@ -198,24 +251,60 @@ impl PgStore {
         })
     }
 
-    /// Runs `write` on one connection within the commit deadline. Past the
-    /// deadline the connection is closed, not returned to the pool: its
-    /// transaction may still be waiting at COMMIT.
-    async fn bounded<T>(
+    /// Runs `op` on a pooled connection within the deadline, the wait for
+    /// the connection included. Past the deadline the connection is
+    /// closed, not returned to the pool: its transaction may still be
+    /// waiting at COMMIT.
+    async fn call<T, E: From<StoreError>>(
         &self,
-        write: impl for<'c> AsyncFnOnce(&'c mut Object) -> Result<T, CommitError>,
-    ) -> Result<T, CommitError> {
-        let mut client = self.client().await?;
-        match tokio::time::timeout(self.commit_deadline, write(&mut client)).await {
+        op: impl for<'c> AsyncFnOnce(&'c mut Object) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut slot: Option<Object> = None;
+        let run = async {
+            let client = slot.insert(self.client().await?);
+            op(client).await
+        };
+        match tokio::time::timeout(self.commit_deadline, run).await {
             Ok(result) => result,
             Err(_) => {
-                drop(Object::take(client));
-                Err(CommitError::Batch(StoreError::Unavailable(
-                    "postgres: commit deadline passed; its outcome is unknown".to_owned(),
+                if let Some(client) = slot.take() {
+                    drop(Object::take(client));
+                }
+                Err(E::from(StoreError::Unavailable(
+                    "postgres: no answer within the deadline; a write's outcome is unknown"
+                        .to_owned(),
                 )))
             }
         }
     }
+}
+
+/// Commits `tx` with `statement_timeout` off for the COMMIT, so a COMMIT
+/// waiting for the synchronous standby is never cancelled into a success
+/// the standby did not see (see the module docs).
+async fn commit_durably(tx: tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.batch_execute("SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)
+}
+
+/// Runs one write statement in its own transaction, committed durably;
+/// returns the rows it touched.
+async fn execute_durably(
+    client: &mut tokio_postgres::Client,
+    statement: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let tx = client.transaction().await.map_err(unavailable)?;
+    let rows = tx.execute(statement, params).await.map_err(unavailable)?;
+    commit_durably(tx).await?;
+    Ok(rows)
+}
+
+/// How many hosts a connection string names (1 when it does not parse).
+fn host_count(url: &str) -> usize {
+    parse_url(url).map_or(1, |config| config.get_hosts().len().max(1))
 }
 
 /// A PostgreSQL error as text without row values: the SQLSTATE and
@@ -242,23 +331,27 @@ fn damaged(_: tokio_postgres::Error) -> StoreError {
 #[async_trait]
 impl Engine for PgStore {
     async fn commit(&self, batch: std::sync::Arc<WriteBatch>) -> Result<(), CommitError> {
-        self.bounded(async |client| commit::write(client, &batch).await)
+        self.call(async |client| commit::write(client, &batch).await)
             .await
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
         // A reader sees only committed rows, and a commit becomes visible
-        // after its COMMIT (with synchronous replication, after the
-        // standby has it): whatever a reader found is already durable.
+        // once its COMMIT returns, after the synchronous standby has it
+        // (statement_timeout is off for every COMMIT, so no cancelled wait
+        // makes a transaction visible early): what a reader found is
+        // already durable.
         Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        self.call(async |client| {
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+        .await
     }
 }

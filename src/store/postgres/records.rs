@@ -6,11 +6,9 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use tokio_postgres::Row;
 
-use super::{COMMIT_LOCK, PgStore, damaged, unavailable};
+use super::{COMMIT_LOCK, PgStore, commit_durably, damaged, unavailable};
 use crate::domain::{Fingerprint, TenantId, TokenId};
-use crate::store::{
-    CommitError, RecordStore, SealedRecord, SealedVersion, StoreError, StoredRecord, Tombstone,
-};
+use crate::store::{RecordStore, SealedRecord, SealedVersion, StoreError, StoredRecord, Tombstone};
 
 /// A record with its tombstone and newest seal version, from `records r`.
 const STORED: &str = "SELECT r.body, t.body, v.version, v.sealed_pan
@@ -48,16 +46,18 @@ fn stored(row: &Row) -> Result<StoredRecord, StoreError> {
 #[async_trait]
 impl RecordStore for PgStore {
     async fn get(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
-        let client = self.client().await?;
         let query = format!("{STORED} WHERE r.token_id = $1");
-        let statement = client.prepare_cached(&query).await.map_err(unavailable)?;
-        client
-            .query_opt(&statement, &[&id.as_bytes().as_slice()])
-            .await
-            .map_err(unavailable)?
-            .as_ref()
-            .map(stored)
-            .transpose()
+        self.call(async |client| {
+            let statement = client.prepare_cached(&query).await.map_err(unavailable)?;
+            client
+                .query_opt(&statement, &[&id.as_bytes().as_slice()])
+                .await
+                .map_err(unavailable)?
+                .as_ref()
+                .map(stored)
+                .transpose()
+        })
+        .await
     }
 
     async fn find_by_fingerprint(
@@ -65,22 +65,24 @@ impl RecordStore for PgStore {
         tenant: &TenantId,
         fingerprint: &Fingerprint,
     ) -> Result<Option<StoredRecord>, StoreError> {
-        let client = self.client().await?;
         let query = format!(
             "{STORED} JOIN fingerprints f ON f.token_id = r.token_id
              WHERE f.tenant = $1 AND f.fingerprint = $2"
         );
-        let statement = client.prepare_cached(&query).await.map_err(unavailable)?;
-        client
-            .query_opt(
-                &statement,
-                &[&tenant.as_str(), &fingerprint.as_bytes().as_slice()],
-            )
-            .await
-            .map_err(unavailable)?
-            .as_ref()
-            .map(stored)
-            .transpose()
+        self.call(async |client| {
+            let statement = client.prepare_cached(&query).await.map_err(unavailable)?;
+            client
+                .query_opt(
+                    &statement,
+                    &[&tenant.as_str(), &fingerprint.as_bytes().as_slice()],
+                )
+                .await
+                .map_err(unavailable)?
+                .as_ref()
+                .map(stored)
+                .transpose()
+        })
+        .await
     }
 
     async fn scan_tenant(
@@ -89,7 +91,6 @@ impl RecordStore for PgStore {
         after: Option<TokenId>,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let client = self.client().await?;
         let query = format!(
             "{STORED} WHERE r.tenant = $1 AND r.token_id > $2 ORDER BY r.token_id LIMIT $3"
         );
@@ -98,26 +99,24 @@ impl RecordStore for PgStore {
             None => &[],
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        client
-            .query(&query, &[&tenant.as_str(), &after, &limit])
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(stored)
-            .collect()
+        self.call(async |client| {
+            client
+                .query(&query, &[&tenant.as_str(), &after, &limit])
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(stored)
+                .collect()
+        })
+        .await
     }
 
     async fn append_sealed_versions(
         &self,
         items: Vec<SealedVersion>,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        self.bounded(async |client| {
-            append_sealed_versions(client, &items)
-                .await
-                .map_err(CommitError::Batch)
-        })
-        .await
-        .map_err(CommitError::into_store)
+        self.call(async |client| append_sealed_versions(client, &items).await)
+            .await
     }
 }
 
@@ -182,6 +181,6 @@ async fn append_sealed_versions(
         .await
         .map_err(unavailable)?;
     }
-    tx.commit().await.map_err(unavailable)?;
+    commit_durably(tx).await?;
     Ok(outcomes)
 }
