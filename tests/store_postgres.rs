@@ -64,6 +64,20 @@ async fn raw(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Runs each statement on `client` and checks the database refused it
+/// for want of privilege.
+async fn assert_refused(client: &tokio_postgres::Client, statements: &[&str]) {
+    for statement in statements {
+        let err = client.batch_execute(statement).await.unwrap_err();
+        let db = err.as_db_error().expect(statement);
+        assert_eq!(
+            db.code(),
+            &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE,
+            "{statement}: {db:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_refuses_to_change_records_tombstones_versions_and_audit() {
     let (store, url) = fresh_store().await;
@@ -88,27 +102,23 @@ async fn the_database_refuses_to_change_records_tombstones_versions_and_audit() 
         .unwrap();
     assert!(resealed[0].is_ok());
     let client = raw(&url).await;
-    for statement in [
-        "UPDATE records SET body = '\\x00'",
-        "DELETE FROM records",
-        "TRUNCATE records CASCADE",
-        "UPDATE tombstones SET body = '\\x00'",
-        "DELETE FROM tombstones",
-        "UPDATE sealed_versions SET version = 2",
-        "DELETE FROM sealed_versions",
-        "TRUNCATE sealed_versions",
-        "UPDATE audit_events SET body = '\\x00'",
-        "DELETE FROM audit_events",
-        "TRUNCATE audit_events",
-    ] {
-        let err = client.batch_execute(statement).await.unwrap_err();
-        let db = err.as_db_error().expect(statement);
-        assert_eq!(
-            db.code(),
-            &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE,
-            "{statement}: {db:?}"
-        );
-    }
+    assert_refused(
+        &client,
+        &[
+            "UPDATE records SET body = '\\x00'",
+            "DELETE FROM records",
+            "TRUNCATE records CASCADE",
+            "UPDATE tombstones SET body = '\\x00'",
+            "DELETE FROM tombstones",
+            "UPDATE sealed_versions SET version = 2",
+            "DELETE FROM sealed_versions",
+            "TRUNCATE sealed_versions",
+            "UPDATE audit_events SET body = '\\x00'",
+            "DELETE FROM audit_events",
+            "TRUNCATE audit_events",
+        ],
+    )
+    .await;
     // Still all there.
     let got = store.get(&record.token_id).await.unwrap().unwrap();
     let resealed = tessera::store::SealedRecord {
@@ -293,22 +303,18 @@ async fn a_role_granted_by_migrate_serves_but_cannot_change_or_unprotect_the_tab
     svc.delete_checkpoint("job").await.unwrap();
 
     let client = raw(&svc_url).await;
-    for statement in [
-        "UPDATE records SET tenant = 'b'",
-        "DELETE FROM audit_events",
-        "ALTER TABLE records DISABLE TRIGGER USER",
-        "DROP TRIGGER records_append_only ON records",
-        "DROP TABLE audit_events",
-        "CREATE OR REPLACE FUNCTION tessera_refuse_change() RETURNS trigger \
+    assert_refused(
+        &client,
+        &[
+            "UPDATE records SET tenant = 'b'",
+            "DELETE FROM audit_events",
+            "ALTER TABLE records DISABLE TRIGGER USER",
+            "DROP TRIGGER records_append_only ON records",
+            "DROP TABLE audit_events",
+            "CREATE OR REPLACE FUNCTION tessera_refuse_change() RETURNS trigger \
          LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
-        "TRUNCATE tombstones",
-    ] {
-        let err = client.batch_execute(statement).await.unwrap_err();
-        let db = err.as_db_error().expect(statement);
-        assert_eq!(
-            db.code(),
-            &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE,
-            "{statement}: {db:?}"
-        );
-    }
+            "TRUNCATE tombstones",
+        ],
+    )
+    .await;
 }

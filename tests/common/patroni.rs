@@ -14,7 +14,6 @@
     clippy::panic
 )]
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,14 +39,6 @@ fn ensure_installed() {
         status.success(),
         "etcd-server and patroni could not be installed"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One Patroni-managed PostgreSQL node.
@@ -194,7 +185,7 @@ impl Cluster {
             .prefix("tessera-patroni-")
             .tempdir()
             .unwrap();
-        let (client, peer) = (free_port(), free_port());
+        let (client, peer) = (crate::postgres::free_port(), crate::postgres::free_port());
         let etcd_log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
         let etcd = Command::new("etcd")
             .args(["--name", "e1", "--data-dir"])
@@ -227,24 +218,14 @@ impl Cluster {
             .status()
             .unwrap();
         assert!(status.success());
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-                 pkill -KILL -f 'patroni {dir}/' ; pkill -KILL -f 'postgres -D {dir}/'; kill -KILL {etcd}",
-                pid = std::process::id(),
-                dir = dir.path().display(),
-                etcd = etcd.id(),
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let watchdog = crate::postgres::watchdog(&format!(
+            "pkill -KILL -f 'patroni {dir}/'; pkill -KILL -f 'postgres -D {dir}/'; kill -KILL {etcd}; rm -rf {dir}",
+            dir = dir.path().display(),
+            etcd = etcd.id(),
+        ));
         let mut nodes = Vec::new();
         for name in ["pg1", "pg2"] {
-            let (pg_port, rest_port) = (free_port(), free_port());
+            let (pg_port, rest_port) = (crate::postgres::free_port(), crate::postgres::free_port());
             let config = dir.path().join(format!("{name}.yml"));
             let data = dir.path().join(name);
             std::fs::write(

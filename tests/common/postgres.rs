@@ -143,23 +143,14 @@ impl Postgres {
             .status()
             .unwrap();
         assert!(status.success(), "pg_ctl start failed");
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {pid} 2>/dev/null; do sleep 1; done; runuser -u postgres -- {pg_ctl} stop -D {data} -m immediate >/dev/null 2>&1",
-                pid = std::process::id(),
-                pg_ctl = bin.join("pg_ctl").display(),
-                data = data.display(),
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group: a timeout that kills the test's group
-            // must leave the watchdog to stop PostgreSQL (pg_ctl started
-            // it in a session of its own).
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        // Also for a cluster that is never dropped (a test binary's
+        // shared one): stopped and removed once the process is gone.
+        let watchdog = watchdog(&format!(
+            "runuser -u postgres -- {pg_ctl} stop -D {data} -m immediate >/dev/null 2>&1; rm -rf {dir}",
+            pg_ctl = bin.join("pg_ctl").display(),
+            data = data.display(),
+            dir = dir.path().display(),
+        ));
         Self {
             dir,
             bin,
@@ -211,8 +202,27 @@ impl Drop for Postgres {
     }
 }
 
+/// Runs `cleanup` (a shell command) once this test process is gone, in a
+/// process group of its own: a timeout that kills the test's group must
+/// leave the watchdog to clean up what outlives the test (PostgreSQL runs
+/// in a session of its own).
+pub fn watchdog(cleanup: &str) -> std::process::Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {cleanup}",
+            pid = std::process::id(),
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
 /// A loopback port nothing listens on now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -5,7 +5,7 @@
 //! that start together apply each migration once: the second waits, then
 //! finds it applied.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
 use super::{MIGRATION_LOCK, commit_durably, damaged, unavailable};
 use crate::store::StoreError;
@@ -32,16 +32,22 @@ pub fn latest() -> i32 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }
 
-/// Applies the migrations `client`'s database lacks; returns their versions.
-pub async fn apply(client: &mut Client) -> Result<Vec<i32>, StoreError> {
+/// A transaction holding the migration lock, without a statement timeout:
+/// a migration may take long, and a replica may wait for another's.
+async fn locked(client: &mut Client) -> Result<Transaction<'_>, StoreError> {
     let tx = client.transaction().await.map_err(unavailable)?;
-    // A migration may take long, and a replica may wait for another's.
     tx.batch_execute("SET LOCAL statement_timeout = 0")
         .await
         .map_err(unavailable)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(unavailable)?;
+    Ok(tx)
+}
+
+/// Applies the migrations `client`'s database lacks; returns their versions.
+pub async fn apply(client: &mut Client) -> Result<Vec<i32>, StoreError> {
+    let tx = locked(client).await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS tessera_migrations (
              version    integer     PRIMARY KEY,
@@ -54,13 +60,7 @@ pub async fn apply(client: &mut Client) -> Result<Vec<i32>, StoreError> {
     commit_durably(tx).await?;
     let mut applied = Vec::new();
     for migration in MIGRATIONS {
-        let tx = client.transaction().await.map_err(unavailable)?;
-        tx.batch_execute("SET LOCAL statement_timeout = 0")
-            .await
-            .map_err(unavailable)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(unavailable)?;
+        let tx = locked(client).await?;
         let done = tx
             .query_opt(
                 "SELECT 1 FROM tessera_migrations WHERE version = $1",

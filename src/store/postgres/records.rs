@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use deadpool_postgres::Object;
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 use super::{COMMIT_LOCK, PgStore, commit_durably, damaged, unavailable};
 use crate::domain::{Fingerprint, TenantId, TokenId};
@@ -47,17 +49,8 @@ fn stored(row: &Row) -> Result<StoredRecord, StoreError> {
 impl RecordStore for PgStore {
     async fn get(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
         let query = format!("{STORED} WHERE r.token_id = $1");
-        self.call(async |client| {
-            let statement = client.prepare_cached(&query).await.map_err(unavailable)?;
-            client
-                .query_opt(&statement, &[&id.as_bytes().as_slice()])
-                .await
-                .map_err(unavailable)?
-                .as_ref()
-                .map(stored)
-                .transpose()
-        })
-        .await
+        self.call(async |client| one(client, &query, &[&id.as_bytes().as_slice()]).await)
+            .await
     }
 
     async fn find_by_fingerprint(
@@ -69,20 +62,10 @@ impl RecordStore for PgStore {
             "{STORED} JOIN fingerprints f ON f.token_id = r.token_id
              WHERE f.tenant = $1 AND f.fingerprint = $2"
         );
-        self.call(async |client| {
-            let statement = client.prepare_cached(&query).await.map_err(unavailable)?;
-            client
-                .query_opt(
-                    &statement,
-                    &[&tenant.as_str(), &fingerprint.as_bytes().as_slice()],
-                )
-                .await
-                .map_err(unavailable)?
-                .as_ref()
-                .map(stored)
-                .transpose()
-        })
-        .await
+        let params: [&(dyn ToSql + Sync); 2] =
+            [&tenant.as_str(), &fingerprint.as_bytes().as_slice()];
+        self.call(async |client| one(client, &query, &params).await)
+            .await
     }
 
     async fn scan_tenant(
@@ -118,6 +101,23 @@ impl RecordStore for PgStore {
         self.call(async |client| append_sealed_versions(client, &items).await)
             .await
     }
+}
+
+/// The record `query` (a [`STORED`] query, prepared once per connection)
+/// finds, if any.
+async fn one(
+    client: &mut Object,
+    query: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<StoredRecord>, StoreError> {
+    let statement = client.prepare_cached(query).await.map_err(unavailable)?;
+    client
+        .query_opt(&statement, params)
+        .await
+        .map_err(unavailable)?
+        .as_ref()
+        .map(stored)
+        .transpose()
 }
 
 /// Appends each item whose version is its record's next, under the commit
