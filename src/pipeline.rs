@@ -44,7 +44,15 @@ pub const MAX_BATCH_WRITES: usize = 16_384;
 /// all replicas are serialized by the store, so each move means another
 /// replica committed in between; past this many the batch fails
 /// (UNAVAILABLE) rather than wait without bound.
-pub const CHAIN_END_MOVES: usize = 16;
+pub const CHAIN_END_MOVES: usize = 32;
+
+/// The pause before the `moved`th re-chain: random, up to 2^moved
+/// hundred microseconds, at most 50 ms.
+fn chain_backoff(moved: usize) -> std::time::Duration {
+    let cap_us = 100u64.saturating_mul(1 << moved.min(16)).min(50_000);
+    let us = crate::csprng::below_u64(cap_us.saturating_add(1)).unwrap_or(cap_us);
+    std::time::Duration::from_micros(us)
+}
 
 /// Most submissions waiting for the committer. Past it, writers are told
 /// UNAVAILABLE at once (overload), instead of queueing without bound.
@@ -349,9 +357,15 @@ impl Committer {
                     if tip.is_some() && moved < CHAIN_END_MOVES =>
                 {
                     // Another writer of the same store (a replica) moved
-                    // the chain's end: chain the batch again after it.
+                    // the chain's end: chain the batch again after it,
+                    // after a random pause that grows with each move, so a
+                    // replica whose commits keep landing first lets this
+                    // one through (its end is read outside the store's
+                    // commit lock, so a busy winner could otherwise starve
+                    // it).
                     moved += 1;
                     self.tip = None;
+                    tokio::time::sleep(chain_backoff(moved)).await;
                     let Ok(batch) = Arc::try_unwrap(batch) else {
                         return fail_all(pending, &StoreError::Damaged("batch still shared"));
                     };
