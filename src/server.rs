@@ -144,6 +144,7 @@ pub async fn open_postgres(settings: &PostgresSettings) -> Result<PgStore, Start
         statement_timeout: settings.statement_timeout,
         commit_deadline: settings.commit_deadline,
         connect_timeout: settings.connect_timeout,
+        ca_file: settings.ca_file.clone(),
     })?;
     if settings.migrate {
         let applied = store.migrate().await?;

@@ -318,3 +318,112 @@ async fn a_role_granted_by_migrate_serves_but_cannot_change_or_unprotect_the_tab
     )
     .await;
 }
+
+/// Writes a CA and a server certificate for 127.0.0.1 into `dir`, the key
+/// readable by the postgres user only; returns (CA file, cert, key).
+fn server_pki(dir: &std::path::Path) -> (std::path::PathBuf, String, String) {
+    use tessera::tls::pki::{Authority, Validity};
+    let authority = Authority::generate("db CA", Validity::days(2)).unwrap();
+    let server = authority
+        .issue_server(&["127.0.0.1".into(), "localhost".into()], Validity::days(2))
+        .unwrap();
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&ca, authority.cert_pem()).unwrap();
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, server.key_pem.expose_secret()).unwrap();
+    for file in [&cert, &key] {
+        let status = std::process::Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(file)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    (ca, cert.display().to_string(), key.display().to_string())
+}
+
+/// TLS to the database: with a CA file the store connects over TLS only,
+/// verifies the server against that CA, and never falls back to plaintext
+/// (a server without TLS, or a man in the middle that declines it, gets
+/// no session and no password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_ca_file_the_store_talks_verified_tls_only() {
+    let pki = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        pki.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (ca, cert, key) = server_pki(pki.path());
+    let tls_pg = postgres::Postgres::start_with(&[
+        "-c",
+        "fsync=off",
+        "-c",
+        "ssl=on",
+        "-c",
+        &format!("ssl_cert_file={cert}"),
+        "-c",
+        &format!("ssl_key_file={key}"),
+        "-c",
+        "listen_addresses=127.0.0.1,127.0.0.2",
+    ]);
+    let url = tls_pg.database("vault").await;
+    let mut options = PgOptions::new(url.clone());
+    options.ca_file = Some(ca.clone());
+    let store = PgStore::new(&options).unwrap();
+    assert_eq!(store.migrate().await.unwrap(), vec![1]);
+    let record = suite::record(1, "a", Some(1));
+    store.append(record.clone()).await.unwrap();
+    assert_eq!(
+        store.get(&record.token_id).await.unwrap().unwrap().record,
+        record
+    );
+    // The server saw only TLS sessions from Tessera.
+    let (encrypted, sessions): (bool, i64) = {
+        let row = raw(&url)
+            .await
+            .query_one(
+                "SELECT coalesce(bool_and(s.ssl), false), count(*) FROM pg_stat_ssl s
+                 JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'tessera'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(encrypted && sessions > 0, "{encrypted} {sessions}");
+
+    // Another CA: refused, UNAVAILABLE.
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = server_pki(other.path());
+    let mut options = PgOptions::new(url.clone());
+    options.ca_file = Some(other_ca);
+    options.connect_timeout = Duration::from_millis(500);
+    let err = PgStore::new(&options).unwrap().ping().await.unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+
+    // The right CA, but reached by a name the certificate does not hold.
+    let mut options = PgOptions::new(url.replace("host=127.0.0.1", "host=127.0.0.2"));
+    options.ca_file = Some(ca.clone());
+    options.connect_timeout = Duration::from_millis(500);
+    let err = PgStore::new(&options).unwrap().ping().await.unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+
+    // A server without TLS: no plaintext fallback.
+    let (_, plain_url) = fresh_store().await;
+    let mut options = PgOptions::new(plain_url);
+    options.ca_file = Some(ca);
+    options.connect_timeout = Duration::from_millis(500);
+    let err = PgStore::new(&options).unwrap().ping().await.unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+
+    // sslmode=require without a CA to verify with is refused up front.
+    let mut options = PgOptions::new(format!("{url} sslmode=require"));
+    options.ca_file = None;
+    assert!(PgStore::new(&options).is_err());
+}

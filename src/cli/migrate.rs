@@ -42,13 +42,14 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
-    let mut settings = match crate::config::postgres_settings(&raw.store) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("tessera: configuration error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let mut settings =
+        match crate::config::postgres_settings(&raw.store, crate::config::Profile::Production) {
+            Ok(settings) => settings,
+            Err(e) => {
+                eprintln!("tessera: configuration error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
     settings.migrate = true;
     let granted = match open_postgres(&settings).await {
         Ok(store) => match &args.grant_to {

@@ -228,6 +228,10 @@ pub struct RawStore {
     /// postgres: apply missing migrations at start-up (default false:
     /// `tessera migrate` does it, and `serve` refuses an old schema).
     pub migrate: Option<bool>,
+    /// postgres: the CA certificates (PEM) that sign the database's
+    /// certificate. Set, TLS is required and verified (host name
+    /// included); required in production unless every host is loopback.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[kms]`.
@@ -302,7 +306,12 @@ pub struct RawPrincipal {
 }
 
 /// Checks `[store]` for the postgres backend; every bound has a default.
-pub fn postgres_settings(raw: &RawStore) -> Result<PostgresSettings, ConfigError> {
+/// In production, a database reached over the network needs `ca_file`:
+/// card data's keys and records do not cross a network in the clear.
+pub fn postgres_settings(
+    raw: &RawStore,
+    profile: Profile,
+) -> Result<PostgresSettings, ConfigError> {
     if raw.simulated_flush_delay_us.is_some() || raw.cache_mb.is_some() {
         let field = if raw.cache_mb.is_some() {
             "store.cache_mb"
@@ -315,7 +324,17 @@ pub fn postgres_settings(raw: &RawStore) -> Result<PostgresSettings, ConfigError
         .url
         .clone()
         .ok_or_else(|| invalid("store.url", "required with backend = \"postgres\""))?;
-    crate::store::postgres::parse_url(&url).map_err(|e| invalid("store.url", e.to_string()))?;
+    let parsed =
+        crate::store::postgres::parse_url(&url).map_err(|e| invalid("store.url", e.to_string()))?;
+    if profile == Profile::Production
+        && raw.ca_file.is_none()
+        && !crate::store::postgres::all_hosts_local(&parsed)
+    {
+        return Err(invalid(
+            "store.ca_file",
+            "required when the database is not on this host: TLS to it, verified",
+        ));
+    }
     let millis = |field: &str, value: Option<u64>, default: u64, max: u64| match value {
         None => Ok(std::time::Duration::from_millis(default)),
         Some(ms @ 1..) if ms <= max => Ok(std::time::Duration::from_millis(ms)),
@@ -359,6 +378,7 @@ pub fn postgres_settings(raw: &RawStore) -> Result<PostgresSettings, ConfigError
             60_000,
         )?,
         migrate: raw.migrate.unwrap_or(false),
+        ca_file: raw.ca_file.clone(),
     })
 }
 
@@ -403,6 +423,8 @@ pub struct PostgresSettings {
     pub connect_timeout: std::time::Duration,
     /// Apply missing migrations at start-up.
     pub migrate: bool,
+    /// The CA that signs the database's certificate: TLS required.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl StoreBackend {
@@ -539,7 +561,7 @@ impl RawConfig {
                 simulated_flush_delay,
                 cache_bytes,
             },
-            "postgres" => StoreBackend::Postgres(postgres_settings(&self.store)?),
+            "postgres" => StoreBackend::Postgres(postgres_settings(&self.store, profile)?),
             other => {
                 return Err(invalid(
                     "store.backend",
@@ -565,6 +587,7 @@ impl RawConfig {
                     self.store.connect_timeout_ms.is_some(),
                 ),
                 ("store.migrate", self.store.migrate.is_some()),
+                ("store.ca_file", self.store.ca_file.is_some()),
             ];
             if let Some((field, _)) = postgres_only.iter().find(|(_, set)| *set) {
                 return Err(invalid(field, "applies only to backend = \"postgres\""));
@@ -1052,6 +1075,65 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_postgres_backend_checks_its_url_bounds_and_tls() {
+        let store = |lines: &str| {
+            let toml = format!("data_dir = \"/tmp/x\"\n[store]\nbackend = \"postgres\"\n{lines}\n");
+            load(&toml, &[]).unwrap()
+        };
+        let cfg = store("url = \"host=127.0.0.1 dbname=vault\"")
+            .check(Profile::Dev)
+            .unwrap();
+        let StoreBackend::Postgres(settings) = cfg.store else {
+            panic!("not postgres")
+        };
+        assert_eq!(settings.pool_size, 16);
+        assert!(settings.statement_timeout < settings.commit_deadline);
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
+        // Each of these is refused, naming its key.
+        for (lines, key) in [
+            ("", "store.url"),
+            ("url = \"postgres://u:pw@127.0.0.1/v\"", "store.url"),
+            (
+                "url = \"host=127.0.0.1\"\nstatement_timeout_ms = 10000\ncommit_deadline_ms = 10000",
+                "store.statement_timeout_ms",
+            ),
+            ("url = \"host=127.0.0.1\"\ncache_mb = 32", "store.cache_mb"),
+            ("url = \"host=127.0.0.1\"\npool_size = 0", "store.pool_size"),
+        ] {
+            let err = store(lines).check(Profile::Dev).unwrap_err().to_string();
+            assert!(err.contains(key), "{lines}: {err}");
+            assert!(!err.contains("pw@"), "{err}");
+        }
+        // A database over the network needs verified TLS in production;
+        // one on this host does not.
+        let remote = "url = \"host=db1.internal,db2.internal dbname=vault\"";
+        let production = |lines: &str| postgres_settings(&store(lines).store, Profile::Production);
+        let err = production(remote).unwrap_err().to_string();
+        assert!(err.contains("store.ca_file"), "{err}");
+        assert!(production(&format!("{remote}\nca_file = \"/etc/tessera/db-ca.pem\"")).is_ok());
+        // hostaddr is what is dialled: a remote one, or none named at all,
+        // is not local.
+        for remote in [
+            "url = \"hostaddr=10.0.0.5 dbname=vault\"",
+            "url = \"host=localhost hostaddr=10.0.0.5\"",
+            "url = \"dbname=vault\"",
+        ] {
+            assert!(production(remote).is_err(), "{remote}");
+        }
+        for local in ["host=127.0.0.1", "host=localhost", "host=/run/postgresql"] {
+            assert!(production(&format!("url = \"{local}\"")).is_ok(), "{local}");
+        }
+        // Keys of the postgres backend on another backend are refused.
+        let toml = "data_dir = \"/tmp/x\"\n[store]\nurl = \"host=127.0.0.1\"\n";
+        let err = load(toml, &[])
+            .unwrap()
+            .check(Profile::Dev)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.url"), "{err}");
     }
 
     #[test]

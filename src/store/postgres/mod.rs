@@ -33,6 +33,9 @@
 //! keepalives on both sides, so a frozen replica cannot hold the commit
 //! lock for long.
 //!
+//! With `ca_file`, connections use TLS (rustls), always verified against
+//! that CA and the host name, and never fall back to plaintext.
+//!
 //! Errors carry PostgreSQL's SQLSTATE and message, never its DETAIL (which
 //! can quote row values).
 //!
@@ -50,12 +53,15 @@ mod jobs;
 mod keys;
 pub mod migrate;
 mod records;
+mod tls;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroizing;
 
 use crate::store::{CommitError, Engine, StoreError, WriteBatch};
@@ -80,6 +86,9 @@ pub struct PgOptions {
     pub commit_deadline: Duration,
     /// The bound on opening a connection (each host, when there are several).
     pub connect_timeout: Duration,
+    /// The CA certificates (PEM) that sign the database's certificate.
+    /// Set, TLS is required and verified; unset, connections are plain.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl PgOptions {
@@ -93,6 +102,7 @@ impl PgOptions {
             statement_timeout: Duration::from_secs(5),
             commit_deadline: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
+            ca_file: None,
         }
     }
 }
@@ -115,6 +125,27 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, UrlError> {
         return Err(UrlError::HasPassword);
     }
     Ok(config)
+}
+
+/// Whether every host of a parsed connection string is this machine
+/// (loopback addresses, `localhost`, or a Unix socket directory). A
+/// string naming no host, or any `hostaddr` (which is what is dialled when
+/// given) off this machine, is not.
+pub fn all_hosts_local(config: &tokio_postgres::Config) -> bool {
+    !config.get_hosts().is_empty()
+        && config
+            .get_hostaddrs()
+            .iter()
+            .all(std::net::IpAddr::is_loopback)
+        && config.get_hosts().iter().all(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            tokio_postgres::config::Host::Unix(_) => true,
+        })
 }
 
 /// The PostgreSQL store; cheap to clone (one pool).
@@ -159,13 +190,30 @@ impl PgStore {
             None => timeout,
         };
         config.options(&server_options);
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let recycling = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &options.ca_file {
+            Some(ca_file) => {
+                if config.get_ssl_mode() == SslMode::Disable {
+                    return Err(StoreError::Unavailable(
+                        "store.url says sslmode=disable but store.ca_file is set".to_owned(),
+                    ));
+                }
+                config.ssl_mode(SslMode::Require);
+                let tls = MakeRustlsConnect::new(tls::client_config(ca_file)?);
+                Manager::from_config(config, tls, recycling)
+            }
+            None => {
+                if config.get_ssl_mode() == SslMode::Require {
+                    return Err(StoreError::Unavailable(
+                        "store.url says sslmode=require: set store.ca_file to verify the server"
+                            .to_owned(),
+                    ));
+                }
+                Manager::from_config(config, NoTls, recycling)
+            }
+        };
         // Opening a connection tries each host in turn, each within the
         // connect timeout: a dead first host must leave time for the next.
         let hosts = u32::try_from(host_count(&options.url)).unwrap_or(u32::MAX);
