@@ -158,16 +158,7 @@ async fn both_replicas_writing_at_once_keep_one_audit_chain() {
         call.await.unwrap().unwrap();
     }
     for server in [&pair.a, &pair.b] {
-        let mut audit = v1::audit_client::AuditClient::with_interceptor(
-            server.channel().await,
-            server.admin_auth("admin"),
-        );
-        let report = audit
-            .verify(v1::VerifyRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(report.intact && report.head_signature_checked, "{report:?}");
+        common::assert_audit_intact(server).await;
     }
     let tokenized = common::audit_events(&pair.a, "admin", "Tokenize").await;
     assert_eq!(tokenized.len(), 200);

@@ -511,6 +511,22 @@ pub async fn audit_events(
     events
 }
 
+/// Asks `server` (as dev admin `admin`) to verify the audit chain, and
+/// checks it is intact with its head signature checked.
+pub async fn assert_audit_intact(server: &Server) {
+    use tessera::proto::v1;
+    let mut audit = v1::audit_client::AuditClient::with_interceptor(
+        server.channel().await,
+        server.admin_auth("admin"),
+    );
+    let report = audit
+        .verify(v1::VerifyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(report.intact && report.head_signature_checked, "{report:?}");
+}
+
 /// A Luhn-valid 16-digit test PAN: `first`, then 14 digits made from `n`,
 /// then the check digit. Distinct `n` give distinct PANs.
 pub fn test_pan(first: u8, n: u64) -> String {
