@@ -26,8 +26,9 @@ use tessera::proto::v1::tokenizer_client::TokenizerClient;
 use tessera::server::{self, App};
 use tessera::store::sled::SledStore;
 use tessera::store::{
-    AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedVersion, StoreError,
-    StoredRecord, WrappedKeyRecord, WriteBatch,
+    AuditStore, CommitError, Engine, Expect, JobStore, KeyStore, RecordStore, SealedVersion,
+    StateChange, StateEntry, StateKind, StateStore, StoreError, StoredRecord, WrappedKeyRecord,
+    WriteBatch,
 };
 use tessera::vault::{Vault, VaultPolicy};
 use tonic::Code;
@@ -159,10 +160,40 @@ impl JobStore for Switchable {
 }
 
 #[async_trait]
+impl StateStore for Switchable {
+    async fn state(&self, kind: StateKind, key: &str) -> Result<Option<StateEntry>, StoreError> {
+        self.check()?;
+        self.inner.state(kind, key).await
+    }
+    async fn states(&self, kind: StateKind) -> Result<Vec<(String, StateEntry)>, StoreError> {
+        self.check()?;
+        self.inner.states(kind).await
+    }
+    async fn put_state(
+        &self,
+        kind: StateKind,
+        key: &str,
+        value: Option<Vec<u8>>,
+        expect: Expect,
+    ) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.put_state(kind, key, value, expect).await
+    }
+    async fn state_changes(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<StateChange>, StoreError> {
+        self.check()?;
+        self.inner.state_changes(since, limit).await
+    }
+}
+
+#[async_trait]
 impl Engine for Switchable {
     async fn commit(&self, batch: Arc<WriteBatch>) -> Result<(), CommitError> {
         self.check()?;
-        if !batch.audit.events.is_empty() && self.audit_down.load(Ordering::SeqCst) {
+        if !batch.audit.is_empty() && self.audit_down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected audit outage".into()).into());
         }
         self.inner.commit(batch).await

@@ -26,9 +26,11 @@ fn event(n: u64) -> AuditEvent {
 }
 
 /// Replicas on one database: two logs, each with its own committer, over
-/// one store, appending at once. Each commit that finds the end moved by
-/// the other chains its batch again after it; before that, such commits
-/// failed (the caller's call with them, audit being fail-closed).
+/// one store, appending at once. The store chains each batch after the
+/// event it finds last under its commit lock, so no commit loses a race
+/// for a position. Before, such commits failed (the caller's call with
+/// them, audit being fail-closed), and then re-chained outside the lock,
+/// where a busy replica could starve the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_committers_on_one_store_keep_one_chain() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());

@@ -1,13 +1,14 @@
 //! The audit log's storage: chained events by position, and the signed head.
 //! Chaining and signing happen above (`crate::audit`, `crate::pipeline`);
-//! the store keeps the bytes in order and never lets a position be written
-//! twice or out of order.
+//! the store keeps the bytes in order, never lets a position be written
+//! twice or out of order, and runs the pipeline's chaining step under its
+//! commit lock ([`crate::store::ChainStep`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::store::{AuditAppend, Engine, StoreError, WriteBatch};
+use crate::store::{AuditAppend, AuditWrite, Engine, StoreError, WriteBatch};
 
 /// Audit events in order. Contract checked by
 /// `tests/store_conformance/audit.rs`.
@@ -38,11 +39,11 @@ pub trait AuditStore: Engine {
     ) -> Result<(), StoreError> {
         let batch = WriteBatch {
             units: Vec::new(),
-            audit: AuditAppend {
+            audit: AuditWrite::At(AuditAppend {
                 from: seq,
                 events: vec![record],
                 head,
-            },
+            }),
         };
         self.commit(Arc::new(batch))
             .await

@@ -39,7 +39,7 @@ impl WriteUnit {
 
 /// Audit events appended by a batch: already chained, at consecutive
 /// positions from `from`, which must be the log's next position.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct AuditAppend {
     /// Position of the first event.
     pub from: u64,
@@ -49,13 +49,99 @@ pub struct AuditAppend {
     pub head: Option<Vec<u8>>,
 }
 
+/// Chains a batch's audit events at the log's end as the store finds it
+/// under its commit lock.
+///
+/// Replicas on one database each have a committer. Chained outside the
+/// lock, a batch named a position another replica could take first; the
+/// loser chained again, and under load could keep losing. Chained under
+/// the lock, every commit lands: the store reads its last event and this
+/// step chains after it.
+pub trait ChainStep: Send + Sync {
+    /// The batch's events chained after `last`: the log's last stored event
+    /// (its position and stored bytes), `None` when the log is empty.
+    /// Errors refuse the whole batch.
+    fn after(&self, last: Option<(u64, &[u8])>) -> Result<AuditAppend, CommitError>;
+}
+
+/// How a batch's audit events find their place in the log.
+#[derive(Default)]
+pub enum AuditWrite {
+    /// No events.
+    #[default]
+    Nothing,
+    /// Chained already, at a fixed position that must be the log's next
+    /// one (otherwise the batch fails with `AlreadyExists`). Recovery
+    /// appends this way, after a last event that may not decode.
+    At(AuditAppend),
+    /// Chained by the store under its commit lock after the log's last
+    /// event; the write pipeline's events.
+    Chained(Arc<dyn ChainStep>),
+}
+
+impl std::fmt::Debug for AuditWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Nothing => f.write_str("Nothing"),
+            Self::At(append) => f.debug_tuple("At").field(append).finish(),
+            Self::Chained(_) => f.write_str("Chained"),
+        }
+    }
+}
+
+impl From<AuditAppend> for AuditWrite {
+    fn from(append: AuditAppend) -> Self {
+        Self::At(append)
+    }
+}
+
+impl AuditWrite {
+    /// Whether the batch appends no event (the store then need not read
+    /// the log's end).
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Self::Nothing => true,
+            Self::At(append) => append.events.is_empty(),
+            Self::Chained(_) => false,
+        }
+    }
+
+    /// The events to write after `last`, the log's last event read under
+    /// the commit lock: chained there, or checked to start right after it.
+    pub fn place(
+        &self,
+        last: Option<(u64, &[u8])>,
+    ) -> Result<std::borrow::Cow<'_, AuditAppend>, CommitError> {
+        let end = last.map_or(0, |(seq, _)| seq.saturating_add(1));
+        match self {
+            Self::Nothing => Ok(std::borrow::Cow::Owned(AuditAppend {
+                from: end,
+                ..AuditAppend::default()
+            })),
+            Self::At(append) if append.events.is_empty() || append.from == end => {
+                Ok(std::borrow::Cow::Borrowed(append))
+            }
+            Self::At(_) => Err(CommitError::Batch(StoreError::AlreadyExists)),
+            Self::Chained(step) => {
+                let append = step.after(last)?;
+                if append.from != end {
+                    return Err(CommitError::Batch(StoreError::Damaged(
+                        "audit events chained away from the log's end",
+                    )));
+                }
+                Ok(std::borrow::Cow::Owned(append))
+            }
+        }
+    }
+}
+
 /// Everything one commit writes.
 #[derive(Debug, Default)]
 pub struct WriteBatch {
     /// The callers' record writes, in queue order.
     pub units: Vec<WriteUnit>,
     /// The batch's audit events.
-    pub audit: AuditAppend,
+    pub audit: AuditWrite,
 }
 
 impl WriteBatch {
@@ -63,7 +149,7 @@ impl WriteBatch {
     pub fn of_unit(unit: WriteUnit) -> Self {
         Self {
             units: vec![unit],
-            audit: AuditAppend::default(),
+            audit: AuditWrite::Nothing,
         }
     }
 }
@@ -80,11 +166,17 @@ pub enum CommitError {
         /// Which rule.
         error: StoreError,
     },
-    /// The whole batch failed: the backend (retryable or not), or the audit
-    /// events were not at the log's next position (`AlreadyExists`: another
-    /// writer moved the end).
+    /// The whole batch failed: the backend (retryable or not), or events
+    /// [`AuditWrite::At`] a position that is not the log's next
+    /// (`AlreadyExists`).
     #[error(transparent)]
     Batch(#[from] StoreError),
+    /// The chain step found the log ending before the end its writer last
+    /// saw, or there with another event: the log was truncated or
+    /// rewritten since (or the database lost commits it had acknowledged).
+    /// Nothing was written; the writer checks the log again.
+    #[error("the audit log ends before the end its writer last saw")]
+    AuditRewound,
 }
 
 impl CommitError {
@@ -92,6 +184,7 @@ impl CommitError {
     pub fn into_store(self) -> StoreError {
         match self {
             Self::Refused { error, .. } | Self::Batch(error) => error,
+            Self::AuditRewound => StoreError::Damaged("the audit log was rewound"),
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::domain::key::KeyContext;
 use crate::domain::{Fingerprint, TenantId, TokenId};
 use crate::store::prepared::PreparedUnit;
 use crate::store::record::{decode_u32, fingerprint_key, tenant_prefix, version_key};
+use crate::store::state::{self, Expect, StateChange, StateEntry, StateKind, StateStore, layout};
 use crate::store::{
     AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord, SealedVersion,
     StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch, segment,
@@ -64,6 +65,10 @@ pub struct FjallStore {
     keys: Keyspace,
     audit: Keyspace,
     audit_meta: Keyspace,
+    /// Shared entries and the change counter ([`layout`]).
+    state: Keyspace,
+    /// Change number → entry key.
+    state_log: Keyspace,
     /// Serializes commits: their checks and writes are one step.
     commit_lock: Arc<Mutex<()>>,
     /// Serializes the compare-and-set writes of keys and seal versions.
@@ -126,6 +131,8 @@ impl FjallStore {
             keys: keyspace("keys")?,
             audit: keyspace("audit")?,
             audit_meta: keyspace("audit_meta")?,
+            state: keyspace("state")?,
+            state_log: keyspace("state_log")?,
             commit_lock: Arc::default(),
             admin_lock: Arc::default(),
             flush_delay: None,
@@ -197,15 +204,17 @@ impl FjallStore {
     /// Checks `batch` against the store and its own earlier units, then
     /// writes it. Called under the commit lock.
     fn apply(&self, batch: &WriteBatch) -> Result<(), CommitError> {
-        let audit = &batch.audit;
-        if !audit.events.is_empty() {
-            let end = self
-                .last_event()?
-                .map_or(0, |(seq, _)| seq.saturating_add(1));
-            if end != audit.from {
-                return Err(CommitError::Batch(StoreError::AlreadyExists));
-            }
-        }
+        let audit = if batch.audit.is_empty() {
+            None
+        } else {
+            let last = self.last_event()?;
+            Some(
+                batch
+                    .audit
+                    .place(last.as_ref().map(|(seq, bytes)| (*seq, bytes.as_slice())))?
+                    .into_owned(),
+            )
+        };
         let units: Vec<PreparedUnit> = batch.units.iter().map(PreparedUnit::new).collect();
         let mut new_ids: HashSet<TokenId> = HashSet::new();
         let mut new_fingerprints: HashMap<&[u8], TokenId> = HashMap::new();
@@ -257,15 +266,17 @@ impl FjallStore {
                 write.insert(&self.tombstones, id.as_bytes(), tombstone.as_slice());
             }
         }
-        if !audit.events.is_empty() {
-            write.insert(
-                &self.audit,
-                audit.from.to_be_bytes(),
-                segment::encode(&audit.events),
-            );
-        }
-        if let Some(head) = &audit.head {
-            write.insert(&self.audit_meta, AUDIT_HEAD, head.as_slice());
+        if let Some(audit) = &audit {
+            if !audit.events.is_empty() {
+                write.insert(
+                    &self.audit,
+                    audit.from.to_be_bytes(),
+                    segment::encode(&audit.events),
+                );
+            }
+            if let Some(head) = &audit.head {
+                write.insert(&self.audit_meta, AUDIT_HEAD, head.as_slice());
+            }
         }
         self.write(write).map_err(CommitError::Batch)
     }
@@ -530,6 +541,104 @@ impl JobStore for FjallStore {
             store.write(write)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl StateStore for FjallStore {
+    async fn state(&self, kind: StateKind, key: &str) -> Result<Option<StateEntry>, StoreError> {
+        let Some(bytes) = get(&self.state, &layout::entry_key(kind, key))? else {
+            return Ok(None);
+        };
+        let (version, value) = layout::decode_value(&bytes)?;
+        Ok(value.map(|value| StateEntry {
+            version,
+            value: value.to_vec(),
+        }))
+    }
+
+    async fn states(&self, kind: StateKind) -> Result<Vec<(String, StateEntry)>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.state.prefix(layout::kind_prefix(kind)) {
+            let (key, bytes) = guard.into_inner().map_err(unavailable)?;
+            let (_, name) = layout::parse_entry_key(&key)?;
+            if let (version, Some(value)) = layout::decode_value(&bytes)? {
+                out.push((
+                    name,
+                    StateEntry {
+                        version,
+                        value: value.to_vec(),
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_state(
+        &self,
+        kind: StateKind,
+        key: &str,
+        value: Option<Vec<u8>>,
+        expect: Expect,
+    ) -> Result<u64, StoreError> {
+        state::check_key(key)?;
+        let entry = layout::entry_key(kind, key);
+        self.blocking(move |store| {
+            // Conditional puts read, then write: one at a time.
+            let _admin = lock(&store.admin_lock);
+            let old = get(&store.state, &entry)?;
+            let old_version = old
+                .as_ref()
+                .map(|bytes| layout::decode_value(bytes))
+                .transpose()?;
+            if !expect.holds(old_version.and_then(|(v, live)| live.map(|_| v))) {
+                return Err(StoreError::Conflict);
+            }
+            let version = match get(&store.state, layout::COUNTER)? {
+                Some(bytes) => layout::decode_version(&bytes)?,
+                None => 0,
+            }
+            .saturating_add(1);
+            let mut write = store.db.batch();
+            if let Some((previous, _)) = old_version {
+                write.remove(&store.state_log, previous.to_be_bytes());
+            }
+            write.insert(&store.state, layout::COUNTER, version.to_be_bytes());
+            write.insert(
+                &store.state,
+                entry.as_slice(),
+                layout::encode_value(version, value.as_deref()),
+            );
+            write.insert(&store.state_log, version.to_be_bytes(), entry.as_slice());
+            store.write(write)?;
+            Ok(version)
+        })
+        .await
+    }
+
+    async fn state_changes(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<StateChange>, StoreError> {
+        let mut out = Vec::new();
+        let from = since.saturating_add(1).to_be_bytes();
+        for guard in self.state_log.range(from..).take(limit) {
+            let (number, entry) = guard.into_inner().map_err(unavailable)?;
+            let (kind, key) = layout::parse_entry_key(&entry)?;
+            let deleted = match get(&self.state, &entry)? {
+                Some(bytes) => layout::decode_value(&bytes)?.1.is_none(),
+                None => true,
+            };
+            out.push(StateChange {
+                version: layout::decode_version(&number)?,
+                kind,
+                key,
+                deleted,
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use crate::domain::key::KeyContext;
 use crate::domain::{Fingerprint, TenantId, TokenId};
 use crate::store::record::{fingerprint_key, tenant_prefix};
+use crate::store::state::{Expect, StateChange, StateEntry, StateKind, StateStore, check_key};
 use crate::store::{
-    AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord, SealedVersion,
-    StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
+    AuditAppend, AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord,
+    SealedVersion, StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
 };
 
 #[derive(Debug, Default)]
@@ -24,7 +25,13 @@ struct Inner {
     checkpoints: BTreeMap<String, Vec<u8>>,
     audit: Vec<Vec<u8>>,
     audit_head: Option<Vec<u8>>,
+    /// Shared entries: the newest change of each.
+    state: BTreeMap<(StateKind, String), StoredState>,
+    state_version: u64,
 }
+
+/// A shared entry's newest change: its number and value (`None`: deleted).
+type StoredState = (u64, Option<Vec<u8>>);
 
 /// A `HashMap`-backed store. Unit tests only.
 #[derive(Debug, Default)]
@@ -107,15 +114,19 @@ impl Inner {
                 }
             }
         }
-        if !batch.audit.events.is_empty()
-            && usize::try_from(batch.audit.from).ok() != Some(self.audit.len())
-        {
-            return Err(CommitError::Batch(StoreError::AlreadyExists));
-        }
         Ok(())
     }
 
-    fn apply(&mut self, batch: &WriteBatch) {
+    /// The log's last event, where a batch's events are chained after.
+    fn last_event(&self) -> Option<(u64, &[u8])> {
+        let last = self.audit.len().checked_sub(1)?;
+        Some((
+            u64::try_from(last).unwrap_or(u64::MAX),
+            self.audit.get(last)?.as_slice(),
+        ))
+    }
+
+    fn apply(&mut self, batch: &WriteBatch, audit: &AuditAppend) {
         for unit in &batch.units {
             for record in &unit.records {
                 if let Some(fp) = &record.fingerprint {
@@ -128,8 +139,8 @@ impl Inner {
                 self.tombstones.insert(*id, *tombstone);
             }
         }
-        self.audit.extend(batch.audit.events.iter().cloned());
-        if let Some(head) = &batch.audit.head {
+        self.audit.extend(audit.events.iter().cloned());
+        if let Some(head) = &audit.head {
             self.audit_head = Some(head.clone());
         }
     }
@@ -332,11 +343,90 @@ impl JobStore for MemoryStore {
 }
 
 #[async_trait]
+impl StateStore for MemoryStore {
+    async fn state(&self, kind: StateKind, key: &str) -> Result<Option<StateEntry>, StoreError> {
+        let inner = self.lock()?;
+        Ok(match inner.state.get(&(kind, key.to_owned())) {
+            Some((version, Some(value))) => Some(StateEntry {
+                version: *version,
+                value: value.clone(),
+            }),
+            _ => None,
+        })
+    }
+
+    async fn states(&self, kind: StateKind) -> Result<Vec<(String, StateEntry)>, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner
+            .state
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .filter_map(|((_, key), (version, value))| {
+                let value = value.clone()?;
+                Some((
+                    key.clone(),
+                    StateEntry {
+                        version: *version,
+                        value,
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    async fn put_state(
+        &self,
+        kind: StateKind,
+        key: &str,
+        value: Option<Vec<u8>>,
+        expect: Expect,
+    ) -> Result<u64, StoreError> {
+        check_key(key)?;
+        let mut inner = self.lock()?;
+        let entry = (kind, key.to_owned());
+        let found = match inner.state.get(&entry) {
+            Some((version, Some(_))) => Some(*version),
+            _ => None,
+        };
+        if !expect.holds(found) {
+            return Err(StoreError::Conflict);
+        }
+        inner.state_version += 1;
+        let version = inner.state_version;
+        inner.state.insert(entry, (version, value));
+        Ok(version)
+    }
+
+    async fn state_changes(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<StateChange>, StoreError> {
+        let inner = self.lock()?;
+        let mut changes: Vec<StateChange> = inner
+            .state
+            .iter()
+            .filter(|(_, (version, _))| *version > since)
+            .map(|((kind, key), (version, value))| StateChange {
+                version: *version,
+                kind: *kind,
+                key: key.clone(),
+                deleted: value.is_none(),
+            })
+            .collect();
+        changes.sort_by_key(|c| c.version);
+        changes.truncate(limit);
+        Ok(changes)
+    }
+}
+
+#[async_trait]
 impl Engine for MemoryStore {
     async fn commit(&self, batch: Arc<WriteBatch>) -> Result<(), CommitError> {
         let mut inner = self.lock()?;
         inner.check(&batch)?;
-        inner.apply(&batch);
+        let audit = batch.audit.place(inner.last_event())?.into_owned();
+        inner.apply(&batch, &audit);
         Ok(())
     }
 

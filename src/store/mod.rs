@@ -8,6 +8,8 @@
 //! - [`KeyStore`] ([`keys`]): wrapped keys per context.
 //! - [`AuditStore`] ([`audit`]): the chained audit events and the signed head.
 //! - [`JobStore`] ([`jobs`]): checkpoints of background jobs.
+//! - [`StateStore`] ([`state`]): what replicas share (principals added at
+//!   run time, approvals, sessions, locks), with a change feed.
 //! - [`Engine`] ([`batch`]): one atomic, durable commit of a [`WriteBatch`]
 //!   (records, tombstones and audit events of many writers), the write
 //!   pipeline's seam; a durability barrier; a liveness probe.
@@ -36,17 +38,19 @@ pub mod record;
 pub mod records;
 pub mod segment;
 pub mod sled;
+pub mod state;
 
 use std::fmt;
 
 pub use audit::AuditStore;
-pub use batch::{AuditAppend, CommitError, Engine, WriteBatch, WriteUnit};
+pub use batch::{AuditAppend, AuditWrite, ChainStep, CommitError, Engine, WriteBatch, WriteUnit};
 pub use jobs::JobStore;
 pub use keys::KeyStore;
 pub use record::{
     PublicFacts, SealedRecord, StoredRecord, Tombstone, TombstoneReason, WrappedKeyRecord,
 };
 pub use records::{RecordStore, SealedVersion};
+pub use state::{Expect, StateChange, StateEntry, StateKind, StateStore};
 
 use crate::codec::DecodeError;
 use crate::domain::TokenId;
@@ -77,6 +81,10 @@ pub enum StoreError {
     /// The backend is unreachable or failed in a way a retry may fix.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A conditional write found the entry changed since it was read (or
+    /// present when it was expected absent); nothing was written.
+    #[error("the entry changed since it was read")]
+    Conflict,
 }
 
 impl StoreError {
@@ -95,11 +103,29 @@ impl StoreError {
 /// durable (it survives a crash or `kill -9`); corrupt stored bytes are
 /// [`StoreError::Corrupt`] or [`StoreError::Damaged`], never retryable.
 pub trait Store:
-    RecordStore + KeyStore + AuditStore + JobStore + Engine + Send + Sync + fmt::Debug + 'static
+    RecordStore
+    + KeyStore
+    + AuditStore
+    + JobStore
+    + StateStore
+    + Engine
+    + Send
+    + Sync
+    + fmt::Debug
+    + 'static
 {
 }
 
 impl<T> Store for T where
-    T: RecordStore + KeyStore + AuditStore + JobStore + Engine + Send + Sync + fmt::Debug + 'static
+    T: RecordStore
+        + KeyStore
+        + AuditStore
+        + JobStore
+        + StateStore
+        + Engine
+        + Send
+        + Sync
+        + fmt::Debug
+        + 'static
 {
 }

@@ -27,9 +27,10 @@ use crate::domain::{Fingerprint, TenantId, TokenId};
 use crate::store::prepared::PreparedUnit;
 use crate::store::record::{decode_u32, fingerprint_key, tenant_prefix, version_key};
 use crate::store::segment;
+use crate::store::state::{self, Expect, StateChange, StateEntry, StateKind, StateStore, layout};
 use crate::store::{
-    AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord, SealedVersion,
-    StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
+    AuditAppend, AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord,
+    SealedVersion, StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
 };
 
 /// A sled-backed store.
@@ -46,6 +47,10 @@ pub struct SledStore {
     keys: sled::Tree,
     audit: sled::Tree,
     audit_meta: sled::Tree,
+    /// Shared entries and the change counter ([`state::layout`]).
+    state: sled::Tree,
+    /// Change number → entry key.
+    state_log: sled::Tree,
     /// A benchmark aid: added after every commit's flush, as a slow disk
     /// would (`store.simulated_flush_delay_us`, dev only).
     flush_delay: Option<std::time::Duration>,
@@ -54,6 +59,10 @@ pub struct SledStore {
     /// PostgreSQL after a failed fsync, the store then refuses every call
     /// until the process restarts and recovers from what the disk holds.
     poisoned: Arc<std::sync::atomic::AtomicBool>,
+    /// Held from reading the audit log's end to writing after it, so
+    /// commits never race for a position (one committer per process is the
+    /// usual case; the lock makes it a rule).
+    audit_lock: Arc<std::sync::Mutex<()>>,
 }
 
 /// Maps a sled error: corruption sled itself detects (checksums) is
@@ -101,9 +110,12 @@ impl SledStore {
             checkpoints: tree("checkpoints")?,
             audit: tree("audit")?,
             audit_meta: tree("audit_meta")?,
+            state: tree("state")?,
+            state_log: tree("state_log")?,
             keys: tree("keys")?,
             flush_delay: None,
             poisoned: Arc::default(),
+            audit_lock: Arc::default(),
             db,
         })
     }
@@ -156,12 +168,20 @@ impl SledStore {
     /// more than once.
     fn apply(&self, batch: &WriteBatch) -> Result<(), CommitError> {
         let units: Vec<PreparedUnit> = batch.units.iter().map(PreparedUnit::new).collect();
-        let audit = &batch.audit;
-        // The committer is the audit tree's only writer (sled locks the
-        // directory to one process), so the end read here stays the end.
-        if !audit.events.is_empty() && self.audit_end().map_err(CommitError::Batch)? != audit.from {
-            return Err(CommitError::Batch(StoreError::AlreadyExists));
-        }
+        // The end read here stays the end until the transaction ends.
+        let _audit = self
+            .audit_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let audit = if batch.audit.is_empty() {
+            AuditAppend::default()
+        } else {
+            let last = self.last_event().map_err(CommitError::Batch)?;
+            batch
+                .audit
+                .place(last.as_ref().map(|(seq, bytes)| (*seq, bytes.as_slice())))?
+                .into_owned()
+        };
         let segment = segment::encode(&audit.events);
         (
             &self.records,
@@ -234,13 +254,6 @@ impl SledStore {
             return Ok(None);
         };
         Ok(segment::events_at(segment::position(&key)?, &value).pop())
-    }
-
-    /// The audit log's next position.
-    fn audit_end(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .last_event()?
-            .map_or(0, |(seq, _)| seq.saturating_add(1)))
     }
 
     fn stored(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
@@ -537,6 +550,114 @@ impl JobStore for SledStore {
 }
 
 #[async_trait]
+impl StateStore for SledStore {
+    async fn state(&self, kind: StateKind, key: &str) -> Result<Option<StateEntry>, StoreError> {
+        self.healthy()?;
+        let Some(bytes) = self
+            .state
+            .get(layout::entry_key(kind, key))
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let (version, value) = layout::decode_value(&bytes)?;
+        Ok(value.map(|value| StateEntry {
+            version,
+            value: value.to_vec(),
+        }))
+    }
+
+    async fn states(&self, kind: StateKind) -> Result<Vec<(String, StateEntry)>, StoreError> {
+        self.healthy()?;
+        let mut out = Vec::new();
+        for item in self.state.scan_prefix(layout::kind_prefix(kind)) {
+            let (key, bytes) = item.map_err(unavailable)?;
+            let (_, name) = layout::parse_entry_key(&key)?;
+            if let (version, Some(value)) = layout::decode_value(&bytes)? {
+                out.push((
+                    name,
+                    StateEntry {
+                        version,
+                        value: value.to_vec(),
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_state(
+        &self,
+        kind: StateKind,
+        key: &str,
+        value: Option<Vec<u8>>,
+        expect: Expect,
+    ) -> Result<u64, StoreError> {
+        state::check_key(key)?;
+        self.healthy()?;
+        let entry = layout::entry_key(kind, key);
+        let version = (&self.state, &self.state_log)
+            .transaction(|(state, log)| {
+                let old = state.get(&entry)?;
+                let found = match &old {
+                    Some(bytes) => {
+                        let (version, live) = layout::decode_value(bytes).map_err(abort)?;
+                        live.map(|_| version)
+                    }
+                    None => None,
+                };
+                if !expect.holds(found) {
+                    return Err(abort(StoreError::Conflict));
+                }
+                let counter = match state.get(layout::COUNTER)? {
+                    Some(bytes) => layout::decode_version(&bytes).map_err(abort)?,
+                    None => 0,
+                };
+                let version = counter.saturating_add(1);
+                if let Some(bytes) = &old {
+                    let (previous, _) = layout::decode_value(bytes).map_err(abort)?;
+                    log.remove(&previous.to_be_bytes())?;
+                }
+                state.insert(layout::COUNTER, &version.to_be_bytes())?;
+                state.insert(
+                    entry.as_slice(),
+                    layout::encode_value(version, value.as_deref()),
+                )?;
+                log.insert(&version.to_be_bytes(), entry.as_slice())?;
+                Ok(version)
+            })
+            .map_err(flatten)?;
+        self.flush().await?;
+        Ok(version)
+    }
+
+    async fn state_changes(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<StateChange>, StoreError> {
+        self.healthy()?;
+        let mut out = Vec::new();
+        let from = since.saturating_add(1).to_be_bytes();
+        for item in self.state_log.range(from..).take(limit) {
+            let (number, entry) = item.map_err(unavailable)?;
+            let (kind, key) = layout::parse_entry_key(&entry)?;
+            let deleted = match self.state.get(&entry).map_err(unavailable)? {
+                Some(bytes) => layout::decode_value(&bytes)?.1.is_none(),
+                None => true,
+            };
+            out.push(StateChange {
+                version: layout::decode_version(&number)?,
+                kind,
+                key,
+                deleted,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
 impl Engine for SledStore {
     async fn commit(&self, batch: Arc<WriteBatch>) -> Result<(), CommitError> {
         // The transaction and the flush may block on disk: both run on the
@@ -581,11 +702,12 @@ mod tests {
         for from in [0, 3] {
             let batch = WriteBatch {
                 units: Vec::new(),
-                audit: crate::store::AuditAppend {
+                audit: AuditAppend {
                     from,
                     events: vec![vec![1, 1], vec![1, 2], vec![1, 3]],
                     head: None,
-                },
+                }
+                .into(),
             };
             store.commit(Arc::new(batch)).await.unwrap();
         }
@@ -618,6 +740,36 @@ mod tests {
             .insert(3u64.to_be_bytes(), last.clone())
             .unwrap();
         assert_eq!(store.last_audit_record().await.unwrap(), Some((3, last)));
+    }
+
+    /// The store chains a batch after the end it finds, but the committer
+    /// never lets it chain after an end before the one it last committed:
+    /// a log truncated while the vault runs is reported tampered, not
+    /// signed over. Without that check the next head would be valid again
+    /// and the truncation invisible.
+    #[tokio::test]
+    async fn a_log_truncated_under_a_running_committer_is_not_signed_over() {
+        use crate::audit::{AuditError, AuditEvent, AuditLog};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("store")).unwrap();
+        let shared: Arc<dyn crate::store::Store> = Arc::new(store.clone());
+        let pipeline = Arc::new(crate::pipeline::Pipeline::new(Arc::clone(&shared)));
+        let log = AuditLog::new(Arc::clone(&shared), pipeline);
+        let key = Arc::new(crate::secret::DataKey::from_bytes([3; 32]));
+        let event = |n: u64| AuditEvent {
+            time_ms: n,
+            action: "Detokenize".into(),
+            ..AuditEvent::default()
+        };
+        for n in 0..3 {
+            assert_eq!(log.record(event(n), Some(key.clone())).await.unwrap(), n);
+        }
+        // Each event was its own commit, so its own segment: drop the last.
+        store.audit.remove(2u64.to_be_bytes()).unwrap();
+        let err = log.record(event(3), Some(key.clone())).await.unwrap_err();
+        assert!(matches!(err, AuditError::Tampered), "{err}");
+        assert_eq!(store.last_audit_record().await.unwrap().unwrap().0, 1);
+        assert!(!log.verify(Some(&key)).await.unwrap().ok());
     }
 
     /// Finding 15: sled reported corrupt data as UNAVAILABLE, which callers

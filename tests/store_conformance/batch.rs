@@ -1,12 +1,14 @@
 //! `Engine::commit`: a batch of many writers' units is all or nothing, names
-//! the unit that broke a rule, lets units see the units before them, and
-//! appends audit events only at the log's end.
+//! the unit that broke a rule, lets units see the units before them,
+//! appends audit events only at the log's end, and runs a batch's chaining
+//! step under the commit lock.
 
 use std::sync::Arc;
 
 use tessera::domain::TokenId;
 use tessera::store::{
-    AuditAppend, CommitError, SealedRecord, StoreError, TombstoneReason, WriteBatch, WriteUnit,
+    AuditAppend, AuditWrite, ChainStep, CommitError, SealedRecord, StoreError, TombstoneReason,
+    WriteBatch, WriteUnit,
 };
 
 use super::{Factory, record, tombstone};
@@ -46,7 +48,7 @@ pub async fn commit_writes_every_unit_and_event_together(f: &dyn Factory) {
                 vec![id(1)],
             ),
         ],
-        audit: events(0, 3),
+        audit: events(0, 3).into(),
     };
     store.commit(Arc::new(batch)).await.unwrap();
     for n in 2..=4 {
@@ -67,7 +69,7 @@ pub async fn commit_refuses_the_unit_that_breaks_a_rule_and_writes_nothing(f: &d
             unit(vec![record(1, "a", None)], vec![]),
             unit(vec![record(3, "a", None)], vec![]),
         ],
-        audit: events(0, 2),
+        audit: events(0, 2).into(),
     };
     match store.commit(Arc::new(batch)).await {
         Err(CommitError::Refused { unit: 1, error }) => {
@@ -91,7 +93,7 @@ pub async fn commit_units_see_the_units_before_them(f: &dyn Factory) {
             unit(vec![record(1, "a", Some(5))], vec![]),
             unit(vec![record(2, "a", Some(5))], vec![]),
         ],
-        audit: AuditAppend::default(),
+        audit: AuditWrite::Nothing,
     };
     match store.commit(Arc::new(batch)).await {
         Err(CommitError::Refused { unit: 1, error }) => {
@@ -108,7 +110,7 @@ pub async fn commit_units_see_the_units_before_them(f: &dyn Factory) {
             unit(vec![], vec![id(1)]),
             unit(vec![], vec![id(1)]),
         ],
-        audit: AuditAppend::default(),
+        audit: AuditWrite::Nothing,
     };
     match store.commit(Arc::new(batch)).await {
         Err(CommitError::Refused { unit: 2, error }) => {
@@ -122,7 +124,7 @@ pub async fn commit_units_see_the_units_before_them(f: &dyn Factory) {
             unit(vec![], vec![id(1)]),
             unit(vec![record(2, "a", Some(5))], vec![]),
         ],
-        audit: AuditAppend::default(),
+        audit: AuditWrite::Nothing,
     };
     store.commit(Arc::new(batch)).await.unwrap();
     let holder = store
@@ -144,7 +146,7 @@ pub async fn commit_tombstone_of_a_missing_record_is_not_found(f: &dyn Factory) 
     let store = f.make().await;
     let batch = WriteBatch {
         units: vec![unit(vec![], vec![id(9)])],
-        audit: AuditAppend::default(),
+        audit: AuditWrite::Nothing,
     };
     match store.commit(Arc::new(batch)).await {
         Err(CommitError::Refused { unit: 0, error }) => {
@@ -159,7 +161,7 @@ pub async fn commit_events_only_at_the_end_of_the_log(f: &dyn Factory) {
     store
         .commit(Arc::new(WriteBatch {
             units: vec![],
-            audit: events(0, 2),
+            audit: events(0, 2).into(),
         }))
         .await
         .unwrap();
@@ -167,7 +169,7 @@ pub async fn commit_events_only_at_the_end_of_the_log(f: &dyn Factory) {
     for from in [1, 3] {
         let batch = WriteBatch {
             units: vec![unit(vec![record(1, "a", None)], vec![])],
-            audit: events(from, 1),
+            audit: events(from, 1).into(),
         };
         match store.commit(Arc::new(batch)).await {
             Err(CommitError::Batch(StoreError::AlreadyExists)) => {}
@@ -197,4 +199,91 @@ pub async fn concurrent_commits_keep_single_use_exactly_once(f: &dyn Factory) {
         wins += usize::from(t.await.unwrap());
     }
     assert_eq!(wins, 1);
+}
+
+/// A chaining step as a writer of one store would run it: each event names
+/// the event it follows, so a fork or a gap shows in the stored bytes.
+struct Follow {
+    writer: u8,
+    events: usize,
+}
+
+impl ChainStep for Follow {
+    fn after(&self, last: Option<(u64, &[u8])>) -> Result<AuditAppend, CommitError> {
+        let from = last.map_or(0, |(seq, _)| seq + 1);
+        let mut prev = last.map(|(_, body)| body.to_vec()).unwrap_or_default();
+        let mut events = Vec::new();
+        for seq in from..from + u64::try_from(self.events).unwrap() {
+            // `seq`, the writer, and the previous event's first 9 bytes.
+            let mut body = seq.to_be_bytes().to_vec();
+            body.push(self.writer);
+            body.extend(prev.iter().take(9));
+            prev.clone_from(&body);
+            events.push(body);
+        }
+        Ok(AuditAppend {
+            from,
+            events,
+            head: Some(vec![self.writer]),
+        })
+    }
+}
+
+/// Writers racing on one store (replicas on one database each have a
+/// committer) all land: the store chains each batch after the event it
+/// finds last under its commit lock, so no batch is refused for a position
+/// another took, and every event follows the one stored before it.
+pub async fn commit_chains_events_after_the_last_event_under_its_lock(f: &dyn Factory) {
+    let store = f.make().await;
+    let mut tasks = Vec::new();
+    for writer in 0..16u8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..4 {
+                let batch = WriteBatch {
+                    units: vec![],
+                    audit: AuditWrite::Chained(Arc::new(Follow { writer, events: 3 })),
+                };
+                store.commit(Arc::new(batch)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stored = store.audit_records(0, 1000).await.unwrap();
+    assert_eq!(stored.len(), 16 * 4 * 3);
+    let mut prev: Vec<u8> = Vec::new();
+    for (seq, body) in &stored {
+        assert_eq!(
+            body[..8],
+            seq.to_be_bytes(),
+            "event {seq} at another position"
+        );
+        assert_eq!(body[9..], prev[..prev.len().min(9)], "event {seq} forks");
+        prev.clone_from(body);
+    }
+    assert!(store.audit_head().await.unwrap().is_some());
+}
+
+/// A step that refuses the log's end (it ends before what its writer last
+/// saw) fails the whole batch: its records are not written either.
+pub async fn commit_fails_whole_when_the_chain_step_refuses(f: &dyn Factory) {
+    struct Rewound;
+    impl ChainStep for Rewound {
+        fn after(&self, _: Option<(u64, &[u8])>) -> Result<AuditAppend, CommitError> {
+            Err(CommitError::AuditRewound)
+        }
+    }
+    let store = f.make().await;
+    let batch = WriteBatch {
+        units: vec![unit(vec![record(1, "a", None)], vec![])],
+        audit: AuditWrite::Chained(Arc::new(Rewound)),
+    };
+    assert!(matches!(
+        store.commit(Arc::new(batch)).await,
+        Err(CommitError::AuditRewound)
+    ));
+    assert!(store.get(&id(1)).await.unwrap().is_none());
+    assert!(store.last_audit_record().await.unwrap().is_none());
 }

@@ -6,8 +6,11 @@ use async_trait::async_trait;
 use super::{PgStore, damaged, unavailable};
 use crate::store::{AuditStore, StoreError};
 
+/// The log's last event, as a `(seq, body)` row.
+pub(super) const LAST_EVENT: &str = "SELECT seq, body FROM audit_events ORDER BY seq DESC LIMIT 1";
+
 /// A `(seq, body)` row as a position and its event.
-fn event(row: &tokio_postgres::Row) -> Result<(u64, Vec<u8>), StoreError> {
+pub(super) fn event(row: &tokio_postgres::Row) -> Result<(u64, Vec<u8>), StoreError> {
     let seq: i64 = row.try_get(0).map_err(damaged)?;
     let seq = u64::try_from(seq).map_err(|_| StoreError::Damaged("negative audit position"))?;
     Ok((seq, row.try_get(1).map_err(damaged)?))
@@ -42,10 +45,7 @@ impl AuditStore for PgStore {
     async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         self.call(async |client| {
             client
-                .query_opt(
-                    "SELECT seq, body FROM audit_events ORDER BY seq DESC LIMIT 1",
-                    &[],
-                )
+                .query_opt(LAST_EVENT, &[])
                 .await
                 .map_err(unavailable)?
                 .as_ref()

@@ -1,6 +1,8 @@
 //! One commit of the write pipeline as one transaction.
 //!
-//! Under the commit lock, three reads fetch what the batch's checks need
+//! Under the commit lock, the audit log's last event is read and the
+//! batch's events chained after it ([`crate::store::ChainStep`]), and three
+//! reads fetch what the batch's checks need
 //! (which of its token ids exist, which are tombstoned, who holds its
 //! fingerprints); the checks then run in memory in queue order, exactly as
 //! the embedded stores run them, and the writes go out as one multi-row
@@ -13,7 +15,7 @@ use tokio_postgres::Transaction;
 
 use super::{COMMIT_LOCK, unavailable};
 use crate::domain::{Fingerprint, TokenId};
-use crate::store::{CommitError, StoreError, WriteBatch};
+use crate::store::{AuditAppend, CommitError, StoreError, WriteBatch};
 
 /// A fingerprint index key: tenant and fingerprint.
 type FingerprintKey<'a> = (&'a str, Fingerprint);
@@ -48,18 +50,15 @@ pub(super) async fn write(
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])
         .await
         .map_err(unavailable)?;
-    let audit = &batch.audit;
-    if !audit.events.is_empty() {
-        let end: i64 = tx
-            .query_one("SELECT coalesce(max(seq) + 1, 0) FROM audit_events", &[])
-            .await
-            .map_err(unavailable)?
-            .try_get(0)
-            .map_err(super::damaged)?;
-        if u64::try_from(end).ok() != Some(audit.from) {
-            return Err(CommitError::Batch(StoreError::AlreadyExists));
-        }
-    }
+    let audit = if batch.audit.is_empty() {
+        AuditAppend::default()
+    } else {
+        let last = last_event(&tx).await?;
+        batch
+            .audit
+            .place(last.as_ref().map(|(seq, body)| (*seq, body.as_slice())))?
+            .into_owned()
+    };
     let known = known(&tx, batch).await?;
     let rows = check(batch, &known)?;
     append(&tx, &rows).await?;
@@ -86,6 +85,18 @@ pub(super) async fn write(
     }
     super::commit_durably(tx).await?;
     Ok(())
+}
+
+/// The audit log's last event, read under the commit lock: every replica's
+/// batch is chained after what this returns, so none races another for a
+/// position.
+async fn last_event(tx: &Transaction<'_>) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    tx.query_opt(super::audit::LAST_EVENT, &[])
+        .await
+        .map_err(unavailable)?
+        .as_ref()
+        .map(super::audit::event)
+        .transpose()
 }
 
 /// Reads what the checks of `batch` need, in three queries.

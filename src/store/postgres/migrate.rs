@@ -21,11 +21,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "store",
-    sql: include_str!("../../../migrations/0001_store.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "store",
+        sql: include_str!("../../../migrations/0001_store.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "state",
+        sql: include_str!("../../../migrations/0002_state.sql"),
+    },
+];
 
 /// The version this build's schema ends at.
 pub fn latest() -> i32 {
@@ -132,7 +139,8 @@ fn is_plain_identifier(role: &str) -> bool {
 
 /// Grants `role` what serving needs: SELECT and INSERT on the append-only
 /// tables, and changes in place only where the schema makes them (the
-/// fingerprint index, the audit head, wrapped keys, checkpoints).
+/// fingerprint index, the audit head, wrapped keys, checkpoints, shared
+/// state).
 pub async fn grant(client: &Client, role: &str) -> Result<(), StoreError> {
     if !is_plain_identifier(role) {
         return Err(StoreError::Unavailable(
@@ -142,7 +150,7 @@ pub async fn grant(client: &Client, role: &str) -> Result<(), StoreError> {
     client
         .batch_execute(&format!(
             "GRANT SELECT, INSERT ON records, tombstones, sealed_versions, audit_events TO \"{role}\";
-             GRANT SELECT, INSERT, UPDATE ON fingerprints, audit_head TO \"{role}\";
+             GRANT SELECT, INSERT, UPDATE ON fingerprints, audit_head, state, state_clock TO \"{role}\";
              GRANT SELECT, INSERT, UPDATE, DELETE ON wrapped_keys, checkpoints TO \"{role}\";
              GRANT SELECT ON tessera_migrations TO \"{role}\";"
         ))

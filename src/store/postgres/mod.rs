@@ -53,6 +53,7 @@ mod jobs;
 mod keys;
 pub mod migrate;
 mod records;
+mod state;
 mod tls;
 
 use std::time::Duration;

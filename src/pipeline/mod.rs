@@ -15,12 +15,11 @@
 //!   or live fingerprint taken, a token already tombstoned by a writer in
 //!   the same batch or before), that submitter alone gets
 //!   [`WriteError::Refused`] and the rest of the batch commits without it;
-//! - the audit chain has one writer per process, so positions never fork;
-//!   replicas on one database each have a committer, and the store takes
-//!   a batch's events only at the log's current end, so when another
-//!   replica moved it the committer reads the end again and chains the
-//!   batch after it; a commit that fails leaves the chain to be re-read
-//!   from the store.
+//! - the store chains a batch's events after its last event under its
+//!   commit lock (a [`ChainStep`] made by the `chain` module), so positions
+//!   never fork, also when replicas on one database each have a committer;
+//!   a commit that fails leaves the chain's end to be read again (and
+//!   checked against the signed head).
 //!
 //! Under load one flush acknowledges every call in flight: throughput
 //! follows the concurrency instead of the disk's flush latency.
@@ -29,30 +28,18 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::chain::{ChainHash, ChainedEvent, SignedHead};
+use crate::audit::chain::{ChainedEvent, SignedHead};
 use crate::audit::verify::{self, VerifyReport};
 use crate::audit::{self, AuditError, AuditEvent, RECOVERY_ACTION};
 use crate::secret::DataKey;
-use crate::store::{AuditAppend, CommitError, Store, StoreError, WriteBatch, WriteUnit};
+use crate::store::{AuditWrite, ChainStep, CommitError, Store, StoreError, WriteBatch, WriteUnit};
+use chain::{BatchChain, Part, Tip};
+
+mod chain;
 
 /// Most records and events one commit takes; a larger queue waits for the
 /// next commit. Bounds a transaction's size and one batch's latency.
 pub const MAX_BATCH_WRITES: usize = 16_384;
-
-/// How often one batch is chained again after another writer of the store
-/// (a replica on the same database) moved the audit log's end. Commits of
-/// all replicas are serialized by the store, so each move means another
-/// replica committed in between; past this many the batch fails
-/// (UNAVAILABLE) rather than wait without bound.
-pub const CHAIN_END_MOVES: usize = 32;
-
-/// The pause before the `moved`th re-chain: random, up to 2^moved
-/// hundred microseconds, at most 50 ms.
-fn chain_backoff(moved: usize) -> std::time::Duration {
-    let cap_us = 100u64.saturating_mul(1 << moved.min(16)).min(50_000);
-    let us = crate::csprng::below_u64(cap_us.saturating_add(1)).unwrap_or(cap_us);
-    std::time::Duration::from_micros(us)
-}
 
 /// Most submissions waiting for the committer. Past it, writers are told
 /// UNAVAILABLE at once (overload), instead of queueing without bound.
@@ -186,20 +173,6 @@ impl Pipeline {
     }
 }
 
-/// Where the chain ends: the next position and the hash it links to.
-#[derive(Debug, Clone, Copy)]
-struct Tip {
-    next_seq: u64,
-    hash: ChainHash,
-}
-
-/// A submission in the batch being built, with its answer channel.
-struct Pending {
-    events: Vec<AuditEvent>,
-    signer: Option<Arc<DataKey>>,
-    reply: Reply,
-}
-
 #[derive(Debug)]
 struct Committer {
     store: Arc<dyn Store>,
@@ -297,17 +270,18 @@ impl Committer {
             None
         };
         let mut units = Vec::with_capacity(submissions.len());
-        let mut pending = Vec::with_capacity(submissions.len());
+        let mut parts = Vec::with_capacity(submissions.len());
+        let mut replies = Vec::with_capacity(submissions.len());
         for (submission, reply) in submissions {
             units.push(submission.unit);
-            pending.push(Pending {
+            parts.push(Part {
                 events: submission.events,
                 signer: submission.signer,
-                reply,
             });
+            replies.push(reply);
         }
         let mut refused = Vec::new();
-        self.write(tip, units, pending, &mut refused).await;
+        self.write(tip, units, parts, replies, &mut refused).await;
         // Refused writers hear last, once the rest of their batch is
         // committed (or failed): a refused writer then reads the record
         // that beat it. Told first, it read the store before that record
@@ -317,74 +291,100 @@ impl Committer {
         }
     }
 
-    /// Commits `units` with their events; a refused unit leaves the batch
-    /// (its answer goes to `refused`) and the rest is committed again.
+    /// Commits `units` with their events (`parts`, chained by the store
+    /// after the end `tip` or, when replicas wrote since, after theirs); a
+    /// refused unit leaves the batch (its answer goes to `refused`) and the
+    /// rest is committed again.
     async fn write(
         &mut self,
         mut tip: Option<Tip>,
         mut units: Vec<WriteUnit>,
-        mut pending: Vec<Pending>,
+        mut parts: Vec<Part>,
+        mut replies: Vec<Reply>,
         refused: &mut Vec<(Reply, StoreError)>,
     ) {
-        let mut moved = 0;
+        let mut rewound = false;
         loop {
-            if pending.is_empty() {
+            if replies.is_empty() {
                 return;
             }
-            let (audit, positions, end) = chain(tip, &pending);
+            let chain =
+                tip.map(|known| Arc::new(BatchChain::new(std::mem::take(&mut parts), known)));
+            let audit = match &chain {
+                Some(chain) => {
+                    let step: Arc<dyn ChainStep> = chain.clone();
+                    AuditWrite::Chained(step)
+                }
+                None => AuditWrite::Nothing,
+            };
             let batch = Arc::new(WriteBatch { units, audit });
             let outcome = self.store.commit(Arc::clone(&batch)).await;
+            // The commit returned, so the store holds no copy.
+            let Ok(batch) = Arc::try_unwrap(batch) else {
+                return fail_all(replies, &StoreError::Damaged("batch still shared"));
+            };
+            units = batch.units;
+            let placed = chain.as_ref().and_then(|c| c.placed());
             match outcome {
                 Ok(()) => {
-                    if let Some(end) = end {
-                        self.tip = Some(end);
-                    }
-                    for (p, positions) in pending.into_iter().zip(positions) {
-                        let _ = p.reply.send(Ok(positions));
+                    let positions = match (&chain, placed) {
+                        (Some(chain), Some(placed)) => {
+                            self.tip = Some(placed.end);
+                            chain.positions(placed.from)
+                        }
+                        (Some(_), None) => {
+                            // Committed without chaining: the store broke
+                            // its contract; read the end again.
+                            self.tip = None;
+                            return fail_all(
+                                replies,
+                                &StoreError::Damaged("audit events not chained"),
+                            );
+                        }
+                        (None, _) => vec![Vec::new(); replies.len()],
+                    };
+                    for (reply, positions) in replies.into_iter().zip(positions) {
+                        let _ = reply.send(Ok(positions));
                     }
                     return;
                 }
-                Err(CommitError::Refused { unit, error }) if unit < pending.len() => {
-                    refused.push((pending.remove(unit).reply, error));
-                    // The commit returned, so the store holds no copy.
-                    let Ok(batch) = Arc::try_unwrap(batch) else {
-                        return fail_all(pending, &StoreError::Damaged("batch still shared"));
-                    };
-                    units = batch.units;
+                Err(CommitError::Refused { unit, error }) if unit < replies.len() => {
+                    refused.push((replies.remove(unit), error));
                     units.remove(unit);
+                    if let Some(chain) = &chain {
+                        parts = chain.parts().to_vec();
+                    }
+                    if unit < parts.len() {
+                        parts.remove(unit);
+                    }
+                    if parts.iter().all(|p| p.events.is_empty()) {
+                        tip = None;
+                    }
                 }
-                Err(CommitError::Batch(StoreError::AlreadyExists))
-                    if tip.is_some() && moved < CHAIN_END_MOVES =>
-                {
-                    // Another writer of the same store (a replica) moved
-                    // the chain's end: chain the batch again after it,
-                    // after a random pause that grows with each move, so a
-                    // replica whose commits keep landing first lets this
-                    // one through (its end is read outside the store's
-                    // commit lock, so a busy winner could otherwise starve
-                    // it).
-                    moved += 1;
+                Err(CommitError::AuditRewound) if !rewound => {
+                    // The log ends before the end last seen: read it again,
+                    // checked against its signed head (a truncation shows
+                    // as Tampered), and chain after what is there.
+                    rewound = true;
+                    parts = chain
+                        .as_ref()
+                        .map(|c| c.parts().to_vec())
+                        .unwrap_or_default();
                     self.tip = None;
-                    tokio::time::sleep(chain_backoff(moved)).await;
-                    let Ok(batch) = Arc::try_unwrap(batch) else {
-                        return fail_all(pending, &StoreError::Damaged("batch still shared"));
-                    };
-                    units = batch.units;
                     match self.tip().await {
                         Ok(end) => tip = Some(end),
                         Err(e) => {
-                            for p in pending {
-                                let _ = p.reply.send(Err(WriteError::Audit(e.clone())));
+                            for reply in replies {
+                                let _ = reply.send(Err(WriteError::Audit(e.clone())));
                             }
                             return;
                         }
                     }
                 }
                 Err(e) => {
-                    // The store failed, or the end kept moving: read the
-                    // end again next time.
+                    // The store failed: read the end again next time.
                     self.tip = None;
-                    return fail_all(pending, &e.into_store());
+                    return fail_all(replies, &e.into_store());
                 }
             }
         }
@@ -433,44 +433,9 @@ impl Committer {
     }
 }
 
-/// Chains the pending events from `tip` in order: the batch's audit part,
-/// each submission's positions, and the new end (when there are events).
-fn chain(tip: Option<Tip>, pending: &[Pending]) -> (AuditAppend, Vec<Vec<u64>>, Option<Tip>) {
-    let Some(mut tip) = tip else {
-        return (
-            AuditAppend::default(),
-            vec![Vec::new(); pending.len()],
-            None,
-        );
-    };
-    let mut audit = AuditAppend {
-        from: tip.next_seq,
-        events: Vec::new(),
-        head: None,
-    };
-    let mut positions = Vec::with_capacity(pending.len());
-    for p in pending {
-        let mut mine = Vec::with_capacity(p.events.len());
-        for event in &p.events {
-            let chained = ChainedEvent::new(tip.next_seq, tip.hash, event.clone());
-            audit.events.push(chained.encode());
-            mine.push(chained.seq);
-            tip = Tip {
-                next_seq: chained.seq.saturating_add(1),
-                hash: chained.hash,
-            };
-        }
-        if let (Some(key), Some(&last)) = (&p.signer, mine.last()) {
-            audit.head = Some(SignedHead::sign(key, last, tip.hash).encode());
-        }
-        positions.push(mine);
-    }
-    (audit, positions, Some(tip))
-}
-
-fn fail_all(pending: Vec<Pending>, error: &StoreError) {
-    for p in pending {
-        let _ = p.reply.send(Err(WriteError::Store(error.clone())));
+fn fail_all(replies: Vec<Reply>, error: &StoreError) {
+    for reply in replies {
+        let _ = reply.send(Err(WriteError::Store(error.clone())));
     }
 }
 

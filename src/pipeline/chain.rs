@@ -1,0 +1,141 @@
+//! A batch's audit events, chained by the store under its commit lock.
+//!
+//! The committer hands the store a [`BatchChain`] with the batch; the store
+//! reads its last event under the commit lock and calls
+//! [`ChainStep::after`], which chains the events after it and signs the
+//! new head. Replicas on one database therefore never race for a position:
+//! whichever commit takes the lock first, the other chains after it.
+//!
+//! The committer remembers the end it last saw (its own last commit, or a
+//! read checked against the signed head). A log found ending before that
+//! end, or there with another event, was truncated or rewritten since;
+//! the step refuses it ([`CommitError::AuditRewound`]) rather than sign
+//! over the damage, and the committer checks the log again.
+
+use std::sync::{Arc, Mutex};
+
+use crate::audit::AuditEvent;
+use crate::audit::chain::{ChainHash, ChainedEvent, SignedHead};
+use crate::secret::DataKey;
+use crate::store::{AuditAppend, ChainStep, CommitError, StoreError};
+
+/// Where the chain ends: the next position and the hash it links to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Tip {
+    pub(super) next_seq: u64,
+    pub(super) hash: ChainHash,
+}
+
+impl Tip {
+    /// The end of a log whose last event is `last` (`None`: empty).
+    fn after(last: Option<(u64, &[u8])>) -> Result<Self, StoreError> {
+        Ok(match last {
+            Some((seq, bytes)) => Self {
+                next_seq: seq.saturating_add(1),
+                hash: ChainedEvent::decode(bytes)?.hash,
+            },
+            None => Self {
+                next_seq: 0,
+                hash: [0; 32],
+            },
+        })
+    }
+}
+
+/// One submission's events and the key that signs the head after them.
+#[derive(Clone)]
+pub(super) struct Part {
+    pub(super) events: Vec<AuditEvent>,
+    pub(super) signer: Option<Arc<DataKey>>,
+}
+
+/// Where a batch's events were chained: the first position and the new end.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Placed {
+    pub(super) from: u64,
+    pub(super) end: Tip,
+}
+
+/// The events of one batch, in queue order, and where they were chained.
+pub(super) struct BatchChain {
+    parts: Vec<Part>,
+    /// The end the committer last saw; the log must not end before it.
+    known: Tip,
+    /// Set by the store's call of [`ChainStep::after`]; read once the
+    /// commit returned.
+    placed: Mutex<Option<Placed>>,
+}
+
+impl BatchChain {
+    pub(super) fn new(parts: Vec<Part>, known: Tip) -> Self {
+        Self {
+            parts,
+            known,
+            placed: Mutex::new(None),
+        }
+    }
+
+    /// The parts, for a batch committed again without a refused one.
+    pub(super) fn parts(&self) -> &[Part] {
+        &self.parts
+    }
+
+    /// Where the last call of `after` chained the events; after a commit
+    /// that returned `Ok`, where they are stored.
+    pub(super) fn placed(&self) -> Option<Placed> {
+        *self
+            .placed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Each part's positions when the events start at `from`.
+    pub(super) fn positions(&self, from: u64) -> Vec<Vec<u64>> {
+        let mut next = from;
+        self.parts
+            .iter()
+            .map(|part| {
+                let start = next;
+                next = next.saturating_add(u64::try_from(part.events.len()).unwrap_or(u64::MAX));
+                (start..next).collect()
+            })
+            .collect()
+    }
+}
+
+impl ChainStep for BatchChain {
+    fn after(&self, last: Option<(u64, &[u8])>) -> Result<AuditAppend, CommitError> {
+        let mut tip = Tip::after(last)?;
+        let known = self.known;
+        if tip.next_seq < known.next_seq || (tip.next_seq == known.next_seq && tip != known) {
+            return Err(CommitError::AuditRewound);
+        }
+        let from = tip.next_seq;
+        let mut append = AuditAppend {
+            from,
+            events: Vec::with_capacity(self.parts.iter().map(|p| p.events.len()).sum()),
+            head: None,
+        };
+        for part in &self.parts {
+            for event in &part.events {
+                let chained = ChainedEvent::new(tip.next_seq, tip.hash, event.clone());
+                append.events.push(chained.encode());
+                tip = Tip {
+                    next_seq: chained.seq.saturating_add(1),
+                    hash: chained.hash,
+                };
+            }
+            if let Some(key) = &part.signer
+                && !part.events.is_empty()
+            {
+                let last = tip.next_seq.saturating_sub(1);
+                append.head = Some(SignedHead::sign(key, last, tip.hash).encode());
+            }
+        }
+        *self
+            .placed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Placed { from, end: tip });
+        Ok(append)
+    }
+}
