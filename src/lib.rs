@@ -31,6 +31,7 @@
 //! | [`vault`] | use cases: tokenize, detokenize, info, delete, batches' rules |
 //! | [`access`] | API keys, roles and scopes, principals, TOTP, admin sessions, dual control, limits, refusal tallies |
 //! | [`audit`] | the hash-chained, signed audit log and its verification |
+//! | [`shared`] | what replicas share through the store (sealed entries, the change feed) |
 //! | [`service`] | the tonic `Tokenizer` impl, wire conversion, status mapping |
 //! | [`server`] | wiring from config, serving with health and reflection, graceful drain |
 //! | [`config`] | TOML + environment configuration, checked once at start |
@@ -68,6 +69,7 @@ pub mod proto;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

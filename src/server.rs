@@ -29,6 +29,8 @@ use crate::service::audit_log::AuditService;
 use crate::service::key_admin::KeyAdminService;
 use crate::service::principals::PrincipalsService;
 use crate::service::{Authenticator, TokenizerService};
+use crate::shared::Shared;
+use crate::shared::seal::StateSeal;
 use crate::store::fjall::FjallStore;
 use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sled::SledStore;
@@ -45,6 +47,9 @@ pub enum StartError {
     /// The KMS did not open.
     #[error("kms: {0}")]
     Kms(#[from] KmsError),
+    /// The key sealing shared state is unreadable.
+    #[error(transparent)]
+    StateKey(#[from] crate::shared::seal::SealKeyError),
     /// Principals clash or their file is unreadable.
     #[error("principals: {0}")]
     Principals(#[from] BookError),
@@ -225,6 +230,12 @@ impl App {
             principals,
             Some(config.data_dir.join(principals::FILE_NAME)),
         )?;
+        let seal = if config.state_key.create {
+            StateSeal::load_or_create(&config.state_key.path)?
+        } else {
+            StateSeal::load(&config.state_key.path)?
+        };
+        let shared = Shared::new(Arc::clone(&store), Arc::new(seal));
         let mut vault = Vault::new(kms, store, Arc::new(SystemClock), config.policy.clone());
         for target in &config.audit_sinks {
             let sink = AuditSink::open(target).map_err(|source| StartError::AuditSink {
@@ -240,18 +251,24 @@ impl App {
                 config.limits.clone(),
                 config.otp_step,
             )),
-            approvals: Arc::new(Approvals::new(config.approval_window)),
+            approvals: Arc::new(Approvals::new(config.approval_window, shared)),
             tls: config.tls.clone(),
         })
     }
 
     /// Assembles a plaintext app from a ready vault and principals (tests
     /// and embedders).
+    /// Shared state is sealed under a key made for this app alone.
     pub fn from_parts(vault: Vault, principals: PrincipalBook) -> Self {
+        let key = crate::secret::DataKey::generate().unwrap_or_else(|_| {
+            // No randomness: a key no one else has is still this app's own.
+            crate::secret::DataKey::from_bytes([0; crate::secret::KEY_LEN])
+        });
+        let shared = Shared::new(Arc::clone(vault.store()), Arc::new(StateSeal::new(key)));
         Self {
             vault: Arc::new(vault),
             auth: Arc::new(Authenticator::new(Arc::new(principals))),
-            approvals: Arc::new(Approvals::new(DEFAULT_APPROVAL_WINDOW)),
+            approvals: Arc::new(Approvals::new(DEFAULT_APPROVAL_WINDOW, shared)),
             tls: None,
         }
     }

@@ -19,16 +19,19 @@
 //! principal it minted to approve its own requests. Sealing stays a
 //! one-operator emergency brake.
 //!
-//! Pending approvals live in the server's memory: a restart drops them (they
-//! must simply be requested again).
+//! Pending approvals live in the store's shared state, sealed: every
+//! replica lists and approves the same requests, and they survive a
+//! restart until they lapse.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::access::principals::PrincipalEntry;
+use serde::{Deserialize, Serialize};
+
+use crate::access::principals::{PrincipalEntry, StoredPrincipal};
 use crate::csprng;
 use crate::domain::TenantId;
+use crate::shared::{Shared, SharedError};
+use crate::store::{Expect, StateKind, StoreError};
 
 /// Most requests pending at once in one scope: the map is keyed by what
 /// callers ask for, so it is bounded (SECURITY.md §5.6).
@@ -116,17 +119,16 @@ pub struct Pending {
     pub requested_at_ms: u64,
     /// The requester's lineage when it filed the request.
     pub requester_lineage: Vec<String>,
-    /// When it lapses.
-    pub expires: Instant,
-    /// When it lapses, as wall-clock milliseconds (for display).
+    /// When it lapses, by the vault clock (milliseconds).
     pub expires_at_ms: u64,
 }
 
 /// Why an approval was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApprovalError {
-    /// No pending approval has this id in the caller's tenant (or it lapsed).
+    /// No pending approval has this id in the caller's tenant (or it lapsed,
+    /// or another admin approved it first).
     #[error("no pending approval has this id")]
     NotFound,
     /// The requester tried to approve their own request.
@@ -141,33 +143,143 @@ pub enum ApprovalError {
     /// The approver was created after the request, or by the requester.
     #[error("this approver is not eligible: it {0}")]
     Ineligible(&'static str),
+    /// The shared store failed; `retryable` when a retry may succeed.
+    #[error("pending approvals are unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+        /// Whether a retry may succeed.
+        retryable: bool,
+    },
 }
 
-/// Pending approvals.
-#[derive(Debug)]
-pub struct Approvals {
-    window: Duration,
-    pending: Mutex<BTreeMap<String, Pending>>,
+impl From<SharedError> for ApprovalError {
+    fn from(e: SharedError) -> Self {
+        Self::Unavailable {
+            retryable: e.is_retryable(),
+            reason: e.to_string(),
+        }
+    }
 }
 
-impl Approvals {
-    /// Approvals lapse after `window`.
-    pub fn new(window: Duration) -> Self {
+/// A pending request as stored (sealed) in shared state.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredPending {
+    action: StoredAction,
+    requested_by: String,
+    tenant: String,
+    requested_at_ms: u64,
+    requester_lineage: Vec<String>,
+    expires_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+enum StoredAction {
+    RotateMasterKey,
+    ShredTenant { tenant: String },
+    Unseal,
+    AddPrincipal { principal: Box<StoredPrincipal> },
+}
+
+impl StoredPending {
+    fn of(p: &Pending) -> Self {
         Self {
-            window,
-            pending: Mutex::default(),
+            action: match &p.action {
+                DualControlAction::RotateMasterKey => StoredAction::RotateMasterKey,
+                DualControlAction::ShredTenant(t) => StoredAction::ShredTenant {
+                    tenant: t.as_str().to_owned(),
+                },
+                DualControlAction::Unseal => StoredAction::Unseal,
+                DualControlAction::AddPrincipal(entry) => StoredAction::AddPrincipal {
+                    principal: Box::new(StoredPrincipal::from_entry(entry)),
+                },
+            },
+            requested_by: p.requested_by.clone(),
+            tenant: p.tenant.as_str().to_owned(),
+            requested_at_ms: p.requested_at_ms,
+            requester_lineage: p.requester_lineage.clone(),
+            expires_at_ms: p.expires_at_ms,
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Pending>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn into_pending(self, id: String) -> Result<Pending, ApprovalError> {
+        let damaged = |reason: String| ApprovalError::Unavailable {
+            reason: format!("a stored approval is unreadable: {reason}"),
+            retryable: false,
+        };
+        let tenant = |t: &str| TenantId::from_stored(t).map_err(|e| damaged(e.to_string()));
+        Ok(Pending {
+            action: match self.action {
+                StoredAction::RotateMasterKey => DualControlAction::RotateMasterKey,
+                StoredAction::ShredTenant { tenant: t } => {
+                    DualControlAction::ShredTenant(tenant(&t)?)
+                }
+                StoredAction::Unseal => DualControlAction::Unseal,
+                StoredAction::AddPrincipal { principal } => DualControlAction::AddPrincipal(
+                    Box::new(principal.into_entry().map_err(damaged)?),
+                ),
+            },
+            id,
+            requested_by: self.requested_by,
+            tenant: tenant(&self.tenant)?,
+            requested_at_ms: self.requested_at_ms,
+            requester_lineage: self.requester_lineage,
+            expires_at_ms: self.expires_at_ms,
+        })
+    }
+}
+
+/// Pending approvals, in the store's shared state: a request filed on one
+/// replica is listed and approved on any other, and approving deletes it
+/// by a conditional put, so of two admins approving at once on two
+/// replicas exactly one runs the action.
+///
+/// An approved action runs on the replica that approves it. Most act on
+/// the shared store (rotation, shredding, grants); an unseal opens the
+/// approving replica only, since sealing is each process's state.
+#[derive(Debug)]
+pub struct Approvals {
+    window: Duration,
+    shared: Shared,
+}
+
+impl Approvals {
+    /// Approvals kept in `shared`, lapsing after `window`.
+    pub fn new(window: Duration, shared: Shared) -> Self {
+        Self { window, shared }
+    }
+
+    /// Every stored request, lapsed ones included.
+    async fn all(&self) -> Result<Vec<(u64, Pending)>, ApprovalError> {
+        let mut out = Vec::new();
+        for (id, version, stored) in self
+            .shared
+            .list::<StoredPending>(StateKind::Approval)
+            .await?
+        {
+            out.push((version, stored.into_pending(id)?));
+        }
+        Ok(out)
+    }
+
+    /// Deletes `pending` if it is still at `version`; whether this call did.
+    async fn take(&self, id: &str, version: u64) -> Result<bool, ApprovalError> {
+        match self
+            .shared
+            .put::<StoredPending>(StateKind::Approval, id, None, Expect::Version(version))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(SharedError::Store(StoreError::Conflict)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Records a request of `requested_by` (whose lineage is
     /// `requester_lineage`); returns it with its id.
-    pub fn request(
+    pub async fn request(
         &self,
         action: DualControlAction,
         requested_by: &str,
@@ -186,106 +298,184 @@ impl Approvals {
             tenant: tenant.clone(),
             requested_at_ms: now_ms,
             requester_lineage,
-            expires: Instant::now() + self.window,
             expires_at_ms: now_ms.saturating_add(window_ms),
         };
-        let mut map = self.pending();
-        let now = Instant::now();
-        map.retain(|_, p| p.expires > now);
-        if map.values().filter(|p| p.tenant == *tenant).count() >= MAX_PENDING_PER_SCOPE {
+        let mut live = 0;
+        for (version, p) in self.all().await? {
+            if p.expires_at_ms <= now_ms {
+                // Lapsed: cleared by whichever replica sees it first.
+                self.take(&p.id, version).await?;
+            } else if p.tenant == *tenant {
+                live += 1;
+            }
+        }
+        // Two replicas may each see one slot left; the bound is per scope
+        // and loose by at most the number of replicas.
+        if live >= MAX_PENDING_PER_SCOPE {
             return Err(ApprovalError::TooMany);
         }
-        if map.contains_key(&pending.id) {
+        match self
+            .shared
+            .put(
+                StateKind::Approval,
+                &pending.id,
+                Some(&StoredPending::of(&pending)),
+                Expect::Absent,
+            )
+            .await
+        {
+            Ok(_) => Ok(pending),
             // 64 random bits collided: never overwrite a pending request.
-            return Err(ApprovalError::NoRandomness);
+            Err(SharedError::Store(StoreError::Conflict)) => Err(ApprovalError::NoRandomness),
+            Err(e) => Err(e.into()),
         }
-        map.insert(pending.id.clone(), pending.clone());
-        Ok(pending)
+    }
+
+    /// The pending request `id` of `tenant`, if live at `now_ms`.
+    pub async fn get(
+        &self,
+        id: &str,
+        tenant: &TenantId,
+        now_ms: u64,
+    ) -> Result<Option<Pending>, ApprovalError> {
+        Ok(self
+            .shared
+            .get::<StoredPending>(StateKind::Approval, id)
+            .await?
+            .map(|(_, stored)| stored.into_pending(id.to_owned()))
+            .transpose()?
+            .filter(|p| p.tenant == *tenant && p.expires_at_ms > now_ms))
     }
 
     /// Approves `id` on behalf of `approver`; returns the action to run.
     /// `runnable` may still refuse it (for example while sealed), and then
     /// the request stays pending.
-    pub fn approve(
+    pub async fn approve(
         &self,
         id: &str,
         approver: &Approver<'_>,
+        now_ms: u64,
         runnable: impl FnOnce(&DualControlAction) -> bool,
     ) -> Result<Option<Pending>, ApprovalError> {
-        let mut pending = self.pending();
-        let now = Instant::now();
-        pending.retain(|_, p| p.expires > now);
-        let entry = pending
-            .get(id)
-            .filter(|p| p.tenant == *approver.tenant)
-            .ok_or(ApprovalError::NotFound)?;
-        if entry.requested_by == approver.name {
-            return Err(ApprovalError::SameAdmin);
+        let Some((version, stored)) = self
+            .shared
+            .get::<StoredPending>(StateKind::Approval, id)
+            .await?
+        else {
+            return Err(ApprovalError::NotFound);
+        };
+        let entry = stored.into_pending(id.to_owned())?;
+        if entry.tenant != *approver.tenant || entry.expires_at_ms <= now_ms {
+            return Err(ApprovalError::NotFound);
         }
-        let unknown = crate::access::principals::UNKNOWN_CREATOR;
-        if approver.lineage.iter().any(|a| a == unknown)
-            || entry.requester_lineage.iter().any(|a| a == unknown)
-        {
-            return Err(ApprovalError::Ineligible(
-                "takes part with a principal added before creators were recorded; re-add it",
-            ));
-        }
-        if approver.created_at_ms >= entry.requested_at_ms {
-            return Err(ApprovalError::Ineligible(
-                "was created after the request (or before creation times were recorded)",
-            ));
-        }
-        if approver.lineage.contains(&entry.requested_by) {
-            return Err(ApprovalError::Ineligible(
-                "was created by the requester, directly or through principals it created",
-            ));
-        }
-        if entry.requester_lineage.iter().any(|a| a == approver.name) {
-            return Err(ApprovalError::Ineligible(
-                "created the requester, directly or through principals it created",
-            ));
-        }
-        if approver
-            .lineage
-            .iter()
-            .any(|a| entry.requester_lineage.contains(a))
-        {
-            return Err(ApprovalError::Ineligible(
-                "shares a creator with the requester",
-            ));
-        }
+        eligible(&entry, approver)?;
         if !runnable(&entry.action) {
             return Ok(None);
         }
-        pending.remove(id).map(Some).ok_or(ApprovalError::NotFound)
+        // Another replica may approve between the read above and the delete
+        // below (on PostgreSQL these are two round trips; yielding lets an
+        // in-process store interleave the same way, so tests see the race).
+        tokio::task::yield_now().await;
+        // Of two approvers at once, on two replicas, one deletes it.
+        if self.take(id, version).await? {
+            Ok(Some(entry))
+        } else {
+            Err(ApprovalError::NotFound)
+        }
     }
 
     /// Drops the pending requests `matching` says (a revoked requester's,
     /// the unseal requests a seal makes stale); how many.
-    pub fn drop_where(&self, matching: impl Fn(&Pending) -> bool) -> usize {
-        let mut pending = self.pending();
-        let before = pending.len();
-        pending.retain(|_, p| !matching(p));
-        before - pending.len()
+    pub async fn drop_where(
+        &self,
+        matching: impl Fn(&Pending) -> bool,
+    ) -> Result<usize, ApprovalError> {
+        let mut dropped = 0;
+        for (version, p) in self.all().await? {
+            if matching(&p) && self.take(&p.id, version).await? {
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
     }
 
-    /// The tenant's pending approvals, oldest first.
-    pub fn list(&self, tenant: &TenantId) -> Vec<Pending> {
-        let now = Instant::now();
+    /// The tenant's pending approvals at `now_ms`, oldest first.
+    pub async fn list(
+        &self,
+        tenant: &TenantId,
+        now_ms: u64,
+    ) -> Result<Vec<Pending>, ApprovalError> {
         let mut list: Vec<Pending> = self
-            .pending()
-            .values()
-            .filter(|p| p.tenant == *tenant && p.expires > now)
-            .cloned()
+            .all()
+            .await?
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.tenant == *tenant && p.expires_at_ms > now_ms)
             .collect();
-        list.sort_by_key(|p| p.expires);
-        list
+        list.sort_by_key(|p| (p.expires_at_ms, p.id.clone()));
+        Ok(list)
     }
+}
+
+/// Whether `approver` may approve `entry` (SECURITY.md §5.1).
+fn eligible(entry: &Pending, approver: &Approver<'_>) -> Result<(), ApprovalError> {
+    if entry.requested_by == approver.name {
+        return Err(ApprovalError::SameAdmin);
+    }
+    let unknown = crate::access::principals::UNKNOWN_CREATOR;
+    if approver.lineage.iter().any(|a| a == unknown)
+        || entry.requester_lineage.iter().any(|a| a == unknown)
+    {
+        return Err(ApprovalError::Ineligible(
+            "takes part with a principal added before creators were recorded; re-add it",
+        ));
+    }
+    if approver.created_at_ms >= entry.requested_at_ms {
+        return Err(ApprovalError::Ineligible(
+            "was created after the request (or before creation times were recorded)",
+        ));
+    }
+    if approver.lineage.contains(&entry.requested_by) {
+        return Err(ApprovalError::Ineligible(
+            "was created by the requester, directly or through principals it created",
+        ));
+    }
+    if entry.requester_lineage.iter().any(|a| a == approver.name) {
+        return Err(ApprovalError::Ineligible(
+            "created the requester, directly or through principals it created",
+        ));
+    }
+    if approver
+        .lineage
+        .iter()
+        .any(|a| entry.requester_lineage.contains(a))
+    {
+        return Err(ApprovalError::Ineligible(
+            "shares a creator with the requester",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::secret::DataKey;
+    use crate::shared::seal::StateSeal;
+    use crate::store::memory::MemoryStore;
+
+    fn approvals(window: Duration) -> Approvals {
+        Approvals::new(window, shared(Arc::new(MemoryStore::new())))
+    }
+
+    fn shared(store: Arc<MemoryStore>) -> Shared {
+        Shared::new(
+            store,
+            Arc::new(StateSeal::new(DataKey::from_bytes([4; 32]))),
+        )
+    }
 
     fn tenant(t: &str) -> TenantId {
         TenantId::new(t).unwrap()
@@ -300,14 +490,22 @@ mod tests {
         }
     }
 
-    fn approve(a: &Approvals, id: &str, who: &Approver<'_>) -> Result<Pending, ApprovalError> {
-        a.approve(id, who, |_| true).map(|p| p.unwrap())
+    /// Approves at 1,001 ms (requests are filed earlier, with a window of
+    /// a minute unless said).
+    async fn approve(
+        a: &Approvals,
+        id: &str,
+        who: &Approver<'_>,
+    ) -> Result<Pending, ApprovalError> {
+        a.approve(id, who, 1_001, |_| true)
+            .await
+            .map(|p| p.unwrap())
     }
 
-    #[test]
-    fn second_distinct_admin_of_the_same_tenant_approves_once() {
+    #[tokio::test]
+    async fn second_distinct_admin_of_the_same_tenant_approves_once() {
         let (t, u) = (tenant("t"), tenant("u"));
-        let a = Approvals::new(Duration::from_secs(60));
+        let a = approvals(Duration::from_secs(60));
         let p = a
             .request(
                 DualControlAction::RotateMasterKey,
@@ -316,23 +514,33 @@ mod tests {
                 &t,
                 10,
             )
+            .await
             .unwrap();
-        assert_eq!(a.list(&t).len(), 1);
-        assert!(a.list(&u).is_empty());
+        assert_eq!(a.list(&t, 1_001).await.unwrap().len(), 1);
+        assert!(a.list(&u, 1_001).await.unwrap().is_empty());
         assert_eq!(
-            approve(&a, &p.id, &configured("alice", &t)).unwrap_err(),
+            approve(&a, &p.id, &configured("alice", &t))
+                .await
+                .unwrap_err(),
             ApprovalError::SameAdmin
         );
         assert_eq!(
-            approve(&a, &p.id, &configured("bob", &u)).unwrap_err(),
+            approve(&a, &p.id, &configured("bob", &u))
+                .await
+                .unwrap_err(),
             ApprovalError::NotFound
         );
         assert!(matches!(
-            approve(&a, &p.id, &configured("bob", &t)).unwrap().action,
+            approve(&a, &p.id, &configured("bob", &t))
+                .await
+                .unwrap()
+                .action,
             DualControlAction::RotateMasterKey
         ));
         assert_eq!(
-            approve(&a, &p.id, &configured("carol", &t)).unwrap_err(),
+            approve(&a, &p.id, &configured("carol", &t))
+                .await
+                .unwrap_err(),
             ApprovalError::NotFound,
             "used once"
         );
@@ -340,10 +548,10 @@ mod tests {
 
     /// SECURITY.md §5.1: an approver made by the requester, or made after
     /// the request, is no second person.
-    #[test]
-    fn approvers_created_by_the_requester_or_after_the_request_are_ineligible() {
+    #[tokio::test]
+    async fn approvers_created_by_the_requester_or_after_the_request_are_ineligible() {
         let t = tenant("t");
-        let a = Approvals::new(Duration::from_secs(60));
+        let a = approvals(Duration::from_secs(60));
         let p = a
             .request(
                 DualControlAction::ShredTenant(t.clone()),
@@ -352,6 +560,7 @@ mod tests {
                 &t,
                 1_000,
             )
+            .await
             .unwrap();
         let alice = ["alice".to_owned()];
         let minted = Approver {
@@ -361,7 +570,7 @@ mod tests {
             lineage: &alice,
         };
         assert!(matches!(
-            approve(&a, &p.id, &minted),
+            approve(&a, &p.id, &minted).await,
             Err(ApprovalError::Ineligible(_))
         ));
         let carol = ["carol".to_owned()];
@@ -372,23 +581,23 @@ mod tests {
             lineage: &carol,
         };
         assert!(matches!(
-            approve(&a, &p.id, &late),
+            approve(&a, &p.id, &late).await,
             Err(ApprovalError::Ineligible(_))
         ));
         let eligible = Approver {
             created_at_ms: 999,
             ..late
         };
-        assert!(approve(&a, &p.id, &eligible).is_ok());
+        assert!(approve(&a, &p.id, &eligible).await.is_ok());
     }
 
     /// Review finding: alice had an admin `m1` approved by bob, then used
     /// m1 to request what alice herself approved; siblings minted by one
     /// admin approved each other.
-    #[test]
-    fn puppets_and_siblings_are_ineligible() {
+    #[tokio::test]
+    async fn puppets_and_siblings_are_ineligible() {
         let t = tenant("t");
-        let a = Approvals::new(Duration::from_secs(60));
+        let a = approvals(Duration::from_secs(60));
         let alice = ["alice".to_owned()];
         // m1 (created by alice) requests; alice may not approve.
         let p = a
@@ -399,9 +608,10 @@ mod tests {
                 &t,
                 1_000,
             )
+            .await
             .unwrap();
         assert!(matches!(
-            approve(&a, &p.id, &configured("alice", &t)),
+            approve(&a, &p.id, &configured("alice", &t)).await,
             Err(ApprovalError::Ineligible(_))
         ));
         // m2, also created by alice, may not either (a sibling).
@@ -412,7 +622,7 @@ mod tests {
             lineage: &alice,
         };
         assert!(matches!(
-            approve(&a, &p.id, &sibling),
+            approve(&a, &p.id, &sibling).await,
             Err(ApprovalError::Ineligible(_))
         ));
         // A grandchild of alice's, through m1, may not either.
@@ -424,17 +634,17 @@ mod tests {
             lineage: &chain,
         };
         assert!(matches!(
-            approve(&a, &p.id, &grandchild),
+            approve(&a, &p.id, &grandchild).await,
             Err(ApprovalError::Ineligible(_))
         ));
         // bob, unrelated, may.
-        assert!(approve(&a, &p.id, &configured("bob", &t)).is_ok());
+        assert!(approve(&a, &p.id, &configured("bob", &t)).await.is_ok());
     }
 
-    #[test]
-    fn an_action_that_cannot_run_stays_pending() {
+    #[tokio::test]
+    async fn an_action_that_cannot_run_stays_pending() {
         let t = tenant("t");
-        let a = Approvals::new(Duration::from_secs(60));
+        let a = approvals(Duration::from_secs(60));
         let p = a
             .request(
                 DualControlAction::RotateMasterKey,
@@ -443,19 +653,21 @@ mod tests {
                 &t,
                 10,
             )
+            .await
             .unwrap();
         assert!(
-            a.approve(&p.id, &configured("bob", &t), |_| false)
+            a.approve(&p.id, &configured("bob", &t), 1_001, |_| false)
+                .await
                 .unwrap()
                 .is_none()
         );
-        assert_eq!(a.list(&t).len(), 1);
+        assert_eq!(a.list(&t, 1_001).await.unwrap().len(), 1);
     }
 
-    #[test]
-    fn pending_requests_per_scope_are_bounded() {
+    #[tokio::test]
+    async fn pending_requests_per_scope_are_bounded() {
         let t = tenant("t");
-        let a = Approvals::new(Duration::from_secs(60));
+        let a = approvals(Duration::from_secs(60));
         for _ in 0..MAX_PENDING_PER_SCOPE {
             a.request(
                 DualControlAction::RotateMasterKey,
@@ -464,6 +676,7 @@ mod tests {
                 &t,
                 10,
             )
+            .await
             .unwrap();
         }
         assert_eq!(
@@ -474,6 +687,7 @@ mod tests {
                 &t,
                 10
             )
+            .await
             .unwrap_err(),
             ApprovalError::TooMany
         );
@@ -485,14 +699,15 @@ mod tests {
                 &tenant("u"),
                 10
             )
+            .await
             .is_ok()
         );
     }
 
-    #[test]
-    fn approvals_lapse() {
+    #[tokio::test]
+    async fn approvals_lapse() {
         let t = tenant("t");
-        let a = Approvals::new(Duration::from_millis(20));
+        let a = approvals(Duration::from_millis(20));
         let p = a
             .request(
                 DualControlAction::ShredTenant(t.clone()),
@@ -501,12 +716,120 @@ mod tests {
                 &t,
                 10,
             )
+            .await
             .unwrap();
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(a.list(&t).is_empty());
+        // Lapsed at 30 ms by the vault clock.
+        assert_eq!(a.list(&t, 29).await.unwrap().len(), 1);
+        assert!(a.list(&t, 1_001).await.unwrap().is_empty());
         assert_eq!(
-            approve(&a, &p.id, &configured("bob", &t)).unwrap_err(),
+            approve(&a, &p.id, &configured("bob", &t))
+                .await
+                .unwrap_err(),
             ApprovalError::NotFound
+        );
+    }
+
+    /// Two replicas over one store: a request filed on one is listed and
+    /// approved on the other, and of two admins approving it at once (one
+    /// per replica) exactly one gets the action to run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_filed_on_one_replica_is_approved_once_on_any() {
+        let t = tenant("t");
+        let store = Arc::new(MemoryStore::new());
+        let a = Arc::new(Approvals::new(
+            Duration::from_secs(60),
+            shared(Arc::clone(&store)),
+        ));
+        let b = Arc::new(Approvals::new(Duration::from_secs(60), shared(store)));
+        for round in 0..20 {
+            let p = a
+                .request(
+                    DualControlAction::RotateMasterKey,
+                    "alice",
+                    Vec::new(),
+                    &t,
+                    10,
+                )
+                .await
+                .unwrap();
+            assert_eq!(b.list(&t, 1_001).await.unwrap().len(), 1, "round {round}");
+            let (bob, carol) = (configured("bob", &t), configured("carol", &t));
+            let (x, y) = tokio::join!(approve(&a, &p.id, &bob), approve(&b, &p.id, &carol));
+            let wins = usize::from(x.is_ok()) + usize::from(y.is_ok());
+            assert_eq!(wins, 1, "round {round}: {x:?} {y:?}");
+            let loser = x.err().or(y.err()).unwrap();
+            assert_eq!(loser, ApprovalError::NotFound);
+            assert!(a.list(&t, 1_001).await.unwrap().is_empty());
+        }
+    }
+
+    /// A grant waits with the new principal's credentials, TOTP secret
+    /// included. In the store it is sealed: the secret is not in the bytes,
+    /// and bytes edited in the database make the request unreadable, never
+    /// an action someone forged.
+    #[tokio::test]
+    async fn a_pending_grant_is_sealed_in_the_store() {
+        use crate::access::totp::TotpSecret;
+        use crate::domain::{Principal, Role};
+        let t = tenant("t");
+        let store = Arc::new(MemoryStore::new());
+        let a = Approvals::new(Duration::from_secs(60), shared(Arc::clone(&store)));
+        let totp = Arc::new(TotpSecret::generate().unwrap());
+        let entry = PrincipalEntry {
+            principal: Principal {
+                name: "newadmin".into(),
+                tenant: t.clone(),
+                roles: [Role::Admin].into_iter().collect(),
+            },
+            key_hash: None,
+            cert_identity: None,
+            totp: Some(Arc::clone(&totp)),
+            created_at_ms: 10,
+            created_by: Some("alice".into()),
+        };
+        let p = a
+            .request(
+                DualControlAction::AddPrincipal(Box::new(entry)),
+                "alice",
+                Vec::new(),
+                &t,
+                10,
+            )
+            .await
+            .unwrap();
+        let stored = crate::store::StateStore::states(store.as_ref(), StateKind::Approval)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 1);
+        let bytes = &stored[0].1.value;
+        let secret = totp.to_base32();
+        let secret = secret.expose_secret().as_bytes();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret));
+        assert!(!bytes.windows(8).any(|w| w == b"newadmin"));
+        // Forged in the database: a flipped byte.
+        let mut forged = bytes.clone();
+        forged[20] ^= 1;
+        crate::store::StateStore::put_state(
+            store.as_ref(),
+            StateKind::Approval,
+            &p.id,
+            Some(forged),
+            Expect::Any,
+        )
+        .await
+        .unwrap();
+        let err = approve(&a, &p.id, &configured("bob", &t))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ApprovalError::Unavailable {
+                    retryable: false,
+                    ..
+                }
+            ),
+            "{err:?}"
         );
     }
 }

@@ -158,9 +158,11 @@ struct BookFile {
     revoked: BTreeSet<String>,
 }
 
+/// A run-time principal as stored: in the principals file, and inside a
+/// pending grant in shared state (sealed there).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StoredPrincipal {
+pub(crate) struct StoredPrincipal {
     name: String,
     tenant: String,
     roles: Vec<String>,
@@ -184,7 +186,7 @@ fn unknown_creation() -> u64 {
 }
 
 impl StoredPrincipal {
-    fn from_entry(e: &PrincipalEntry) -> Self {
+    pub(crate) fn from_entry(e: &PrincipalEntry) -> Self {
         Self {
             name: e.principal.name.clone(),
             tenant: e.principal.tenant.as_str().to_owned(),
@@ -205,7 +207,7 @@ impl StoredPrincipal {
         }
     }
 
-    fn into_entry(self) -> Result<PrincipalEntry, String> {
+    pub(crate) fn into_entry(self) -> Result<PrincipalEntry, String> {
         let tenant = TenantId::from_stored(&self.tenant).map_err(|e| e.to_string())?;
         let roles = self
             .roles

@@ -158,6 +158,14 @@ pub struct RawAccess {
     pub alert_on_new_network: Option<bool>,
     /// Also lock the principal then (default false).
     pub lock_on_new_network: Option<bool>,
+    /// The 32-byte key that seals shared state (principals, approvals,
+    /// sessions, locks) in the store. Every replica of one vault needs the
+    /// same file. Default: `DATA_DIR/state.key`, created when missing,
+    /// which suits one node; required in production with PostgreSQL.
+    pub state_key_file: Option<PathBuf>,
+    /// How often a replica polls the store for changes made by the others
+    /// (PostgreSQL), in milliseconds: 100 to 60000 (default 1000).
+    pub shared_poll_ms: Option<u64>,
 }
 
 /// `[audit]`.
@@ -496,6 +504,21 @@ pub struct Config {
     pub otp_step: std::time::Duration,
     /// Second audit sinks.
     pub audit_sinks: Vec<crate::audit::sink::SinkTarget>,
+    /// The state key's file, and whether it may be created.
+    pub state_key: StateKeyFile,
+    /// How often replicas poll for each other's changes.
+    pub shared_poll: std::time::Duration,
+}
+
+/// Where the key sealing shared state is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateKeyFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Whether it is created when missing (the default file in the data
+    /// directory); a configured file must exist, so replicas never each
+    /// make their own.
+    pub create: bool,
 }
 
 /// Default listen address: loopback, so nothing is exposed by accident.
@@ -691,6 +714,30 @@ impl RawConfig {
             ));
         }
         let approval_window = std::time::Duration::from_secs(approval_minutes * 60);
+        let state_key = match &self.access.state_key_file {
+            Some(path) => StateKeyFile {
+                path: path.clone(),
+                create: false,
+            },
+            None if profile == Profile::Production
+                && matches!(store, StoreBackend::Postgres(_)) =>
+            {
+                return Err(invalid(
+                    "access.state_key_file",
+                    "required with backend = \"postgres\": every replica needs the same key \
+                     (32 random bytes, mode 0600)",
+                ));
+            }
+            None => StateKeyFile {
+                path: data_dir.join(crate::shared::seal::FILE_NAME),
+                create: true,
+            },
+        };
+        let shared_poll_ms = self.access.shared_poll_ms.unwrap_or(1000);
+        if !(100..=60_000).contains(&shared_poll_ms) {
+            return Err(invalid("access.shared_poll_ms", "must be 100 to 60000"));
+        }
+        let shared_poll = std::time::Duration::from_millis(shared_poll_ms);
         let audit_sinks = self
             .audit
             .jsonl_file
@@ -737,6 +784,8 @@ impl RawConfig {
             metrics_listen,
             limits,
             approval_window,
+            state_key,
+            shared_poll,
             tls,
             otp_step: std::time::Duration::from_secs(otp_step_seconds),
             audit_sinks,

@@ -77,6 +77,7 @@ impl KeyAdminService {
                 &principal.tenant,
                 self.vault.now_ms(),
             )
+            .await
             .map_err(|e| approval_status(&e))?;
         let event = call.event(
             Some(principal),
@@ -182,13 +183,17 @@ fn audit_mode(action: &DualControlAction) -> UnsealAudit {
 }
 
 /// Maps a refused approval.
-fn approval_status(e: &ApprovalError) -> Status {
+pub(crate) fn approval_status(e: &ApprovalError) -> Status {
     match e {
         ApprovalError::SameAdmin | ApprovalError::Ineligible(_) => {
             Status::permission_denied(e.to_string())
         }
         ApprovalError::TooMany => Status::resource_exhausted(e.to_string()),
-        ApprovalError::NoRandomness => Status::unavailable(e.to_string()),
+        ApprovalError::NoRandomness
+        | ApprovalError::Unavailable {
+            retryable: true, ..
+        } => Status::unavailable(e.to_string()),
+        ApprovalError::Unavailable { .. } => Status::internal(e.to_string()),
         _ => Status::not_found(e.to_string()),
     }
 }
@@ -325,11 +330,15 @@ impl KeyAdmin for KeyAdminService {
         self.vault.seal();
         // Unseal requests filed before this seal must not reopen the vault
         // it just closed: a new seal needs a new pair of operators.
-        let stale = self
+        match self
             .approvals
-            .drop_where(|p| matches!(p.action, DualControlAction::Unseal));
-        if stale > 0 {
-            tracing::warn!(stale, "pending unseal requests dropped by the seal");
+            .drop_where(|p| matches!(p.action, DualControlAction::Unseal))
+            .await
+        {
+            Ok(0) => {}
+            Ok(stale) => tracing::warn!(stale, "pending unseal requests dropped by the seal"),
+            // The vault is sealed all the same; the requests lapse.
+            Err(e) => tracing::warn!(error = %e, "stale unseal requests could not be dropped"),
         }
         let event = call.event(Some(&principal), "vault".to_owned(), "OK");
         if let Err(e) = self.vault.record_audit(event).await {
@@ -499,19 +508,23 @@ impl KeyAdmin for KeyAdminService {
         let principal = self
             .caller(&call, &request, ADMIN_OR_OPERATOR, WhenSealed::Serve)
             .await?;
-        let approvals = self
+        let result = self
             .approvals
-            .list(&principal.tenant)
-            .into_iter()
-            .map(|p| v1::Approval {
-                action: p.action.name().to_owned(),
-                detail: p.action.detail(),
-                id: p.id,
-                requested_by: p.requested_by,
-                expires_at: Some(timestamp(p.expires_at_ms)),
+            .list(&principal.tenant, self.vault.now_ms())
+            .await
+            .map(|pending| v1::ListApprovalsResponse {
+                approvals: pending
+                    .into_iter()
+                    .map(|p| v1::Approval {
+                        action: p.action.name().to_owned(),
+                        detail: p.action.detail(),
+                        id: p.id,
+                        requested_by: p.requested_by,
+                        expires_at: Some(timestamp(p.expires_at_ms)),
+                    })
+                    .collect(),
             })
-            .collect();
-        let result = Ok(v1::ListApprovalsResponse { approvals });
+            .map_err(|e| approval_status(&e));
         self.finish(&call, &principal, "approvals".to_owned(), result)
             .await
     }
@@ -552,12 +565,20 @@ impl KeyAdmin for KeyAdminService {
             lineage: &lineage,
         };
         // Only an unseal may proceed past a tampered log (see UnsealAudit).
-        let mode = self
-            .approvals
-            .list(&principal.tenant)
-            .iter()
-            .find(|p| p.id == id)
-            .map_or(UnsealAudit::Strict, |p| audit_mode(&p.action));
+        let now_ms = self.vault.now_ms();
+        let mode = match self.approvals.get(&id, &principal.tenant, now_ms).await {
+            Ok(found) => found.map_or(UnsealAudit::Strict, |p| audit_mode(&p.action)),
+            Err(e) => {
+                return self
+                    .finish(
+                        &call,
+                        &principal,
+                        format!("approval:{id}"),
+                        Err(approval_status(&e)),
+                    )
+                    .await;
+            }
+        };
         intend_as(
             &self.vault,
             &call,
@@ -567,9 +588,12 @@ impl KeyAdmin for KeyAdminService {
         )
         .await?;
         let sealed = self.vault.is_sealed();
-        let approved = self.approvals.approve(&id, &approver, |action| {
-            !sealed || matches!(action, DualControlAction::Unseal)
-        });
+        let approved = self
+            .approvals
+            .approve(&id, &approver, now_ms, |action| {
+                !sealed || matches!(action, DualControlAction::Unseal)
+            })
+            .await;
         let pending = match approved {
             Ok(Some(p)) => p,
             Ok(None) => {
@@ -601,9 +625,15 @@ impl KeyAdmin for KeyAdminService {
                 result,
             });
         if result.is_ok() && mode == UnsealAudit::Unseal {
-            // The vault is open: other pending unseal requests are stale.
-            self.approvals
-                .drop_where(|p| matches!(p.action, DualControlAction::Unseal));
+            // The vault is open: other pending unseal requests are stale
+            // (they lapse anyway when this fails).
+            if let Err(e) = self
+                .approvals
+                .drop_where(|p| matches!(p.action, DualControlAction::Unseal))
+                .await
+            {
+                tracing::warn!(error = %e, "stale unseal requests could not be dropped");
+            }
         }
         let resource = format!("approval:{id} {action} requested_by:{requested_by}");
         finish_as(&self.vault, &call, &principal, resource, result, mode).await

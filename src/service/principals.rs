@@ -70,7 +70,7 @@ impl PrincipalsService {
     /// tenant has (or awaits) fewer than [`BOOTSTRAP_ADMINS`] admins. After
     /// that the tenant's own admins add everyone, so no operator holds the
     /// credentials of a tenant's working principals.
-    fn check_bootstrap(&self, tenant: &TenantId) -> Result<(), Status> {
+    async fn check_bootstrap(&self, tenant: &TenantId) -> Result<(), Status> {
         let live = self
             .auth
             .principals()
@@ -80,7 +80,9 @@ impl PrincipalsService {
             .count();
         let pending = self
             .approvals
-            .list(&TenantId::system())
+            .list(&TenantId::system(), self.vault.now_ms())
+            .await
+            .map_err(|e| super::key_admin::approval_status(&e))?
             .into_iter()
             .filter(|p| {
                 matches!(&p.action, DualControlAction::AddPrincipal(e) if e.principal.tenant == *tenant)
@@ -311,7 +313,7 @@ impl Principals for PrincipalsService {
         let result = async {
             let new = new?;
             if new.tenant != caller.tenant {
-                self.check_bootstrap(&new.tenant)?;
+                self.check_bootstrap(&new.tenant).await?;
             }
             let name = new.name.clone();
             let roles: Vec<_> = new.roles.iter().map(|r| r.name()).collect();
@@ -329,7 +331,8 @@ impl Principals for PrincipalsService {
                         &caller.tenant,
                         now,
                     )
-                    .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+                    .await
+                    .map_err(|e| super::key_admin::approval_status(&e))?;
                 tracing::info!(pending = %name, roles = ?roles, approval = %pending.id, "principal waits for approval");
                 resource.push_str(&format!(" approval:{}", pending.id));
                 pending.id
@@ -420,7 +423,11 @@ impl Principals for PrincipalsService {
                 let sessions = self.auth.sessions().close_all(target);
                 // Its pending requests die with it: a revoked admin's grant
                 // (whose credentials it holds) must not be approved later.
-                let requests = self.approvals.drop_where(|p| p.requested_by == target);
+                let requests = self
+                    .approvals
+                    .drop_where(|p| p.requested_by == target)
+                    .await
+                    .map_err(|e| super::key_admin::approval_status(&e))?;
                 tracing::warn!(revoked = %target, sessions, requests, "principal revoked");
             }
             Ok(v1::RevokePrincipalResponse {

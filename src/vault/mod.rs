@@ -297,6 +297,11 @@ fn decode_payload(payload: &[u8]) -> Result<(Pan, Token), VaultError> {
 }
 
 impl Vault {
+    /// The store (shared state lives in it too).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// A vault over its parts.
     pub fn new(
         kms: Arc<dyn Kms>,
