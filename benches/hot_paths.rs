@@ -72,16 +72,19 @@ fn authentication(c: &mut Criterion) {
     let book = PrincipalBook::open(Vec::new(), None).unwrap_or_else(|_| unreachable_bench());
     let tenant = TenantId::new("default").unwrap_or_else(|_| unreachable_bench());
     let mut key = String::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap_or_else(|_| unreachable_bench());
     for n in 0..1000 {
-        let issued = book
-            .add(NewPrincipal {
+        let issued = runtime
+            .block_on(book.add(NewPrincipal {
                 name: format!("pos-{n}"),
                 tenant: tenant.clone(),
                 roles: [Role::Tokenize].into_iter().collect(),
                 cert_identity: Some(format!("spiffe://tessera/pos-{n}")),
                 created_by: None,
                 created_at_ms: 0,
-            })
+            }))
             .unwrap_or_else(|_| unreachable_bench());
         key = issued.api_key.expose_secret().to_owned();
     }

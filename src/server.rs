@@ -30,6 +30,7 @@ use crate::service::key_admin::KeyAdminService;
 use crate::service::principals::PrincipalsService;
 use crate::service::{Authenticator, TokenizerService};
 use crate::shared::Shared;
+use crate::shared::feed::{self, Follower};
 use crate::shared::seal::StateSeal;
 use crate::store::fjall::FjallStore;
 use crate::store::postgres::{PgOptions, PgStore};
@@ -172,6 +173,19 @@ pub struct App {
     pub approvals: Arc<Approvals>,
     /// TLS for the listener (`None`: plaintext, dev on loopback only).
     pub tls: Option<crate::tls::TlsSettings>,
+    /// The change-feed poller (replicas on PostgreSQL), stopped with the
+    /// last copy of the app.
+    pub feed: Option<Arc<FeedTask>>,
+}
+
+/// The running change-feed poller; aborted when dropped.
+#[derive(Debug)]
+pub struct FeedTask(tokio::task::JoinHandle<()>);
+
+impl Drop for FeedTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl App {
@@ -226,16 +240,20 @@ impl App {
                 )));
             }
         };
-        let book = PrincipalBook::open(
-            principals,
-            Some(config.data_dir.join(principals::FILE_NAME)),
-        )?;
         let seal = if config.state_key.create {
             StateSeal::load_or_create(&config.state_key.path)?
         } else {
             StateSeal::load(&config.state_key.path)?
         };
         let shared = Shared::new(Arc::clone(&store), Arc::new(seal));
+        let book = Arc::new(
+            PrincipalBook::open_shared(
+                principals,
+                shared.clone(),
+                Some(&config.data_dir.join(principals::FILE_NAME)),
+            )
+            .await?,
+        );
         let mut vault = Vault::new(kms, store, Arc::new(SystemClock), config.policy.clone());
         for target in &config.audit_sinks {
             let sink = AuditSink::open(target).map_err(|source| StartError::AuditSink {
@@ -244,10 +262,27 @@ impl App {
             })?;
             vault = vault.with_audit_sink(sink);
         }
+        let vault = Arc::new(vault);
+        // Replicas on one database pick up each other's changes; an
+        // embedded store has one replica, whose changes are already live.
+        let feed = match &config.store {
+            StoreBackend::Postgres(_) => {
+                let (book_follower, vault_follower): (Arc<dyn Follower>, Arc<dyn Follower>) =
+                    (book.clone(), vault.clone());
+                let followers = vec![book_follower, vault_follower];
+                Some(Arc::new(FeedTask(feed::spawn(
+                    Arc::clone(vault.store()),
+                    followers,
+                    config.shared_poll,
+                ))))
+            }
+            _ => None,
+        };
         Ok(Self {
-            vault: Arc::new(vault),
+            vault,
+            feed,
             auth: Arc::new(Authenticator::with_limits(
-                Arc::new(book),
+                book,
                 config.limits.clone(),
                 config.otp_step,
             )),
@@ -270,6 +305,7 @@ impl App {
             auth: Arc::new(Authenticator::new(Arc::new(principals))),
             approvals: Arc::new(Approvals::new(DEFAULT_APPROVAL_WINDOW, shared)),
             tls: None,
+            feed: None,
         }
     }
 

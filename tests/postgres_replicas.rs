@@ -1,9 +1,8 @@
 //! Two `tessera serve` replicas on one PostgreSQL database behave as one
 //! vault: one token per card under deterministic tokenization, one PAN per
-//! single-use token, one audit chain, whichever replica each call reaches.
-//!
-//! (Shared principals, approvals, sessions and lockouts, and key rotations
-//! seen by the other replica within a bound, are issue 11's next steps.)
+//! single-use token, one audit chain, whichever replica each call reaches;
+//! a principal added or revoked, an approval, a data key rotated on one is
+//! in force on the other within the change feed's bound.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -12,10 +11,37 @@ mod common;
 mod postgres;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use common::{Server, assert_no_pan_leaked, test_pan};
+use common::{OtpAuth, Server, assert_no_pan_leaked, secret_of_uri, test_pan};
 use tessera::proto::v1;
+use tessera::proto::v1::key_admin_client::KeyAdminClient;
+use tessera::proto::v1::principals_client::PrincipalsClient;
 use tonic::Code;
+
+/// How often the replicas poll each other's changes in these tests.
+const POLL_MS: u64 = 200;
+
+/// How long a change may take to reach the other replica: the poll
+/// interval and a generous margin for a loaded test machine.
+const BOUND: Duration = Duration::from_secs(5);
+
+/// Polls `check` until it holds; returns how long that took, or panics
+/// naming `what` after [`BOUND`].
+async fn within_bound<F, Fut>(what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < BOUND, "{what}: not seen within {BOUND:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// A database and two replicas on it; the second shares the first's dev
 /// master key and credentials, as replicas share a KMS and principals.
@@ -31,6 +57,7 @@ fn on_postgres(url: &str, migrate: bool) -> Vec<(&'static str, String)> {
         ("TESSERA__STORE__BACKEND", "postgres".to_owned()),
         ("TESSERA__STORE__URL", url.to_owned()),
         ("TESSERA__STORE__MIGRATE", migrate.to_string()),
+        ("TESSERA__ACCESS__SHARED_POLL_MS", POLL_MS.to_string()),
     ]
 }
 
@@ -46,7 +73,7 @@ impl Pair {
             &dir.path().join("a.log"),
         );
         std::fs::create_dir_all(&data_b).unwrap();
-        for file in ["dev-master.key", "dev-credentials.json"] {
+        for file in ["dev-master.key", "dev-credentials.json", "state.key"] {
             std::fs::copy(data_a.join(file), data_b.join(file)).unwrap();
         }
         let b = Server::start_dev_with_env(
@@ -162,4 +189,176 @@ async fn both_replicas_writing_at_once_keep_one_audit_chain() {
     }
     let tokenized = common::audit_events(&pair.a, "admin", "Tokenize").await;
     assert_eq!(tokenized.len(), 200);
+}
+
+fn added(name: &str, role: &str) -> v1::AddPrincipalRequest {
+    v1::AddPrincipalRequest {
+        name: name.into(),
+        roles: vec![role.into()],
+        cert_identity: String::new(),
+        tenant: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_added_or_revoked_on_one_replica_is_in_force_on_the_other() {
+    let pair = Pair::start().await;
+    let mut admin_a =
+        PrincipalsClient::with_interceptor(pair.a.channel().await, pair.a.admin_auth("admin"));
+    let till = admin_a
+        .add_principal(added("till-9", "tokenize"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut till_b = pair.b.client_with_key(Some(&till.api_key)).await;
+    let pan = test_pan(7, 1);
+    let seen = within_bound("a principal added on A, on B", || {
+        let mut till_b = till_b.clone();
+        let pan = pan.clone();
+        async move {
+            till_b
+                .tokenize(v1::TokenizeRequest {
+                    pan,
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    eprintln!("added on A, authenticated on B after {seen:?}");
+    admin_a
+        .revoke_principal(v1::RevokePrincipalRequest {
+            name: "till-9".into(),
+            cascade: false,
+        })
+        .await
+        .unwrap();
+    let seen = within_bound("a principal revoked on A, on B", || {
+        let mut till_b = till_b.clone();
+        let pan = pan.clone();
+        async move {
+            till_b
+                .tokenize(v1::TokenizeRequest {
+                    pan,
+                    ..Default::default()
+                })
+                .await
+                .is_err_and(|s| s.code() == Code::Unauthenticated)
+        }
+    })
+    .await;
+    eprintln!("revoked on A, refused on B after {seen:?}");
+    // And it stays refused.
+    tokio::time::sleep(Duration::from_millis(3 * POLL_MS)).await;
+    let status = till_b
+        .tokenize(v1::TokenizeRequest {
+            pan: pan.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    pair.assert_no_pan_leaked(&[&pan]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_requested_on_one_replica_is_approved_on_the_other() {
+    let pair = Pair::start().await;
+    let mut admin_a =
+        PrincipalsClient::with_interceptor(pair.a.channel().await, pair.a.admin_auth("admin"));
+    // Granting admin waits for a second admin.
+    let ops = admin_a
+        .add_principal(added("ops-9", "admin"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ops.approval_id.len(), 16);
+    let mut admin2_b =
+        KeyAdminClient::with_interceptor(pair.b.channel().await, pair.b.admin_auth("admin2"));
+    let listed = admin2_b
+        .list_approvals(v1::ListApprovalsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert_eq!(
+        listed.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        [ops.approval_id.as_str()]
+    );
+    admin2_b
+        .approve(v1::ApproveRequest {
+            id: ops.approval_id.clone(),
+        })
+        .await
+        .unwrap();
+    // Approved once: a second approval, on either replica, finds nothing.
+    let again = admin2_b
+        .approve(v1::ApproveRequest {
+            id: ops.approval_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound);
+    // The grant is live on B at once and on A within the bound.
+    let ops_auth = OtpAuth::new(&ops.api_key, &secret_of_uri(&ops.otpauth_uri));
+    let mut ops_b = KeyAdminClient::with_interceptor(pair.b.channel().await, ops_auth.clone());
+    ops_b
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap();
+    let channel_a = pair.a.channel().await;
+    let seen = within_bound("a grant approved on B, on A", || {
+        let mut ops_a = KeyAdminClient::with_interceptor(channel_a.clone(), ops_auth.clone());
+        async move {
+            ops_a
+                .get_status(v1::GetStatusRequest::default())
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    eprintln!("approved on B, in force on A after {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_key_rotated_on_one_replica_seals_the_other_replicas_new_records() {
+    let pair = Pair::start().await;
+    let mut pos_b = pair.b.client("pos").await;
+    let tokenize = |n| v1::TokenizeRequest {
+        pan: test_pan(8, n),
+        ..Default::default()
+    };
+    // B seals under the current version and keeps it cached.
+    pos_b.tokenize(tokenize(0)).await.unwrap();
+    let mut admin_a =
+        KeyAdminClient::with_interceptor(pair.a.channel().await, pair.a.admin_auth("admin"));
+    let rotated = admin_a
+        .rotate_data_key(v1::RotateDataKeyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    assert_eq!(rotated, 2);
+    let mut n = 1;
+    let seen = within_bound("a data key rotated on A, used by B", || {
+        let mut pos_b = pos_b.clone();
+        let mut admin_a = admin_a.clone();
+        n += 1;
+        let request = tokenize(n);
+        async move {
+            pos_b.tokenize(request).await.unwrap();
+            let status = admin_a
+                .get_status(v1::GetStatusRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            status
+                .data_keys
+                .iter()
+                .any(|k| k.version == rotated && k.record_count > 0)
+        }
+    })
+    .await;
+    eprintln!("rotated on A, sealing on B after {seen:?}");
 }

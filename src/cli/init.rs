@@ -57,8 +57,8 @@ pub fn cert_identity(name: &str) -> String {
 
 /// Runs `tessera init`.
 #[allow(clippy::print_stdout)]
-pub fn run(args: &InitArgs) -> ExitCode {
-    match init(args) {
+pub async fn run(args: &InitArgs) -> ExitCode {
+    match init(args).await {
         Ok(summary) => {
             println!("{summary}");
             ExitCode::SUCCESS
@@ -70,7 +70,7 @@ pub fn run(args: &InitArgs) -> ExitCode {
     }
 }
 
-fn init(args: &InitArgs) -> Result<String, String> {
+async fn init(args: &InitArgs) -> Result<String, String> {
     let setup_path = args.data_dir.join(SETUP_FILE);
     if setup_path.exists() {
         return Err(format!(
@@ -114,6 +114,7 @@ fn init(args: &InitArgs) -> Result<String, String> {
     };
     let book = PrincipalBook::open(Vec::new(), Some(args.data_dir.join(principals::FILE_NAME)))
         .map_err(|e| e.to_string())?;
+    // The file `serve` moves into the store's shared state.
     // Custodians hold shares of the master key: they are the operators of
     // the system scope (vault-wide actions), not admins of a tenant.
     let tenant = TenantId::system();
@@ -131,6 +132,7 @@ fn init(args: &InitArgs) -> Result<String, String> {
                 created_by: None,
                 created_at_ms: 0,
             })
+            .await
             .map_err(|e| e.to_string())?;
         create_new(
             &args.share_dir.join(format!("{name}.key")),

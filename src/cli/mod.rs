@@ -89,7 +89,7 @@ pub fn main() -> ExitCode {
             Command::Detokenize(args) => client::detokenize(args).await,
             Command::Info(args) => client::info(args).await,
             Command::Delete(args) => client::delete(args).await,
-            Command::Init(args) => init::run(&args),
+            Command::Init(args) => init::run(&args).await,
             Command::Unseal(args) => keys::unseal(args).await,
             Command::Seal(args) => keys::seal(args).await,
             Command::Keys(args) => keys::keys(args).await,

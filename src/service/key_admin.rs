@@ -140,6 +140,7 @@ impl KeyAdminService {
                 self.auth
                     .principals()
                     .insert(*entry)
+                    .await
                     .map_err(|e| crate::service::principals::book_status(&e))?;
                 tracing::info!(added = %name, "granted principal is live");
                 Ok(format!("principal {name} is live"))

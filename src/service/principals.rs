@@ -150,6 +150,10 @@ pub(crate) fn book_status(e: &BookError) -> Status {
         }
         BookError::RoleOutOfScope(_) => status::invalid_argument("roles", &e.to_string()),
         BookError::NotFound(_) => Status::not_found(e.to_string()),
+        BookError::Shared(_) => {
+            tracing::error!(error = %e, "principal change failed");
+            Status::unavailable("the principal change could not be saved; retry")
+        }
         BookError::Registry(_) | BookError::File { .. } | BookError::Rng(_) => {
             tracing::error!(error = %e, "principal change failed");
             Status::internal("the principal change could not be saved")
@@ -337,7 +341,7 @@ impl Principals for PrincipalsService {
                 resource.push_str(&format!(" approval:{}", pending.id));
                 pending.id
             } else {
-                book.insert(entry).map_err(|e| book_status(&e))?;
+                book.insert(entry).await.map_err(|e| book_status(&e))?;
                 tracing::info!(added = %name, roles = ?roles, "principal added");
                 String::new()
             };
@@ -419,7 +423,7 @@ impl Principals for PrincipalsService {
             };
             intend(&self.vault, &call, &caller, &resource).await?;
             for target in std::iter::once(name).chain(descendants.iter().map(String::as_str)) {
-                book.revoke(target).map_err(|e| book_status(&e))?;
+                book.revoke(target).await.map_err(|e| book_status(&e))?;
                 let sessions = self.auth.sessions().close_all(target);
                 // Its pending requests die with it: a revoked admin's grant
                 // (whose credentials it holds) must not be approved later.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use crate::domain::TenantId;
 use crate::envelope;
 use crate::kms::{KeyContext, KeyPurpose, KmsError, UnsealProgress};
-use crate::store::{StoreError, WrappedKeyRecord};
+use crate::store::{Expect, StateChange, StateKind, StoreError, WrappedKeyRecord};
 use crate::vault::{Vault, VaultError};
 
 /// Records read per store page when walking a tenant.
@@ -193,6 +193,7 @@ impl Vault {
         self.ensure_unsealed()?;
         let version = self.keys.rotate(tenant).await?;
         tracing::warn!(event = "dek_rotated", tenant = %tenant, version, "data key rotated");
+        self.announce_keys(tenant).await?;
         Ok(version)
     }
 
@@ -226,6 +227,7 @@ impl Vault {
         self.store.destroy_wrapped_key(&ctx).await?;
         self.keys.forget_dek(tenant, version);
         tracing::warn!(event = "dek_destroyed", tenant = %tenant, version, "data key destroyed");
+        self.announce_keys(tenant).await?;
         Ok(())
     }
 
@@ -330,6 +332,10 @@ impl Vault {
         let destroyed = self.store.destroy_wrapped_keys(tenant).await?;
         self.keys.forget_tenant(tenant);
         tracing::warn!(event = "tenant_shredded", tenant = %tenant, destroyed, "tenant keys destroyed");
+        // Other replicas still hold the tenant's keys unwrapped: they drop
+        // them when they see this. Failing it fails the shred, so the
+        // operator runs it again (it is idempotent).
+        self.announce_keys(tenant).await?;
         Ok(destroyed)
     }
 }
@@ -348,7 +354,55 @@ impl Vault {
         }
         self.store.delete_checkpoint(&marker).await?;
         tracing::warn!(event = "tenant_recreated", tenant = %tenant, "shredded tenant re-created");
+        self.announce_keys(tenant).await?;
         Ok(())
+    }
+
+    /// Tells the other replicas that `tenant`'s keys changed (rotated,
+    /// retired, shredded, re-created): each drops its cached keys and
+    /// current version of the tenant when its change feed shows this
+    /// (`crate::shared::feed`), and reads them again from the store.
+    async fn announce_keys(&self, tenant: &TenantId) -> Result<(), VaultError> {
+        self.store
+            .put_state(
+                StateKind::Signal,
+                &keys_signal(tenant),
+                Some(Vec::new()),
+                Expect::Any,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The signal naming a tenant whose keys changed.
+fn keys_signal(tenant: &TenantId) -> String {
+    format!("{KEYS_SIGNAL}{tenant}")
+}
+
+/// The prefix of key-change signals.
+const KEYS_SIGNAL: &str = "keys:";
+
+/// A replica's keyring follows key changes made by the others.
+#[async_trait::async_trait]
+impl crate::shared::feed::Follower for Vault {
+    fn kinds(&self) -> &'static [StateKind] {
+        &[StateKind::Signal]
+    }
+
+    async fn changed(&self, changes: &[StateChange]) {
+        for change in changes {
+            let Some(name) = change.key.strip_prefix(KEYS_SIGNAL) else {
+                continue;
+            };
+            match TenantId::from_stored(name) {
+                Ok(tenant) => {
+                    self.keys.forget_tenant(&tenant);
+                    tracing::info!(tenant = %tenant, "keys changed on another replica; cached keys dropped");
+                }
+                Err(_) => tracing::warn!("a key-change signal names no tenant"),
+            }
+        }
     }
 }
 

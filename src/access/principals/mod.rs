@@ -2,21 +2,28 @@
 //! at run time, minus the revoked ones.
 //!
 //! Authentication reads an immutable snapshot; `add` and `revoke` persist
-//! the change to `DATA_DIR/principals.json` (mode 0600, written atomically)
-//! and then swap the snapshot, so a revoked key stops working on the very
-//! next call, and stays revoked across restarts.
+//! the change and then swap the snapshot, so a revoked key stops working on
+//! the very next call, and stays revoked across restarts. A serving vault
+//! persists to the store's shared state ([`PrincipalBook::open_shared`]):
+//! every replica reads the same book and takes another replica's change
+//! when the change feed shows it ([`PrincipalBook::refresh`]). `tessera
+//! init`, which runs before a store exists, writes `principals.json`,
+//! which the first `serve` moves into the store.
+
+mod persist;
+mod stored;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-
-use serde::{Deserialize, Serialize};
+use std::sync::{Arc, RwLock};
 
 use crate::access::api_key::{self, ApiKeyRegistry, KeyHash, RegistryError};
 use crate::access::totp::TotpSecret;
 use crate::domain::{Principal, Role, TenantId};
 use crate::secret::SecretString;
+use crate::shared::Shared;
+use stored::BookFile;
+pub(crate) use stored::StoredPrincipal;
 
 /// The lineage entry of a principal whose creator was never recorded (added
 /// before creators were); no principal name can contain `<`.
@@ -148,100 +155,9 @@ pub enum BookError {
     /// No randomness for keys.
     #[error(transparent)]
     Rng(#[from] crate::csprng::RngError),
-}
-
-/// `principals.json`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BookFile {
-    added: Vec<StoredPrincipal>,
-    revoked: BTreeSet<String>,
-}
-
-/// A run-time principal as stored: in the principals file, and inside a
-/// pending grant in shared state (sealed there).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct StoredPrincipal {
-    name: String,
-    tenant: String,
-    roles: Vec<String>,
-    api_key_hash: Option<String>,
-    cert_identity: Option<String>,
-    /// Base32; the server must read it to verify codes, so it is kept in
-    /// this 0600 file rather than hashed.
-    totp_secret: Option<String>,
-    /// Absent in files written before creation was recorded: such a
-    /// principal's creation time is unknown, so it is never an eligible
-    /// approver (it may have been minted by one admin alone).
-    #[serde(default = "unknown_creation")]
-    created_at_ms: u64,
-    #[serde(default)]
-    created_by: Option<String>,
-}
-
-/// The creation time of a principal added before creation was recorded.
-fn unknown_creation() -> u64 {
-    u64::MAX
-}
-
-impl StoredPrincipal {
-    pub(crate) fn from_entry(e: &PrincipalEntry) -> Self {
-        Self {
-            name: e.principal.name.clone(),
-            tenant: e.principal.tenant.as_str().to_owned(),
-            roles: e
-                .principal
-                .roles
-                .iter()
-                .map(|r| r.name().to_owned())
-                .collect(),
-            api_key_hash: e.key_hash.as_ref().map(KeyHash::to_config_string),
-            cert_identity: e.cert_identity.clone(),
-            totp_secret: e
-                .totp
-                .as_ref()
-                .map(|t| t.to_base32().expose_secret().to_owned()),
-            created_at_ms: e.created_at_ms,
-            created_by: e.created_by.clone(),
-        }
-    }
-
-    pub(crate) fn into_entry(self) -> Result<PrincipalEntry, String> {
-        let tenant = TenantId::from_stored(&self.tenant).map_err(|e| e.to_string())?;
-        let roles = self
-            .roles
-            .iter()
-            .map(|r| Role::parse(r))
-            .collect::<Result<BTreeSet<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let key_hash = self
-            .api_key_hash
-            .as_deref()
-            .map(|h| KeyHash::parse(h).ok_or("bad api_key_hash"))
-            .transpose()?;
-        let totp = self
-            .totp_secret
-            .as_deref()
-            .map(|s| {
-                TotpSecret::from_base32(s)
-                    .map(Arc::new)
-                    .ok_or("bad totp_secret")
-            })
-            .transpose()?;
-        Ok(PrincipalEntry {
-            principal: Principal {
-                name: self.name,
-                tenant,
-                roles,
-            },
-            key_hash,
-            cert_identity: self.cert_identity,
-            totp,
-            created_at_ms: self.created_at_ms,
-            created_by: self.created_by,
-        })
-    }
+    /// The shared book could not be read or written.
+    #[error("principals in shared state: {0}")]
+    Shared(String),
 }
 
 /// What authentication reads: rebuilt on every change.
@@ -267,17 +183,32 @@ struct BookState {
     added: Vec<PrincipalEntry>,
     revoked: BTreeSet<String>,
     snapshot: Arc<Snapshot>,
+    /// The shared entry's version this state came from (0: none).
+    version: u64,
+    /// The book's generation (see `BookFile::generation`).
+    generation: u64,
+}
+
+/// Where the run-time part of the book is kept.
+#[derive(Debug)]
+enum Persistence {
+    /// Nowhere (tests, embedders).
+    Memory,
+    /// `principals.json` (written by `tessera init`, before a store exists).
+    File(PathBuf),
+    /// The store's shared state: every replica's book (see `persist`).
+    Shared(Shared),
 }
 
 /// The live principals.
 #[derive(Debug)]
 pub struct PrincipalBook {
     configured: Vec<PrincipalEntry>,
-    file: Option<PathBuf>,
+    persistence: Persistence,
     state: RwLock<BookState>,
-    /// Serializes changes, so the file write happens outside `state`'s
-    /// write lock and authentication never waits on an fsync.
-    writer: Mutex<()>,
+    /// Serializes changes, so the write happens outside `state`'s write
+    /// lock and authentication never waits on an fsync or the database.
+    writer: tokio::sync::Mutex<()>,
 }
 
 fn file_error(path: &Path, reason: impl std::fmt::Display) -> BookError {
@@ -287,45 +218,103 @@ fn file_error(path: &Path, reason: impl std::fmt::Display) -> BookError {
     }
 }
 
+/// How often a change is tried again after another replica changed the
+/// book first.
+const CHANGE_ATTEMPTS: usize = 8;
+
 impl PrincipalBook {
     /// The configured principals plus those in `file` (when given and
     /// present); changes are persisted to `file`.
     pub fn open(configured: Vec<PrincipalEntry>, file: Option<PathBuf>) -> Result<Self, BookError> {
         let stored = match &file {
-            Some(path) => match std::fs::read(path) {
-                Ok(bytes) => {
-                    serde_json::from_slice::<BookFile>(&bytes).map_err(|e| file_error(path, e))?
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => BookFile::default(),
-                Err(e) => return Err(file_error(path, e)),
-            },
+            Some(path) => persist::read_file(path)?,
             None => BookFile::default(),
         };
-        let added = stored
-            .added
-            .into_iter()
-            .map(|p| {
-                p.into_entry()
-                    .map_err(|e| file_error(file.as_deref().unwrap_or(Path::new("")), e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let persistence = match file {
+            Some(path) => Persistence::File(path),
+            None => Persistence::Memory,
+        };
+        Self::assemble(configured, persistence, stored, 0)
+    }
+
+    /// The configured principals plus the run-time ones in the store's
+    /// shared state, which every replica reads; changes are written there.
+    /// When the store has none yet and `import` (a principals file from
+    /// `tessera init` or an older version) exists, its principals are
+    /// moved into the store first.
+    pub async fn open_shared(
+        configured: Vec<PrincipalEntry>,
+        shared: Shared,
+        import: Option<&Path>,
+    ) -> Result<Self, BookError> {
+        let (version, stored) = persist::load_or_import(&shared, import).await?;
+        Self::assemble(configured, Persistence::Shared(shared), stored, version)
+    }
+
+    fn assemble(
+        configured: Vec<PrincipalEntry>,
+        persistence: Persistence,
+        stored: BookFile,
+        version: u64,
+    ) -> Result<Self, BookError> {
+        let generation = stored.generation;
+        let (added, revoked) = persist::entries(stored)?;
         let mut names = BTreeSet::new();
         for entry in configured.iter().chain(&added) {
             if !names.insert(entry.principal.name.clone()) {
                 return Err(BookError::NameTaken(entry.principal.name.clone()));
             }
         }
-        let snapshot = Arc::new(build_snapshot(&configured, &added, &stored.revoked)?);
+        let snapshot = Arc::new(build_snapshot(&configured, &added, &revoked)?);
         Ok(Self {
             configured,
-            file,
+            persistence,
             state: RwLock::new(BookState {
                 added,
-                revoked: stored.revoked,
+                revoked,
                 snapshot,
+                version,
+                generation,
             }),
-            writer: Mutex::new(()),
+            writer: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Takes the store's book when it is newer than the one held (another
+    /// replica changed it). A no-op unless the book is shared.
+    pub async fn refresh(&self) -> Result<(), BookError> {
+        let Persistence::Shared(shared) = &self.persistence else {
+            return Ok(());
+        };
+        let _writer = self.writer.lock().await;
+        let Some((version, stored)) = persist::load(shared).await? else {
+            return Ok(());
+        };
+        let held = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            (state.version, state.generation)
+        };
+        if version <= held.0 {
+            return Ok(());
+        }
+        if stored.generation < held.1 {
+            return Err(BookError::Shared(
+                "the stored principal book is older than the one this replica holds \
+                 (copied back in the database?); keeping this one"
+                    .into(),
+            ));
+        }
+        let generation = stored.generation;
+        let (added, revoked) = persist::entries(stored)?;
+        let snapshot = Arc::new(build_snapshot(&self.configured, &added, &revoked)?);
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = BookState {
+            added,
+            revoked,
+            snapshot,
+            version,
+            generation,
+        };
+        Ok(())
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -368,34 +357,72 @@ impl PrincipalBook {
             .any(|e| e.principal.name == name)
     }
 
-    /// Applies `change` to copies of the run-time principals, persists the
-    /// result and only then makes it live.
-    fn mutate(
+    /// Applies `change` to copies of the run-time principals (the store's
+    /// newest, when shared), persists the result and only then makes it
+    /// live. When another replica changed the shared book meanwhile, the
+    /// change is applied again to theirs.
+    async fn mutate(
         &self,
-        change: impl FnOnce(&mut Vec<PrincipalEntry>, &mut BTreeSet<String>) -> Result<(), BookError>,
+        mut change: impl FnMut(&mut Vec<PrincipalEntry>, &mut BTreeSet<String>) -> Result<(), BookError>,
     ) -> Result<(), BookError> {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut added, mut revoked) = {
-            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-            (state.added.clone(), state.revoked.clone())
-        };
-        change(&mut added, &mut revoked)?;
-        let snapshot = Arc::new(build_snapshot(&self.configured, &added, &revoked)?);
-        self.persist(&added, &revoked)?;
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        *state = BookState {
-            added,
-            revoked,
-            snapshot,
-        };
-        Ok(())
+        let _writer = self.writer.lock().await;
+        for _ in 0..CHANGE_ATTEMPTS {
+            let (mut added, mut revoked, version, generation) = match &self.persistence {
+                Persistence::Shared(shared) => match persist::load(shared).await? {
+                    Some((version, stored)) => {
+                        let generation = stored.generation;
+                        let (added, revoked) = persist::entries(stored)?;
+                        (added, revoked, version, generation)
+                    }
+                    None => (Vec::new(), BTreeSet::new(), 0, 0),
+                },
+                _ => {
+                    let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+                    (
+                        state.added.clone(),
+                        state.revoked.clone(),
+                        state.version,
+                        state.generation,
+                    )
+                }
+            };
+            change(&mut added, &mut revoked)?;
+            let snapshot = Arc::new(build_snapshot(&self.configured, &added, &revoked)?);
+            let generation = generation.saturating_add(1);
+            let file = persist::book_file(&added, &revoked, generation);
+            let version = match &self.persistence {
+                Persistence::Memory => version,
+                Persistence::File(path) => {
+                    persist::write_file(path, &file)?;
+                    version
+                }
+                Persistence::Shared(shared) => {
+                    match persist::store(shared, &file, version).await? {
+                        Some(version) => version,
+                        // Another replica changed it first: again, on theirs.
+                        None => continue,
+                    }
+                }
+            };
+            *self.state.write().unwrap_or_else(|p| p.into_inner()) = BookState {
+                added,
+                revoked,
+                snapshot,
+                version,
+                generation,
+            };
+            return Ok(());
+        }
+        Err(BookError::Shared(
+            "other replicas kept changing the principal book; retry".into(),
+        ))
     }
 
     /// Creates a principal with a fresh API key (and a TOTP secret for the
     /// admin, audit and operator roles), persists it and makes it live.
-    pub fn add(&self, new: NewPrincipal) -> Result<IssuedCredentials, BookError> {
+    pub async fn add(&self, new: NewPrincipal) -> Result<IssuedCredentials, BookError> {
         let (entry, issued) = self.issue(new)?;
-        self.insert(entry)?;
+        self.insert(entry).await?;
         Ok(issued)
     }
 
@@ -451,7 +478,7 @@ impl PrincipalBook {
     }
 
     /// Makes an issued principal live (persisted first).
-    pub fn insert(&self, entry: PrincipalEntry) -> Result<(), BookError> {
+    pub async fn insert(&self, entry: PrincipalEntry) -> Result<(), BookError> {
         self.mutate(|added, revoked| {
             self.check_free(
                 added,
@@ -459,9 +486,10 @@ impl PrincipalBook {
                 &entry.principal.name,
                 entry.cert_identity.as_deref(),
             )?;
-            added.push(entry);
+            added.push(entry.clone());
             Ok(())
         })
+        .await
     }
 
     /// Refuses a name that exists or existed, and a bound identity.
@@ -488,7 +516,7 @@ impl PrincipalBook {
     }
 
     /// Revokes `name`: every credential of it stops working now.
-    pub fn revoke(&self, name: &str) -> Result<(), BookError> {
+    pub async fn revoke(&self, name: &str) -> Result<(), BookError> {
         self.mutate(|added, revoked| {
             if !self.exists(added, name) {
                 return Err(BookError::NotFound(name.to_owned()));
@@ -496,6 +524,7 @@ impl PrincipalBook {
             revoked.insert(name.to_owned());
             Ok(())
         })
+        .await
     }
 
     /// The principal named `name`, revoked or not.
@@ -552,41 +581,19 @@ impl PrincipalBook {
             })
             .collect()
     }
+}
 
-    /// Writes the run-time part atomically: temp file, fsync, rename.
-    fn persist(
-        &self,
-        added: &[PrincipalEntry],
-        revoked: &BTreeSet<String>,
-    ) -> Result<(), BookError> {
-        let Some(path) = &self.file else {
-            return Ok(());
-        };
-        let file = BookFile {
-            added: added.iter().map(StoredPrincipal::from_entry).collect(),
-            revoked: revoked.clone(),
-        };
-        let bytes = zeroize::Zeroizing::new(
-            serde_json::to_vec_pretty(&file).map_err(|e| file_error(path, e))?,
-        );
-        let tmp = path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| file_error(path, e))
+/// A replica's book follows the changes other replicas make to theirs.
+#[async_trait::async_trait]
+impl crate::shared::feed::Follower for PrincipalBook {
+    fn kinds(&self) -> &'static [crate::store::StateKind] {
+        &[crate::store::StateKind::Principal]
+    }
+
+    async fn changed(&self, _: &[crate::store::StateChange]) {
+        if let Err(e) = self.refresh().await {
+            tracing::error!(error = %e, "principals changed on another replica could not be read");
+        }
     }
 }
 
@@ -639,14 +646,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn added_principals_authenticate_and_survive_reopening() {
+    #[tokio::test]
+    async fn added_principals_authenticate_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(FILE_NAME);
         let book = PrincipalBook::open(Vec::new(), Some(file.clone())).unwrap();
-        let pos = book.add(new("pos", &[Role::Tokenize])).unwrap();
+        let pos = book.add(new("pos", &[Role::Tokenize])).await.unwrap();
         assert!(pos.totp.is_none());
-        let admin = book.add(new("ops", &[Role::Admin])).unwrap();
+        let admin = book.add(new("ops", &[Role::Admin])).await.unwrap();
         assert!(admin.totp.is_some());
         let key = pos.api_key.expose_secret().to_owned();
         assert_eq!(book.authenticate_key(&key).unwrap().name, "pos");
@@ -668,14 +675,14 @@ mod tests {
         assert_eq!(reopened.totp("ops").unwrap().code_at(42), code_before);
     }
 
-    #[test]
-    fn revocation_is_immediate_and_persistent() {
+    #[tokio::test]
+    async fn revocation_is_immediate_and_persistent() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(FILE_NAME);
         let book = PrincipalBook::open(Vec::new(), Some(file.clone())).unwrap();
-        let pos = book.add(new("pos", &[Role::Tokenize])).unwrap();
+        let pos = book.add(new("pos", &[Role::Tokenize])).await.unwrap();
         let key = pos.api_key.expose_secret().to_owned();
-        book.revoke("pos").unwrap();
+        book.revoke("pos").await.unwrap();
         assert!(book.authenticate_key(&key).is_none());
         assert!(
             book.authenticate_cert(&["spiffe://tessera/pos".into()])
@@ -683,10 +690,13 @@ mod tests {
         );
         assert!(book.get("pos").unwrap().revoked);
         assert!(matches!(
-            book.add(new("pos", &[Role::Tokenize])),
+            book.add(new("pos", &[Role::Tokenize])).await,
             Err(BookError::NameTaken(_))
         ));
-        assert!(matches!(book.revoke("ghost"), Err(BookError::NotFound(_))));
+        assert!(matches!(
+            book.revoke("ghost").await,
+            Err(BookError::NotFound(_))
+        ));
         let reopened = PrincipalBook::open(Vec::new(), Some(file)).unwrap();
         assert!(reopened.authenticate_key(&key).is_none());
     }
@@ -694,8 +704,8 @@ mod tests {
     /// Review finding: principals added before creation was recorded loaded
     /// as "created at 0 by nobody", i.e. as eligible as configured ones,
     /// although one admin may have minted them alone.
-    #[test]
-    fn principals_from_before_creation_records_are_never_eligible() {
+    #[tokio::test]
+    async fn principals_from_before_creation_records_are_never_eligible() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(FILE_NAME);
         let key = api_key::generate().unwrap();
@@ -715,15 +725,15 @@ mod tests {
         assert_eq!(book.lineage("old-admin"), vec![UNKNOWN_CREATOR.to_owned()]);
     }
 
-    #[test]
-    fn lineage_follows_creators() {
+    #[tokio::test]
+    async fn lineage_follows_creators() {
         let book = PrincipalBook::open(Vec::new(), None).unwrap();
         let mut m1 = new("m1", &[Role::Admin]);
         m1.created_by = Some("alice".into());
-        book.add(m1).unwrap();
+        book.add(m1).await.unwrap();
         let mut m2 = new("m2", &[Role::Admin]);
         m2.created_by = Some("m1".into());
-        book.add(m2).unwrap();
+        book.add(m2).await.unwrap();
         assert_eq!(
             book.lineage("m2"),
             vec!["m1".to_owned(), "alice".to_owned()]
@@ -733,11 +743,11 @@ mod tests {
 
     /// Finding 14: a multi-SAN certificate whose SANs two principals
     /// claim authenticates as neither.
-    #[test]
-    fn a_certificate_naming_two_principals_names_none() {
+    #[tokio::test]
+    async fn a_certificate_naming_two_principals_names_none() {
         let book = PrincipalBook::open(Vec::new(), None).unwrap();
-        book.add(new("a", &[Role::Tokenize])).unwrap();
-        book.add(new("b", &[Role::Tokenize])).unwrap();
+        book.add(new("a", &[Role::Tokenize])).await.unwrap();
+        book.add(new("b", &[Role::Tokenize])).await.unwrap();
         let both = [
             "spiffe://tessera/a".to_owned(),
             "spiffe://tessera/b".to_owned(),
@@ -747,30 +757,135 @@ mod tests {
         assert_eq!(book.authenticate_cert(&one).unwrap().name, "a");
     }
 
-    #[test]
-    fn roles_stay_in_their_scope() {
+    #[tokio::test]
+    async fn roles_stay_in_their_scope() {
         let book = PrincipalBook::open(Vec::new(), None).unwrap();
         assert!(matches!(
-            book.add(new("op", &[Role::Operator])),
+            book.add(new("op", &[Role::Operator])).await,
             Err(BookError::RoleOutOfScope(Role::Operator))
         ));
         let mut op = new("op", &[Role::Operator, Role::Audit]);
         op.tenant = TenantId::system();
-        assert!(book.add(op).is_ok());
+        assert!(book.add(op).await.is_ok());
         let mut admin = new("sysadmin", &[Role::Admin]);
         admin.tenant = TenantId::system();
         assert!(matches!(
-            book.add(admin),
+            book.add(admin).await,
             Err(BookError::RoleOutOfScope(Role::Admin))
         ));
     }
 
-    #[test]
-    fn duplicate_identities_are_refused() {
+    #[tokio::test]
+    async fn duplicate_identities_are_refused() {
         let book = PrincipalBook::open(Vec::new(), None).unwrap();
-        book.add(new("a", &[Role::Tokenize])).unwrap();
+        book.add(new("a", &[Role::Tokenize])).await.unwrap();
         let mut b = new("b", &[Role::Tokenize]);
         b.cert_identity = Some("spiffe://tessera/a".into());
-        assert!(matches!(book.add(b), Err(BookError::IdentityTaken(_))));
+        assert!(matches!(
+            book.add(b).await,
+            Err(BookError::IdentityTaken(_))
+        ));
+    }
+
+    fn shared_over(store: &Arc<crate::store::memory::MemoryStore>) -> Shared {
+        let store: Arc<dyn crate::store::Store> = store.clone();
+        Shared::new(
+            store,
+            Arc::new(crate::shared::seal::StateSeal::new(
+                crate::secret::DataKey::from_bytes([9; 32]),
+            )),
+        )
+    }
+
+    /// Two replicas' books over one store: what one adds or revokes, the
+    /// other takes on its next refresh (the change feed calls it); changes
+    /// made on both at once both land.
+    #[tokio::test]
+    async fn replicas_share_one_book() {
+        let store = Arc::new(crate::store::memory::MemoryStore::new());
+        let a = PrincipalBook::open_shared(Vec::new(), shared_over(&store), None)
+            .await
+            .unwrap();
+        let b = PrincipalBook::open_shared(Vec::new(), shared_over(&store), None)
+            .await
+            .unwrap();
+        let pos = a.add(new("pos", &[Role::Tokenize])).await.unwrap();
+        let key = pos.api_key.expose_secret().to_owned();
+        assert!(b.authenticate_key(&key).is_none(), "not refreshed yet");
+        b.refresh().await.unwrap();
+        assert_eq!(b.authenticate_key(&key).unwrap().name, "pos");
+        // b adds without having seen a's next change: applied to a's book.
+        a.add(new("till", &[Role::Tokenize])).await.unwrap();
+        b.add(new("ops", &[Role::Admin])).await.unwrap();
+        a.refresh().await.unwrap();
+        let names: Vec<String> = a.list().into_iter().map(|s| s.principal.name).collect();
+        assert_eq!(names, ["pos", "till", "ops"]);
+        // A name taken on one replica is taken on the other.
+        assert!(matches!(
+            b.add(new("till", &[Role::Tokenize])).await,
+            Err(BookError::NameTaken(_))
+        ));
+        b.revoke("pos").await.unwrap();
+        assert!(a.authenticate_key(&key).is_some(), "until a refreshes");
+        a.refresh().await.unwrap();
+        assert!(a.authenticate_key(&key).is_none());
+        // A restarted replica reads the same book.
+        let c = PrincipalBook::open_shared(Vec::new(), shared_over(&store), None)
+            .await
+            .unwrap();
+        assert!(c.get("pos").unwrap().revoked);
+    }
+
+    /// Someone with write access to the database copies an older sealed
+    /// book back (from before a revocation). It opens (it was sealed with
+    /// the right key) but is older than what the replica holds: refused.
+    #[tokio::test]
+    async fn an_older_book_copied_back_is_refused() {
+        use crate::store::{Expect, StateKind, StateStore};
+        let store = Arc::new(crate::store::memory::MemoryStore::new());
+        let a = PrincipalBook::open_shared(Vec::new(), shared_over(&store), None)
+            .await
+            .unwrap();
+        let pos = a.add(new("pos", &[Role::Tokenize])).await.unwrap();
+        let key = pos.api_key.expose_secret().to_owned();
+        let before = store
+            .state(StateKind::Principal, "book")
+            .await
+            .unwrap()
+            .unwrap();
+        a.revoke("pos").await.unwrap();
+        store
+            .put_state(
+                StateKind::Principal,
+                "book",
+                Some(before.value),
+                Expect::Any,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(a.refresh().await, Err(BookError::Shared(_))));
+        assert!(a.authenticate_key(&key).is_none(), "still revoked");
+    }
+
+    /// `tessera init` writes the principals file before any store exists;
+    /// the first replica moves it into the store, and it is read from there.
+    #[tokio::test]
+    async fn a_principals_file_is_moved_into_the_store_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        let offline = PrincipalBook::open(Vec::new(), Some(file.clone())).unwrap();
+        let pos = offline.add(new("pos", &[Role::Tokenize])).await.unwrap();
+        let key = pos.api_key.expose_secret().to_owned();
+        let store = Arc::new(crate::store::memory::MemoryStore::new());
+        let a = PrincipalBook::open_shared(Vec::new(), shared_over(&store), Some(&file))
+            .await
+            .unwrap();
+        assert_eq!(a.authenticate_key(&key).unwrap().name, "pos");
+        a.revoke("pos").await.unwrap();
+        // The file still lists pos live; the store wins.
+        let b = PrincipalBook::open_shared(Vec::new(), shared_over(&store), Some(&file))
+            .await
+            .unwrap();
+        assert!(b.authenticate_key(&key).is_none());
     }
 }
