@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::access::approvals::Approvals;
 use crate::access::principals::{self, BookError, PrincipalBook};
+use crate::access::shared_locks::{LockSync, LockTaker};
 use crate::audit::sink::AuditSink;
 use crate::clock::SystemClock;
 use crate::config::{Config, KmsBackend, PostgresSettings, PrincipalEntry, StoreBackend};
@@ -171,6 +172,8 @@ pub struct App {
     pub auth: Arc<Authenticator>,
     /// Pending dual-control approvals.
     pub approvals: Arc<Approvals>,
+    /// What replicas share through the store.
+    pub shared: Shared,
     /// TLS for the listener (`None`: plaintext, dev on loopback only).
     pub tls: Option<crate::tls::TlsSettings>,
     /// The change-feed poller (replicas on PostgreSQL), stopped with the
@@ -240,6 +243,13 @@ impl App {
                 )));
             }
         };
+        if config.state_key.create && matches!(config.store, StoreBackend::Postgres(_)) {
+            tracing::warn!(
+                file = %config.state_key.path.display(),
+                "shared state is sealed with a key made in this data directory; other replicas \
+                 need the same file (access.state_key_file), or they cannot read this one's state"
+            );
+        }
         let seal = if config.state_key.create {
             StateSeal::load_or_create(&config.state_key.path)?
         } else {
@@ -265,11 +275,15 @@ impl App {
         let vault = Arc::new(vault);
         // Replicas on one database pick up each other's changes; an
         // embedded store has one replica, whose changes are already live.
+        let auth = Arc::new(
+            Authenticator::with_limits(book.clone(), config.limits.clone(), config.otp_step)
+                .with_shared_sessions(shared.clone()),
+        );
         let feed = match &config.store {
             StoreBackend::Postgres(_) => {
-                let (book_follower, vault_follower): (Arc<dyn Follower>, Arc<dyn Follower>) =
-                    (book.clone(), vault.clone());
-                let followers = vec![book_follower, vault_follower];
+                let guard: Arc<dyn LockTaker> = auth.clone();
+                let locks = LockSync::new(Arc::clone(auth.guard().outbox()), guard, shared.clone());
+                let followers: Vec<Arc<dyn Follower>> = vec![book, vault.clone(), Arc::new(locks)];
                 Some(Arc::new(FeedTask(feed::spawn(
                     Arc::clone(vault.store()),
                     followers,
@@ -281,12 +295,9 @@ impl App {
         Ok(Self {
             vault,
             feed,
-            auth: Arc::new(Authenticator::with_limits(
-                book,
-                config.limits.clone(),
-                config.otp_step,
-            )),
-            approvals: Arc::new(Approvals::new(config.approval_window, shared)),
+            auth,
+            approvals: Arc::new(Approvals::new(config.approval_window, shared.clone())),
+            shared,
             tls: config.tls.clone(),
         })
     }
@@ -302,8 +313,11 @@ impl App {
         let shared = Shared::new(Arc::clone(vault.store()), Arc::new(StateSeal::new(key)));
         Self {
             vault: Arc::new(vault),
-            auth: Arc::new(Authenticator::new(Arc::new(principals))),
-            approvals: Arc::new(Approvals::new(DEFAULT_APPROVAL_WINDOW, shared)),
+            auth: Arc::new(
+                Authenticator::new(Arc::new(principals)).with_shared_sessions(shared.clone()),
+            ),
+            approvals: Arc::new(Approvals::new(DEFAULT_APPROVAL_WINDOW, shared.clone())),
+            shared,
             tls: None,
             feed: None,
         }
@@ -314,11 +328,14 @@ impl App {
     pub fn with_otp_step(self, step: Duration) -> Self {
         let principals = Arc::clone(self.auth.principals());
         Self {
-            auth: Arc::new(Authenticator::with_limits(
-                principals,
-                crate::access::limits::LimitsConfig::default(),
-                step,
-            )),
+            auth: Arc::new(
+                Authenticator::with_limits(
+                    principals,
+                    crate::access::limits::LimitsConfig::default(),
+                    step,
+                )
+                .with_shared_sessions(self.shared.clone()),
+            ),
             ..self
         }
     }

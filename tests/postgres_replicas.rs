@@ -362,3 +362,61 @@ async fn a_data_key_rotated_on_one_replica_seals_the_other_replicas_new_records(
     .await;
     eprintln!("rotated on A, sealing on B after {seen:?}");
 }
+
+/// The emergency brake stops the vault, not one replica: a seal on A seals
+/// B within the bound (each then needs its own unseal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_on_one_replica_seals_the_other() {
+    let pair = Pair::start().await;
+    let mut pos_b = pair.b.client("pos").await;
+    let request = || v1::TokenizeRequest {
+        pan: test_pan(9, 1),
+        ..Default::default()
+    };
+    pos_b.tokenize(request()).await.unwrap();
+    let mut operator_a =
+        KeyAdminClient::with_interceptor(pair.a.channel().await, pair.a.admin_auth("operator"));
+    operator_a.seal(v1::SealRequest {}).await.unwrap();
+    let seen = within_bound("a seal on A, on B", || {
+        let mut pos_b = pos_b.clone();
+        async move {
+            pos_b
+                .tokenize(request())
+                .await
+                .is_err_and(|s| s.code() == Code::Unavailable)
+        }
+    })
+    .await;
+    eprintln!("sealed on A, sealed on B after {seen:?}");
+}
+
+/// A second factor locked on A after wrong codes is locked on B within the
+/// bound: guesses spread over replicas do not each get a fresh count once
+/// a lock is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_taken_on_one_replica_holds_on_the_other() {
+    let pair = Pair::start().await;
+    // admin's key with admin2's second factor: every code is wrong.
+    let wrong = OtpAuth::new(&pair.a.api_key("admin"), &pair.a.totp_secret("admin2"));
+    let mut guessing = KeyAdminClient::with_interceptor(pair.a.channel().await, wrong);
+    for _ in 0..10 {
+        let status = guessing
+            .get_status(v1::GetStatusRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    let channel_b = pair.b.channel().await;
+    let right = pair.b.admin_auth("admin");
+    let seen = within_bound("a second factor locked on A, on B", || {
+        let mut admin_b = KeyAdminClient::with_interceptor(channel_b.clone(), right.clone());
+        async move {
+            admin_b
+                .get_status(v1::GetStatusRequest::default())
+                .await
+                .is_err_and(|s| s.message().contains("locked"))
+        }
+    })
+    .await;
+    eprintln!("locked on A, locked on B after {seen:?}");
+}

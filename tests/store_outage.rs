@@ -193,7 +193,7 @@ impl StateStore for Switchable {
 impl Engine for Switchable {
     async fn commit(&self, batch: Arc<WriteBatch>) -> Result<(), CommitError> {
         self.check()?;
-        if !batch.audit.is_empty() && self.audit_down.load(Ordering::SeqCst) {
+        if batch.audit.tail_from().is_some() && self.audit_down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected audit outage".into()).into());
         }
         self.inner.commit(batch).await

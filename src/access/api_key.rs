@@ -137,7 +137,12 @@ impl ApiKeyRegistry {
         Ok(())
     }
 
-    /// Number of registered keys.
+    /// Whether a key with this public id is registered.
+    pub fn has_id(&self, key_id: &str) -> bool {
+        self.by_id.contains_key(key_id)
+    }
+
+    /// How many keys are registered.
     pub fn len(&self) -> usize {
         self.by_id.len()
     }

@@ -143,6 +143,10 @@ pub enum ApprovalError {
     /// The approver was created after the request, or by the requester.
     #[error("this approver is not eligible: it {0}")]
     Ineligible(&'static str),
+    /// The requester was revoked since it filed the request: a grant it
+    /// filed would hand it a principal whose credentials it holds.
+    #[error("the principal who requested this was revoked; the request is dropped")]
+    RequesterRevoked,
     /// The shared store failed; `retryable` when a retry may succeed.
     #[error("pending approvals are unavailable: {reason}")]
     Unavailable {
@@ -251,15 +255,33 @@ impl Approvals {
         Self { window, shared }
     }
 
-    /// Every stored request, lapsed ones included.
+    /// Every stored request, lapsed ones included. A request that does not
+    /// open or decode (edited in the database) is left out with an alert,
+    /// so it cannot block listing, filing or dropping the others; approving
+    /// it by id fails.
     async fn all(&self) -> Result<Vec<(u64, Pending)>, ApprovalError> {
         let mut out = Vec::new();
-        for (id, version, stored) in self
+        for (id, entry) in self
             .shared
-            .list::<StoredPending>(StateKind::Approval)
-            .await?
+            .store()
+            .states(StateKind::Approval)
+            .await
+            .map_err(SharedError::from)?
         {
-            out.push((version, stored.into_pending(id)?));
+            let opened = self
+                .shared
+                .open::<StoredPending>(StateKind::Approval, &id, &entry.value)
+                .map_err(ApprovalError::from)
+                .and_then(|stored| stored.into_pending(id.clone()));
+            match opened {
+                Ok(pending) => out.push((entry.version, pending)),
+                Err(e) => tracing::error!(
+                    alert = "shared_state_unreadable",
+                    approval = %id,
+                    error = %e,
+                    "a pending approval in the store does not open; ignored"
+                ),
+            }
         }
         Ok(out)
     }
@@ -348,6 +370,8 @@ impl Approvals {
     }
 
     /// Approves `id` on behalf of `approver`; returns the action to run.
+    /// A request whose requester is no longer live (`requester_live` says
+    /// no: revoked, perhaps on another replica) is dropped and refused.
     /// `runnable` may still refuse it (for example while sealed), and then
     /// the request stays pending.
     pub async fn approve(
@@ -355,6 +379,7 @@ impl Approvals {
         id: &str,
         approver: &Approver<'_>,
         now_ms: u64,
+        requester_live: impl FnOnce(&str) -> bool,
         runnable: impl FnOnce(&DualControlAction) -> bool,
     ) -> Result<Option<Pending>, ApprovalError> {
         let Some((version, stored)) = self
@@ -369,6 +394,10 @@ impl Approvals {
             return Err(ApprovalError::NotFound);
         }
         eligible(&entry, approver)?;
+        if !requester_live(&entry.requested_by) {
+            self.take(id, version).await?;
+            return Err(ApprovalError::RequesterRevoked);
+        }
         if !runnable(&entry.action) {
             return Ok(None);
         }
@@ -497,7 +526,7 @@ mod tests {
         id: &str,
         who: &Approver<'_>,
     ) -> Result<Pending, ApprovalError> {
-        a.approve(id, who, 1_001, |_| true)
+        a.approve(id, who, 1_001, |_| true, |_| true)
             .await
             .map(|p| p.unwrap())
     }
@@ -656,7 +685,7 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            a.approve(&p.id, &configured("bob", &t), 1_001, |_| false)
+            a.approve(&p.id, &configured("bob", &t), 1_001, |_| true, |_| false)
                 .await
                 .unwrap()
                 .is_none()
@@ -831,5 +860,37 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    /// Review finding: a grant filed by an admin revoked since (perhaps on
+    /// another replica, whose drop of its requests failed or raced) could
+    /// still be approved, making live a principal whose credentials the
+    /// revoked admin holds.
+    #[tokio::test]
+    async fn a_revoked_requesters_request_cannot_be_approved() {
+        let t = tenant("t");
+        let a = approvals(Duration::from_secs(60));
+        let p = a
+            .request(
+                DualControlAction::RotateMasterKey,
+                "alice",
+                Vec::new(),
+                &t,
+                10,
+            )
+            .await
+            .unwrap();
+        let refused = a
+            .approve(
+                &p.id,
+                &configured("bob", &t),
+                1_001,
+                |name| name != "alice",
+                |_| true,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused, ApprovalError::RequesterRevoked);
+        assert!(a.list(&t, 1_001).await.unwrap().is_empty(), "dropped");
     }
 }

@@ -23,12 +23,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use crate::access::anomaly::Anomaly;
 pub use crate::access::anomaly::network_of;
 use crate::access::anomaly::{KnownNetworks, VolumeBaseline, VolumeRule};
+use crate::access::shared_locks::{LockTaker, LockTarget, Outbox, SharedLock, instant_of};
 
 /// Lock ids of second factors are this prefix and the principal's name
 /// (API key ids are hex, so the two never collide).
@@ -193,6 +194,9 @@ fn failure_network(ip: IpAddr) -> String {
 pub struct Guard {
     config: LimitsConfig,
     state: Mutex<State>,
+    /// Locks taken and lifted here, for the other replicas
+    /// ([`crate::access::shared_locks`]).
+    outbox: Arc<Outbox>,
 }
 
 impl Guard {
@@ -201,7 +205,18 @@ impl Guard {
         Self {
             config,
             state: Mutex::default(),
+            outbox: Arc::default(),
         }
+    }
+
+    /// The locks this guard took or lifted, waiting to be shared.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// How long a credential lock lasts.
+    pub fn lockout(&self) -> Duration {
+        self.config.lockout
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -301,11 +316,14 @@ impl Guard {
             .locked_principals
             .remove(name)
             .is_some_and(|until| until.is_none_or(|t| now < t));
+        let otp_lock = format!("{OTP_LOCK_PREFIX}{name}");
         let second_factor = state
             .otp_failures
-            .remove(&format!("{OTP_LOCK_PREFIX}{name}"))
+            .remove(&otp_lock)
             .and_then(|f| f.locked_until)
             .is_some_and(|t| now < t);
+        self.outbox.unlocked(LockTarget::Principal(name.to_owned()));
+        self.outbox.unlocked(LockTarget::Credential(otp_lock));
         anomaly || second_factor
     }
 
@@ -403,6 +421,8 @@ impl Guard {
     fn lock(&self, state: &mut State, principal: &str) {
         let until = self.config.anomaly_lock.map(|d| Instant::now() + d);
         state.locked_principals.insert(principal.to_owned(), until);
+        self.outbox
+            .locked(LockTarget::Principal(principal.to_owned()), until);
     }
 
     /// Counts `n` successful detokenizes by `principal`; the anomaly when
@@ -472,6 +492,55 @@ impl Guard {
             self.lock(&mut state, principal);
         }
         Some(Anomaly::TokenEnumeration { locked })
+    }
+}
+
+/// Locks other replicas took or lifted apply here too; they are not noted
+/// for sharing again.
+impl LockTaker for Guard {
+    fn take_lock(&self, target: &LockTarget, lock: SharedLock) {
+        let until = match lock.until_ms {
+            Some(ms) => match instant_of(ms) {
+                Some(t) => Some(t),
+                // Already over.
+                None => return,
+            },
+            None => None,
+        };
+        let now = Instant::now();
+        let mut state = self.state();
+        match target {
+            LockTarget::Principal(name) => {
+                state.locked_principals.insert(name.clone(), until);
+            }
+            LockTarget::Credential(id) => {
+                // A credential lock always ends; one without an end is
+                // taken for the configured period.
+                let until = until.unwrap_or(now + self.config.lockout);
+                let map = if id.starts_with(OTP_LOCK_PREFIX) {
+                    &mut state.otp_failures
+                } else {
+                    &mut state.failures
+                };
+                let entry = map.entry(id.clone()).or_insert_with(|| Failures::new(now));
+                entry.count = entry.count.max(self.config.max_failed_auth);
+                entry.locked_until = Some(until);
+                entry.last = now;
+            }
+        }
+    }
+
+    fn lift_lock(&self, target: &LockTarget) {
+        let mut state = self.state();
+        match target {
+            LockTarget::Principal(name) => {
+                state.locked_principals.remove(name);
+            }
+            LockTarget::Credential(id) => {
+                state.otp_failures.remove(id);
+                state.failures.remove(id);
+            }
+        }
     }
 }
 

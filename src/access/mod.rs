@@ -17,6 +17,7 @@ pub mod limits;
 pub mod principals;
 pub mod refusals;
 pub mod sessions;
+pub mod shared_locks;
 pub mod totp;
 
 use crate::domain::{Principal, Role};

@@ -3,26 +3,32 @@
 //! so up to a 30 s wait, per call (DESIGN.md §5).
 //!
 //! - A session is `tss_<id>_<secret>` (64 random bits of id, 256 of
-//!   secret), shown once; the server keeps the secret's SHA-256 only and
+//!   secret), shown once; the vault keeps the secret's SHA-256 only and
 //!   compares in constant time.
 //! - It is bound to the principal that opened it: it stands in for the
 //!   second factor only next to that principal's API key or certificate.
 //! - It lasts `access.session_minutes` (default 15 minutes), can be deleted
 //!   (logout) and dies with its principal's revocation. A session never
 //!   opens another one, so its life is bounded by the code that opened it.
-//! - Sessions live in the server's memory: a restart ends them all.
-//!   At most [`MAX_PER_PRINCIPAL`] per principal (the oldest gives way)
-//!   and [`MAX_SESSIONS`] in all.
+//! - Sessions live in the store's shared state (sealed), so a session
+//!   opened on one replica works on the others and survives a restart.
+//!   Each call carrying a session reads that session from the store first
+//!   ([`Sessions::load`]), so a logout or a revocation on one replica
+//!   holds on every other at once. At most [`MAX_PER_PRINCIPAL`] per
+//!   principal (the oldest gives way) and [`MAX_SESSIONS`] in all.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::csprng::{self, RngError};
 use crate::secret::SecretString;
+use crate::shared::{Shared, SharedError};
+use crate::store::{Expect, StateKind, StoreError};
 
 /// Header carrying a session.
 pub const SESSION_HEADER: &str = "x-tessera-session";
@@ -37,16 +43,25 @@ const PREFIX: &str = "tss_";
 const ID_BYTES: usize = 8;
 const SECRET_BYTES: usize = 32;
 
-/// A session could not be opened.
+/// A session could not be opened or closed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
-    /// The server holds [`MAX_SESSIONS`].
+    /// The vault holds [`MAX_SESSIONS`].
     #[error("too many open sessions; retry later")]
     TooMany,
     /// No randomness.
     #[error(transparent)]
     Rng(#[from] RngError),
+    /// The shared store failed.
+    #[error("sessions are unavailable: {0}")]
+    Store(String),
+}
+
+impl From<SharedError> for SessionError {
+    fn from(e: SharedError) -> Self {
+        Self::Store(e.to_string())
+    }
 }
 
 /// A newly opened session.
@@ -59,19 +74,23 @@ pub struct OpenedSession {
     pub ttl: Duration,
 }
 
-#[derive(Debug)]
+/// A session as kept: in memory and, sealed, in shared state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Session {
-    secret_hash: [u8; 32],
+    /// SHA-256 of the secret, hex.
+    secret_hash: String,
     principal: String,
-    opened: Instant,
-    expires: Instant,
+    opened_ms: u64,
+    expires_ms: u64,
 }
 
-/// The open sessions of one server.
+/// The open sessions: this replica's view, and the shared store.
 #[derive(Debug)]
 pub struct Sessions {
     ttl: Duration,
     open: Mutex<HashMap<String, Session>>,
+    shared: Option<Shared>,
 }
 
 /// The id and secret of a well-formed token.
@@ -83,13 +102,34 @@ fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
+/// Wall-clock milliseconds: sessions are compared across processes.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl Sessions {
-    /// Sessions lasting `ttl`.
+    /// Sessions lasting `ttl`, kept in this process only (tests, embedders).
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
             open: Mutex::default(),
+            shared: None,
         }
+    }
+
+    /// Sessions lasting `ttl`, kept in `shared` for every replica.
+    pub fn shared(ttl: Duration, shared: Shared) -> Self {
+        Self {
+            shared: Some(shared),
+            ..Self::new(ttl)
+        }
+    }
+
+    /// How long a session lasts.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     fn open_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -98,8 +138,47 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Every live session, from the store when shared; expired ones found
+    /// there are deleted on the way (whichever replica sees them first).
+    async fn all(&self, now: u64) -> Result<Vec<(String, Session)>, SessionError> {
+        let all = match &self.shared {
+            Some(shared) => shared
+                .list::<Session>(StateKind::Session)
+                .await?
+                .into_iter()
+                .map(|(id, _, s)| (id, s))
+                .collect(),
+            None => self
+                .open_sessions()
+                .iter()
+                .map(|(id, s)| (id.clone(), s.clone()))
+                .collect::<Vec<_>>(),
+        };
+        let (live, expired): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|(_, s)| s.expires_ms > now);
+        for (id, _) in expired {
+            self.remove(&id).await?;
+        }
+        Ok(live)
+    }
+
+    /// Ends session `id` here and in the store.
+    async fn remove(&self, id: &str) -> Result<(), SessionError> {
+        self.open_sessions().remove(id);
+        if let Some(shared) = &self.shared {
+            match shared
+                .put::<Session>(StateKind::Session, id, None, Expect::Any)
+                .await
+            {
+                Ok(_) | Err(SharedError::Store(StoreError::Conflict)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Opens a session for `principal`.
-    pub fn open(&self, principal: &str) -> Result<OpenedSession, SessionError> {
+    pub async fn open(&self, principal: &str) -> Result<OpenedSession, SessionError> {
         let mut id = [0u8; ID_BYTES];
         let mut secret = zeroize::Zeroizing::new([0u8; SECRET_BYTES]);
         csprng::fill(&mut id)?;
@@ -108,36 +187,59 @@ impl Sessions {
             hex::encode(id),
             zeroize::Zeroizing::new(hex::encode(*secret)),
         );
-        let now = Instant::now();
-        let mut open = self.open_sessions();
-        open.retain(|_, s| s.expires > now);
-        let mine: Vec<(String, Instant)> = open
+        let now = now_ms();
+        let live = self.all(now).await?;
+        let mut mine: Vec<&(String, Session)> = live
             .iter()
             .filter(|(_, s)| s.principal == principal)
-            .map(|(id, s)| (id.clone(), s.opened))
             .collect();
-        if mine.len() >= MAX_PER_PRINCIPAL
-            && let Some((oldest, _)) = mine.iter().min_by_key(|(_, opened)| *opened)
-        {
-            open.remove(oldest);
+        mine.sort_by_key(|(_, s)| s.opened_ms);
+        let excess = (mine.len() + 1).saturating_sub(MAX_PER_PRINCIPAL);
+        for (oldest, _) in mine.iter().take(excess) {
+            self.remove(oldest).await?;
         }
-        if open.len() >= MAX_SESSIONS {
+        if live.len().saturating_sub(excess) >= MAX_SESSIONS {
             return Err(SessionError::TooMany);
         }
-        open.insert(
-            id.clone(),
-            Session {
-                secret_hash: hash(&secret),
-                principal: principal.to_owned(),
-                opened: now,
-                expires: now + self.ttl,
-            },
-        );
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let session = Session {
+            secret_hash: hex::encode(hash(&secret)),
+            principal: principal.to_owned(),
+            opened_ms: now,
+            expires_ms: now.saturating_add(ttl_ms),
+        };
+        if let Some(shared) = &self.shared {
+            shared
+                .put(StateKind::Session, &id, Some(&session), Expect::Absent)
+                .await?;
+        }
+        let mut open = self.open_sessions();
+        open.retain(|_, s| s.expires_ms > now);
+        open.insert(id.clone(), session);
         Ok(OpenedSession {
             token: SecretString::new(format!("{PREFIX}{id}_{}", secret.as_str())),
             id,
             ttl: self.ttl,
         })
+    }
+
+    /// Brings this replica's view of `token`'s session up to date from the
+    /// store (opened, closed or revoked on another replica). Called before
+    /// [`Self::verify`] on every call that carries a session; a store that
+    /// does not answer leaves the view as it was.
+    pub async fn load(&self, token: &str) {
+        let (Some(shared), Some((id, _))) = (&self.shared, split(token)) else {
+            return;
+        };
+        match shared.get::<Session>(StateKind::Session, id).await {
+            Ok(Some((_, session))) => {
+                self.open_sessions().insert(id.to_owned(), session);
+            }
+            Ok(None) => {
+                self.open_sessions().remove(id);
+            }
+            Err(e) => tracing::warn!(error = %e, "admin session could not be read from the store"),
+        }
     }
 
     /// Whether `token` is a live session of `principal`.
@@ -147,29 +249,42 @@ impl Sessions {
         };
         let presented = hash(secret);
         let open = self.open_sessions();
-        let Some(session) = open.get(id) else {
+        let stored = open
+            .get(id)
+            .and_then(|s| <[u8; 32]>::try_from(hex::decode(&s.secret_hash).ok()?).ok());
+        let Some((session, stored)) = open.get(id).zip(stored) else {
             // Same work as a hit, so an unknown id is not faster.
             let _ = presented.ct_eq(&[0u8; 32]);
             return false;
         };
-        let secret_ok: bool = presented.ct_eq(&session.secret_hash).into();
-        secret_ok && session.principal == principal && Instant::now() < session.expires
+        let secret_ok: bool = presented.ct_eq(&stored).into();
+        secret_ok && session.principal == principal && now_ms() < session.expires_ms
     }
 
     /// Ends `token` if it is a session of `principal`; whether it was open.
-    pub fn close(&self, token: &str, principal: &str) -> bool {
+    pub async fn close(&self, token: &str, principal: &str) -> Result<bool, SessionError> {
+        self.load(token).await;
         if !self.verify(token, principal) {
-            return false;
+            return Ok(false);
         }
-        split(token).is_some_and(|(id, _)| self.open_sessions().remove(id).is_some())
+        let Some((id, _)) = split(token) else {
+            return Ok(false);
+        };
+        self.remove(id).await?;
+        Ok(true)
     }
 
     /// Ends every session of `principal` (its revocation); how many.
-    pub fn close_all(&self, principal: &str) -> usize {
-        let mut open = self.open_sessions();
-        let before = open.len();
-        open.retain(|_, s| s.principal != principal);
-        before - open.len()
+    pub async fn close_all(&self, principal: &str) -> Result<usize, SessionError> {
+        let mut closed = 0;
+        for (id, session) in self.all(now_ms()).await? {
+            if session.principal == principal {
+                self.remove(&id).await?;
+                closed += 1;
+            }
+        }
+        self.open_sessions().retain(|_, s| s.principal != principal);
+        Ok(closed)
     }
 
     /// The public id of a well-formed token (for the audit log).
@@ -180,12 +295,25 @@ impl Sessions {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Arc;
 
-    #[test]
-    fn a_session_works_for_its_principal_until_closed() {
+    use super::*;
+    use crate::secret::DataKey;
+    use crate::shared::seal::StateSeal;
+    use crate::store::memory::MemoryStore;
+
+    fn shared(store: &Arc<MemoryStore>) -> Shared {
+        let store: Arc<dyn crate::store::Store> = store.clone();
+        Shared::new(
+            store,
+            Arc::new(StateSeal::new(DataKey::from_bytes([6; 32]))),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_session_works_for_its_principal_until_closed() {
         let s = Sessions::new(DEFAULT_SESSION_TTL);
-        let opened = s.open("alice").unwrap();
+        let opened = s.open("alice").await.unwrap();
         let token = opened.token.expose_secret();
         assert!(s.verify(token, "alice"));
         assert!(!s.verify(token, "bob"), "bound to the principal");
@@ -194,34 +322,69 @@ mod tests {
         forged.push(if last == '0' { '1' } else { '0' });
         assert!(!s.verify(&forged, "alice"), "a wrong secret");
         assert!(!s.verify("tss_garbage", "alice"));
-        assert!(s.close(token, "alice"));
+        assert!(s.close(token, "alice").await.unwrap());
         assert!(!s.verify(token, "alice"));
-        assert!(!s.close(token, "alice"));
+        assert!(!s.close(token, "alice").await.unwrap());
     }
 
-    #[test]
-    fn sessions_expire_and_die_with_their_principal() {
+    #[tokio::test]
+    async fn sessions_expire_and_die_with_their_principal() {
         let s = Sessions::new(Duration::from_millis(20));
-        let token = s.open("alice").unwrap().token;
-        std::thread::sleep(Duration::from_millis(40));
+        let token = s.open("alice").await.unwrap().token;
+        tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(!s.verify(token.expose_secret(), "alice"));
         let s = Sessions::new(DEFAULT_SESSION_TTL);
-        let token = s.open("alice").unwrap().token;
-        assert_eq!(s.close_all("alice"), 1);
+        let token = s.open("alice").await.unwrap().token;
+        assert_eq!(s.close_all("alice").await.unwrap(), 1);
         assert!(!s.verify(token.expose_secret(), "alice"));
     }
 
-    #[test]
-    fn a_principal_holds_a_bounded_number_of_sessions() {
+    #[tokio::test]
+    async fn a_principal_holds_a_bounded_number_of_sessions() {
         let s = Sessions::new(DEFAULT_SESSION_TTL);
-        let first = s.open("alice").unwrap().token;
+        let first = s.open("alice").await.unwrap().token;
         for _ in 0..MAX_PER_PRINCIPAL {
-            s.open("alice").unwrap();
+            s.open("alice").await.unwrap();
         }
         assert!(
             !s.verify(first.expose_secret(), "alice"),
             "the oldest gave way"
         );
         assert_eq!(s.open_sessions().len(), MAX_PER_PRINCIPAL);
+    }
+
+    /// Two replicas over one store: a session opened on one works on the
+    /// other once loaded (every call carrying it loads it), and a logout or
+    /// a revocation on one ends it on the other at the next call. The
+    /// store holds only the sealed hash, never the token.
+    #[tokio::test]
+    async fn replicas_share_sessions_and_their_end() {
+        let store = Arc::new(MemoryStore::new());
+        let a = Sessions::shared(DEFAULT_SESSION_TTL, shared(&store));
+        let b = Sessions::shared(DEFAULT_SESSION_TTL, shared(&store));
+        let token = a.open("alice").await.unwrap().token;
+        let token = token.expose_secret();
+        assert!(!b.verify(token, "alice"), "not loaded yet");
+        b.load(token).await;
+        assert!(b.verify(token, "alice"));
+        let stored = crate::store::StateStore::states(store.as_ref(), StateKind::Session)
+            .await
+            .unwrap();
+        let secret = token.rsplit('_').next().unwrap();
+        assert!(
+            !stored[0]
+                .1
+                .value
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes())
+        );
+        assert!(a.close(token, "alice").await.unwrap());
+        b.load(token).await;
+        assert!(!b.verify(token, "alice"), "logged out on a");
+        let again = a.open("alice").await.unwrap().token;
+        b.load(again.expose_secret()).await;
+        assert_eq!(b.close_all("alice").await.unwrap(), 1);
+        a.load(again.expose_secret()).await;
+        assert!(!a.verify(again.expose_secret(), "alice"), "revoked on b");
     }
 }

@@ -7,39 +7,27 @@
 //! whichever commit takes the lock first, the other chains after it.
 //!
 //! The committer remembers the end it last saw (its own last commit, or a
-//! read checked against the signed head). A log found ending before that
-//! end, or there with another event, was truncated or rewritten since;
-//! the step refuses it ([`CommitError::AuditRewound`]) rather than sign
-//! over the damage, and the committer checks the log again.
+//! read checked against the signed head). The store hands the step every
+//! event from that end on and the signed head; the step checks that they
+//! continue the known end (the event there unchanged, each later one
+//! linked and hashing right, the head naming an event it signed) before
+//! it signs a new head over them. A tail that does not, was truncated or
+//! rewritten since; the step refuses it ([`CommitError::AuditRewound`])
+//! rather than sign over the damage, and the committer checks the log
+//! again.
 
 use std::sync::{Arc, Mutex};
 
 use crate::audit::AuditEvent;
-use crate::audit::chain::{ChainHash, ChainedEvent, SignedHead};
+use crate::audit::chain::{ChainHash, ChainedEvent, SignedHead, hash_event};
 use crate::secret::DataKey;
-use crate::store::{AuditAppend, ChainStep, CommitError, StoreError};
+use crate::store::{AuditAppend, ChainStep, CommitError};
 
 /// Where the chain ends: the next position and the hash it links to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Tip {
     pub(super) next_seq: u64,
     pub(super) hash: ChainHash,
-}
-
-impl Tip {
-    /// The end of a log whose last event is `last` (`None`: empty).
-    fn after(last: Option<(u64, &[u8])>) -> Result<Self, StoreError> {
-        Ok(match last {
-            Some((seq, bytes)) => Self {
-                next_seq: seq.saturating_add(1),
-                hash: ChainedEvent::decode(bytes)?.hash,
-            },
-            None => Self {
-                next_seq: 0,
-                hash: [0; 32],
-            },
-        })
-    }
 }
 
 /// One submission's events and the key that signs the head after them.
@@ -103,13 +91,75 @@ impl BatchChain {
     }
 }
 
-impl ChainStep for BatchChain {
-    fn after(&self, last: Option<(u64, &[u8])>) -> Result<AuditAppend, CommitError> {
-        let mut tip = Tip::after(last)?;
+impl BatchChain {
+    /// Checks that `tail` continues the known end: its first event is the
+    /// known last one, and every later event links to the one before and
+    /// hashes to what it claims; and that the signed `head`, when it falls
+    /// within the tail, names an event there with its hash. Returns the
+    /// tail's end.
+    fn check_tail(&self, tail: &[(u64, Vec<u8>)], head: Option<&[u8]>) -> Result<Tip, CommitError> {
         let known = self.known;
-        if tip.next_seq < known.next_seq || (tip.next_seq == known.next_seq && tip != known) {
-            return Err(CommitError::AuditRewound);
+        let mut events = tail.iter();
+        let mut tip = if known.next_seq == 0 {
+            Tip {
+                next_seq: 0,
+                hash: [0; 32],
+            }
+        } else {
+            match events.next() {
+                Some((seq, bytes))
+                    if seq.saturating_add(1) == known.next_seq
+                        && ChainedEvent::decode(bytes).is_ok_and(|e| e.hash == known.hash) =>
+                {
+                    known
+                }
+                _ => return Err(CommitError::AuditRewound),
+            }
+        };
+        let mut hashes = Vec::with_capacity(tail.len());
+        for (seq, bytes) in events {
+            let event = ChainedEvent::decode(bytes).map_err(|_| CommitError::AuditRewound)?;
+            let links = *seq == tip.next_seq
+                && event.seq == *seq
+                && event.prev == tip.hash
+                && hash_event(event.seq, &event.prev, &event.event) == event.hash;
+            if !links {
+                return Err(CommitError::AuditRewound);
+            }
+            hashes.push((*seq, event.hash));
+            tip = Tip {
+                next_seq: seq.saturating_add(1),
+                hash: event.hash,
+            };
         }
+        // A head another replica signed within the tail must name an event
+        // there: a tail rewritten after it no longer does.
+        if let Some(bytes) = head {
+            let head = SignedHead::decode(bytes).map_err(|_| CommitError::AuditRewound)?;
+            if head.seq >= tip.next_seq {
+                return Err(CommitError::AuditRewound);
+            }
+            if let Some((_, hash)) = hashes.iter().find(|(seq, _)| *seq == head.seq)
+                && *hash != head.hash
+            {
+                return Err(CommitError::AuditRewound);
+            }
+        }
+        Ok(tip)
+    }
+}
+
+impl ChainStep for BatchChain {
+    fn tail_from(&self) -> u64 {
+        self.known.next_seq.saturating_sub(1)
+    }
+
+    fn after(
+        &self,
+        tail: &[(u64, Vec<u8>)],
+        head: Option<&[u8]>,
+    ) -> Result<AuditAppend, CommitError> {
+        let mut tip = self.check_tail(tail, head)?;
         let from = tip.next_seq;
         let mut append = AuditAppend {
             from,

@@ -303,7 +303,6 @@ impl Committer {
         mut replies: Vec<Reply>,
         refused: &mut Vec<(Reply, StoreError)>,
     ) {
-        let mut rewound = false;
         loop {
             if replies.is_empty() {
                 return;
@@ -361,25 +360,23 @@ impl Committer {
                         tip = None;
                     }
                 }
-                Err(CommitError::AuditRewound) if !rewound => {
-                    // The log ends before the end last seen: read it again,
-                    // checked against its signed head (a truncation shows
-                    // as Tampered), and chain after what is there.
-                    rewound = true;
-                    parts = chain
-                        .as_ref()
-                        .map(|c| c.parts().to_vec())
-                        .unwrap_or_default();
-                    self.tip = None;
-                    match self.tip().await {
-                        Ok(end) => tip = Some(end),
-                        Err(e) => {
-                            for reply in replies {
-                                let _ = reply.send(Err(WriteError::Audit(e.clone())));
-                            }
-                            return;
-                        }
+                Err(CommitError::AuditRewound) => {
+                    // The log no longer continues the end this committer
+                    // knows: truncated or rewritten behind its back (an
+                    // older head copied back can make that look intact to
+                    // a fresh read). The known end stays, so every later
+                    // batch is refused the same way until an operator
+                    // recovers the log (`recover`, which runs here).
+                    tracing::error!(
+                        alert = "audit_tampered",
+                        "the audit log does not continue the end this replica wrote or read; \
+                         appends refused until `tessera audit recover`"
+                    );
+                    self.tip = tip;
+                    for reply in replies {
+                        let _ = reply.send(Err(WriteError::Audit(AuditError::Tampered)));
                     }
+                    return;
                 }
                 Err(e) => {
                     // The store failed: read the end again next time.

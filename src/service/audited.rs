@@ -307,6 +307,12 @@ pub async fn authorize_call<T>(
     // A network that keeps failing authentication is refused before any
     // authentication work (SECURITY.md §5.6).
     let network_refused = peer.is_some_and(|ip| auth.guard().network_refused(ip));
+    // A session may have been opened, closed or revoked on another replica.
+    if let Some(session) = creds.session()
+        && !network_refused
+    {
+        auth.sessions().load(session).await;
+    }
     let mut result = if when_sealed == WhenSealed::Refuse && vault.is_sealed() {
         Err(Status::unavailable("the vault is sealed"))
     } else if network_refused {

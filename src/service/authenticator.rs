@@ -12,6 +12,7 @@ use crate::access::limits::{Guard, LimitsConfig, OTP_LOCK_PREFIX};
 use crate::access::principals::PrincipalBook;
 use crate::access::refusals::Refusals;
 use crate::access::sessions::{SESSION_HEADER, Sessions};
+use crate::access::shared_locks::{LockTaker, LockTarget, SharedLock};
 use crate::access::totp::{OTP_HEADER, OtpVerifier};
 use crate::access::{self, AccessError, api_key};
 use crate::domain::{Principal, Role};
@@ -136,6 +137,15 @@ impl Authenticator {
         }
     }
 
+    /// The same authenticator keeping admin sessions in `shared`, where
+    /// every replica finds them.
+    pub fn with_shared_sessions(self, shared: crate::shared::Shared) -> Self {
+        Self {
+            sessions: Sessions::shared(self.sessions.ttl(), shared),
+            ..self
+        }
+    }
+
     /// The open admin sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
@@ -183,9 +193,22 @@ impl Authenticator {
         }
     }
 
-    /// Counts a failure against `lock_id`, alerting when it locks.
+    /// Counts a failure against `lock_id`, alerting when it locks. A lock
+    /// of a credential that names a principal (its key id, or its second
+    /// factor) is shared with the other replicas; made-up key ids are not,
+    /// so guessing cannot fill the database.
     fn failed(&self, lock_id: &str) {
         if self.guard.auth_failed(lock_id) {
+            let named = match lock_id.strip_prefix(OTP_LOCK_PREFIX) {
+                Some(_) => true,
+                None => self.principals.knows_key_id(lock_id),
+            };
+            if named {
+                self.guard.outbox().locked(
+                    LockTarget::Credential(lock_id.to_owned()),
+                    Some(std::time::Instant::now() + self.guard.lockout()),
+                );
+            }
             tracing::error!(
                 alert = "lockout",
                 lock_id,
@@ -331,5 +354,16 @@ impl Authenticator {
                 Err(status::from_access(AccessError::SecondFactor(e)))
             }
         }
+    }
+}
+
+/// Locks other replicas took or lifted apply to this authenticator's guard.
+impl LockTaker for Authenticator {
+    fn take_lock(&self, target: &LockTarget, lock: SharedLock) {
+        self.guard.take_lock(target, lock);
+    }
+
+    fn lift_lock(&self, target: &LockTarget) {
+        self.guard.lift_lock(target);
     }
 }

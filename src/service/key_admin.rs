@@ -190,11 +190,18 @@ pub(crate) fn approval_status(e: &ApprovalError) -> Status {
             Status::permission_denied(e.to_string())
         }
         ApprovalError::TooMany => Status::resource_exhausted(e.to_string()),
-        ApprovalError::NoRandomness
-        | ApprovalError::Unavailable {
+        ApprovalError::NoRandomness => Status::unavailable(e.to_string()),
+        ApprovalError::Unavailable {
             retryable: true, ..
-        } => Status::unavailable(e.to_string()),
-        ApprovalError::Unavailable { .. } => Status::internal(e.to_string()),
+        } => {
+            tracing::warn!(error = %e, "pending approvals unavailable");
+            Status::unavailable("pending approvals are unavailable; retry")
+        }
+        ApprovalError::RequesterRevoked => Status::failed_precondition(e.to_string()),
+        ApprovalError::Unavailable { .. } => {
+            tracing::error!(error = %e, "pending approvals unreadable");
+            Status::internal("pending approvals are unreadable; see the server log")
+        }
         _ => Status::not_found(e.to_string()),
     }
 }
@@ -328,7 +335,13 @@ impl KeyAdmin for KeyAdminService {
         let principal = self
             .caller(&call, &request, OPERATOR, WhenSealed::Serve)
             .await?;
-        self.vault.seal();
+        if let Err(e) = self.vault.seal_everywhere().await {
+            tracing::error!(
+                alert = "seal_not_shared",
+                error = %e,
+                "this replica is sealed, but the others could not be told: seal each of them"
+            );
+        }
         // Unseal requests filed before this seal must not reopen the vault
         // it just closed: a new seal needs a new pair of operators.
         match self
@@ -589,11 +602,19 @@ impl KeyAdmin for KeyAdminService {
         )
         .await?;
         let sealed = self.vault.is_sealed();
+        // The requester may have been revoked on another replica.
+        if let Err(e) = book.refresh().await {
+            tracing::warn!(error = %e, "principals could not be refreshed before an approval");
+        }
         let approved = self
             .approvals
-            .approve(&id, &approver, now_ms, |action| {
-                !sealed || matches!(action, DualControlAction::Unseal)
-            })
+            .approve(
+                &id,
+                &approver,
+                now_ms,
+                |requester| book.get(requester).is_some_and(|s| !s.revoked),
+                |action| !sealed || matches!(action, DualControlAction::Unseal),
+            )
             .await;
         let pending = match approved {
             Ok(Some(p)) => p,

@@ -15,7 +15,7 @@ use tracing::instrument;
 
 use crate::access::approvals::{Approvals, DualControlAction};
 use crate::access::principals::{BookError, NewPrincipal, Origin, PrincipalSummary};
-use crate::access::sessions::Sessions;
+use crate::access::sessions::{SessionError, Sessions};
 use crate::domain::principal::check_name;
 use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
@@ -424,7 +424,12 @@ impl Principals for PrincipalsService {
             intend(&self.vault, &call, &caller, &resource).await?;
             for target in std::iter::once(name).chain(descendants.iter().map(String::as_str)) {
                 book.revoke(target).await.map_err(|e| book_status(&e))?;
-                let sessions = self.auth.sessions().close_all(target);
+                let sessions = self
+                    .auth
+                    .sessions()
+                    .close_all(target)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
                 // Its pending requests die with it: a revoked admin's grant
                 // (whose credentials it holds) must not be approved later.
                 let requests = self
@@ -489,7 +494,11 @@ impl Principals for PrincipalsService {
                 .auth
                 .sessions()
                 .open(&caller.name)
-                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+                .await
+                .map_err(|e| match e {
+                    SessionError::TooMany => Status::resource_exhausted(e.to_string()),
+                    other => Status::unavailable(other.to_string()),
+                })?;
             let ttl_ms = u64::try_from(opened.ttl.as_millis()).unwrap_or(u64::MAX);
             let expires_ms = self.vault.now_ms().saturating_add(ttl_ms);
             tracing::info!(session = %opened.id, "admin session opened");
@@ -539,7 +548,11 @@ impl Principals for PrincipalsService {
                 ));
             };
             intend(&self.vault, &call, &caller, &resource).await?;
-            self.auth.sessions().close(&token, &caller.name);
+            self.auth
+                .sessions()
+                .close(&token, &caller.name)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
             Ok(v1::DeleteSessionResponse {})
         }
         .await;

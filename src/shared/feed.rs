@@ -27,7 +27,12 @@ pub trait Follower: Send + Sync {
     fn kinds(&self) -> &'static [StateKind];
 
     /// Entries of those kinds changed (in change order): refresh the view.
-    async fn changed(&self, changes: &[StateChange]);
+    /// An error hands the same changes again at the next poll.
+    async fn changed(&self, changes: &[StateChange]) -> Result<(), String>;
+
+    /// Writes what this replica has to share, before each poll (locks are
+    /// taken on the call path and written here, off it).
+    async fn publish(&self) {}
 }
 
 /// Polls `store` every `poll` and hands `followers` their changes, until
@@ -38,12 +43,19 @@ pub fn spawn(
     poll: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut since = 0;
+        // Each follower's own position: one that cannot apply a change (a
+        // revocation it could not read) gets it again at the next poll,
+        // without holding the others back.
+        let mut cursors = vec![0u64; followers.len()];
         let mut ticks = tokio::time::interval(poll);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            for follower in &followers {
+                follower.publish().await;
+            }
             loop {
+                let since = cursors.iter().copied().min().unwrap_or(0);
                 let changes = match store.state_changes(since, PAGE).await {
                     Ok(changes) => changes,
                     Err(e) => {
@@ -51,12 +63,20 @@ pub fn spawn(
                         break;
                     }
                 };
-                let Some(last) = changes.last() else {
+                let Some(last) = changes.last().map(|c| c.version) else {
                     break;
                 };
-                since = last.version;
-                deliver(&followers, &changes).await;
-                if changes.len() < PAGE {
+                let mut stuck = false;
+                for (follower, cursor) in followers.iter().zip(cursors.iter_mut()) {
+                    let mine: Vec<&StateChange> =
+                        changes.iter().filter(|c| c.version > *cursor).collect();
+                    if deliver_one(follower.as_ref(), &mine).await {
+                        *cursor = last;
+                    } else {
+                        stuck = true;
+                    }
+                }
+                if stuck || changes.len() < PAGE {
                     break;
                 }
             }
@@ -64,17 +84,33 @@ pub fn spawn(
     })
 }
 
-/// Hands each follower the changes of its kinds.
-pub async fn deliver(followers: &[Arc<dyn Follower>], changes: &[StateChange]) {
-    for follower in followers {
-        let kinds = follower.kinds();
-        let mine: Vec<StateChange> = changes
-            .iter()
-            .filter(|c| kinds.contains(&c.kind))
-            .cloned()
-            .collect();
-        if !mine.is_empty() {
-            follower.changed(&mine).await;
+/// Hands `follower` the changes of its kinds among `changes`; whether it
+/// took them.
+async fn deliver_one(follower: &dyn Follower, changes: &[&StateChange]) -> bool {
+    let kinds = follower.kinds();
+    let mine: Vec<StateChange> = changes
+        .iter()
+        .filter(|c| kinds.contains(&c.kind))
+        .map(|c| (*c).clone())
+        .collect();
+    if mine.is_empty() {
+        return true;
+    }
+    match follower.changed(&mine).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "shared state: a change could not be applied; retrying");
+            false
         }
     }
+}
+
+/// Hands each follower the changes of its kinds; whether all took them.
+pub async fn deliver(followers: &[Arc<dyn Follower>], changes: &[StateChange]) -> bool {
+    let changes: Vec<&StateChange> = changes.iter().collect();
+    let mut all = true;
+    for follower in followers {
+        all &= deliver_one(follower.as_ref(), &changes).await;
+    }
+    all
 }

@@ -69,6 +69,16 @@ impl Shared {
         &self.store
     }
 
+    /// Opens and decodes a sealed value of entry `(kind, key)`.
+    pub fn open<T: DeserializeOwned>(
+        &self,
+        kind: StateKind,
+        key: &str,
+        sealed: &[u8],
+    ) -> Result<T, SharedError> {
+        self.decode(kind, key, sealed)
+    }
+
     fn decode<T: DeserializeOwned>(
         &self,
         kind: StateKind,

@@ -55,13 +55,22 @@ pub struct AuditAppend {
 /// Replicas on one database each have a committer. Chained outside the
 /// lock, a batch named a position another replica could take first; the
 /// loser chained again, and under load could keep losing. Chained under
-/// the lock, every commit lands: the store reads its last event and this
-/// step chains after it.
+/// the lock, every commit lands: the store reads the log's tail and the
+/// signed head, and this step checks them and chains after the tail.
 pub trait ChainStep: Send + Sync {
-    /// The batch's events chained after `last`: the log's last stored event
-    /// (its position and stored bytes), `None` when the log is empty.
-    /// Errors refuse the whole batch.
-    fn after(&self, last: Option<(u64, &[u8])>) -> Result<AuditAppend, CommitError>;
+    /// The first position the step must see: the last event its writer
+    /// knows (0 when it knows none). The store reads every event from
+    /// there on.
+    fn tail_from(&self) -> u64;
+
+    /// The batch's events chained after `tail`: every stored event from
+    /// [`Self::tail_from`] on, in order (the last one is the log's last),
+    /// with `head`, the stored signed head. Errors refuse the whole batch.
+    fn after(
+        &self,
+        tail: &[(u64, Vec<u8>)],
+        head: Option<&[u8]>,
+    ) -> Result<AuditAppend, CommitError>;
 }
 
 /// How a batch's audit events find their place in the log.
@@ -74,8 +83,8 @@ pub enum AuditWrite {
     /// one (otherwise the batch fails with `AlreadyExists`). Recovery
     /// appends this way, after a last event that may not decode.
     At(AuditAppend),
-    /// Chained by the store under its commit lock after the log's last
-    /// event; the write pipeline's events.
+    /// Chained by the store under its commit lock after the log's tail;
+    /// the write pipeline's events.
     Chained(Arc<dyn ChainStep>),
 }
 
@@ -96,34 +105,44 @@ impl From<AuditAppend> for AuditWrite {
 }
 
 impl AuditWrite {
-    /// Whether the batch appends no event (the store then need not read
-    /// the log's end).
-    pub fn is_empty(&self) -> bool {
+    /// Where the store reads the log's tail from, under its commit lock,
+    /// before [`Self::place`]; `None` when the batch appends nothing.
+    pub fn tail_from(&self) -> Option<u64> {
         match self {
-            Self::Nothing => true,
-            Self::At(append) => append.events.is_empty(),
-            Self::Chained(_) => false,
+            Self::Nothing => None,
+            Self::At(append) if append.events.is_empty() => None,
+            // The event before it tells whether it is the next position.
+            Self::At(append) => Some(append.from.saturating_sub(1)),
+            Self::Chained(step) => Some(step.tail_from()),
         }
     }
 
-    /// The events to write after `last`, the log's last event read under
-    /// the commit lock: chained there, or checked to start right after it.
+    /// The events to write, given `tail` (every stored event from
+    /// [`Self::tail_from`] on, in order) and the stored signed `head`,
+    /// both read under the commit lock.
     pub fn place(
         &self,
-        last: Option<(u64, &[u8])>,
+        tail: &[(u64, Vec<u8>)],
+        head: Option<&[u8]>,
     ) -> Result<std::borrow::Cow<'_, AuditAppend>, CommitError> {
-        let end = last.map_or(0, |(seq, _)| seq.saturating_add(1));
+        let end = tail.last().map_or_else(
+            || self.tail_from().unwrap_or(0),
+            |(seq, _)| seq.saturating_add(1),
+        );
         match self {
             Self::Nothing => Ok(std::borrow::Cow::Owned(AuditAppend {
                 from: end,
                 ..AuditAppend::default()
             })),
-            Self::At(append) if append.events.is_empty() || append.from == end => {
+            Self::At(append) if append.events.is_empty() => Ok(std::borrow::Cow::Borrowed(append)),
+            // An empty tail from a position above 0 is a log shorter than
+            // that: not the next position either.
+            Self::At(append) if append.from == end && (append.from == 0 || !tail.is_empty()) => {
                 Ok(std::borrow::Cow::Borrowed(append))
             }
             Self::At(_) => Err(CommitError::Batch(StoreError::AlreadyExists)),
             Self::Chained(step) => {
-                let append = step.after(last)?;
+                let append = step.after(tail, head)?;
                 if append.from != end {
                     return Err(CommitError::Batch(StoreError::Damaged(
                         "audit events chained away from the log's end",
@@ -171,11 +190,12 @@ pub enum CommitError {
     /// (`AlreadyExists`).
     #[error(transparent)]
     Batch(#[from] StoreError),
-    /// The chain step found the log ending before the end its writer last
-    /// saw, or there with another event: the log was truncated or
-    /// rewritten since (or the database lost commits it had acknowledged).
-    /// Nothing was written; the writer checks the log again.
-    #[error("the audit log ends before the end its writer last saw")]
+    /// The chain step found the log's tail not continuing the end its
+    /// writer last saw (shorter, another event there, or events that do
+    /// not link), or not matching the signed head: truncated or rewritten
+    /// since (or the database lost commits it had acknowledged). Nothing
+    /// was written; the writer checks the log again.
+    #[error("the audit log does not continue the end its writer last saw")]
     AuditRewound,
 }
 

@@ -192,6 +192,20 @@ impl FjallStore {
         }))
     }
 
+    /// Audit records from position `from`, at most `limit`, in order.
+    fn records_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        // The segment holding `from` starts at or before it.
+        let start = match self.audit.range(..=from.to_be_bytes()).next_back() {
+            Some(guard) => guard.key().map_err(unavailable)?.to_vec(),
+            None => from.to_be_bytes().to_vec(),
+        };
+        let segments = self
+            .audit
+            .range(start..)
+            .map(|guard| guard.into_inner().map_err(unavailable));
+        segment::collect_from(from, limit, segments)
+    }
+
     /// The last stored audit event and its position.
     fn last_event(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let Some(guard) = self.audit.last_key_value() else {
@@ -204,16 +218,13 @@ impl FjallStore {
     /// Checks `batch` against the store and its own earlier units, then
     /// writes it. Called under the commit lock.
     fn apply(&self, batch: &WriteBatch) -> Result<(), CommitError> {
-        let audit = if batch.audit.is_empty() {
-            None
-        } else {
-            let last = self.last_event()?;
-            Some(
-                batch
-                    .audit
-                    .place(last.as_ref().map(|(seq, bytes)| (*seq, bytes.as_slice())))?
-                    .into_owned(),
-            )
+        let audit = match batch.audit.tail_from() {
+            Some(from) => {
+                let tail = self.records_from(from, usize::MAX)?;
+                let head = get(&self.audit_meta, AUDIT_HEAD)?;
+                Some(batch.audit.place(&tail, head.as_deref())?.into_owned())
+            }
+            None => None,
         };
         let units: Vec<PreparedUnit> = batch.units.iter().map(PreparedUnit::new).collect();
         let mut new_ids: HashSet<TokenId> = HashSet::new();
@@ -485,16 +496,7 @@ impl AuditStore for FjallStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        // The segment holding `from` starts at or before it.
-        let start = match self.audit.range(..=from.to_be_bytes()).next_back() {
-            Some(guard) => guard.key().map_err(unavailable)?.to_vec(),
-            None => from.to_be_bytes().to_vec(),
-        };
-        let segments = self
-            .audit
-            .range(start..)
-            .map(|guard| guard.into_inner().map_err(unavailable));
-        segment::collect_from(from, limit, segments)
+        self.records_from(from, limit)
     }
 
     async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

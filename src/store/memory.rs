@@ -117,13 +117,15 @@ impl Inner {
         Ok(())
     }
 
-    /// The log's last event, where a batch's events are chained after.
-    fn last_event(&self) -> Option<(u64, &[u8])> {
-        let last = self.audit.len().checked_sub(1)?;
-        Some((
-            u64::try_from(last).unwrap_or(u64::MAX),
-            self.audit.get(last)?.as_slice(),
-        ))
+    /// The log's events from position `from` on.
+    fn events_from(&self, from: u64) -> Vec<(u64, Vec<u8>)> {
+        let from = usize::try_from(from).unwrap_or(usize::MAX);
+        self.audit
+            .iter()
+            .enumerate()
+            .skip(from)
+            .map(|(seq, bytes)| (u64::try_from(seq).unwrap_or(u64::MAX), bytes.clone()))
+            .collect()
     }
 
     fn apply(&mut self, batch: &WriteBatch, audit: &AuditAppend) {
@@ -425,7 +427,16 @@ impl Engine for MemoryStore {
     async fn commit(&self, batch: Arc<WriteBatch>) -> Result<(), CommitError> {
         let mut inner = self.lock()?;
         inner.check(&batch)?;
-        let audit = batch.audit.place(inner.last_event())?.into_owned();
+        let audit = match batch.audit.tail_from() {
+            Some(from) => {
+                let tail = inner.events_from(from);
+                batch
+                    .audit
+                    .place(&tail, inner.audit_head.as_deref())?
+                    .into_owned()
+            }
+            None => AuditAppend::default(),
+        };
         inner.apply(&batch, &audit);
         Ok(())
     }

@@ -173,14 +173,15 @@ impl SledStore {
             .audit_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let audit = if batch.audit.is_empty() {
-            AuditAppend::default()
-        } else {
-            let last = self.last_event().map_err(CommitError::Batch)?;
-            batch
-                .audit
-                .place(last.as_ref().map(|(seq, bytes)| (*seq, bytes.as_slice())))?
-                .into_owned()
+        let audit = match batch.audit.tail_from() {
+            Some(from) => {
+                let tail = self
+                    .records_from(from, usize::MAX)
+                    .map_err(CommitError::Batch)?;
+                let head = self.head().map_err(CommitError::Batch)?;
+                batch.audit.place(&tail, head.as_deref())?.into_owned()
+            }
+            None => AuditAppend::default(),
         };
         let segment = segment::encode(&audit.events);
         (
@@ -483,6 +484,21 @@ impl AuditStore for SledStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.records_from(from, limit)
+    }
+
+    async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.last_event()
+    }
+
+    async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.head()
+    }
+}
+
+impl SledStore {
+    /// Audit records from position `from`, at most `limit`, in order.
+    fn records_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         self.healthy()?;
         // The segment holding `from` starts at or before it.
         let start = match self
@@ -502,11 +518,8 @@ impl AuditStore for SledStore {
         segment::collect_from(from, limit, segments)
     }
 
-    async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.last_event()
-    }
-
-    async fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The signed chain head.
+    fn head(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.healthy()?;
         Ok(self
             .audit_meta
@@ -770,6 +783,102 @@ mod tests {
         assert!(matches!(err, AuditError::Tampered), "{err}");
         assert_eq!(store.last_audit_record().await.unwrap().unwrap().0, 1);
         assert!(!log.verify(Some(&key)).await.unwrap().ok());
+    }
+
+    /// A log and its committer over `store`, as one replica has.
+    fn replica_log(store: &SledStore) -> crate::audit::AuditLog {
+        let shared: Arc<dyn crate::store::Store> = Arc::new(store.clone());
+        let pipeline = Arc::new(crate::pipeline::Pipeline::new(Arc::clone(&shared)));
+        crate::audit::AuditLog::new(shared, pipeline)
+    }
+
+    fn detokenized(n: u64) -> crate::audit::AuditEvent {
+        crate::audit::AuditEvent {
+            time_ms: n,
+            action: "Detokenize".into(),
+            ..crate::audit::AuditEvent::default()
+        }
+    }
+
+    /// Review finding: the chain step took any log *longer* than the end
+    /// it knew. Someone with write access to the store rewrote the last
+    /// known event (its hash recomputed, the chain hash being unkeyed) and
+    /// appended one more; the next commit signed a head over the forgery.
+    /// The step now checks that the tail continues the known end.
+    #[tokio::test]
+    async fn a_rewritten_and_extended_log_is_not_signed_over() {
+        use crate::audit::AuditError;
+        use crate::audit::chain::ChainedEvent;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("store")).unwrap();
+        let log = replica_log(&store);
+        let key = Arc::new(crate::secret::DataKey::from_bytes([3; 32]));
+        for n in 0..3 {
+            log.record(detokenized(n), Some(key.clone())).await.unwrap();
+        }
+        let (_, first) = store.records_from(1, 1).unwrap().pop().unwrap();
+        let prev = ChainedEvent::decode(&first).unwrap().hash;
+        let mut forged = detokenized(99);
+        forged.action = "Nothing to see".into();
+        let two = ChainedEvent::new(2, prev, forged);
+        let three = ChainedEvent::new(3, two.hash, detokenized(100));
+        store.audit.remove(2u64.to_be_bytes()).unwrap();
+        store
+            .audit
+            .insert(
+                2u64.to_be_bytes(),
+                segment::encode(&[two.encode(), three.encode()]),
+            )
+            .unwrap();
+        let err = log
+            .record(detokenized(4), Some(key.clone()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Tampered), "{err}");
+        assert_eq!(
+            store.last_event().unwrap().unwrap().0,
+            3,
+            "nothing appended"
+        );
+        // And it stays refused: the known end is kept.
+        let err = log
+            .record(detokenized(5), Some(key.clone()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Tampered), "{err}");
+    }
+
+    /// Two replicas on one store. Someone truncates the events of the
+    /// second and copies the first's older head back, so the log looks
+    /// intact to a fresh read. The second replica knows its own end and
+    /// refuses to append over the loss.
+    #[tokio::test]
+    async fn a_replica_whose_events_were_cut_refuses_to_sign_over_the_cut() {
+        use crate::audit::AuditError;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("store")).unwrap();
+        let (a, b) = (replica_log(&store), replica_log(&store));
+        let key = Arc::new(crate::secret::DataKey::from_bytes([3; 32]));
+        for n in 0..3 {
+            a.record(detokenized(n), Some(key.clone())).await.unwrap();
+        }
+        let old_head = store.head().unwrap().unwrap();
+        for n in 3..6 {
+            assert_eq!(
+                b.record(detokenized(n), Some(key.clone())).await.unwrap(),
+                n
+            );
+        }
+        for seq in 3..6u64 {
+            store.audit.remove(seq.to_be_bytes()).unwrap();
+        }
+        store.audit_meta.insert(AUDIT_HEAD, old_head).unwrap();
+        assert!(a.verify(Some(&key)).await.unwrap().ok(), "looks intact");
+        let err = b
+            .record(detokenized(6), Some(key.clone()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Tampered), "{err}");
     }
 
     /// Finding 15: sled reported corrupt data as UNAVAILABLE, which callers

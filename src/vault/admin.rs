@@ -68,6 +68,23 @@ impl Vault {
         tracing::warn!(event = "sealed", "vault sealed; keys dropped from memory");
     }
 
+    /// Seals this replica and tells the others to seal too (the emergency
+    /// brake stops the whole vault, not just the replica a balancer picked).
+    /// Each replica then needs its own unseal. This replica is sealed even
+    /// when the others cannot be told; the error says they were not.
+    pub async fn seal_everywhere(&self) -> Result<(), VaultError> {
+        self.seal();
+        self.store
+            .put_state(
+                StateKind::Signal,
+                SEAL_SIGNAL,
+                Some(self.clock.now_ms().to_be_bytes().to_vec()),
+                Expect::Any,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Whether unsealing collects shares (Shamir); other backends reopen on
     /// a second operator's approval instead.
     pub fn unsealed_by_shares(&self) -> bool {
@@ -92,6 +109,8 @@ impl Vault {
         };
         let progress = self.kms.submit_share(holder, share).await?;
         if !progress.sealed && self.sealed.swap(false, Ordering::SeqCst) {
+            self.opened_at_ms
+                .store(self.clock.now_ms(), Ordering::SeqCst);
             tracing::warn!(event = "unsealed", "vault unsealed");
         }
         Ok(progress)
@@ -106,6 +125,8 @@ impl Vault {
             ));
         }
         if self.sealed.swap(false, Ordering::SeqCst) {
+            self.opened_at_ms
+                .store(self.clock.now_ms(), Ordering::SeqCst);
             tracing::warn!(event = "unsealed", "vault reopened by two operators");
         }
         Ok(())
@@ -329,6 +350,10 @@ impl Vault {
                 self.clock.now_ms().to_be_bytes().to_vec(),
             )
             .await?;
+        // Told before and after: a replica that fails to hear the second
+        // has dropped its keys once already, and cannot unwrap them again
+        // once they are destroyed.
+        self.announce_keys(tenant).await?;
         let destroyed = self.store.destroy_wrapped_keys(tenant).await?;
         self.keys.forget_tenant(tenant);
         tracing::warn!(event = "tenant_shredded", tenant = %tenant, destroyed, "tenant keys destroyed");
@@ -383,15 +408,48 @@ fn keys_signal(tenant: &TenantId) -> String {
 /// The prefix of key-change signals.
 const KEYS_SIGNAL: &str = "keys:";
 
-/// A replica's keyring follows key changes made by the others.
+/// The signal of a seal: when it was sealed (vault clock, ms, big-endian).
+const SEAL_SIGNAL: &str = "seal";
+
+impl Vault {
+    /// Seals this replica when another sealed after this one was opened.
+    async fn follow_seal(&self) -> Result<(), String> {
+        let Some(entry) = self
+            .store
+            .state(StateKind::Signal, SEAL_SIGNAL)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let sealed_at = <[u8; 8]>::try_from(entry.value.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| "a seal signal that is not a time".to_owned())?;
+        if sealed_at >= self.opened_at_ms.load(Ordering::SeqCst) && !self.is_sealed() {
+            tracing::warn!(
+                event = "sealed_by_replica",
+                "another replica sealed the vault"
+            );
+            self.seal();
+        }
+        Ok(())
+    }
+}
+
+/// A replica's keyring and seal follow key changes and seals made by the
+/// others.
 #[async_trait::async_trait]
 impl crate::shared::feed::Follower for Vault {
     fn kinds(&self) -> &'static [StateKind] {
         &[StateKind::Signal]
     }
 
-    async fn changed(&self, changes: &[StateChange]) {
+    async fn changed(&self, changes: &[StateChange]) -> Result<(), String> {
         for change in changes {
+            if change.key == SEAL_SIGNAL && !change.deleted {
+                self.follow_seal().await?;
+                continue;
+            }
             let Some(name) = change.key.strip_prefix(KEYS_SIGNAL) else {
                 continue;
             };
@@ -403,6 +461,7 @@ impl crate::shared::feed::Follower for Vault {
                 Err(_) => tracing::warn!("a key-change signal names no tenant"),
             }
         }
+        Ok(())
     }
 }
 

@@ -262,6 +262,9 @@ pub struct Vault {
     clock: Arc<dyn Clock>,
     policy: VaultPolicy,
     sealed: AtomicBool,
+    /// When this replica last became unsealed (vault clock, ms): a seal
+    /// signalled by another replica before that is history, not an order.
+    opened_at_ms: std::sync::atomic::AtomicU64,
     jobs: reencrypt::RunningJobs,
     /// Every record, tombstone and audit event is committed through it.
     pipeline: Arc<Pipeline>,
@@ -312,6 +315,7 @@ impl Vault {
         let sealed = kms.unseal_progress().is_some_and(|p| p.sealed);
         let pipeline = Arc::new(Pipeline::new(Arc::clone(&store)));
         let audit = crate::audit::AuditLog::new(Arc::clone(&store), Arc::clone(&pipeline));
+        let opened_at_ms = std::sync::atomic::AtomicU64::new(clock.now_ms());
         Self {
             keys: Keyring::new(Arc::clone(&kms), Arc::clone(&store), Arc::clone(&clock)),
             kms,
@@ -319,6 +323,7 @@ impl Vault {
             clock,
             policy,
             sealed: AtomicBool::new(sealed),
+            opened_at_ms,
             jobs: reencrypt::RunningJobs::default(),
             pipeline,
             audit,

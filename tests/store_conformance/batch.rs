@@ -209,9 +209,18 @@ struct Follow {
 }
 
 impl ChainStep for Follow {
-    fn after(&self, last: Option<(u64, &[u8])>) -> Result<AuditAppend, CommitError> {
+    fn tail_from(&self) -> u64 {
+        0
+    }
+
+    fn after(&self, tail: &[(u64, Vec<u8>)], _: Option<&[u8]>) -> Result<AuditAppend, CommitError> {
+        // The whole log, read under the commit lock, in order.
+        for (n, (seq, _)) in tail.iter().enumerate() {
+            assert_eq!(*seq, u64::try_from(n).unwrap(), "a gap in the tail");
+        }
+        let last = tail.last();
         let from = last.map_or(0, |(seq, _)| seq + 1);
-        let mut prev = last.map(|(_, body)| body.to_vec()).unwrap_or_default();
+        let mut prev = last.map(|(_, body)| body.clone()).unwrap_or_default();
         let mut events = Vec::new();
         for seq in from..from + u64::try_from(self.events).unwrap() {
             // `seq`, the writer, and the previous event's first 9 bytes.
@@ -271,7 +280,14 @@ pub async fn commit_chains_events_after_the_last_event_under_its_lock(f: &dyn Fa
 pub async fn commit_fails_whole_when_the_chain_step_refuses(f: &dyn Factory) {
     struct Rewound;
     impl ChainStep for Rewound {
-        fn after(&self, _: Option<(u64, &[u8])>) -> Result<AuditAppend, CommitError> {
+        fn tail_from(&self) -> u64 {
+            0
+        }
+        fn after(
+            &self,
+            _: &[(u64, Vec<u8>)],
+            _: Option<&[u8]>,
+        ) -> Result<AuditAppend, CommitError> {
             Err(CommitError::AuditRewound)
         }
     }

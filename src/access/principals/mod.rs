@@ -218,6 +218,10 @@ fn file_error(path: &Path, reason: impl std::fmt::Display) -> BookError {
     }
 }
 
+/// Why a stored book older than the one held is refused.
+const ROLLED_BACK: &str = "the stored principal book is older than the one this replica holds \
+                           (copied back in the database?); keeping this one";
+
 /// How often a change is tried again after another replica changed the
 /// book first.
 const CHANGE_ATTEMPTS: usize = 8;
@@ -280,6 +284,12 @@ impl PrincipalBook {
         })
     }
 
+    /// The version and generation of the book held.
+    fn held(&self) -> (u64, u64) {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        (state.version, state.generation)
+    }
+
     /// Takes the store's book when it is newer than the one held (another
     /// replica changed it). A no-op unless the book is shared.
     pub async fn refresh(&self) -> Result<(), BookError> {
@@ -290,19 +300,12 @@ impl PrincipalBook {
         let Some((version, stored)) = persist::load(shared).await? else {
             return Ok(());
         };
-        let held = {
-            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-            (state.version, state.generation)
-        };
+        let held = self.held();
         if version <= held.0 {
             return Ok(());
         }
         if stored.generation < held.1 {
-            return Err(BookError::Shared(
-                "the stored principal book is older than the one this replica holds \
-                 (copied back in the database?); keeping this one"
-                    .into(),
-            ));
+            return Err(BookError::Shared(ROLLED_BACK.into()));
         }
         let generation = stored.generation;
         let (added, revoked) = persist::entries(stored)?;
@@ -344,6 +347,11 @@ impl PrincipalBook {
         Some(first.clone())
     }
 
+    /// Whether a live principal holds an API key with this public id.
+    pub fn knows_key_id(&self, key_id: &str) -> bool {
+        self.snapshot().keys.has_id(key_id)
+    }
+
     /// The TOTP secret of a live principal.
     pub fn totp(&self, name: &str) -> Option<Arc<TotpSecret>> {
         self.snapshot().totp.get(name).cloned()
@@ -368,14 +376,31 @@ impl PrincipalBook {
         let _writer = self.writer.lock().await;
         for _ in 0..CHANGE_ATTEMPTS {
             let (mut added, mut revoked, version, generation) = match &self.persistence {
-                Persistence::Shared(shared) => match persist::load(shared).await? {
-                    Some((version, stored)) => {
-                        let generation = stored.generation;
-                        let (added, revoked) = persist::entries(stored)?;
-                        (added, revoked, version, generation)
+                Persistence::Shared(shared) => {
+                    let held = self.held();
+                    match persist::load(shared).await? {
+                        // Never build on a book older than the one held
+                        // (an old sealed book copied back in the database).
+                        Some((_, stored)) if stored.generation < held.1 => {
+                            return Err(BookError::Shared(ROLLED_BACK.into()));
+                        }
+                        Some((version, stored)) => {
+                            let generation = stored.generation;
+                            let (added, revoked) = persist::entries(stored)?;
+                            (added, revoked, version, generation)
+                        }
+                        // Gone although this replica read one: deleted in
+                        // the database. Writing an empty book would drop
+                        // every principal and revocation.
+                        None if held.0 > 0 => {
+                            return Err(BookError::Shared(
+                                "the principal book is missing from the store; not replacing it"
+                                    .into(),
+                            ));
+                        }
+                        None => (Vec::new(), BTreeSet::new(), 0, 0),
                     }
-                    None => (Vec::new(), BTreeSet::new(), 0, 0),
-                },
+                }
                 _ => {
                     let state = self.state.read().unwrap_or_else(|p| p.into_inner());
                     (
@@ -590,10 +615,11 @@ impl crate::shared::feed::Follower for PrincipalBook {
         &[crate::store::StateKind::Principal]
     }
 
-    async fn changed(&self, _: &[crate::store::StateChange]) {
-        if let Err(e) = self.refresh().await {
+    async fn changed(&self, _: &[crate::store::StateChange]) -> Result<(), String> {
+        self.refresh().await.map_err(|e| {
             tracing::error!(error = %e, "principals changed on another replica could not be read");
-        }
+            e.to_string()
+        })
     }
 }
 
@@ -865,6 +891,28 @@ mod tests {
             .unwrap();
         assert!(matches!(a.refresh().await, Err(BookError::Shared(_))));
         assert!(a.authenticate_key(&key).is_none(), "still revoked");
+        // Nor is a change built on it, which would make it current.
+        assert!(matches!(
+            a.add(new("till", &[Role::Tokenize])).await,
+            Err(BookError::Shared(_))
+        ));
+        // A book deleted from the database is not replaced by an empty one.
+        let store2 = Arc::new(crate::store::memory::MemoryStore::new());
+        let c = PrincipalBook::open_shared(Vec::new(), shared_over(&store2), None)
+            .await
+            .unwrap();
+        c.add(new("pos", &[Role::Tokenize])).await.unwrap();
+        let v = store2
+            .state(StateKind::Principal, "book")
+            .await
+            .unwrap()
+            .unwrap()
+            .version;
+        store2
+            .put_state(StateKind::Principal, "book", None, Expect::Version(v))
+            .await
+            .unwrap();
+        assert!(matches!(c.revoke("pos").await, Err(BookError::Shared(_))));
     }
 
     /// `tessera init` writes the principals file before any store exists;

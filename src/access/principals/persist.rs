@@ -114,8 +114,14 @@ pub(super) async fn load_or_import(
     }
     match store(shared, &file, 0).await? {
         Some(version) => {
+            // Renamed, so a book deleted from the database later is never
+            // silently replaced by this older file.
+            let moved = path.with_extension("json.imported");
+            if let Err(e) = std::fs::rename(path, &moved) {
+                tracing::warn!(error = %e, file = %path.display(), "principals file not renamed; delete it");
+            }
             tracing::warn!(
-                file = %path.display(),
+                file = %moved.display(),
                 principals = file.added.len(),
                 "run-time principals moved from the principals file into the store; \
                  the file is no longer read and may be deleted"

@@ -7,7 +7,7 @@ use super::{PgStore, damaged, unavailable};
 use crate::store::{AuditStore, StoreError};
 
 /// The log's last event, as a `(seq, body)` row.
-pub(super) const LAST_EVENT: &str = "SELECT seq, body FROM audit_events ORDER BY seq DESC LIMIT 1";
+const LAST_EVENT: &str = "SELECT seq, body FROM audit_events ORDER BY seq DESC LIMIT 1";
 
 /// A `(seq, body)` row as a position and its event.
 pub(super) fn event(row: &tokio_postgres::Row) -> Result<(u64, Vec<u8>), StoreError> {

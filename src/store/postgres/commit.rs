@@ -1,7 +1,8 @@
 //! One commit of the write pipeline as one transaction.
 //!
-//! Under the commit lock, the audit log's last event is read and the
-//! batch's events chained after it ([`crate::store::ChainStep`]), and three
+//! Under the commit lock, the audit log's tail and signed head are read and
+//! the batch's events checked against them and chained after them
+//! ([`crate::store::ChainStep`]), and three
 //! reads fetch what the batch's checks need
 //! (which of its token ids exist, which are tombstoned, who holds its
 //! fingerprints); the checks then run in memory in queue order, exactly as
@@ -50,14 +51,12 @@ pub(super) async fn write(
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])
         .await
         .map_err(unavailable)?;
-    let audit = if batch.audit.is_empty() {
-        AuditAppend::default()
-    } else {
-        let last = last_event(&tx).await?;
-        batch
-            .audit
-            .place(last.as_ref().map(|(seq, body)| (*seq, body.as_slice())))?
-            .into_owned()
+    let audit = match batch.audit.tail_from() {
+        Some(from) => {
+            let (tail, head) = tail(&tx, from).await?;
+            batch.audit.place(&tail, head.as_deref())?.into_owned()
+        }
+        None => AuditAppend::default(),
     };
     let known = known(&tx, batch).await?;
     let rows = check(batch, &known)?;
@@ -87,16 +86,32 @@ pub(super) async fn write(
     Ok(())
 }
 
-/// The audit log's last event, read under the commit lock: every replica's
-/// batch is chained after what this returns, so none races another for a
-/// position.
-async fn last_event(tx: &Transaction<'_>) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-    tx.query_opt(super::audit::LAST_EVENT, &[])
+/// The audit log's events from `from` on and its signed head, read under
+/// the commit lock: every replica's batch is chained after (and checked
+/// against) what this returns, so none races another for a position.
+async fn tail(
+    tx: &Transaction<'_>,
+    from: u64,
+) -> Result<(Vec<(u64, Vec<u8>)>, Option<Vec<u8>>), StoreError> {
+    let from =
+        i64::try_from(from).map_err(|_| StoreError::Damaged("audit position out of range"))?;
+    let tail = tx
+        .query(
+            "SELECT seq, body FROM audit_events WHERE seq >= $1 ORDER BY seq",
+            &[&from],
+        )
         .await
         .map_err(unavailable)?
-        .as_ref()
+        .iter()
         .map(super::audit::event)
-        .transpose()
+        .collect::<Result<Vec<_>, _>>()?;
+    let head = tx
+        .query_opt("SELECT body FROM audit_head", &[])
+        .await
+        .map_err(unavailable)?
+        .map(|row| row.try_get(0).map_err(super::damaged))
+        .transpose()?;
+    Ok((tail, head))
 }
 
 /// Reads what the checks of `batch` need, in three queries.

@@ -87,8 +87,12 @@ impl StateStore for PgStore {
         self.call(async |client| {
             client
                 .query(
+                    // Never past the counter: a row whose number was
+                    // raised in the database would move every poller
+                    // beyond the changes that follow it.
                     "SELECT version, kind, key, value IS NULL FROM state
-                     WHERE version > $1 ORDER BY version LIMIT $2",
+                     WHERE version > $1 AND version <= (SELECT version FROM state_clock)
+                     ORDER BY version LIMIT $2",
                     &[&since, &limit],
                 )
                 .await
