@@ -14,132 +14,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
+#[path = "common/load.rs"]
+mod load;
 #[path = "common/patroni.rs"]
 mod patroni;
 #[path = "common/postgres.rs"]
 mod postgres;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, test_pan};
-use tessera::proto::v1;
-use tonic::Code;
+use common::Server;
+use load::{Load, check, gap_after};
 
 /// Tessera's own bound on a commit in this test.
 const COMMIT_DEADLINE: Duration = Duration::from_secs(3);
-/// Longer than any call may take: a call past it hung.
-const HANG: Duration = Duration::from_secs(20);
-
-/// What one load worker saw.
-#[derive(Default)]
-struct Seen {
-    /// Acknowledged tokenizes: (PAN, token).
-    acked: Vec<(String, String)>,
-    /// Failed calls: when they started, their code and how long they took.
-    failures: Vec<(Instant, Code, Duration)>,
-    /// When each successful call ended.
-    successes: Vec<Instant>,
-    /// Detokenizes that returned a PAN other than the one tokenized.
-    wrong: usize,
-    /// The longest successful call.
-    slowest_success: Duration,
-}
-
-/// Tokenizes fresh PANs and detokenizes the ones it got tokens for, one
-/// call at a time, until `stop`.
-async fn worker(
-    server_addr: String,
-    api_key: String,
-    next: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-) -> Seen {
-    let mut client = common::client(&server_addr, Some(&api_key)).await;
-    let mut seen = Seen::default();
-    while !stop.load(Ordering::Relaxed) {
-        let pan = test_pan(4, next.fetch_add(1, Ordering::Relaxed));
-        let started = Instant::now();
-        let call = client.tokenize(v1::TokenizeRequest {
-            pan: pan.clone(),
-            ..Default::default()
-        });
-        let outcome = tokio::time::timeout(HANG, call)
-            .await
-            .unwrap_or_else(|_| panic!("a tokenize hung for {HANG:?}"));
-        match outcome {
-            Ok(response) => {
-                seen.successes.push(Instant::now());
-                seen.slowest_success = seen.slowest_success.max(started.elapsed());
-                seen.acked.push((pan, response.into_inner().token));
-            }
-            Err(status) => seen
-                .failures
-                .push((started, status.code(), started.elapsed())),
-        }
-        // Every other round, redeem an earlier token.
-        if let Some((pan, token)) = seen.acked.get(seen.acked.len() / 2).cloned() {
-            let started = Instant::now();
-            let call = client.detokenize(v1::DetokenizeRequest { token });
-            let outcome = tokio::time::timeout(HANG, call)
-                .await
-                .unwrap_or_else(|_| panic!("a detokenize hung for {HANG:?}"));
-            match outcome {
-                Ok(response) => {
-                    seen.successes.push(Instant::now());
-                    seen.slowest_success = seen.slowest_success.max(started.elapsed());
-                    if response.into_inner().pan != pan {
-                        seen.wrong += 1;
-                    }
-                }
-                Err(status) => seen
-                    .failures
-                    .push((started, status.code(), started.elapsed())),
-            }
-        }
-    }
-    seen
-}
-
-/// Load from `workers` concurrent callers, until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    workers: Vec<tokio::task::JoinHandle<Seen>>,
-}
-
-impl Load {
-    async fn start(server: &Server, workers: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let next = Arc::new(AtomicU64::new(0));
-        let key = server.api_key("processor");
-        let workers = (0..workers)
-            .map(|_| {
-                tokio::spawn(worker(
-                    server.addr.clone(),
-                    key.clone(),
-                    Arc::clone(&next),
-                    Arc::clone(&stop),
-                ))
-            })
-            .collect();
-        Self { stop, workers }
-    }
-
-    async fn stop(self) -> Seen {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Seen::default();
-        for worker in self.workers {
-            let seen = worker.await.unwrap();
-            all.acked.extend(seen.acked);
-            all.failures.extend(seen.failures);
-            all.successes.extend(seen.successes);
-            all.wrong += seen.wrong;
-            all.slowest_success = all.slowest_success.max(seen.slowest_success);
-        }
-        all.successes.sort();
-        all
-    }
-}
 
 /// Waits (on a blocking thread) until `ready`, within `limit`.
 async fn wait_for(
@@ -150,66 +38,6 @@ async fn wait_for(
     tokio::task::spawn_blocking(move || patroni::wait_for(what, limit, ready))
         .await
         .unwrap()
-}
-
-/// The longest time no call succeeded, from the last success before
-/// `from` on.
-fn gap_after(successes: &[Instant], from: Instant) -> Duration {
-    let first = successes.partition_point(|t| *t < from).saturating_sub(1);
-    successes[first..]
-        .windows(2)
-        .map(|pair| pair[1].duration_since(pair[0]))
-        .max()
-        .expect("no call succeeded after the fault")
-}
-
-/// Checks the load's record: no wrong PAN, every failure UNAVAILABLE and
-/// fast, and every acknowledged token still detokenizes to its PAN.
-async fn check(server: &Server, seen: &Seen, phase: &str) {
-    assert_eq!(seen.wrong, 0, "{phase}: a detokenize returned another PAN");
-    assert!(
-        seen.slowest_success <= 2 * COMMIT_DEADLINE + Duration::from_secs(3),
-        "{phase}: a call took {:?}",
-        seen.slowest_success
-    );
-    for (_, code, took) in &seen.failures {
-        assert_eq!(
-            *code,
-            Code::Unavailable,
-            "{phase}: a call failed with {code:?}"
-        );
-        // Queued behind a commit that timed out, a call may see two
-        // deadlines; nothing waits longer.
-        assert!(
-            *took <= 2 * COMMIT_DEADLINE + Duration::from_secs(3),
-            "{phase}: a failed call took {took:?}"
-        );
-    }
-    let mut client = server.client("processor").await;
-    for chunk in seen.acked.chunks(500) {
-        let call = client.detokenize_batch(v1::DetokenizeBatchRequest {
-            items: chunk
-                .iter()
-                .map(|(_, token)| v1::DetokenizeRequest {
-                    token: token.clone(),
-                })
-                .collect(),
-        });
-        let results = tokio::time::timeout(HANG, call)
-            .await
-            .expect("a batch detokenize hung")
-            .unwrap()
-            .into_inner()
-            .results;
-        for ((pan, token), result) in chunk.iter().zip(results) {
-            match result.result {
-                Some(v1::detokenize_result::Result::Pan(got)) => {
-                    assert_eq!(&got.pan, pan, "{phase}: token {token}");
-                }
-                other => panic!("{phase}: acknowledged token {token} lost: {other:?}"),
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +109,7 @@ async fn nothing_acknowledged_is_lost_through_a_primary_crash_and_a_switchover()
         window < Duration::from_secs(45),
         "unavailable for {window:?}"
     );
-    check(&server, &seen, "crash").await;
+    check(&server, &seen, "crash", COMMIT_DEADLINE).await;
 
     // The crashed node rejoins as the synchronous standby; then a clean
     // switchover under load.
@@ -317,7 +145,7 @@ async fn nothing_acknowledged_is_lost_through_a_primary_crash_and_a_switchover()
         window < Duration::from_secs(30),
         "unavailable for {window:?}"
     );
-    check(&server, &seen, "switchover").await;
+    check(&server, &seen, "switchover", COMMIT_DEADLINE).await;
     // One audit chain through both primaries, and it verifies.
     common::assert_audit_intact(&server).await;
     server.kill9();

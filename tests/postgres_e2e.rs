@@ -1,14 +1,18 @@
 //! The real binary on PostgreSQL: `serve --dev` with the store chosen by
 //! environment variables (the one-command developer path), `tessera
-//! migrate`, and a start-up that refuses a database without the schema.
+//! migrate`, a start-up that refuses a database without the schema, and
+//! the database stopped and started again under load.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
+#[path = "common/load.rs"]
+mod load;
 #[path = "common/postgres.rs"]
 mod postgres;
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::{Server, assert_no_pan_leaked};
 use tessera::proto::v1;
@@ -136,4 +140,72 @@ fn migrate_refuses_a_url_with_a_password_and_an_embedded_backend() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+}
+
+/// PostgreSQL stopped (as by a crash) for several seconds under continuous
+/// load, then started again: calls fail fast with UNAVAILABLE meanwhile
+/// (none waits past two commit deadlines), Tessera reconnects by itself,
+/// and every tokenize acknowledged before, during or after detokenizes to
+/// its PAN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_and_started_under_load_loses_nothing_acknowledged() {
+    const DEADLINE: Duration = Duration::from_secs(2);
+    let pg = postgres::Postgres::start();
+    let url = pg.database("vault").await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let mut env = on_postgres(&url, true);
+    env.push((
+        "TESSERA__STORE__COMMIT_DEADLINE_MS",
+        DEADLINE.as_millis().to_string(),
+    ));
+    env.push(("TESSERA__STORE__STATEMENT_TIMEOUT_MS", "1000".to_owned()));
+    env.push(("TESSERA__STORE__CONNECT_TIMEOUT_MS", "1000".to_owned()));
+    // The load's detokenizes are the point, not an anomaly.
+    env.push(("TESSERA__ACCESS__LOCK_ON_ANOMALY", "false".to_owned()));
+    let server = Server::start_dev_with_env(&data, &env, &log);
+    let load = load::Load::start(&server, 4).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.stop();
+    let stopped_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pg.restart();
+    let restarted_at = Instant::now();
+    // Until calls succeed again, then a while longer.
+    let mut probe = server.client("processor").await;
+    let recovered = loop {
+        let ok = probe
+            .tokenize(v1::TokenizeRequest {
+                pan: VISA.into(),
+                ..Default::default()
+            })
+            .await
+            .is_ok();
+        if ok {
+            break restarted_at.elapsed();
+        }
+        assert!(
+            restarted_at.elapsed() < Duration::from_secs(30),
+            "Tessera did not reconnect within 30 s of the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = load.stop().await;
+    let window = load::gap_after(&seen.successes, stopped_at);
+    eprintln!(
+        "postgres stopped 4 s: no call succeeded for {window:?}; calls succeeded again {recovered:?} \
+         after the restart; {} tokens acknowledged, {} calls failed",
+        seen.acked.len(),
+        seen.failures.len()
+    );
+    assert!(!seen.failures.is_empty(), "the outage was not seen");
+    assert!(
+        seen.successes.iter().any(|t| *t > restarted_at),
+        "nothing succeeded after the restart"
+    );
+    load::check(&server, &seen, "postgres stopped", DEADLINE).await;
+    server.kill9();
+    assert_no_pan_leaked(&log, &data, &[VISA]);
 }

@@ -81,7 +81,10 @@ struct Session {
     /// SHA-256 of the secret, hex.
     secret_hash: String,
     principal: String,
-    opened_ms: u64,
+    /// When it was opened, in nanoseconds, unique in this process: the
+    /// oldest gives way first, and two opened in one millisecond are still
+    /// in order.
+    opened_ns: u64,
     expires_ms: u64,
 }
 
@@ -100,6 +103,22 @@ fn split(token: &str) -> Option<(&str, &str)> {
 
 fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Wall-clock nanoseconds, strictly increasing in this process.
+fn opened_stamp() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let previous = LAST
+        .fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |last| Some(now.max(last.saturating_add(1))),
+        )
+        .unwrap_or(now);
+    now.max(previous.saturating_add(1))
 }
 
 /// Wall-clock milliseconds: sessions are compared across processes.
@@ -193,7 +212,7 @@ impl Sessions {
             .iter()
             .filter(|(_, s)| s.principal == principal)
             .collect();
-        mine.sort_by_key(|(_, s)| s.opened_ms);
+        mine.sort_by_key(|(_, s)| s.opened_ns);
         let excess = (mine.len() + 1).saturating_sub(MAX_PER_PRINCIPAL);
         for (oldest, _) in mine.iter().take(excess) {
             self.remove(oldest).await?;
@@ -205,7 +224,7 @@ impl Sessions {
         let session = Session {
             secret_hash: hex::encode(hash(&secret)),
             principal: principal.to_owned(),
-            opened_ms: now,
+            opened_ns: opened_stamp(),
             expires_ms: now.saturating_add(ttl_ms),
         };
         if let Some(shared) = &self.shared {
@@ -225,8 +244,8 @@ impl Sessions {
 
     /// Brings this replica's view of `token`'s session up to date from the
     /// store (opened, closed or revoked on another replica). Called before
-    /// [`Self::verify`] on every call that carries a session; a store that
-    /// does not answer leaves the view as it was.
+    /// [`Self::verify`] on every call that carries a session; when the store
+    /// does not answer the session is dropped from the view (fail closed).
     pub async fn load(&self, token: &str) {
         let (Some(shared), Some((id, _))) = (&self.shared, split(token)) else {
             return;
@@ -238,7 +257,12 @@ impl Sessions {
             Ok(None) => {
                 self.open_sessions().remove(id);
             }
-            Err(e) => tracing::warn!(error = %e, "admin session could not be read from the store"),
+            // Fail closed: a session closed elsewhere must not live on
+            // here because the store did not answer.
+            Err(e) => {
+                tracing::warn!(error = %e, "admin session could not be read from the store");
+                self.open_sessions().remove(id);
+            }
         }
     }
 

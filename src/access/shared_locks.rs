@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::shared::Shared;
 use crate::shared::feed::Follower;
+use crate::shared::{Shared, SharedError};
 use crate::store::{Expect, StateChange, StateKind};
 
 /// Most notes waiting to be written; past it the oldest give way (their
@@ -63,12 +63,17 @@ impl LockTarget {
     }
 }
 
-/// A lock as shared: until when, by the wall clock, or until unlocked.
+/// A lock as shared: until when, by the wall clock, or until unlocked; or
+/// lifted. A lift is a sealed value too, never a deleted row: someone with
+/// write access to the database cannot lift a lock without the state key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SharedLock {
     /// Milliseconds since the Unix epoch; `None`: until an admin unlocks.
     pub until_ms: Option<u64>,
+    /// An admin lifted it.
+    #[serde(default)]
+    pub lifted: bool,
 }
 
 /// A lock taken or lifted on this replica, to be shared.
@@ -78,6 +83,16 @@ pub struct LockNote {
     pub target: LockTarget,
     /// The lock; `None` when it was lifted.
     pub lock: Option<SharedLock>,
+}
+
+impl LockNote {
+    /// What is written: the lock, or a lift.
+    fn value(&self) -> SharedLock {
+        self.lock.unwrap_or(SharedLock {
+            until_ms: None,
+            lifted: true,
+        })
+    }
 }
 
 /// Notes waiting to be written. Off (and empty) unless the vault has
@@ -100,7 +115,10 @@ impl Outbox {
         let until_ms = until.map(wall_ms_of);
         self.push(LockNote {
             target,
-            lock: Some(SharedLock { until_ms }),
+            lock: Some(SharedLock {
+                until_ms,
+                lifted: false,
+            }),
         });
     }
 
@@ -117,8 +135,14 @@ impl Outbox {
             .notes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // One note per target, the newest: a lift never queues behind (and
+        // so is never undone by) an older lock of the same target.
+        notes.retain(|n| n.target != note.target);
         if notes.len() >= MAX_NOTES {
-            notes.remove(0);
+            // Only locks give way (they still hold on this replica).
+            if let Some(oldest_lock) = notes.iter().position(|n| n.lock.is_some()) {
+                notes.remove(oldest_lock);
+            }
         }
         notes.push(note);
     }
@@ -133,15 +157,20 @@ impl Outbox {
         )
     }
 
-    /// Puts notes back in front (their write failed).
-    fn restore(&self, mut failed: Vec<LockNote>) {
+    /// Puts notes back (their write failed), behind newer notes of the
+    /// same targets.
+    fn restore(&self, failed: Vec<LockNote>) {
         let mut notes = self
             .notes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        failed.append(&mut notes);
-        failed.truncate(MAX_NOTES);
-        *notes = failed;
+        let newer = std::mem::take(&mut *notes);
+        let mut merged: Vec<LockNote> = failed
+            .into_iter()
+            .filter(|old| !newer.iter().any(|n| n.target == old.target))
+            .collect();
+        merged.extend(newer);
+        *notes = merged;
     }
 }
 
@@ -213,7 +242,7 @@ impl Follower for LockSync {
                 .put(
                     StateKind::Lock,
                     &note.target.key(),
-                    note.lock.as_ref(),
+                    Some(&note.value()),
                     Expect::Any,
                 )
                 .await;
@@ -230,8 +259,13 @@ impl Follower for LockSync {
             let Some(target) = LockTarget::of_key(&change.key) else {
                 continue;
             };
+            // A deleted row or one that does not open lifts nothing: only
+            // a sealed lift does.
             if change.deleted {
-                self.taker.lift_lock(&target);
+                tracing::warn!(
+                    alert = "shared_state_unreadable",
+                    "a shared lock was deleted in the store; ignored"
+                );
                 continue;
             }
             match self
@@ -239,9 +273,17 @@ impl Follower for LockSync {
                 .get::<SharedLock>(StateKind::Lock, &change.key)
                 .await
             {
+                Ok(Some((_, lock))) if lock.lifted => self.taker.lift_lock(&target),
                 Ok(Some((_, lock))) => self.taker.take_lock(&target, lock),
-                Ok(None) => self.taker.lift_lock(&target),
-                Err(e) => return Err(format!("a shared lock could not be read: {e}")),
+                Ok(None) => {}
+                Err(SharedError::Store(e)) if e.is_retryable() => {
+                    return Err(format!("a shared lock could not be read: {e}"));
+                }
+                Err(e) => tracing::error!(
+                    alert = "shared_state_unreadable",
+                    error = %e,
+                    "a shared lock does not open; ignored"
+                ),
             }
         }
         Ok(())

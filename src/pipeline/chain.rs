@@ -139,6 +139,12 @@ impl BatchChain {
             if head.seq >= tip.next_seq {
                 return Err(CommitError::AuditRewound);
             }
+            // With the audit key at hand, a head it did not sign is forged.
+            if let Some(key) = self.parts.iter().find_map(|p| p.signer.as_ref())
+                && !head.is_valid(key)
+            {
+                return Err(CommitError::AuditRewound);
+            }
             if let Some((_, hash)) = hashes.iter().find(|(seq, _)| *seq == head.seq)
                 && *hash != head.hash
             {

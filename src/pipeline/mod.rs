@@ -110,12 +110,16 @@ enum Job {
 pub struct Pipeline {
     jobs: mpsc::Sender<Job>,
     idle: Mutex<Option<Committer>>,
+    /// Set while the committer refuses appends because the log no longer
+    /// continues the end it knows (see [`Self::is_refusing_appends`]).
+    latched: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Pipeline {
     /// A pipeline writing to `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
         let (jobs, queue) = mpsc::channel(MAX_QUEUED);
+        let latched = Arc::new(std::sync::atomic::AtomicBool::new(false));
         Self {
             jobs,
             idle: Mutex::new(Some(Committer {
@@ -123,7 +127,9 @@ impl Pipeline {
                 queue,
                 tip: None,
                 deferred: None,
+                latched: Arc::clone(&latched),
             })),
+            latched,
         }
     }
 
@@ -140,6 +146,12 @@ impl Pipeline {
             mpsc::error::TrySendError::Full(_) => WriteError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
         })
+    }
+
+    /// Whether the committer refuses audit appends because the log was cut
+    /// or rewritten behind it; health reports it, and `recover` ends it.
+    pub fn is_refusing_appends(&self) -> bool {
+        self.latched.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether the committer still runs (or has not been needed yet): a
@@ -182,6 +194,8 @@ struct Committer {
     tip: Option<Tip>,
     /// A job taken from the queue that belongs to the next round.
     deferred: Option<Job>,
+    /// See [`Pipeline::is_refusing_appends`].
+    latched: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Job {
@@ -373,6 +387,8 @@ impl Committer {
                          appends refused until `tessera audit recover`"
                     );
                     self.tip = tip;
+                    self.latched
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     for reply in replies {
                         let _ = reply.send(Err(WriteError::Audit(AuditError::Tampered)));
                     }
@@ -395,15 +411,24 @@ impl Committer {
         key: &DataKey,
     ) -> Result<(u64, VerifyReport), AuditError> {
         let report = verify::verify(self.store.as_ref(), Some(key)).await?;
-        if report.ok() {
+        let latched = self.latched.load(std::sync::atomic::Ordering::SeqCst);
+        // A log that verifies is recovered only on a replica that refuses
+        // appends: its events were cut or rewritten behind it (or the
+        // database lost commits), which the log itself may not show.
+        if report.ok() && !latched {
             return Err(AuditError::NothingToRecover);
         }
         event.action = RECOVERY_ACTION.to_owned();
+        let problem = if report.ok() {
+            "events this replica wrote or read are gone or changed"
+        } else {
+            report.problem.as_str()
+        };
         event.resource = format!(
             "{} first_bad:{} problem:{}",
             event.resource,
             report.first_bad.unwrap_or(report.events),
-            report.problem
+            problem
         )
         .trim_start()
         .to_owned();
@@ -426,6 +451,8 @@ impl Committer {
             next_seq: chained.seq.saturating_add(1),
             hash: chained.hash,
         });
+        self.latched
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         Ok((chained.seq, report))
     }
 }

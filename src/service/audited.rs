@@ -307,9 +307,12 @@ pub async fn authorize_call<T>(
     // A network that keeps failing authentication is refused before any
     // authentication work (SECURITY.md §5.6).
     let network_refused = peer.is_some_and(|ip| auth.guard().network_refused(ip));
-    // A session may have been opened, closed or revoked on another replica.
+    // A session may have been opened, closed or revoked on another replica:
+    // read it from the store, but only next to credentials that name a
+    // principal, so made-up sessions cost no database round trip.
     if let Some(session) = creds.session()
         && !network_refused
+        && auth.authenticate(&creds).is_ok()
     {
         auth.sessions().load(session).await;
     }

@@ -568,6 +568,15 @@ impl KeyAdmin for KeyAdminService {
                 .await;
         }
         let book = self.auth.principals();
+        // The requester (or this approver) may have been revoked on another
+        // replica: without the newest book no approval runs.
+        if let Err(e) = book.refresh().await {
+            tracing::warn!(error = %e, "principals could not be refreshed before an approval");
+            let status = Status::unavailable("principals could not be read; retry the approval");
+            return self
+                .finish(&call, &principal, format!("approval:{id}"), Err(status))
+                .await;
+        }
         let summary = book.get(&principal.name);
         let lineage = book.lineage(&principal.name);
         let approver = Approver {
@@ -602,10 +611,6 @@ impl KeyAdmin for KeyAdminService {
         )
         .await?;
         let sealed = self.vault.is_sealed();
-        // The requester may have been revoked on another replica.
-        if let Err(e) = book.refresh().await {
-            tracing::warn!(error = %e, "principals could not be refreshed before an approval");
-        }
         let approved = self
             .approvals
             .approve(

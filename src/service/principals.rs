@@ -150,9 +150,13 @@ pub(crate) fn book_status(e: &BookError) -> Status {
         }
         BookError::RoleOutOfScope(_) => status::invalid_argument("roles", &e.to_string()),
         BookError::NotFound(_) => Status::not_found(e.to_string()),
-        BookError::Shared(_) => {
+        BookError::SharedUnavailable(_) => {
             tracing::error!(error = %e, "principal change failed");
             Status::unavailable("the principal change could not be saved; retry")
+        }
+        BookError::Shared(_) => {
+            tracing::error!(alert = "shared_state_unreadable", error = %e, "principal change refused");
+            Status::internal("the stored principals are unusable; see the server log")
         }
         BookError::Registry(_) | BookError::File { .. } | BookError::Rng(_) => {
             tracing::error!(error = %e, "principal change failed");

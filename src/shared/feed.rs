@@ -43,9 +43,9 @@ pub fn spawn(
     poll: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        // Each follower's own position: one that cannot apply a change (a
-        // revocation it could not read) gets it again at the next poll,
-        // without holding the others back.
+        // Each follower reads from its own position: one that cannot apply
+        // a change yet (the database did not answer) gets it again at the
+        // next poll, without holding the others back.
         let mut cursors = vec![0u64; followers.len()];
         let mut ticks = tokio::time::interval(poll);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -54,34 +54,36 @@ pub fn spawn(
             for follower in &followers {
                 follower.publish().await;
             }
-            loop {
-                let since = cursors.iter().copied().min().unwrap_or(0);
-                let changes = match store.state_changes(since, PAGE).await {
-                    Ok(changes) => changes,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "shared state: change feed unreadable; retrying");
-                        break;
-                    }
-                };
-                let Some(last) = changes.last().map(|c| c.version) else {
-                    break;
-                };
-                let mut stuck = false;
-                for (follower, cursor) in followers.iter().zip(cursors.iter_mut()) {
-                    let mine: Vec<&StateChange> =
-                        changes.iter().filter(|c| c.version > *cursor).collect();
-                    if deliver_one(follower.as_ref(), &mine).await {
-                        *cursor = last;
-                    } else {
-                        stuck = true;
-                    }
-                }
-                if stuck || changes.len() < PAGE {
-                    break;
-                }
+            for (follower, cursor) in followers.iter().zip(cursors.iter_mut()) {
+                follow(store.as_ref(), follower.as_ref(), cursor).await;
             }
         }
     })
+}
+
+/// Hands `follower` the changes after `cursor`, a page at a time, moving
+/// the cursor past those it took.
+async fn follow(store: &dyn Store, follower: &dyn Follower, cursor: &mut u64) {
+    loop {
+        let changes = match store.state_changes(*cursor, PAGE).await {
+            Ok(changes) => changes,
+            Err(e) => {
+                tracing::warn!(error = %e, "shared state: change feed unreadable; retrying");
+                return;
+            }
+        };
+        let Some(last) = changes.last().map(|c| c.version) else {
+            return;
+        };
+        let changes: Vec<&StateChange> = changes.iter().collect();
+        if !deliver_one(follower, &changes).await {
+            return;
+        }
+        *cursor = last;
+        if changes.len() < PAGE {
+            return;
+        }
+    }
 }
 
 /// Hands `follower` the changes of its kinds among `changes`; whether it

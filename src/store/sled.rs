@@ -879,6 +879,18 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, AuditError::Tampered), "{err}");
+        // The log verifies, so only the replica that knows of the cut may
+        // recover (audited), which ends its refusal.
+        assert!(matches!(
+            a.recover(detokenized(7), key.clone()).await,
+            Err(AuditError::NothingToRecover)
+        ));
+        let (at, _) = b.recover(detokenized(7), key.clone()).await.unwrap();
+        assert_eq!(at, 3);
+        assert_eq!(
+            b.record(detokenized(8), Some(key.clone())).await.unwrap(),
+            4
+        );
     }
 
     /// Finding 15: sled reported corrupt data as UNAVAILABLE, which callers

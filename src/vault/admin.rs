@@ -422,9 +422,14 @@ impl Vault {
         else {
             return Ok(());
         };
-        let sealed_at = <[u8; 8]>::try_from(entry.value.as_slice())
-            .map(u64::from_be_bytes)
-            .map_err(|_| "a seal signal that is not a time".to_owned())?;
+        let Ok(sealed_at) = <[u8; 8]>::try_from(entry.value.as_slice()).map(u64::from_be_bytes)
+        else {
+            tracing::error!(
+                alert = "shared_state_unreadable",
+                "a seal signal that is not a time; ignored"
+            );
+            return Ok(());
+        };
         if sealed_at >= self.opened_at_ms.load(Ordering::SeqCst) && !self.is_sealed() {
             tracing::warn!(
                 event = "sealed_by_replica",

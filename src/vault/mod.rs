@@ -360,6 +360,12 @@ impl Vault {
         if !self.pipeline.is_running() {
             return Err(StoreError::Unavailable("the write pipeline stopped".into()).into());
         }
+        if self.pipeline.is_refusing_appends() {
+            return Err(StoreError::Damaged(
+                "the audit log was cut or rewritten behind this replica; run `tessera audit recover`",
+            )
+            .into());
+        }
         self.store.ping().await.map_err(VaultError::from)
     }
 

@@ -89,6 +89,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// The server options it started with, to start it again the same way.
+    options: String,
     watchdog: std::process::Child,
 }
 
@@ -130,19 +132,7 @@ impl Postgres {
             server_options.push(' ');
             server_options.push_str(option);
         }
-        let status = as_postgres(&bin, "pg_ctl")
-            .arg("start")
-            .arg("-w")
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("server.log"))
-            .arg("-o")
-            .arg(&server_options)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_ctl start failed");
+        pg_ctl_start(&bin, &data, &dir.path().join("server.log"), &server_options);
         // Also for a cluster that is never dropped (a test binary's
         // shared one): stopped and removed once the process is gone.
         let watchdog = watchdog(&format!(
@@ -155,8 +145,32 @@ impl Postgres {
             dir,
             bin,
             port,
+            options: server_options,
             watchdog,
         }
+    }
+
+    /// Stops the server at once, as a crash would (`-m immediate`).
+    pub fn stop(&self) {
+        let status = as_postgres(&self.bin, "pg_ctl")
+            .arg("stop")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "immediate"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl stop failed");
+    }
+
+    /// Starts the stopped server again, on the same port.
+    pub fn restart(&self) {
+        pg_ctl_start(
+            &self.bin,
+            &self.data_dir(),
+            &self.dir.path().join("server.log"),
+            &self.options,
+        );
     }
 
     /// A key=value connection string to database `db` as the superuser.
@@ -200,6 +214,23 @@ impl Drop for Postgres {
         let _ = self.watchdog.kill();
         let _ = self.watchdog.wait();
     }
+}
+
+/// `pg_ctl start`, waiting until it accepts connections.
+fn pg_ctl_start(bin: &Path, data: &Path, log: &Path, options: &str) {
+    let status = as_postgres(bin, "pg_ctl")
+        .arg("start")
+        .arg("-w")
+        .arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(log)
+        .arg("-o")
+        .arg(options)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctl start failed");
 }
 
 /// Runs `cleanup` (a shell command) once this test process is gone, in a

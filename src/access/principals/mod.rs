@@ -155,9 +155,13 @@ pub enum BookError {
     /// No randomness for keys.
     #[error(transparent)]
     Rng(#[from] crate::csprng::RngError),
-    /// The shared book could not be read or written.
+    /// The shared book is unusable: it did not open, or is older than the
+    /// one held, or is missing. Retrying does not help.
     #[error("principals in shared state: {0}")]
     Shared(String),
+    /// The store did not answer; a retry may.
+    #[error("principals in shared state are unavailable: {0}")]
+    SharedUnavailable(String),
 }
 
 /// What authentication reads: rebuilt on every change.
@@ -616,10 +620,20 @@ impl crate::shared::feed::Follower for PrincipalBook {
     }
 
     async fn changed(&self, _: &[crate::store::StateChange]) -> Result<(), String> {
-        self.refresh().await.map_err(|e| {
-            tracing::error!(error = %e, "principals changed on another replica could not be read");
-            e.to_string()
-        })
+        match self.refresh().await {
+            Ok(()) => Ok(()),
+            // Read again at the next poll.
+            Err(e @ BookError::SharedUnavailable(_)) => Err(e.to_string()),
+            // Unusable (edited, rolled back): this replica keeps its book.
+            Err(e) => {
+                tracing::error!(
+                    alert = "shared_state_unreadable",
+                    error = %e,
+                    "principals changed in the store could not be taken; keeping the book held"
+                );
+                Ok(())
+            }
+        }
     }
 }
 

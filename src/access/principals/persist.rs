@@ -20,7 +20,11 @@ use crate::store::{Expect, StateKind, StoreError};
 const BOOK: &str = "book";
 
 fn shared_error(e: SharedError) -> BookError {
-    BookError::Shared(e.to_string())
+    if e.is_retryable() {
+        BookError::SharedUnavailable(e.to_string())
+    } else {
+        BookError::Shared(e.to_string())
+    }
 }
 
 /// The principals file at `path`; empty when it does not exist.
