@@ -94,3 +94,24 @@ fn encodings_round_trip_and_refuse_truncation() {
     let head = SignedHead::sign(&DataKey::from_bytes([1; 32]), 3, chained.hash);
     assert_eq!(SignedHead::decode(&head.encode()).unwrap(), head);
 }
+
+/// A replica idle while another wrote more than a commit may check under
+/// the store's lock: its next commit walks forward outside the lock, then
+/// lands; before, it read and hashed the whole gap under the lock.
+#[tokio::test]
+async fn a_committer_far_behind_walks_forward_then_commits() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let key = Arc::new(DataKey::from_bytes([5; 32]));
+    let (a, b) = (log_over(&store), log_over(&store));
+    assert_eq!(a.record(event(0), Some(key.clone())).await.unwrap(), 0);
+    let many = u64::try_from(crate::store::MAX_TAIL_EVENTS).unwrap() + 10;
+    for n in 1..=many {
+        b.record(event(n), None).await.unwrap();
+    }
+    assert_eq!(
+        a.record(event(many + 1), Some(key.clone())).await.unwrap(),
+        many + 1
+    );
+    let report = a.verify(Some(&key)).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+}

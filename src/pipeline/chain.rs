@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use crate::audit::AuditEvent;
 use crate::audit::chain::{ChainHash, ChainedEvent, SignedHead, hash_event};
 use crate::secret::DataKey;
-use crate::store::{AuditAppend, ChainStep, CommitError};
+use crate::store::{AuditAppend, ChainStep, CommitError, MAX_TAIL_EVENTS};
 
 /// Where the chain ends: the next position and the hash it links to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +97,11 @@ impl BatchChain {
     /// hashes to what it claims; and that the signed `head`, when it falls
     /// within the tail, names an event there with its hash. Returns the
     /// tail's end.
-    fn check_tail(&self, tail: &[(u64, Vec<u8>)], head: Option<&[u8]>) -> Result<Tip, CommitError> {
+    pub(super) fn check_tail(
+        &self,
+        tail: &[(u64, Vec<u8>)],
+        head: Option<&[u8]>,
+    ) -> Result<Tip, CommitError> {
         let known = self.known;
         let mut events = tail.iter();
         let mut tip = if known.next_seq == 0 {
@@ -165,6 +169,9 @@ impl ChainStep for BatchChain {
         tail: &[(u64, Vec<u8>)],
         head: Option<&[u8]>,
     ) -> Result<AuditAppend, CommitError> {
+        if tail.len() >= MAX_TAIL_EVENTS {
+            return Err(CommitError::TailTooLong);
+        }
         let mut tip = self.check_tail(tail, head)?;
         let from = tip.next_seq;
         let mut append = AuditAppend {

@@ -32,7 +32,9 @@ use crate::audit::chain::{ChainedEvent, SignedHead};
 use crate::audit::verify::{self, VerifyReport};
 use crate::audit::{self, AuditError, AuditEvent, RECOVERY_ACTION};
 use crate::secret::DataKey;
-use crate::store::{AuditWrite, ChainStep, CommitError, Store, StoreError, WriteBatch, WriteUnit};
+use crate::store::{
+    AuditWrite, ChainStep, CommitError, MAX_TAIL_EVENTS, Store, StoreError, WriteBatch, WriteUnit,
+};
 use chain::{BatchChain, Part, Tip};
 
 mod chain;
@@ -40,6 +42,15 @@ mod chain;
 /// Most records and events one commit takes; a larger queue waits for the
 /// next commit. Bounds a transaction's size and one batch's latency.
 pub const MAX_BATCH_WRITES: usize = 16_384;
+
+/// How long a committer waits idle before it checks its way forward to the
+/// log's end (other replicas' events), outside the commit lock, so its next
+/// commit checks only a short tail under the lock.
+pub const KNOWN_END_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often one batch walks forward past a tail too long to check under
+/// the commit lock before it fails (UNAVAILABLE).
+const TAIL_WALKS: usize = 8;
 
 /// Most submissions waiting for the committer. Past it, writers are told
 /// UNAVAILABLE at once (overload), instead of queueing without bound.
@@ -212,9 +223,13 @@ impl Committer {
         loop {
             let first = match self.deferred.take() {
                 Some(job) => job,
-                None => match self.queue.recv().await {
-                    Some(job) => job,
-                    None => return,
+                None => match tokio::time::timeout(KNOWN_END_REFRESH, self.queue.recv()).await {
+                    Ok(Some(job)) => job,
+                    Ok(None) => return,
+                    Err(_) => {
+                        self.refresh_known_end().await;
+                        continue;
+                    }
                 },
             };
             match first {
@@ -317,6 +332,7 @@ impl Committer {
         mut replies: Vec<Reply>,
         refused: &mut Vec<(Reply, StoreError)>,
     ) {
+        let mut walks = 0;
         loop {
             if replies.is_empty() {
                 return;
@@ -374,25 +390,26 @@ impl Committer {
                         tip = None;
                     }
                 }
-                Err(CommitError::AuditRewound) => {
-                    // The log no longer continues the end this committer
-                    // knows: truncated or rewritten behind its back (an
-                    // older head copied back can make that look intact to
-                    // a fresh read). The known end stays, so every later
-                    // batch is refused the same way until an operator
-                    // recovers the log (`recover`, which runs here).
-                    tracing::error!(
-                        alert = "audit_tampered",
-                        "the audit log does not continue the end this replica wrote or read; \
-                         appends refused until `tessera audit recover`"
-                    );
-                    self.tip = tip;
-                    self.latched
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
-                    for reply in replies {
-                        let _ = reply.send(Err(WriteError::Audit(AuditError::Tampered)));
+                Err(CommitError::AuditRewound) => return self.latch(tip, replies),
+                Err(CommitError::TailTooLong) if walks < TAIL_WALKS => {
+                    walks += 1;
+                    if let Some(chain) = &chain {
+                        parts = chain.parts().to_vec();
                     }
-                    return;
+                    let Some(known) = tip else {
+                        return fail_all(replies, &StoreError::Damaged("a tail without events"));
+                    };
+                    match self.walk(known).await {
+                        Ok(end) => {
+                            tip = Some(end);
+                            self.tip = Some(end);
+                        }
+                        Err(CommitError::AuditRewound) => return self.latch(tip, replies),
+                        Err(e) => {
+                            self.tip = None;
+                            return fail_all(replies, &e.into_store());
+                        }
+                    }
                 }
                 Err(e) => {
                     // The store failed: read the end again next time.
@@ -400,6 +417,62 @@ impl Committer {
                     return fail_all(replies, &e.into_store());
                 }
             }
+        }
+    }
+
+    /// Refuses `replies` and every later append: the log no longer
+    /// continues the end this committer knows (`known`): cut or rewritten
+    /// behind its back (an older head copied back can make that look
+    /// intact to a fresh read). The known end stays until an operator
+    /// recovers the log (`recover`, which runs here).
+    fn latch(&mut self, known: Option<Tip>, replies: Vec<Reply>) {
+        tracing::error!(
+            alert = "audit_tampered",
+            "the audit log does not continue the end this replica wrote or read; \
+             appends refused until `tessera audit recover` on this replica"
+        );
+        self.tip = known;
+        self.latched
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for reply in replies {
+            let _ = reply.send(Err(WriteError::Audit(AuditError::Tampered)));
+        }
+    }
+
+    /// Checks the log forward from `known`, outside the commit lock, a page
+    /// at a time, to its current end; returns that end.
+    async fn walk(&self, mut known: Tip) -> Result<Tip, CommitError> {
+        loop {
+            let from = known.next_seq.saturating_sub(1);
+            let tail = self.store.audit_records(from, MAX_TAIL_EVENTS).await?;
+            let full = tail.len() >= MAX_TAIL_EVENTS;
+            // The head is checked against the page that reaches the end.
+            let head = if full {
+                None
+            } else {
+                self.store.audit_head().await?
+            };
+            known = BatchChain::new(Vec::new(), known).check_tail(&tail, head.as_deref())?;
+            if !full {
+                return Ok(known);
+            }
+        }
+    }
+
+    /// While idle: moves the known end forward past other replicas'
+    /// events, checked, so the next commit's tail is short.
+    async fn refresh_known_end(&mut self) {
+        let Some(known) = self.tip else {
+            return;
+        };
+        if self.latched.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        match self.walk(known).await {
+            Ok(end) => self.tip = Some(end),
+            Err(CommitError::AuditRewound) => self.latch(Some(known), Vec::new()),
+            // The store did not answer: read the end again next time.
+            Err(_) => self.tip = None,
         }
     }
 

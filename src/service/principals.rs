@@ -142,6 +142,17 @@ fn manages(caller: &Principal, tenant: &TenantId) -> bool {
     caller.tenant == *tenant || caller.has(Role::Operator)
 }
 
+/// Maps a session failure; the store's own words stay in the log.
+fn session_status(e: &SessionError) -> Status {
+    match e {
+        SessionError::TooMany => Status::resource_exhausted(e.to_string()),
+        other => {
+            tracing::warn!(error = %other, "admin sessions unavailable");
+            Status::unavailable("admin sessions are unavailable; retry")
+        }
+    }
+}
+
 /// Maps a principal-book failure; no message names another principal.
 pub(crate) fn book_status(e: &BookError) -> Status {
     match e {
@@ -433,7 +444,7 @@ impl Principals for PrincipalsService {
                     .sessions()
                     .close_all(target)
                     .await
-                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                    .map_err(|e| session_status(&e))?;
                 // Its pending requests die with it: a revoked admin's grant
                 // (whose credentials it holds) must not be approved later.
                 let requests = self
@@ -499,10 +510,7 @@ impl Principals for PrincipalsService {
                 .sessions()
                 .open(&caller.name)
                 .await
-                .map_err(|e| match e {
-                    SessionError::TooMany => Status::resource_exhausted(e.to_string()),
-                    other => Status::unavailable(other.to_string()),
-                })?;
+                .map_err(|e| session_status(&e))?;
             let ttl_ms = u64::try_from(opened.ttl.as_millis()).unwrap_or(u64::MAX);
             let expires_ms = self.vault.now_ms().saturating_add(ttl_ms);
             tracing::info!(session = %opened.id, "admin session opened");
@@ -556,7 +564,7 @@ impl Principals for PrincipalsService {
                 .sessions()
                 .close(&token, &caller.name)
                 .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
+                .map_err(|e| session_status(&e))?;
             Ok(v1::DeleteSessionResponse {})
         }
         .await;

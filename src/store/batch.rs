@@ -49,6 +49,12 @@ pub struct AuditAppend {
     pub head: Option<Vec<u8>>,
 }
 
+/// Most events of the log's tail a store reads under its commit lock for
+/// one commit. A writer whose known end is further behind (it was idle
+/// while other replicas wrote) walks forward outside the lock first
+/// ([`CommitError::TailTooLong`]), so no commit holds the lock for long.
+pub const MAX_TAIL_EVENTS: usize = 4096;
+
 /// Chains a batch's audit events at the log's end as the store finds it
 /// under its commit lock.
 ///
@@ -59,8 +65,8 @@ pub struct AuditAppend {
 /// signed head, and this step checks them and chains after the tail.
 pub trait ChainStep: Send + Sync {
     /// The first position the step must see: the last event its writer
-    /// knows (0 when it knows none). The store reads every event from
-    /// there on.
+    /// knows (0 when it knows none). The store reads the events from there
+    /// on, at most [`MAX_TAIL_EVENTS`].
     fn tail_from(&self) -> u64;
 
     /// The batch's events chained after `tail`: every stored event from
@@ -117,9 +123,9 @@ impl AuditWrite {
         }
     }
 
-    /// The events to write, given `tail` (every stored event from
-    /// [`Self::tail_from`] on, in order) and the stored signed `head`,
-    /// both read under the commit lock.
+    /// The events to write, given `tail` (the stored events from
+    /// [`Self::tail_from`] on, in order, at most [`MAX_TAIL_EVENTS`]) and
+    /// the stored signed `head`, both read under the commit lock.
     pub fn place(
         &self,
         tail: &[(u64, Vec<u8>)],
@@ -197,6 +203,11 @@ pub enum CommitError {
     /// was written; the writer checks the log again.
     #[error("the audit log does not continue the end its writer last saw")]
     AuditRewound,
+    /// The tail after the writer's known end is longer than
+    /// [`MAX_TAIL_EVENTS`]: nothing was written; the writer checks its way
+    /// forward outside the commit lock and commits again.
+    #[error("the audit log's tail is too long to check under the commit lock")]
+    TailTooLong,
 }
 
 impl CommitError {
@@ -205,6 +216,9 @@ impl CommitError {
         match self {
             Self::Refused { error, .. } | Self::Batch(error) => error,
             Self::AuditRewound => StoreError::Damaged("the audit log was rewound"),
+            Self::TailTooLong => {
+                StoreError::Unavailable("the audit log's tail was too long to check".into())
+            }
         }
     }
 }

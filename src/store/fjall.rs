@@ -30,8 +30,9 @@ use crate::store::prepared::PreparedUnit;
 use crate::store::record::{decode_u32, fingerprint_key, tenant_prefix, version_key};
 use crate::store::state::{self, Expect, StateChange, StateEntry, StateKind, StateStore, layout};
 use crate::store::{
-    AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord, SealedVersion,
-    StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch, segment,
+    AuditStore, CommitError, Engine, JobStore, KeyStore, MAX_TAIL_EVENTS, RecordStore,
+    SealedRecord, SealedVersion, StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
+    segment,
 };
 
 /// The journal's size before fjall flushes the memtables it covers
@@ -220,7 +221,7 @@ impl FjallStore {
     fn apply(&self, batch: &WriteBatch) -> Result<(), CommitError> {
         let audit = match batch.audit.tail_from() {
             Some(from) => {
-                let tail = self.records_from(from, usize::MAX)?;
+                let tail = self.records_from(from, MAX_TAIL_EVENTS)?;
                 let head = get(&self.audit_meta, AUDIT_HEAD)?;
                 Some(batch.audit.place(&tail, head.as_deref())?.into_owned())
             }

@@ -11,8 +11,8 @@ use crate::domain::{Fingerprint, TenantId, TokenId};
 use crate::store::record::{fingerprint_key, tenant_prefix};
 use crate::store::state::{Expect, StateChange, StateEntry, StateKind, StateStore, check_key};
 use crate::store::{
-    AuditAppend, AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord,
-    SealedVersion, StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
+    AuditAppend, AuditStore, CommitError, Engine, JobStore, KeyStore, MAX_TAIL_EVENTS, RecordStore,
+    SealedRecord, SealedVersion, StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
 };
 
 #[derive(Debug, Default)]
@@ -117,13 +117,15 @@ impl Inner {
         Ok(())
     }
 
-    /// The log's events from position `from` on.
+    /// The log's events from position `from` on, at most
+    /// [`MAX_TAIL_EVENTS`].
     fn events_from(&self, from: u64) -> Vec<(u64, Vec<u8>)> {
         let from = usize::try_from(from).unwrap_or(usize::MAX);
         self.audit
             .iter()
             .enumerate()
             .skip(from)
+            .take(MAX_TAIL_EVENTS)
             .map(|(seq, bytes)| (u64::try_from(seq).unwrap_or(u64::MAX), bytes.clone()))
             .collect()
     }

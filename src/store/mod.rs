@@ -43,7 +43,9 @@ pub mod state;
 use std::fmt;
 
 pub use audit::AuditStore;
-pub use batch::{AuditAppend, AuditWrite, ChainStep, CommitError, Engine, WriteBatch, WriteUnit};
+pub use batch::{
+    AuditAppend, AuditWrite, ChainStep, CommitError, Engine, MAX_TAIL_EVENTS, WriteBatch, WriteUnit,
+};
 pub use jobs::JobStore;
 pub use keys::KeyStore;
 pub use record::{

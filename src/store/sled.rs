@@ -29,8 +29,8 @@ use crate::store::record::{decode_u32, fingerprint_key, tenant_prefix, version_k
 use crate::store::segment;
 use crate::store::state::{self, Expect, StateChange, StateEntry, StateKind, StateStore, layout};
 use crate::store::{
-    AuditAppend, AuditStore, CommitError, Engine, JobStore, KeyStore, RecordStore, SealedRecord,
-    SealedVersion, StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
+    AuditAppend, AuditStore, CommitError, Engine, JobStore, KeyStore, MAX_TAIL_EVENTS, RecordStore,
+    SealedRecord, SealedVersion, StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
 };
 
 /// A sled-backed store.
@@ -176,7 +176,7 @@ impl SledStore {
         let audit = match batch.audit.tail_from() {
             Some(from) => {
                 let tail = self
-                    .records_from(from, usize::MAX)
+                    .records_from(from, MAX_TAIL_EVENTS)
                     .map_err(CommitError::Batch)?;
                 let head = self.head().map_err(CommitError::Batch)?;
                 batch.audit.place(&tail, head.as_deref())?.into_owned()

@@ -95,10 +95,11 @@ async fn tail(
 ) -> Result<(Vec<(u64, Vec<u8>)>, Option<Vec<u8>>), StoreError> {
     let from =
         i64::try_from(from).map_err(|_| StoreError::Damaged("audit position out of range"))?;
+    let limit = i64::try_from(crate::store::MAX_TAIL_EVENTS).unwrap_or(i64::MAX);
     let tail = tx
         .query(
-            "SELECT seq, body FROM audit_events WHERE seq >= $1 ORDER BY seq",
-            &[&from],
+            "SELECT seq, body FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2",
+            &[&from, &limit],
         )
         .await
         .map_err(unavailable)?
