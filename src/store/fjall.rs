@@ -564,16 +564,7 @@ impl StateStore for FjallStore {
         let mut out = Vec::new();
         for guard in self.state.prefix(layout::kind_prefix(kind)) {
             let (key, bytes) = guard.into_inner().map_err(unavailable)?;
-            let (_, name) = layout::parse_entry_key(&key)?;
-            if let (version, Some(value)) = layout::decode_value(&bytes)? {
-                out.push((
-                    name,
-                    StateEntry {
-                        version,
-                        value: value.to_vec(),
-                    },
-                ));
-            }
+            out.extend(layout::live(&key, &bytes)?);
         }
         Ok(out)
     }
@@ -629,17 +620,8 @@ impl StateStore for FjallStore {
         let from = since.saturating_add(1).to_be_bytes();
         for guard in self.state_log.range(from..).take(limit) {
             let (number, entry) = guard.into_inner().map_err(unavailable)?;
-            let (kind, key) = layout::parse_entry_key(&entry)?;
-            let deleted = match get(&self.state, &entry)? {
-                Some(bytes) => layout::decode_value(&bytes)?.1.is_none(),
-                None => true,
-            };
-            out.push(StateChange {
-                version: layout::decode_version(&number)?,
-                kind,
-                key,
-                deleted,
-            });
+            let current = get(&self.state, &entry)?;
+            out.push(layout::change(&number, &entry, current.as_deref())?);
         }
         Ok(out)
     }

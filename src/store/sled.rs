@@ -585,16 +585,7 @@ impl StateStore for SledStore {
         let mut out = Vec::new();
         for item in self.state.scan_prefix(layout::kind_prefix(kind)) {
             let (key, bytes) = item.map_err(unavailable)?;
-            let (_, name) = layout::parse_entry_key(&key)?;
-            if let (version, Some(value)) = layout::decode_value(&bytes)? {
-                out.push((
-                    name,
-                    StateEntry {
-                        version,
-                        value: value.to_vec(),
-                    },
-                ));
-            }
+            out.extend(layout::live(&key, &bytes)?);
         }
         Ok(out)
     }
@@ -654,17 +645,8 @@ impl StateStore for SledStore {
         let from = since.saturating_add(1).to_be_bytes();
         for item in self.state_log.range(from..).take(limit) {
             let (number, entry) = item.map_err(unavailable)?;
-            let (kind, key) = layout::parse_entry_key(&entry)?;
-            let deleted = match self.state.get(&entry).map_err(unavailable)? {
-                Some(bytes) => layout::decode_value(&bytes)?.1.is_none(),
-                None => true,
-            };
-            out.push(StateChange {
-                version: layout::decode_version(&number)?,
-                kind,
-                key,
-                deleted,
-            });
+            let current = self.state.get(&entry).map_err(unavailable)?;
+            out.push(layout::change(&number, &entry, current.as_deref())?);
         }
         Ok(out)
     }

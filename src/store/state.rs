@@ -209,6 +209,43 @@ pub(crate) mod layout {
         }
     }
 
+    /// The live entry a stored `(key, bytes)` pair holds, if live.
+    pub(crate) fn live(
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<Option<(String, super::StateEntry)>, StoreError> {
+        let (_, name) = parse_entry_key(key)?;
+        Ok(match decode_value(bytes)? {
+            (version, Some(value)) => Some((
+                name,
+                super::StateEntry {
+                    version,
+                    value: value.to_vec(),
+                },
+            )),
+            (_, None) => None,
+        })
+    }
+
+    /// The change a `state_log` pair names, given the entry's current bytes.
+    pub(crate) fn change(
+        number: &[u8],
+        entry: &[u8],
+        current: Option<&[u8]>,
+    ) -> Result<super::StateChange, StoreError> {
+        let (kind, key) = parse_entry_key(entry)?;
+        let deleted = match current {
+            Some(bytes) => decode_value(bytes)?.1.is_none(),
+            None => true,
+        };
+        Ok(super::StateChange {
+            version: decode_version(number)?,
+            kind,
+            key,
+            deleted,
+        })
+    }
+
     /// A big-endian change number.
     pub(crate) fn decode_version(bytes: &[u8]) -> Result<u64, StoreError> {
         Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| {
