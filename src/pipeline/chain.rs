@@ -91,72 +91,82 @@ impl BatchChain {
     }
 }
 
-impl BatchChain {
-    /// Checks that `tail` continues the known end: its first event is the
-    /// known last one, and every later event links to the one before and
-    /// hashes to what it claims; and that the signed `head`, when it falls
-    /// within the tail, names an event there with its hash. Returns the
-    /// tail's end.
-    pub(super) fn check_tail(
-        &self,
-        tail: &[(u64, Vec<u8>)],
-        head: Option<&[u8]>,
-    ) -> Result<Tip, CommitError> {
-        let known = self.known;
-        let mut events = tail.iter();
-        let mut tip = if known.next_seq == 0 {
-            Tip {
-                next_seq: 0,
-                hash: [0; 32],
+/// What a page of the log's tail is checked against besides the known end.
+#[derive(Clone, Copy)]
+pub(super) struct TailCheck<'a> {
+    /// The stored signed head (read before the page).
+    pub(super) head: Option<&'a [u8]>,
+    /// The audit key, when at hand: a head it did not sign is forged.
+    pub(super) key: Option<&'a DataKey>,
+    /// Whether the page reaches the log's end, so the head must fall in
+    /// it or before it.
+    pub(super) last_page: bool,
+}
+
+/// Checks that `tail` continues `known`: its first event is the known last
+/// one (unless `known` is the empty log), and every later event links to
+/// the one before and hashes to what it claims; and that the signed head,
+/// when it names an event of the page, names it with its hash. Returns the
+/// page's end.
+pub(super) fn check_tail(
+    known: Tip,
+    tail: &[(u64, Vec<u8>)],
+    check: TailCheck<'_>,
+) -> Result<Tip, CommitError> {
+    let mut events = tail.iter();
+    let mut hashes = Vec::with_capacity(tail.len());
+    let mut tip = if known.next_seq == 0 {
+        Tip {
+            next_seq: 0,
+            hash: [0; 32],
+        }
+    } else {
+        match events.next() {
+            Some((seq, bytes))
+                if seq.saturating_add(1) == known.next_seq
+                    && ChainedEvent::decode(bytes).is_ok_and(|e| e.hash == known.hash) =>
+            {
+                hashes.push((*seq, known.hash));
+                known
             }
-        } else {
-            match events.next() {
-                Some((seq, bytes))
-                    if seq.saturating_add(1) == known.next_seq
-                        && ChainedEvent::decode(bytes).is_ok_and(|e| e.hash == known.hash) =>
-                {
-                    known
-                }
-                _ => return Err(CommitError::AuditRewound),
-            }
+            _ => return Err(CommitError::AuditRewound),
+        }
+    };
+    for (seq, bytes) in events {
+        let event = ChainedEvent::decode(bytes).map_err(|_| CommitError::AuditRewound)?;
+        let links = *seq == tip.next_seq
+            && event.seq == *seq
+            && event.prev == tip.hash
+            && hash_event(event.seq, &event.prev, &event.event) == event.hash;
+        if !links {
+            return Err(CommitError::AuditRewound);
+        }
+        hashes.push((*seq, event.hash));
+        tip = Tip {
+            next_seq: seq.saturating_add(1),
+            hash: event.hash,
         };
-        let mut hashes = Vec::with_capacity(tail.len());
-        for (seq, bytes) in events {
-            let event = ChainedEvent::decode(bytes).map_err(|_| CommitError::AuditRewound)?;
-            let links = *seq == tip.next_seq
-                && event.seq == *seq
-                && event.prev == tip.hash
-                && hash_event(event.seq, &event.prev, &event.event) == event.hash;
-            if !links {
-                return Err(CommitError::AuditRewound);
-            }
-            hashes.push((*seq, event.hash));
-            tip = Tip {
-                next_seq: seq.saturating_add(1),
-                hash: event.hash,
-            };
-        }
-        // A head another replica signed within the tail must name an event
-        // there: a tail rewritten after it no longer does.
-        if let Some(bytes) = head {
-            let head = SignedHead::decode(bytes).map_err(|_| CommitError::AuditRewound)?;
-            if head.seq >= tip.next_seq {
-                return Err(CommitError::AuditRewound);
-            }
-            // With the audit key at hand, a head it did not sign is forged.
-            if let Some(key) = self.parts.iter().find_map(|p| p.signer.as_ref())
-                && !head.is_valid(key)
-            {
-                return Err(CommitError::AuditRewound);
-            }
-            if let Some((_, hash)) = hashes.iter().find(|(seq, _)| *seq == head.seq)
-                && *hash != head.hash
-            {
-                return Err(CommitError::AuditRewound);
-            }
-        }
-        Ok(tip)
     }
+    // A head another replica signed must name an event with its hash: a
+    // log rewritten after it no longer does, and one cut below it ends
+    // before it.
+    if let Some(bytes) = check.head {
+        let head = SignedHead::decode(bytes).map_err(|_| CommitError::AuditRewound)?;
+        if check.last_page && head.seq >= tip.next_seq {
+            return Err(CommitError::AuditRewound);
+        }
+        if let Some(key) = check.key
+            && !head.is_valid(key)
+        {
+            return Err(CommitError::AuditRewound);
+        }
+        if let Some((_, hash)) = hashes.iter().find(|(seq, _)| *seq == head.seq)
+            && *hash != head.hash
+        {
+            return Err(CommitError::AuditRewound);
+        }
+    }
+    Ok(tip)
 }
 
 impl ChainStep for BatchChain {
@@ -172,7 +182,12 @@ impl ChainStep for BatchChain {
         if tail.len() >= MAX_TAIL_EVENTS {
             return Err(CommitError::TailTooLong);
         }
-        let mut tip = self.check_tail(tail, head)?;
+        let check = TailCheck {
+            head,
+            key: self.parts.iter().find_map(|p| p.signer.as_deref()),
+            last_page: true,
+        };
+        let mut tip = check_tail(self.known, tail, check)?;
         let from = tip.next_seq;
         let mut append = AuditAppend {
             from,
@@ -200,5 +215,100 @@ impl ChainStep for BatchChain {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Placed { from, end: tip });
         Ok(append)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain_of(n: u64) -> (Vec<(u64, Vec<u8>)>, Vec<ChainHash>) {
+        let mut prev = [0; 32];
+        let (mut events, mut hashes) = (Vec::new(), Vec::new());
+        for seq in 0..n {
+            let event = AuditEvent {
+                time_ms: seq,
+                ..AuditEvent::default()
+            };
+            let chained = ChainedEvent::new(seq, prev, event);
+            prev = chained.hash;
+            hashes.push(chained.hash);
+            events.push((seq, chained.encode()));
+        }
+        (events, hashes)
+    }
+
+    fn head(key: &DataKey, seq: u64, hash: ChainHash) -> Vec<u8> {
+        SignedHead::sign(key, seq, hash).encode()
+    }
+
+    /// A page is checked against the known end, its links, and the head:
+    /// a head beyond a page that does not reach the log's end is left for
+    /// the next page; beyond the last page it is a cut; one naming an
+    /// event of the page (the known one included) must carry its hash and,
+    /// with the key at hand, its signature.
+    #[test]
+    fn a_page_of_the_tail_is_checked_against_the_known_end_and_the_head() {
+        let key = DataKey::from_bytes([1; 32]);
+        let (events, hashes) = chain_of(10);
+        let known = Tip {
+            next_seq: 4,
+            hash: hashes[3],
+        };
+        let page = &events[3..7];
+        let check = |head: Option<&[u8]>, key: Option<&DataKey>, last_page: bool| {
+            check_tail(
+                known,
+                page,
+                TailCheck {
+                    head,
+                    key,
+                    last_page,
+                },
+            )
+        };
+        assert_eq!(check(None, None, true).unwrap().next_seq, 7);
+        let later = head(&key, 8, hashes[8]);
+        assert!(check(Some(&later), Some(&key), false).is_ok());
+        assert!(matches!(
+            check(Some(&later), Some(&key), true),
+            Err(CommitError::AuditRewound)
+        ));
+        let within = head(&key, 5, hashes[5]);
+        assert!(check(Some(&within), Some(&key), true).is_ok());
+        let wrong_hash = head(&key, 5, hashes[4]);
+        assert!(check(Some(&wrong_hash), None, true).is_err());
+        let at_known = head(&key, 3, hashes[2]);
+        assert!(check(Some(&at_known), None, true).is_err());
+        let forged = head(&DataKey::from_bytes([2; 32]), 5, hashes[5]);
+        assert!(check(Some(&forged), None, true).is_ok(), "no key at hand");
+        assert!(check(Some(&forged), Some(&key), true).is_err());
+        // A page that does not start at the known event, or does not link.
+        assert!(
+            check_tail(
+                known,
+                &events[4..7],
+                TailCheck {
+                    head: None,
+                    key: None,
+                    last_page: true
+                }
+            )
+            .is_err()
+        );
+        let mut broken = page.to_vec();
+        broken.swap(1, 2);
+        assert!(
+            check_tail(
+                known,
+                &broken,
+                TailCheck {
+                    head: None,
+                    key: None,
+                    last_page: true
+                }
+            )
+            .is_err()
+        );
     }
 }

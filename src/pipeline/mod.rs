@@ -35,7 +35,7 @@ use crate::secret::DataKey;
 use crate::store::{
     AuditWrite, ChainStep, CommitError, MAX_TAIL_EVENTS, Store, StoreError, WriteBatch, WriteUnit,
 };
-use chain::{BatchChain, Part, Tip};
+use chain::{BatchChain, Part, TailCheck, Tip};
 
 mod chain;
 
@@ -51,6 +51,11 @@ pub const KNOWN_END_REFRESH: std::time::Duration = std::time::Duration::from_sec
 /// How often one batch walks forward past a tail too long to check under
 /// the commit lock before it fails (UNAVAILABLE).
 const TAIL_WALKS: usize = 8;
+
+/// Most pages one walk checks before it gives way (UNAVAILABLE for the
+/// batch waiting on it): the walk runs in the committer, so nothing else
+/// commits meanwhile.
+const WALK_PAGES: usize = 64;
 
 /// Most submissions waiting for the committer. Past it, writers are told
 /// UNAVAILABLE at once (overload), instead of queueing without bound.
@@ -405,11 +410,13 @@ impl Committer {
                             self.tip = Some(end);
                         }
                         Err(CommitError::AuditRewound) => return self.latch(tip, replies),
-                        Err(e) => {
-                            self.tip = None;
-                            return fail_all(replies, &e.into_store());
-                        }
+                        // Only read: the known end still holds.
+                        Err(e) => return fail_all(replies, &e.into_store()),
                     }
+                }
+                // Nothing written, and the known end still holds.
+                Err(CommitError::TailTooLong) => {
+                    return fail_all(replies, &CommitError::TailTooLong.into_store());
                 }
                 Err(e) => {
                     // The store failed: read the end again next time.
@@ -440,23 +447,27 @@ impl Committer {
     }
 
     /// Checks the log forward from `known`, outside the commit lock, a page
-    /// at a time, to its current end; returns that end.
+    /// at a time, to its current end; returns that end. The head is read
+    /// first: another replica committing meanwhile only moves the end past
+    /// it.
     async fn walk(&self, mut known: Tip) -> Result<Tip, CommitError> {
-        loop {
+        let head = self.store.audit_head().await?;
+        for _ in 0..WALK_PAGES {
             let from = known.next_seq.saturating_sub(1);
             let tail = self.store.audit_records(from, MAX_TAIL_EVENTS).await?;
             let full = tail.len() >= MAX_TAIL_EVENTS;
-            // The head is checked against the page that reaches the end.
-            let head = if full {
-                None
-            } else {
-                self.store.audit_head().await?
+            let check = TailCheck {
+                head: head.as_deref(),
+                key: None,
+                last_page: !full,
             };
-            known = BatchChain::new(Vec::new(), known).check_tail(&tail, head.as_deref())?;
+            known = chain::check_tail(known, &tail, check)?;
             if !full {
                 return Ok(known);
             }
         }
+        // Other replicas write faster than this one reads: give way.
+        Err(CommitError::TailTooLong)
     }
 
     /// While idle: moves the known end forward past other replicas'
@@ -471,8 +482,10 @@ impl Committer {
         match self.walk(known).await {
             Ok(end) => self.tip = Some(end),
             Err(CommitError::AuditRewound) => self.latch(Some(known), Vec::new()),
-            // The store did not answer: read the end again next time.
-            Err(_) => self.tip = None,
+            // The store did not answer: the known end still holds (the walk
+            // only reads), and a fresh read could be fooled by an older
+            // head copied back.
+            Err(e) => tracing::warn!(error = %e, "audit log end not refreshed; retrying"),
         }
     }
 
