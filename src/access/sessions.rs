@@ -121,11 +121,9 @@ fn opened_stamp() -> u64 {
     now.max(previous.saturating_add(1))
 }
 
-/// Wall-clock milliseconds: sessions are compared across processes.
+/// Wall-clock milliseconds: compared across processes.
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::clock::Clock::now_ms(&crate::clock::SystemClock)
 }
 
 impl Sessions {

@@ -174,11 +174,9 @@ impl Outbox {
     }
 }
 
-/// Wall-clock milliseconds now.
+/// Wall-clock milliseconds: compared across processes.
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::clock::Clock::now_ms(&crate::clock::SystemClock)
 }
 
 /// The wall-clock time of `instant`.

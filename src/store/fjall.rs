@@ -582,20 +582,11 @@ impl StateStore for FjallStore {
             // Conditional puts read, then write: one at a time.
             let _admin = lock(&store.admin_lock);
             let old = get(&store.state, &entry)?;
-            let old_version = old
-                .as_ref()
-                .map(|bytes| layout::decode_value(bytes))
-                .transpose()?;
-            if !expect.holds(old_version.and_then(|(v, live)| live.map(|_| v))) {
-                return Err(StoreError::Conflict);
-            }
-            let version = match get(&store.state, layout::COUNTER)? {
-                Some(bytes) => layout::decode_version(&bytes)?,
-                None => 0,
-            }
-            .saturating_add(1);
+            let counter = get(&store.state, layout::COUNTER)?;
+            let put = layout::plan_put(old.as_deref(), counter.as_deref(), expect)?;
+            let version = put.version;
             let mut write = store.db.batch();
-            if let Some((previous, _)) = old_version {
+            if let Some(previous) = put.replaced {
                 write.remove(&store.state_log, previous.to_be_bytes());
             }
             write.insert(&store.state, layout::COUNTER, version.to_be_bytes());

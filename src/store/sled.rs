@@ -603,23 +603,11 @@ impl StateStore for SledStore {
         let version = (&self.state, &self.state_log)
             .transaction(|(state, log)| {
                 let old = state.get(&entry)?;
-                let found = match &old {
-                    Some(bytes) => {
-                        let (version, live) = layout::decode_value(bytes).map_err(abort)?;
-                        live.map(|_| version)
-                    }
-                    None => None,
-                };
-                if !expect.holds(found) {
-                    return Err(abort(StoreError::Conflict));
-                }
-                let counter = match state.get(layout::COUNTER)? {
-                    Some(bytes) => layout::decode_version(&bytes).map_err(abort)?,
-                    None => 0,
-                };
-                let version = counter.saturating_add(1);
-                if let Some(bytes) = &old {
-                    let (previous, _) = layout::decode_value(bytes).map_err(abort)?;
+                let counter = state.get(layout::COUNTER)?;
+                let put =
+                    layout::plan_put(old.as_deref(), counter.as_deref(), expect).map_err(abort)?;
+                let version = put.version;
+                if let Some(previous) = put.replaced {
                     log.remove(&previous.to_be_bytes())?;
                 }
                 state.insert(layout::COUNTER, &version.to_be_bytes())?;

@@ -246,6 +246,33 @@ pub(crate) mod layout {
         })
     }
 
+    /// What a conditional put writes, decided from the entry's and the
+    /// counter's stored bytes: the new change number, and the entry's
+    /// previous number to drop from `state_log`.
+    pub(crate) struct Put {
+        pub(crate) version: u64,
+        pub(crate) replaced: Option<u64>,
+    }
+
+    /// Checks `expect` against the entry's stored bytes (`old`) and takes
+    /// the next number from the counter's (`counter`); `Conflict` when the
+    /// entry is not as expected.
+    pub(crate) fn plan_put(
+        old: Option<&[u8]>,
+        counter: Option<&[u8]>,
+        expect: super::Expect,
+    ) -> Result<Put, StoreError> {
+        let old = old.map(decode_value).transpose()?;
+        if !expect.holds(old.and_then(|(version, live)| live.map(|_| version))) {
+            return Err(StoreError::Conflict);
+        }
+        let counter = counter.map(decode_version).transpose()?.unwrap_or(0);
+        Ok(Put {
+            version: counter.saturating_add(1),
+            replaced: old.map(|(version, _)| version),
+        })
+    }
+
     /// A big-endian change number.
     pub(crate) fn decode_version(bytes: &[u8]) -> Result<u64, StoreError> {
         Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| {
