@@ -14,6 +14,8 @@ use tessera::keyring::Keyring;
 use tessera::kms::Kms;
 use tessera::kms::dev::DevKms;
 use tessera::kms::shamir::{ShamirKms, split_new_master_key};
+use tessera::pipeline::Pipeline;
+use tessera::store::Store;
 use tessera::store::memory::MemoryStore;
 use tessera::store::sled::SledStore;
 use tessera::tokens::{TokenFormat, luhn};
@@ -54,7 +56,9 @@ fn dek_cache_hit(c: &mut Criterion) {
         DevKms::open_or_create(&dir.path().join("k"), Profile::Dev)
             .unwrap_or_else(|_| std::process::abort()),
     );
-    let keyring = Keyring::new(kms, Arc::new(MemoryStore::new()), Arc::new(SystemClock));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let pipeline = Arc::new(Pipeline::new(Arc::clone(&store)));
+    let keyring = Keyring::new(kms, store, Arc::new(SystemClock), pipeline);
     let tenant = TenantId::new("bench").unwrap_or_else(|_| std::process::abort());
     rt.block_on(keyring.current_dek(&tenant))
         .unwrap_or_else(|_| std::process::abort());

@@ -114,10 +114,10 @@ fn committer_batch(c: &mut Criterion) {
                                 .submit(Submission {
                                     unit: WriteUnit {
                                         records: vec![record(n)],
-                                        tombstones: Vec::new(),
+                                        ..WriteUnit::default()
                                     },
                                     events: vec![event(n)],
-                                    signer: None,
+                                    ..Submission::default()
                                 })
                                 .await
                         }));

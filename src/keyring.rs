@@ -19,12 +19,14 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditError, AuditEvent};
 use crate::clock::Clock;
 use crate::domain::token::{FINGERPRINT_LEN, TOKEN_ID_LEN};
 use crate::domain::{Fingerprint, Pan, TenantId, Token, TokenId};
 use crate::kms::{KeyContext, KeyPurpose, Kms, KmsError};
+use crate::pipeline::{Pipeline, Submission, WriteError};
 use crate::secret::{DataKey, KEY_LEN, MacKey};
-use crate::store::{Store, StoreError, WrappedKeyRecord};
+use crate::store::{Store, StoreError, WrappedKeyRecord, WriteUnit};
 use crate::tokens::ff1::Ff1Generator;
 use crate::tokens::{GeneratorKind, LuhnPolicy, TokenFormat};
 
@@ -58,6 +60,21 @@ pub enum KeyringError {
     /// not cached, and the call should be retried.
     #[error("the key cache was cleared while this key loaded; retry")]
     Raced,
+    /// The audit log refused the event that stores the audit key.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// The action of the event committed with the audit key's root.
+pub const AUDIT_KEY_CREATED: &str = "AuditKeyCreated";
+
+/// The audit-log signing key derived from its root (the system index key).
+fn audit_key_of(root: &DataKey) -> Result<DataKey, KeyringError> {
+    let hkdf = Hkdf::<Sha256>::new(None, root.expose_secret());
+    let mut okm = Zeroizing::new([0u8; KEY_LEN]);
+    hkdf.expand(AUDIT_INFO, okm.as_mut())
+        .map_err(|_| KeyringError::MissingKey)?;
+    Ok(DataKey::from_bytes(*okm))
 }
 
 /// Where the audit key's root (the system index key) sits in the key
@@ -179,6 +196,10 @@ pub struct Keyring {
     current: RwLock<HashMap<TenantId, u32>>,
     tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
     audit: RwLock<Option<Arc<DataKey>>>,
+    /// Held while this process makes the audit key, so it makes one.
+    making_audit_key: tokio::sync::Mutex<()>,
+    /// Stores the audit key's root with the first signed head.
+    pipeline: Arc<Pipeline>,
     /// Bumped by every clear and forget; a load that started before a bump
     /// must not cache what it loaded (SECURITY.md §5.8), checked under the
     /// cache's write lock.
@@ -192,8 +213,14 @@ impl std::fmt::Debug for TenantKeys {
 }
 
 impl Keyring {
-    /// A keyring over `kms` and the key table of `store`.
-    pub fn new(kms: Arc<dyn Kms>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    /// A keyring over `kms` and the key table of `store`; the audit key's
+    /// root is stored through `pipeline` (the vault's, writing to `store`).
+    pub fn new(
+        kms: Arc<dyn Kms>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        pipeline: Arc<Pipeline>,
+    ) -> Self {
         Self {
             kms,
             store,
@@ -202,6 +229,8 @@ impl Keyring {
             current: RwLock::default(),
             tenants: RwLock::default(),
             audit: RwLock::default(),
+            making_audit_key: tokio::sync::Mutex::default(),
+            pipeline,
             epoch: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -368,27 +397,79 @@ impl Keyring {
 
     /// The key that signs the audit chain head: HKDF of the system index
     /// key, which the KMS wraps like any other; made on first use.
+    ///
+    /// A store holding any wrapped key must have a signed head once it has
+    /// events (`audit::head_required`), so the root is made before any
+    /// other key and stored only in the commit that signs the log's first
+    /// head with it (an `AuditKeyCreated` event): a crash between the two
+    /// writes can no longer leave a key without its head, which read as a
+    /// deleted head forever after.
     pub async fn audit_key(&self) -> Result<Arc<DataKey>, KeyringError> {
         if let Some(key) = read(&self.audit).as_ref() {
             return Ok(Arc::clone(key));
         }
-        let ctx = audit_key_context();
         let started = self.epoch();
-        let root = self
-            .load_or_create(&ctx, true)
-            .await?
-            .ok_or(KeyringError::MissingKey)?;
-        let hkdf = Hkdf::<Sha256>::new(None, root.expose_secret());
-        let mut okm = Zeroizing::new([0u8; KEY_LEN]);
-        hkdf.expand(AUDIT_INFO, okm.as_mut())
-            .map_err(|_| KeyringError::MissingKey)?;
-        let key = Arc::new(DataKey::from_bytes(*okm));
+        let _making = self.making_audit_key.lock().await;
+        if let Some(key) = read(&self.audit).as_ref() {
+            return Ok(Arc::clone(key));
+        }
+        let ctx = audit_key_context();
+        let key = match self.load(&ctx).await? {
+            Some(root) => audit_key_of(&root)?,
+            None => self.make_audit_key(&ctx).await?,
+        };
+        let key = Arc::new(key);
         let mut audit = write(&self.audit);
         if self.epoch() != started {
             return Err(KeyringError::Raced);
         }
         *audit = Some(Arc::clone(&key));
         Ok(key)
+    }
+
+    /// Makes the audit key's root and commits it with a signed
+    /// `AuditKeyCreated` event; when another replica stored its root first,
+    /// that root's key.
+    async fn make_audit_key(&self, ctx: &KeyContext) -> Result<DataKey, KeyringError> {
+        let (root, wrapped) = self.kms.generate_data_key(ctx).await?;
+        let now_ms = self.clock.now_ms();
+        let record = WrappedKeyRecord {
+            context: ctx.clone(),
+            master_key_id: self.kms.master_key_id().ok_or(KmsError::Sealed)?,
+            wrapped,
+            created_at_ms: now_ms,
+        };
+        let key = Arc::new(audit_key_of(&root)?);
+        let submission = Submission {
+            unit: WriteUnit {
+                keys: vec![record],
+                ..WriteUnit::default()
+            },
+            events: vec![AuditEvent {
+                time_ms: now_ms,
+                principal: "tessera".into(),
+                tenant: ctx.tenant.as_str().to_owned(),
+                action: AUDIT_KEY_CREATED.into(),
+                resource: "key:audit".into(),
+                outcome: "OK".into(),
+                ..AuditEvent::default()
+            }],
+            signer: Some(Arc::clone(&key)),
+            new_signer: true,
+        };
+        match self.pipeline.submit(submission).await {
+            Ok(_) => {}
+            Err(WriteError::Refused(StoreError::AlreadyExists)) => {
+                let root = self.load(ctx).await?.ok_or(KeyringError::MissingKey)?;
+                return audit_key_of(&root);
+            }
+            Err(WriteError::Audit(e)) => return Err(KeyringError::Audit(e)),
+            Err(WriteError::Refused(e) | WriteError::Store(e)) => return Err(e.into()),
+            Err(e @ (WriteError::Stopped | WriteError::Overloaded)) => {
+                return Err(StoreError::Unavailable(e.to_string()).into());
+            }
+        }
+        audit_key_of(&root)
     }
 
     /// Drops every cached key at once (seal). The `Arc`s still held by
@@ -404,6 +485,14 @@ impl Keyring {
         write(&self.current).clear();
     }
 
+    /// Reads and unwraps the key of `ctx`, if stored.
+    async fn load(&self, ctx: &KeyContext) -> Result<Option<DataKey>, KeyringError> {
+        match self.store.wrapped_key(ctx).await? {
+            Some(stored) => Ok(Some(self.kms.unwrap_data_key(&stored.wrapped, ctx).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Reads and unwraps the key of `ctx`; with `create`, generates and
     /// stores it when missing. A concurrent creator may win the append: then
     /// its key is read back, so every caller ends up with the same key.
@@ -412,12 +501,14 @@ impl Keyring {
         ctx: &KeyContext,
         create: bool,
     ) -> Result<Option<DataKey>, KeyringError> {
-        if let Some(stored) = self.store.wrapped_key(ctx).await? {
-            return Ok(Some(self.kms.unwrap_data_key(&stored.wrapped, ctx).await?));
+        if let Some(key) = self.load(ctx).await? {
+            return Ok(Some(key));
         }
         if !create {
             return Ok(None);
         }
+        // The audit key's root comes first (see [`Self::audit_key`]).
+        self.audit_key().await?;
         if !ctx.tenant.is_system()
             && self
                 .store
@@ -476,11 +567,9 @@ mod tests {
     async fn a_load_racing_a_clear_or_forget_is_not_cached() {
         let dir = tempfile::tempdir().unwrap();
         let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
-        let ring = Keyring::new(
-            kms,
-            Arc::new(MemoryStore::new()),
-            Arc::new(ManualClock::new(0)),
-        );
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let pipeline = Arc::new(Pipeline::new(Arc::clone(&store)));
+        let ring = Keyring::new(kms, store, Arc::new(ManualClock::new(0)), pipeline);
         let tenant = TenantId::new("acme").unwrap();
         let key = Arc::new(DataKey::from_bytes([1; 32]));
 

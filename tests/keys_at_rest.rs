@@ -70,8 +70,8 @@ async fn store_files_hold_no_unwrapped_key_and_no_pan() {
     }
     assert_eq!(
         keys.len(),
-        6,
-        "two DEK versions and one index key per tenant"
+        7,
+        "two DEK versions and one index key per tenant, and the audit key's root"
     );
     drop(vault);
     drop(store);

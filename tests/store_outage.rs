@@ -13,11 +13,14 @@ use async_trait::async_trait;
 use tessera::access::api_key;
 use tessera::access::principals::{PrincipalBook, PrincipalEntry};
 use tessera::access::totp::TotpSecret;
+use tessera::audit::AuditEvent;
 use tessera::cli::client::Bearer;
 use tessera::clock::SystemClock;
 use tessera::config::Profile;
+use tessera::domain::Pan;
 use tessera::domain::key::KeyContext;
 use tessera::domain::{Fingerprint, Principal, Role, TenantId, TokenId};
+use tessera::keyring::AUDIT_KEY_CREATED;
 use tessera::kms::dev::DevKms;
 use tessera::proto::v1;
 use tessera::proto::v1::key_admin_client::KeyAdminClient;
@@ -30,7 +33,7 @@ use tessera::store::{
     StateChange, StateEntry, StateKind, StateStore, StoreError, StoredRecord, WrappedKeyRecord,
     WriteBatch,
 };
-use tessera::vault::{Vault, VaultPolicy};
+use tessera::vault::{FormatRequest, TokenizeCommand, Vault, VaultPolicy};
 use tonic::Code;
 
 #[derive(Debug)]
@@ -215,14 +218,68 @@ fn switchable_vault(dir: &std::path::Path) -> (Arc<Switchable>, Vault) {
         down: AtomicBool::new(false),
         audit_down: AtomicBool::new(false),
     });
+    let vault = vault_over(&store, dir);
+    (store, vault)
+}
+
+/// A dev vault over `store` with the KMS key in `dir`: a new process on
+/// the same store.
+fn vault_over(store: &Arc<Switchable>, dir: &std::path::Path) -> Vault {
     let kms = Arc::new(DevKms::open_or_create(&dir.join("k"), Profile::Dev).unwrap());
-    let vault = Vault::new(
+    Vault::new(
         kms,
         store.clone(),
         Arc::new(SystemClock),
         VaultPolicy::default(),
-    );
-    (store, vault)
+    )
+}
+
+/// The audit key's root was stored on its own, before the commit of the
+/// first signed event. A crash between the two (here: the audit log fails
+/// that commit) left a key over a log of unsigned events and no signed
+/// head, which reads as a deleted head: verification said tampered, and
+/// no event could be appended again. The root is now stored in the commit
+/// that signs the first head, and every other key is made after it.
+#[tokio::test]
+async fn a_failed_first_signed_commit_leaves_no_key_without_its_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, vault) = switchable_vault(dir.path());
+    let acme = TenantId::new("acme").unwrap();
+    let tokenize = || TokenizeCommand {
+        pan: Pan::parse("4111111111111111").unwrap(),
+        format: FormatRequest::default(),
+        deterministic: None,
+        ttl: None,
+        single_use: false,
+        metadata: std::collections::BTreeMap::new(),
+    };
+    // Events written while sealed are chained, not signed.
+    vault.seal();
+    let sealed_event = AuditEvent {
+        action: "auth_failure".into(),
+        outcome: "UNAUTHENTICATED".into(),
+        ..AuditEvent::default()
+    };
+    vault.record_audit(sealed_event).await.unwrap();
+    drop(vault);
+
+    // The next process's first tokenize makes the keys; its commit fails.
+    let vault = vault_over(&store, dir.path());
+    store.audit_down.store(true, Ordering::SeqCst);
+    assert!(vault.tokenize(&acme, tokenize()).await.is_err());
+    store.audit_down.store(false, Ordering::SeqCst);
+    drop(vault);
+
+    let vault = vault_over(&store, dir.path());
+    let report = vault.verify_audit().await.unwrap();
+    assert!(report.ok(), "{}", report.problem);
+    let token = vault.tokenize(&acme, tokenize()).await.unwrap().token;
+    assert!(vault.detokenize(&acme, &token).await.is_ok());
+    let report = vault.verify_audit().await.unwrap();
+    assert!(report.ok() && report.head_checked, "{}", report.problem);
+    // The first signed event says when the key was made.
+    let events = vault.audit_events(0, 10).await.unwrap();
+    assert_eq!(events[1].event.action, AUDIT_KEY_CREATED);
 }
 
 /// A server running in this process; `stop` shuts it down cleanly.

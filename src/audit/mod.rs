@@ -13,10 +13,11 @@
 //! Fail closed (SECURITY.md §1.5): the service refuses detokenize, admin and
 //! (by default) tokenize calls whose event cannot be written.
 //!
-//! **A missing head is tampering** (SECURITY.md §5.4). A vault signs its
-//! head from the first event it writes unsealed, and that first unsealed
-//! write is also when its first wrapped key exists. So a log that has events
-//! and a store that has wrapped keys but no head lost its head: [`verify`]
+//! **A missing head is tampering** (SECURITY.md §5.4). A store's first
+//! wrapped key is the audit key's root, and it is written in the same
+//! commit as the first signed head (an `AuditKeyCreated` event; every other
+//! key is made after it). So a log that has events and a store that has
+//! wrapped keys but no head lost its head: [`verify`]
 //! reports it and [`AuditLog::record`] refuses to append (the forged chain
 //! is never signed over) until an operator runs [`AuditLog::recover`], which
 //! appends an `AuditRecovered` event naming what was found and signs from
@@ -172,6 +173,7 @@ impl AuditLog {
             unit: WriteUnit::default(),
             events: vec![event],
             signer: key,
+            new_signer: false,
         };
         match self.pipeline.submit(submission).await {
             Ok(positions) => {

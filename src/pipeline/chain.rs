@@ -35,6 +35,9 @@ pub(super) struct Tip {
 pub(super) struct Part {
     pub(super) events: Vec<AuditEvent>,
     pub(super) signer: Option<Arc<DataKey>>,
+    /// The signer is stored by this part's own unit: not the key of any
+    /// head already in the log.
+    pub(super) new_signer: bool,
 }
 
 /// Where a batch's events were chained: the first position and the new end.
@@ -184,7 +187,11 @@ impl ChainStep for BatchChain {
         }
         let check = TailCheck {
             head,
-            key: self.parts.iter().find_map(|p| p.signer.as_deref()),
+            key: self
+                .parts
+                .iter()
+                .filter(|p| !p.new_signer)
+                .find_map(|p| p.signer.as_deref()),
             last_page: true,
         };
         let mut tip = check_tail(self.known, tail, check)?;

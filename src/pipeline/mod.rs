@@ -73,11 +73,19 @@ pub struct Submission {
     /// while the vault is unsealed). Events without one are chained and
     /// covered by the next signed head.
     pub signer: Option<Arc<DataKey>>,
+    /// The signer is new: its root is stored by this submission's unit
+    /// ([`WriteUnit::keys`]). A head already in the log was not signed
+    /// with it (another replica stored its key first, and this unit will
+    /// be refused), so the tail check does not test that head against it.
+    pub new_signer: bool,
 }
 
 impl Submission {
     fn writes(&self) -> usize {
-        self.unit.records.len() + self.unit.tombstones.len() + self.events.len()
+        self.unit.records.len()
+            + self.unit.tombstones.len()
+            + self.unit.keys.len()
+            + self.events.len()
     }
 }
 
@@ -311,6 +319,7 @@ impl Committer {
             parts.push(Part {
                 events: submission.events,
                 signer: submission.signer,
+                new_signer: submission.new_signer,
             });
             replies.push(reply);
         }
@@ -559,7 +568,7 @@ mod tests {
         Submission {
             unit: WriteUnit {
                 records: vec![record.clone()],
-                tombstones: Vec::new(),
+                ..WriteUnit::default()
             },
             ..Submission::default()
         }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::TokenId;
-use crate::store::{SealedRecord, StoreError, Tombstone};
+use crate::store::{SealedRecord, StoreError, Tombstone, WrappedKeyRecord};
 
 /// One caller's record writes: applied together with the rest of its batch,
 /// or not at all.
@@ -28,12 +28,18 @@ pub struct WriteUnit {
     pub records: Vec<SealedRecord>,
     /// Tombstones, each for an existing record that has none yet.
     pub tombstones: Vec<(TokenId, Tombstone)>,
+    /// New wrapped keys, each for a context the key table does not hold
+    /// yet (`AlreadyExists` otherwise). The audit key's root is stored
+    /// this way, in the commit that signs the log's first head with it:
+    /// stored alone, a crash before the signed commit left a key that
+    /// says "this log has a signed head" over a log that never got one.
+    pub keys: Vec<WrappedKeyRecord>,
 }
 
 impl WriteUnit {
     /// Whether the unit writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.tombstones.is_empty()
+        self.records.is_empty() && self.tombstones.is_empty() && self.keys.is_empty()
     }
 }
 

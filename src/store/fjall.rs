@@ -228,12 +228,25 @@ impl FjallStore {
             None => None,
         };
         let units: Vec<PreparedUnit> = batch.units.iter().map(PreparedUnit::new).collect();
+        // Key writes also take the key table's own lock (the admin writes
+        // check and insert under it).
+        let _admin = units
+            .iter()
+            .any(|u| !u.keys.is_empty())
+            .then(|| lock(&self.admin_lock));
         let mut new_ids: HashSet<TokenId> = HashSet::new();
         let mut new_fingerprints: HashMap<&[u8], TokenId> = HashMap::new();
         let mut new_tombstones: HashSet<TokenId> = HashSet::new();
+        let mut new_keys: HashSet<&[u8]> = HashSet::new();
         let mut write = self.db.batch();
         for (index, unit) in units.iter().enumerate() {
             let refuse = |error| CommitError::Refused { unit: index, error };
+            for (k, bytes) in &unit.keys {
+                if !new_keys.insert(k.as_slice()) || get(&self.keys, k)?.is_some() {
+                    return Err(refuse(StoreError::AlreadyExists));
+                }
+                write.insert(&self.keys, k.as_slice(), bytes.as_slice());
+            }
             for record in &unit.records {
                 if new_ids.contains(&record.id)
                     || get(&self.records, record.id.as_bytes())?.is_some()

@@ -83,8 +83,15 @@ impl Inner {
         let mut new_ids: HashSet<TokenId> = HashSet::new();
         let mut new_fingerprints: HashMap<Vec<u8>, TokenId> = HashMap::new();
         let mut new_tombstones: HashSet<TokenId> = HashSet::new();
+        let mut new_keys: HashSet<Vec<u8>> = HashSet::new();
         for (index, unit) in batch.units.iter().enumerate() {
             let refuse = |error| CommitError::Refused { unit: index, error };
+            for key in &unit.keys {
+                let k = WrappedKeyRecord::store_key(&key.context);
+                if self.keys.contains_key(&k) || !new_keys.insert(k) {
+                    return Err(refuse(StoreError::AlreadyExists));
+                }
+            }
             for record in &unit.records {
                 let id = record.token_id;
                 if self.records.contains_key(&id) || !new_ids.insert(id) {
@@ -141,6 +148,10 @@ impl Inner {
             }
             for (id, tombstone) in &unit.tombstones {
                 self.tombstones.insert(*id, *tombstone);
+            }
+            for key in &unit.keys {
+                self.keys
+                    .insert(WrappedKeyRecord::store_key(&key.context), key.clone());
             }
         }
         self.audit.extend(audit.events.iter().cloned());

@@ -1,9 +1,9 @@
-//! A batch's records and tombstones encoded for an embedded engine's
+//! A batch's records, tombstones and keys encoded for an embedded engine's
 //! trees, once, before the engine's write (which may run more than once).
 
 use crate::domain::TokenId;
-use crate::store::WriteUnit;
 use crate::store::record::{fingerprint_key, tenant_prefix};
+use crate::store::{WrappedKeyRecord, WriteUnit};
 
 /// A record's tree keys and bytes, encoded once outside the transaction.
 pub(crate) struct PreparedRecord {
@@ -17,6 +17,8 @@ pub(crate) struct PreparedRecord {
 pub(crate) struct PreparedUnit {
     pub(crate) records: Vec<PreparedRecord>,
     pub(crate) tombstones: Vec<(TokenId, Vec<u8>)>,
+    /// Wrapped keys: key-table key and bytes.
+    pub(crate) keys: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl PreparedUnit {
@@ -43,9 +45,15 @@ impl PreparedUnit {
             .iter()
             .map(|(id, tombstone)| (*id, tombstone.encode()))
             .collect();
+        let keys = unit
+            .keys
+            .iter()
+            .map(|key| (WrappedKeyRecord::store_key(&key.context), key.encode()))
+            .collect();
         Self {
             records,
             tombstones,
+            keys,
         }
     }
 }

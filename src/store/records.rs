@@ -68,7 +68,7 @@ pub trait RecordStore: Engine {
     async fn append(&self, record: SealedRecord) -> Result<(), StoreError> {
         let unit = WriteUnit {
             records: vec![record],
-            tombstones: Vec::new(),
+            ..WriteUnit::default()
         };
         self.commit(Arc::new(WriteBatch::of_unit(unit)))
             .await
@@ -79,8 +79,8 @@ pub trait RecordStore: Engine {
     /// [`StoreError::NotFound`] if there is no such record.
     async fn append_tombstone(&self, id: &TokenId, tombstone: Tombstone) -> Result<(), StoreError> {
         let unit = WriteUnit {
-            records: Vec::new(),
             tombstones: vec![(*id, tombstone)],
+            ..WriteUnit::default()
         };
         self.commit(Arc::new(WriteBatch::of_unit(unit)))
             .await

@@ -191,9 +191,10 @@ impl SledStore {
             &self.tenant_records,
             &self.audit,
             &self.audit_meta,
+            &self.keys,
         )
             .transaction(
-                |(records, tombstones, fingerprints, tenant_records, events, meta)| {
+                |(records, tombstones, fingerprints, tenant_records, events, meta, keys)| {
                     for (index, unit) in units.iter().enumerate() {
                         let refuse = |error| {
                             ConflictableTransactionError::Abort(CommitError::Refused {
@@ -201,6 +202,12 @@ impl SledStore {
                                 error,
                             })
                         };
+                        for (k, bytes) in &unit.keys {
+                            if keys.get(k)?.is_some() {
+                                return Err(refuse(StoreError::AlreadyExists));
+                            }
+                            keys.insert(k.as_slice(), bytes.as_slice())?;
+                        }
                         for record in &unit.records {
                             if records.get(record.id.as_bytes())?.is_some() {
                                 return Err(refuse(StoreError::AlreadyExists));

@@ -62,6 +62,7 @@ impl Vault {
                 unit,
                 events,
                 signer,
+                new_signer: false,
             })
             .await?;
         for (position, event) in positions.iter().zip(copies.iter().flatten()) {

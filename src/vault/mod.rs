@@ -171,6 +171,7 @@ impl From<KeyringError> for VaultError {
             KeyringError::MissingKey => Self::MissingKey,
             KeyringError::Shredded => Self::TenantShredded,
             KeyringError::Raced => Self::Contended,
+            KeyringError::Audit(e) => Self::Audit(e),
         }
     }
 }
@@ -245,8 +246,8 @@ impl Tokenized {
 /// A unit that tombstones `stored`.
 fn tombstone_of(stored: &StoredRecord, tombstone: Tombstone) -> WriteUnit {
     WriteUnit {
-        records: Vec::new(),
         tombstones: vec![(stored.record.token_id, tombstone)],
+        ..WriteUnit::default()
     }
 }
 
@@ -317,7 +318,12 @@ impl Vault {
         let audit = crate::audit::AuditLog::new(Arc::clone(&store), Arc::clone(&pipeline));
         let opened_at_ms = std::sync::atomic::AtomicU64::new(clock.now_ms());
         Self {
-            keys: Keyring::new(Arc::clone(&kms), Arc::clone(&store), Arc::clone(&clock)),
+            keys: Keyring::new(
+                Arc::clone(&kms),
+                Arc::clone(&store),
+                Arc::clone(&clock),
+                Arc::clone(&pipeline),
+            ),
             kms,
             store,
             clock,

@@ -227,7 +227,7 @@ impl Vault {
         for _ in 0..BATCH_RACE_ROUNDS {
             let unit = WriteUnit {
                 records: std::mem::take(&mut records),
-                tombstones: Vec::new(),
+                ..WriteUnit::default()
             };
             match self
                 .commit_tokenize(unit, Some(batch_event(&results)))
@@ -570,7 +570,7 @@ impl Vault {
         let event = note.map(|e| token_event(e.clone(), &done.token_id));
         let unit = WriteUnit {
             records: vec![record],
-            tombstones: Vec::new(),
+            ..WriteUnit::default()
         };
         match self.commit_tokenize(unit, event).await {
             Ok(()) => Ok(Placed::Issued(done)),
@@ -646,8 +646,8 @@ impl Vault {
                 at_ms: now,
             };
             let unit = WriteUnit {
-                records: Vec::new(),
                 tombstones: vec![(existing.record.token_id, tombstone)],
+                ..WriteUnit::default()
             };
             match self.commit_write(unit, None).await {
                 Ok(_) | Err(WriteError::Refused(StoreError::AlreadyExists)) => return Ok(None),

@@ -11,7 +11,10 @@ use tessera::store::{
     WriteBatch, WriteUnit,
 };
 
-use super::{Factory, record, tombstone};
+use tessera::domain::key::KeyPurpose;
+
+use super::keys::key;
+use super::{Factory, record, tenant, tombstone};
 
 fn unit(records: Vec<SealedRecord>, tombstones: Vec<TokenId>) -> WriteUnit {
     WriteUnit {
@@ -20,6 +23,7 @@ fn unit(records: Vec<SealedRecord>, tombstones: Vec<TokenId>) -> WriteUnit {
             .into_iter()
             .map(|id| (id, tombstone(TombstoneReason::Consumed)))
             .collect(),
+        keys: Vec::new(),
     }
 }
 
@@ -129,7 +133,7 @@ pub async fn commit_units_see_the_units_before_them(f: &dyn Factory) {
     store.commit(Arc::new(batch)).await.unwrap();
     let holder = store
         .find_by_fingerprint(
-            &super::tenant("a"),
+            &tenant("a"),
             &tessera::domain::Fingerprint::from_bytes([5; 32]),
         )
         .await
@@ -302,4 +306,70 @@ pub async fn commit_fails_whole_when_the_chain_step_refuses(f: &dyn Factory) {
     ));
     assert!(store.get(&id(1)).await.unwrap().is_none());
     assert!(store.last_audit_record().await.unwrap().is_none());
+}
+
+/// A unit's wrapped key is written with the unit and its events (the audit
+/// key's root and the first signed head), never twice for one context: a
+/// unit naming a stored key, or one an earlier unit of the batch names, is
+/// refused, and a refused batch leaves no key behind.
+pub async fn commit_writes_a_units_wrapped_keys_with_it_once(f: &dyn Factory) {
+    let store = f.make().await;
+    let keyed = |n: u8, version: u32| WriteUnit {
+        keys: vec![key("system", KeyPurpose::Index, version)],
+        ..unit(vec![record(n, "a", None)], vec![])
+    };
+    // Refused elsewhere in the batch: neither key nor event lands.
+    store.append(record(9, "a", None)).await.unwrap();
+    let batch = WriteBatch {
+        units: vec![keyed(1, 1), unit(vec![record(9, "a", None)], vec![])],
+        audit: events(0, 1).into(),
+    };
+    assert!(matches!(
+        store.commit(Arc::new(batch)).await,
+        Err(CommitError::Refused { unit: 1, .. })
+    ));
+    assert!(
+        store
+            .wrapped_keys(&tenant("system"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.audit_head().await.unwrap().is_none());
+
+    let batch = WriteBatch {
+        units: vec![keyed(1, 1)],
+        audit: events(0, 1).into(),
+    };
+    store.commit(Arc::new(batch)).await.unwrap();
+    let stored = store.wrapped_keys(&tenant("system")).await.unwrap();
+    assert_eq!(stored, vec![key("system", KeyPurpose::Index, 1)]);
+    assert!(store.audit_head().await.unwrap().is_some());
+    assert!(store.get(&id(1)).await.unwrap().is_some());
+
+    // The same context again, stored or earlier in the batch.
+    for units in [vec![keyed(2, 1)], vec![keyed(3, 2), keyed(4, 2)]] {
+        let refused = units.len() - 1;
+        let batch = WriteBatch {
+            units,
+            audit: AuditWrite::Nothing,
+        };
+        match store.commit(Arc::new(batch)).await {
+            Err(CommitError::Refused { unit, error }) => {
+                assert_eq!(unit, refused);
+                assert!(matches!(error, StoreError::AlreadyExists), "{error}");
+            }
+            other => panic!("expected unit {refused} refused, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.wrapped_keys(&tenant("system")).await.unwrap().len(),
+        1
+    );
+    assert!(matches!(
+        store
+            .put_wrapped_key(key("system", KeyPurpose::Index, 1))
+            .await,
+        Err(StoreError::AlreadyExists)
+    ));
 }

@@ -5,7 +5,7 @@ use tessera::store::{StoreError, WrappedKeyRecord};
 
 use super::{Factory, tenant};
 
-fn key(tenant_name: &str, purpose: KeyPurpose, version: u32) -> WrappedKeyRecord {
+pub fn key(tenant_name: &str, purpose: KeyPurpose, version: u32) -> WrappedKeyRecord {
     WrappedKeyRecord {
         context: KeyContext {
             tenant: tenant(tenant_name),

@@ -16,7 +16,7 @@ use tokio_postgres::Transaction;
 
 use super::{COMMIT_LOCK, unavailable};
 use crate::domain::{Fingerprint, TokenId};
-use crate::store::{AuditAppend, CommitError, StoreError, WriteBatch};
+use crate::store::{AuditAppend, CommitError, StoreError, WrappedKeyRecord, WriteBatch};
 
 /// A fingerprint index key: tenant and fingerprint.
 type FingerprintKey<'a> = (&'a str, Fingerprint);
@@ -28,6 +28,8 @@ struct Known {
     tombstoned: HashSet<TokenId>,
     /// Each fingerprint's holder, and whether it is tombstoned.
     holders: HashMap<(String, Fingerprint), (TokenId, bool)>,
+    /// Store keys of the batch's wrapped keys already in the key table.
+    keys: HashSet<Vec<u8>>,
 }
 
 /// The rows a batch appends, gathered by the checks.
@@ -40,6 +42,9 @@ struct Rows<'a> {
     fingerprints: HashMap<FingerprintKey<'a>, TokenId>,
     tombstone_ids: Vec<&'a [u8]>,
     tombstone_bodies: Vec<Vec<u8>>,
+    key_ids: Vec<Vec<u8>>,
+    key_tenants: Vec<&'a str>,
+    key_bodies: Vec<Vec<u8>>,
 }
 
 /// Checks and writes `batch` in one transaction on `client`.
@@ -58,7 +63,8 @@ pub(super) async fn write(
         }
         None => AuditAppend::default(),
     };
-    let known = known(&tx, batch).await?;
+    let mut known = known(&tx, batch).await?;
+    known.keys = known_keys(&tx, batch).await?;
     let rows = check(batch, &known)?;
     append(&tx, &rows).await?;
     if !audit.events.is_empty() {
@@ -161,6 +167,31 @@ async fn known(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<Known, StoreE
     Ok(known)
 }
 
+/// Which wrapped keys of `batch` the key table holds already.
+async fn known_keys(
+    tx: &Transaction<'_>,
+    batch: &WriteBatch,
+) -> Result<HashSet<Vec<u8>>, StoreError> {
+    let wanted: Vec<Vec<u8>> = batch
+        .units
+        .iter()
+        .flat_map(|u| &u.keys)
+        .map(|k| WrappedKeyRecord::store_key(&k.context))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(HashSet::new());
+    }
+    tx.query(
+        "SELECT store_key FROM wrapped_keys WHERE store_key = ANY($1)",
+        &[&wanted],
+    )
+    .await
+    .map_err(unavailable)?
+    .iter()
+    .map(|row| row.try_get(0).map_err(super::damaged))
+    .collect()
+}
+
 /// Which of `ids` have a row in `table` (`records` or `tombstones`).
 pub(super) async fn present(
     tx: &Transaction<'_>,
@@ -190,6 +221,15 @@ fn check<'a>(batch: &'a WriteBatch, known: &Known) -> Result<Rows<'a>, CommitErr
     let mut new_tombstones: HashSet<TokenId> = HashSet::new();
     for (index, unit) in batch.units.iter().enumerate() {
         let refuse = |error| CommitError::Refused { unit: index, error };
+        for key in &unit.keys {
+            let id = WrappedKeyRecord::store_key(&key.context);
+            if known.keys.contains(&id) || rows.key_ids.contains(&id) {
+                return Err(refuse(StoreError::AlreadyExists));
+            }
+            rows.key_ids.push(id);
+            rows.key_tenants.push(key.context.tenant.as_str());
+            rows.key_bodies.push(key.encode());
+        }
         for record in &unit.records {
             let id = record.token_id;
             if new_ids.contains(&id) || known.records.contains(&id) {
@@ -258,6 +298,15 @@ async fn append(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<(), StoreError>
              SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
              ON CONFLICT (tenant, fingerprint) DO UPDATE SET token_id = excluded.token_id",
             &[&tenants, &fingerprints, &holders],
+        )
+        .await
+        .map_err(unavailable)?;
+    }
+    if !rows.key_ids.is_empty() {
+        tx.execute(
+            "INSERT INTO wrapped_keys (store_key, tenant, body)
+             SELECT * FROM unnest($1::bytea[], $2::text[], $3::bytea[])",
+            &[&rows.key_ids, &rows.key_tenants, &rows.key_bodies],
         )
         .await
         .map_err(unavailable)?;

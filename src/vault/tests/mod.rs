@@ -646,8 +646,10 @@ async fn a_batch_that_loses_one_card_to_a_race_replaces_only_that_card() {
     // Cards nobody else wants, and repeats of the lost card.
     second.extend((1..=40).map(|n| cmd(&pan_n(n))));
     second.extend((0..20).map(|_| deterministic(VISA)));
-    // Both plan before either commits (one thread): the first commits the
-    // card, the second's batch is refused for it.
+    // The tenant's keys exist already (made first, they would order the
+    // two batches). Both plan before either commits (one thread): the
+    // first commits the card, the second's batch is refused for it.
+    f.vault.tokenize(&t, cmd(&pan_n(99))).await.unwrap();
     let (first, second) = tokio::join!(
         f.vault
             .tokenize_batch(&t, vec![deterministic(VISA)], event("a"), count),
@@ -677,4 +679,63 @@ async fn a_batch_that_loses_one_card_to_a_race_replaces_only_that_card() {
     // not one per item.
     assert_eq!(of_b.len(), 2, "{of_b:#?}");
     assert_eq!(of_b[1].event.resource, "items=61");
+}
+
+/// Two replicas' first calls on one store each make an audit key; one
+/// root is stored with its signed head, the other replica's commit is
+/// refused and it takes the stored root. Checked against the head the
+/// winner signed, the loser's own key would have read as a forged head
+/// (and latched its appends), so a new key does not check an old head.
+#[tokio::test]
+async fn replicas_making_the_audit_key_at_once_agree_on_one() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
+        // Sled chains the events before it checks the units, as PostgreSQL
+        // does: the loser's chain step sees the winner's head.
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sled::SledStore::open(&dir.path().join("store")).unwrap());
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let replica = || {
+            Arc::new(Vault::new(
+                kms.clone(),
+                Arc::clone(&store),
+                clock.clone(),
+                VaultPolicy::default(),
+            ))
+        };
+        let (a, b) = (replica(), replica());
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let first_call = |vault: Arc<Vault>, start: Arc<tokio::sync::Barrier>| {
+            tokio::spawn(async move {
+                start.wait().await;
+                vault.tokenize(&tenant("acme"), cmd(VISA)).await.map(|_| ())
+            })
+        };
+        let (ra, rb) = tokio::join!(
+            first_call(a.clone(), start.clone()),
+            first_call(b.clone(), start)
+        );
+        ra.unwrap().unwrap();
+        rb.unwrap().unwrap();
+        for vault in [&a, &b] {
+            vault.ping().await.unwrap();
+            let report = vault.verify_audit().await.unwrap();
+            assert!(report.ok() && report.head_checked, "{}", report.problem);
+        }
+        let made = store
+            .audit_records(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|(_, bytes)| {
+                crate::audit::chain::ChainedEvent::decode(bytes)
+                    .unwrap()
+                    .event
+                    .action
+                    == crate::keyring::AUDIT_KEY_CREATED
+            })
+            .count();
+        assert_eq!(made, 1);
+    }
 }
