@@ -65,6 +65,51 @@ pub enum KeyringError {
     Audit(#[from] AuditError),
 }
 
+/// How long unwrapped keys serve from memory, and how long a KMS call may
+/// take.
+///
+/// Within `lifetime` of its unwrap a cached key serves without the KMS, so
+/// a KMS outage shorter than that goes unnoticed by calls on warm keys;
+/// past it, the next call unwraps again and fails (UNAVAILABLE) while the
+/// KMS is down. A shorter lifetime makes a disabled or revoked master key
+/// take effect sooner (the cache is also dropped at once by a seal, a
+/// shred or a key change announced by another replica).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// How long an unwrapped key is used before it is unwrapped again.
+    pub lifetime: std::time::Duration,
+    /// Longest wait for one KMS call.
+    pub kms_timeout: std::time::Duration,
+}
+
+/// [`CacheLimits::lifetime`] unless `keys.cache_lifetime_s` says otherwise.
+pub const DEFAULT_CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+/// [`CacheLimits::kms_timeout`] unless `kms.timeout_ms` says otherwise.
+pub const DEFAULT_KMS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self {
+            lifetime: DEFAULT_CACHE_LIFETIME,
+            kms_timeout: DEFAULT_KMS_TIMEOUT,
+        }
+    }
+}
+
+/// A cached key and when it stops being used.
+struct Cached<V> {
+    value: Arc<V>,
+    until_ms: u64,
+}
+
+impl<V> std::fmt::Debug for Cached<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("until_ms", &self.until_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The action of the event committed with the audit key's root.
 pub const AUDIT_KEY_CREATED: &str = "AuditKeyCreated";
 
@@ -192,10 +237,13 @@ pub struct Keyring {
     kms: Arc<dyn Kms>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    deks: RwLock<HashMap<(TenantId, u32), Arc<DataKey>>>,
+    deks: RwLock<HashMap<(TenantId, u32), Cached<DataKey>>>,
     current: RwLock<HashMap<TenantId, u32>>,
-    tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
-    audit: RwLock<Option<Arc<DataKey>>>,
+    tenants: RwLock<HashMap<TenantId, Cached<TenantKeys>>>,
+    audit: RwLock<Option<Cached<DataKey>>>,
+    /// How long an unwrapped key serves from memory before the KMS is
+    /// asked again, and how long one KMS call may take.
+    limits: CacheLimits,
     /// Held while this process makes the audit key, so it makes one.
     making_audit_key: tokio::sync::Mutex<()>,
     /// Stores the audit key's root with the first signed head.
@@ -229,10 +277,51 @@ impl Keyring {
             current: RwLock::default(),
             tenants: RwLock::default(),
             audit: RwLock::default(),
+            limits: CacheLimits::default(),
             making_audit_key: tokio::sync::Mutex::default(),
             pipeline,
             epoch: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The same keyring with `limits` on its cache and KMS calls.
+    #[must_use]
+    pub fn with_limits(mut self, limits: CacheLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// A KMS call bounded by [`CacheLimits::kms_timeout`]: a KMS that
+    /// accepts connections but never answers fails the call (UNAVAILABLE)
+    /// instead of holding it.
+    async fn kms_call<T>(
+        &self,
+        call: impl Future<Output = Result<T, KmsError>>,
+    ) -> Result<T, KmsError> {
+        tokio::time::timeout(self.limits.kms_timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(KmsError::Unavailable(format!(
+                    "the KMS did not answer within {} ms",
+                    self.limits.kms_timeout.as_millis()
+                )))
+            })
+    }
+
+    /// A cache entry for `value`, fresh for the configured lifetime.
+    fn entry<V>(&self, value: &Arc<V>) -> Cached<V> {
+        let lifetime = u64::try_from(self.limits.lifetime.as_millis()).unwrap_or(u64::MAX);
+        Cached {
+            value: Arc::clone(value),
+            until_ms: self.clock.now_ms().saturating_add(lifetime),
+        }
+    }
+
+    /// The value of `entry` while it is fresh.
+    fn fresh<V>(&self, entry: Option<&Cached<V>>) -> Option<Arc<V>> {
+        entry
+            .filter(|e| self.clock.now_ms() < e.until_ms)
+            .map(|e| Arc::clone(&e.value))
     }
 
     fn epoch(&self) -> u64 {
@@ -245,18 +334,19 @@ impl Keyring {
 
     /// Caches `value` under `key` in `map` only if no clear or forget ran
     /// since `started` (read under the same write lock the clears take).
-    fn cache<K: std::hash::Hash + Eq, V: Clone>(
+    fn cache<K: std::hash::Hash + Eq, V>(
         &self,
-        map: &RwLock<HashMap<K, V>>,
+        map: &RwLock<HashMap<K, Cached<V>>>,
         started: u64,
         key: K,
-        value: &V,
+        value: &Arc<V>,
     ) -> Result<(), KeyringError> {
+        let entry = self.entry(value);
         let mut map = write(map);
         if self.epoch() != started {
             return Err(KeyringError::Raced);
         }
-        map.insert(key, value.clone());
+        map.insert(key, entry);
         Ok(())
     }
 
@@ -267,8 +357,8 @@ impl Keyring {
         tenant: &TenantId,
         create: bool,
     ) -> Result<Option<Arc<TenantKeys>>, KeyringError> {
-        if let Some(keys) = read(&self.tenants).get(tenant) {
-            return Ok(Some(Arc::clone(keys)));
+        if let Some(keys) = self.fresh(read(&self.tenants).get(tenant)) {
+            return Ok(Some(keys));
         }
         let started = self.epoch();
         let ctx = KeyContext {
@@ -320,8 +410,8 @@ impl Keyring {
         version: u32,
         create: bool,
     ) -> Result<Arc<DataKey>, KeyringError> {
-        if let Some(key) = read(&self.deks).get(&(tenant.clone(), version)) {
-            return Ok(Arc::clone(key));
+        if let Some(key) = self.fresh(read(&self.deks).get(&(tenant.clone(), version))) {
+            return Ok(key);
         }
         let started = self.epoch();
         let ctx = KeyContext {
@@ -405,25 +495,33 @@ impl Keyring {
     /// writes can no longer leave a key without its head, which read as a
     /// deleted head forever after.
     pub async fn audit_key(&self) -> Result<Arc<DataKey>, KeyringError> {
-        if let Some(key) = read(&self.audit).as_ref() {
-            return Ok(Arc::clone(key));
+        if let Some(key) = self.fresh(read(&self.audit).as_ref()) {
+            return Ok(key);
         }
         let started = self.epoch();
-        let _making = self.making_audit_key.lock().await;
-        if let Some(key) = read(&self.audit).as_ref() {
-            return Ok(Arc::clone(key));
-        }
         let ctx = audit_key_context();
+        // Loads run side by side (each bounded by the KMS timeout); only
+        // making the key is one at a time.
         let key = match self.load(&ctx).await? {
             Some(root) => audit_key_of(&root)?,
-            None => self.make_audit_key(&ctx).await?,
+            None => {
+                let _making = self.making_audit_key.lock().await;
+                if let Some(key) = self.fresh(read(&self.audit).as_ref()) {
+                    return Ok(key);
+                }
+                match self.load(&ctx).await? {
+                    Some(root) => audit_key_of(&root)?,
+                    None => self.make_audit_key(&ctx).await?,
+                }
+            }
         };
         let key = Arc::new(key);
+        let entry = self.entry(&key);
         let mut audit = write(&self.audit);
         if self.epoch() != started {
             return Err(KeyringError::Raced);
         }
-        *audit = Some(Arc::clone(&key));
+        *audit = Some(entry);
         Ok(key)
     }
 
@@ -431,7 +529,7 @@ impl Keyring {
     /// `AuditKeyCreated` event; when another replica stored its root first,
     /// that root's key.
     async fn make_audit_key(&self, ctx: &KeyContext) -> Result<DataKey, KeyringError> {
-        let (root, wrapped) = self.kms.generate_data_key(ctx).await?;
+        let (root, wrapped) = self.kms_call(self.kms.generate_data_key(ctx)).await?;
         let now_ms = self.clock.now_ms();
         let record = WrappedKeyRecord {
             context: ctx.clone(),
@@ -488,7 +586,10 @@ impl Keyring {
     /// Reads and unwraps the key of `ctx`, if stored.
     async fn load(&self, ctx: &KeyContext) -> Result<Option<DataKey>, KeyringError> {
         match self.store.wrapped_key(ctx).await? {
-            Some(stored) => Ok(Some(self.kms.unwrap_data_key(&stored.wrapped, ctx).await?)),
+            Some(stored) => Ok(Some(
+                self.kms_call(self.kms.unwrap_data_key(&stored.wrapped, ctx))
+                    .await?,
+            )),
             None => Ok(None),
         }
     }
@@ -518,7 +619,7 @@ impl Keyring {
         {
             return Err(KeyringError::Shredded);
         }
-        let (key, wrapped) = self.kms.generate_data_key(ctx).await?;
+        let (key, wrapped) = self.kms_call(self.kms.generate_data_key(ctx)).await?;
         let record = WrappedKeyRecord {
             context: ctx.clone(),
             master_key_id: self.kms.master_key_id().ok_or(KmsError::Sealed)?,
@@ -533,7 +634,10 @@ impl Keyring {
                     .wrapped_key(ctx)
                     .await?
                     .ok_or(KeyringError::MissingKey)?;
-                Ok(Some(self.kms.unwrap_data_key(&stored.wrapped, ctx).await?))
+                Ok(Some(
+                    self.kms_call(self.kms.unwrap_data_key(&stored.wrapped, ctx))
+                        .await?,
+                ))
             }
             Err(e) => Err(e.into()),
         }
@@ -593,5 +697,130 @@ mod tests {
         assert_eq!(read(&ring.deks).len(), 1);
         let (version, _) = ring.current_dek(&tenant).await.unwrap();
         assert_eq!(version, 1);
+    }
+}
+
+#[cfg(test)]
+mod lifetime_tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Profile;
+    use crate::domain::key::{KeyId, WrappedKey};
+    use crate::kms::dev::DevKms;
+    use crate::store::memory::MemoryStore;
+
+    /// A KMS that stops answering (accepts the call, never replies) while
+    /// `hung` is set.
+    #[derive(Debug)]
+    struct Unanswering {
+        inner: DevKms,
+        hung: AtomicBool,
+    }
+
+    impl Unanswering {
+        async fn gate(&self) {
+            if self.hung.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Kms for Unanswering {
+        async fn generate_data_key(
+            &self,
+            ctx: &KeyContext,
+        ) -> Result<(DataKey, WrappedKey), KmsError> {
+            self.gate().await;
+            self.inner.generate_data_key(ctx).await
+        }
+        async fn unwrap_data_key(
+            &self,
+            wrapped: &WrappedKey,
+            ctx: &KeyContext,
+        ) -> Result<DataKey, KmsError> {
+            self.gate().await;
+            self.inner.unwrap_data_key(wrapped, ctx).await
+        }
+        async fn wrap_data_key(
+            &self,
+            key: &DataKey,
+            ctx: &KeyContext,
+        ) -> Result<WrappedKey, KmsError> {
+            self.gate().await;
+            self.inner.wrap_data_key(key, ctx).await
+        }
+        async fn rotate_master_key(&self) -> Result<KeyId, KmsError> {
+            self.inner.rotate_master_key().await
+        }
+        fn master_key_id(&self) -> Option<KeyId> {
+            self.inner.master_key_id()
+        }
+        fn backend_name(&self) -> &'static str {
+            "unanswering"
+        }
+        fn is_production_grade(&self) -> bool {
+            false
+        }
+    }
+
+    /// Issue 11: cached keys never expired, and a KMS call that got no
+    /// answer held its caller for as long as the KMS stayed silent. Keys
+    /// now serve for their configured lifetime, then the KMS is asked
+    /// again, and a call it does not answer fails after the timeout.
+    #[tokio::test]
+    async fn cached_keys_serve_for_their_lifetime_then_a_silent_kms_fails_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        let kms = Arc::new(Unanswering {
+            inner: DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap(),
+            hung: AtomicBool::new(false),
+        });
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let limits = CacheLimits {
+            lifetime: Duration::from_secs(60),
+            kms_timeout: Duration::from_millis(200),
+        };
+        let ring = Keyring::new(
+            kms.clone(),
+            Arc::clone(&store),
+            clock.clone(),
+            Arc::new(Pipeline::new(store)),
+        )
+        .with_limits(limits);
+        let tenant = TenantId::new("acme").unwrap();
+        ring.current_dek(&tenant).await.unwrap();
+        ring.tenant_keys(&tenant, true).await.unwrap().unwrap();
+
+        kms.hung.store(true, Ordering::SeqCst);
+        clock.advance_ms(59_000);
+        ring.dek(&tenant, 1).await.unwrap();
+        ring.tenant_keys(&tenant, false).await.unwrap().unwrap();
+        ring.audit_key().await.unwrap();
+
+        clock.advance_ms(2_000);
+        let started = Instant::now();
+        assert!(matches!(
+            ring.dek(&tenant, 1).await,
+            Err(KeyringError::Kms(KmsError::Unavailable(_)))
+        ));
+        assert!(matches!(
+            ring.tenant_keys(&tenant, false).await,
+            Err(KeyringError::Kms(KmsError::Unavailable(_)))
+        ));
+        assert!(matches!(
+            ring.audit_key().await,
+            Err(KeyringError::Kms(KmsError::Unavailable(_)))
+        ));
+        assert!(started.elapsed() < Duration::from_secs(3));
+
+        kms.hung.store(false, Ordering::SeqCst);
+        ring.dek(&tenant, 1).await.unwrap();
+        ring.tenant_keys(&tenant, false).await.unwrap().unwrap();
     }
 }

@@ -15,6 +15,7 @@ use crate::access::api_key::KeyHash;
 pub use crate::access::principals::PrincipalEntry;
 use crate::access::totp::TotpSecret;
 use crate::domain::{Principal, Role, TenantId};
+use crate::keyring::CacheLimits;
 use crate::tokens::{GeneratorKind, LuhnPolicy, TokenFormat};
 use crate::vault::VaultPolicy;
 use source::Source;
@@ -197,6 +198,28 @@ pub struct RawKeys {
     pub data_key_max_age_days: Option<u64>,
     /// Re-encryption throttle in records per second (0 or unset = no limit).
     pub reencrypt_records_per_second: Option<u32>,
+    /// Seconds an unwrapped key serves from memory before it is unwrapped
+    /// again (default 3600): how long a KMS outage goes unnoticed by calls
+    /// on warm keys, and how long a revoked master key still serves.
+    pub cache_lifetime_s: Option<u64>,
+}
+
+/// `keys.cache_lifetime_s` and `kms.timeout_ms`.
+fn check_key_cache(keys: &RawKeys, kms: &RawKms) -> Result<CacheLimits, ConfigError> {
+    let mut limits = CacheLimits::default();
+    if let Some(s) = keys.cache_lifetime_s {
+        if !(1..=86_400).contains(&s) {
+            return Err(invalid("keys.cache_lifetime_s", "must be 1 to 86400"));
+        }
+        limits.lifetime = std::time::Duration::from_secs(s);
+    }
+    if let Some(ms) = kms.timeout_ms {
+        if !(100..=60_000).contains(&ms) {
+            return Err(invalid("kms.timeout_ms", "must be 100 to 60000"));
+        }
+        limits.kms_timeout = std::time::Duration::from_millis(ms);
+    }
+    Ok(limits)
 }
 
 /// The embedded store's cache unless `store.cache_mb` says otherwise: enough for the
@@ -264,6 +287,8 @@ pub struct RawKms {
     pub region: Option<String>,
     /// AWS KMS endpoint override.
     pub endpoint: Option<String>,
+    /// Longest wait for one KMS call in milliseconds (default 5000).
+    pub timeout_ms: Option<u64>,
 }
 
 /// `[tokens]`.
@@ -620,6 +645,7 @@ impl RawConfig {
             Profile::Dev => Some("dev"),
             Profile::Production => None,
         };
+        let key_cache = check_key_cache(&self.keys, &self.kms)?;
         let kms = match self.kms.backend.as_deref().or(default_backend) {
             Some("dev") if profile == Profile::Production => {
                 return Err(invalid("kms.backend", "the dev KMS runs only with --dev"));
@@ -686,6 +712,7 @@ impl RawConfig {
         policy.data_key_max_age = std::time::Duration::from_secs(max_age_days * 24 * 3600);
         policy.reencrypt_records_per_second =
             self.keys.reencrypt_records_per_second.filter(|r| *r > 0);
+        policy.key_cache = key_cache;
         policy.audit_tokenize_fail_closed = !self.audit.tokenize_fail_open.unwrap_or(false);
         let metrics_listen = self
             .metrics

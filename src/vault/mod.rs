@@ -67,6 +67,9 @@ pub struct VaultPolicy {
     /// Whether a tokenize whose audit event cannot be written is refused
     /// (detokenize and admin calls always are).
     pub audit_tokenize_fail_closed: bool,
+    /// How long unwrapped keys serve from memory, and how long a KMS call
+    /// may take.
+    pub key_cache: crate::keyring::CacheLimits,
 }
 
 impl Default for VaultPolicy {
@@ -81,6 +84,7 @@ impl Default for VaultPolicy {
             data_key_max_age: Duration::from_secs(365 * 24 * 3600),
             reencrypt_records_per_second: None,
             audit_tokenize_fail_closed: true,
+            key_cache: crate::keyring::CacheLimits::default(),
         }
     }
 }
@@ -323,7 +327,8 @@ impl Vault {
                 Arc::clone(&store),
                 Arc::clone(&clock),
                 Arc::clone(&pipeline),
-            ),
+            )
+            .with_limits(policy.key_cache),
             kms,
             store,
             clock,

@@ -78,6 +78,25 @@ impl Moto {
         }
     }
 
+    /// Stops the emulator without closing its port (SIGSTOP): connections
+    /// are still accepted, nothing answers, as with a KMS behind a dead
+    /// network path.
+    pub fn pause(&self) {
+        assert!(self.signal("-STOP"), "kill -STOP moto");
+    }
+
+    /// Lets a paused emulator answer again (SIGCONT), its keys intact.
+    pub fn resume(&self) {
+        assert!(self.signal("-CONT"), "kill -CONT moto");
+    }
+
+    fn signal(&self, signal: &str) -> bool {
+        Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// Environment for a child process that should reach this emulator.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -91,6 +110,7 @@ impl Moto {
 
 impl Drop for Moto {
     fn drop(&mut self) {
+        self.signal("-CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
