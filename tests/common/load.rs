@@ -21,6 +21,8 @@ pub const HANG: Duration = Duration::from_secs(20);
 pub struct Seen {
     /// Acknowledged tokenizes: (PAN, token).
     pub acked: Vec<(String, String)>,
+    /// When each of `acked` was acknowledged.
+    pub acked_at: Vec<Instant>,
     /// Failed calls: when they started, their code and how long they took.
     pub failures: Vec<(Instant, Code, Duration)>,
     /// When each successful call ended.
@@ -56,6 +58,7 @@ async fn worker(
                 seen.successes.push(Instant::now());
                 seen.slowest_success = seen.slowest_success.max(started.elapsed());
                 seen.acked.push((pan, response.into_inner().token));
+                seen.acked_at.push(Instant::now());
             }
             Err(status) => seen
                 .failures
@@ -121,6 +124,7 @@ impl Load {
         for worker in self.workers {
             let seen = worker.await.unwrap();
             all.acked.extend(seen.acked);
+            all.acked_at.extend(seen.acked_at);
             all.failures.extend(seen.failures);
             all.successes.extend(seen.successes);
             all.wrong += seen.wrong;
