@@ -34,13 +34,18 @@ pub fn replace(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// Creates `path` with `contents`; fails if it exists (never overwrites a
 /// share or a key someone may still need).
 pub fn create_new(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = open_new(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Opens `path` for writing, created with mode 0600; fails if it exists.
+pub fn open_new(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
+        .open(path)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The `tessera` command line: `serve` and the client commands.
 
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod hsm;
@@ -66,6 +67,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Apply the PostgreSQL schema (`[store] backend = "postgres"`).
     Migrate(migrate::MigrateArgs),
+    /// Write a snapshot of a stopped server's sled store to one file.
+    Backup(backup::BackupArgs),
+    /// Restore a snapshot into a data directory without a store.
+    Restore(backup::RestoreArgs),
 }
 
 /// Parses the command line and runs it.
@@ -100,6 +105,8 @@ pub fn main() -> ExitCode {
             Command::Logout(args) => session::logout(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Migrate(args) => migrate::run(args).await,
+            Command::Backup(args) => backup::backup(&args),
+            Command::Restore(args) => backup::restore(&args),
         }
     })
 }

@@ -38,6 +38,7 @@ pub mod record;
 pub mod records;
 pub mod segment;
 pub mod sled;
+pub mod snapshot;
 pub mod state;
 
 use std::fmt;
