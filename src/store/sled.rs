@@ -23,9 +23,9 @@
 //! (turned read-only by an ext4 error) lost writes acknowledged up to
 //! 30 ms before (`tests/disk_faults.rs`): a process crash cannot show it,
 //! the page cache survives that, but a power cut or kernel crash would.
-//! So every flush ends with `syncfs` on the store's file system ([`Durable`]):
-//! one call that makes the log, its metadata and any blob durable, about
-//! 200 µs here, paid once per group commit.
+//! So every flush ends with `fdatasync` of the log, `syncfs` of the store's
+//! file system (the blobs) and a check that it is still writable
+//! (`Durable`), paid once per group commit (BENCHMARKS.md, History).
 
 use std::path::Path;
 use std::sync::Arc;
