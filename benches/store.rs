@@ -4,7 +4,14 @@
 //! (a record and an audit event each) in as few commits as their arrival
 //! allows: group commit's whole point, measured without gRPC.
 //!
+//! PostgreSQL runs too when its server programs are installed (or can be:
+//! the throwaway cluster of the tests, with `fsync` on), one commit being
+//! a transaction and a durable COMMIT.
+//!
 //! Run: `cargo bench --bench store`. Numbers go to BENCHMARKS.md.
+
+#[path = "../tests/common/postgres.rs"]
+mod postgres;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +23,7 @@ use tessera::domain::{CardBrand, MaskedPan, TenantId, TokenId};
 use tessera::pipeline::{Pipeline, Submission};
 use tessera::store::fjall::FjallStore;
 use tessera::store::memory::MemoryStore;
+use tessera::store::postgres::{PgOptions, PgStore};
 use tessera::store::sled::SledStore;
 use tessera::store::{PublicFacts, SealedRecord, Store, WriteUnit};
 
@@ -62,9 +70,29 @@ fn event(n: u64) -> AuditEvent {
     }
 }
 
+/// A fresh, migrated database on a throwaway cluster with `fsync` on (the
+/// tests' clusters turn it off), kept running until the process exits.
+fn postgres_store(rt: &tokio::runtime::Runtime) -> PgStore {
+    static CLUSTER: std::sync::OnceLock<postgres::Postgres> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let cluster = CLUSTER.get_or_init(|| postgres::Postgres::start_with(&["-c", "fsync=on"]));
+    let name = format!("bench{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    rt.block_on(async {
+        let url = cluster.database(&name).await;
+        let store = PgStore::new(&PgOptions::new(url)).unwrap_or_else(|_| std::process::abort());
+        store
+            .migrate()
+            .await
+            .unwrap_or_else(|_| std::process::abort());
+        store
+    })
+}
+
 /// The backends, each fresh: sled and fjall in temporary directories,
-/// memory.
-fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
+/// memory, PostgreSQL.
+fn backends(
+    rt: &tokio::runtime::Runtime,
+) -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap_or_else(|_| std::process::abort());
     let sled = SledStore::open(&dir.path().join("store")).unwrap_or_else(|_| std::process::abort());
     let fjall_dir = tempfile::tempdir().unwrap_or_else(|_| std::process::abort());
@@ -74,12 +102,13 @@ fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> 
         ("sled", Arc::new(sled), Some(dir)),
         ("fjall", Arc::new(fjall), Some(fjall_dir)),
         ("memory", Arc::new(MemoryStore::new()), None),
+        ("postgres", Arc::new(postgres_store(rt)), None),
     ]
 }
 
 fn append_and_get(c: &mut Criterion) {
     let rt = runtime();
-    for (name, store, _dir) in backends() {
+    for (name, store, _dir) in backends(&rt) {
         let next = AtomicU64::new(0);
         c.bench_function(&format!("store/{name}/append_durable"), |b| {
             b.iter(|| {
@@ -99,7 +128,7 @@ fn committer_batch(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(64));
-    for (name, store, _dir) in backends() {
+    for (name, store, _dir) in backends(&rt) {
         let pipeline = Arc::new(Pipeline::new(store));
         let next = Arc::new(AtomicU64::new(1_000_000));
         group.bench_function(format!("{name}/64_writers_record_and_event"), |b| {

@@ -308,12 +308,18 @@ impl Keyring {
             })
     }
 
-    /// A cache entry for `value`, fresh for the configured lifetime.
+    /// A cache entry for `value`, fresh for the configured lifetime less
+    /// up to a tenth of it at random: keys loaded together (at start-up)
+    /// expire apart, so their reloads do not all reach the KMS at once.
     fn entry<V>(&self, value: &Arc<V>) -> Cached<V> {
         let lifetime = u64::try_from(self.limits.lifetime.as_millis()).unwrap_or(u64::MAX);
+        let jitter = crate::csprng::below_u64(lifetime / 10 + 1).unwrap_or(0);
         Cached {
             value: Arc::clone(value),
-            until_ms: self.clock.now_ms().saturating_add(lifetime),
+            until_ms: self
+                .clock
+                .now_ms()
+                .saturating_add(lifetime.saturating_sub(jitter)),
         }
     }
 
@@ -525,6 +531,38 @@ impl Keyring {
         Ok(key)
     }
 
+    /// The audit key if its root is stored; never makes one (verifying a
+    /// log must not sign it).
+    pub async fn stored_audit_key(&self) -> Result<Option<Arc<DataKey>>, KeyringError> {
+        if let Some(key) = self.fresh(read(&self.audit).as_ref()) {
+            return Ok(Some(key));
+        }
+        match self.load(&audit_key_context()).await? {
+            Some(root) => Ok(Some(Arc::new(audit_key_of(&root)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// The key a recovery signs with, and, when the root is gone, the new
+    /// root for the recovery's commit to store (a log whose root was
+    /// deleted refuses every other append, the root's first one too).
+    pub async fn audit_key_for_recovery(
+        &self,
+    ) -> Result<(Arc<DataKey>, Option<WrappedKeyRecord>), KeyringError> {
+        if let Some(key) = self.stored_audit_key().await? {
+            return Ok((key, None));
+        }
+        let ctx = audit_key_context();
+        let (root, wrapped) = self.kms_call(self.kms.generate_data_key(&ctx)).await?;
+        let record = WrappedKeyRecord {
+            context: ctx,
+            master_key_id: self.kms.master_key_id().ok_or(KmsError::Sealed)?,
+            wrapped,
+            created_at_ms: self.clock.now_ms(),
+        };
+        Ok((Arc::new(audit_key_of(&root)?), Some(record)))
+    }
+
     /// Makes the audit key's root and commits it with a signed
     /// `AuditKeyCreated` event; when another replica stored its root first,
     /// that root's key.
@@ -558,7 +596,12 @@ impl Keyring {
         match self.pipeline.submit(submission).await {
             Ok(_) => {}
             Err(WriteError::Refused(StoreError::AlreadyExists)) => {
-                let root = self.load(ctx).await?.ok_or(KeyringError::MissingKey)?;
+                // Another replica's key, or a signed head whose key was
+                // deleted: refused, never signed over with a new key.
+                let root = self
+                    .load(ctx)
+                    .await?
+                    .ok_or(KeyringError::Audit(AuditError::Tampered))?;
                 return audit_key_of(&root);
             }
             Err(WriteError::Audit(e)) => return Err(KeyringError::Audit(e)),
@@ -798,12 +841,13 @@ mod lifetime_tests {
         ring.tenant_keys(&tenant, true).await.unwrap().unwrap();
 
         kms.hung.store(true, Ordering::SeqCst);
-        clock.advance_ms(59_000);
+        // Fresh for at least nine tenths of the lifetime (the jitter).
+        clock.advance_ms(53_900);
         ring.dek(&tenant, 1).await.unwrap();
         ring.tenant_keys(&tenant, false).await.unwrap().unwrap();
         ring.audit_key().await.unwrap();
 
-        clock.advance_ms(2_000);
+        clock.advance_ms(6_200);
         let started = Instant::now();
         assert!(matches!(
             ring.dek(&tenant, 1).await,

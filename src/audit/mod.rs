@@ -38,7 +38,7 @@ use std::sync::Arc;
 use crate::codec::DecodeError;
 use crate::pipeline::{Pipeline, Submission, WriteError};
 use crate::secret::DataKey;
-use crate::store::{Store, StoreError, WriteUnit};
+use crate::store::{Store, StoreError, WrappedKeyRecord, WriteUnit};
 use chain::{ChainHash, ChainedEvent, SignedHead};
 
 /// One audited action.
@@ -201,7 +201,18 @@ impl AuditLog {
         event: AuditEvent,
         key: Arc<DataKey>,
     ) -> Result<(u64, verify::VerifyReport), AuditError> {
-        self.pipeline.recover(event, key).await
+        self.pipeline.recover(event, key, None).await
+    }
+
+    /// [`Self::recover`] by a vault whose audit key's root is gone: `root`,
+    /// a new one, is stored in the recovery's commit, whose head it signs.
+    pub async fn recover_with_root(
+        &self,
+        event: AuditEvent,
+        key: Arc<DataKey>,
+        root: WrappedKeyRecord,
+    ) -> Result<(u64, verify::VerifyReport), AuditError> {
+        self.pipeline.recover(event, key, Some(root)).await
     }
 
     /// Events from position `from`, at most `limit`, decoded.

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use crate::audit::AuditEvent;
 use crate::audit::chain::{ChainHash, ChainedEvent, SignedHead, hash_event};
 use crate::secret::DataKey;
-use crate::store::{AuditAppend, ChainStep, CommitError, MAX_TAIL_EVENTS};
+use crate::store::{AuditAppend, ChainStep, CommitError, MAX_TAIL_EVENTS, StoreError};
 
 /// Where the chain ends: the next position and the hash it links to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +195,19 @@ impl ChainStep for BatchChain {
             last_page: true,
         };
         let mut tip = check_tail(self.known, tail, check)?;
+        // A key made for this batch signs only a log that never had a
+        // head. A head already there was signed by another key: another
+        // replica's, stored first (this unit's key write would be refused
+        // too), or one deleted under its head to have a new key sign over
+        // whatever the log now holds. Either way the part is refused.
+        if head.is_some()
+            && let Some(unit) = self.parts.iter().position(|p| p.new_signer)
+        {
+            return Err(CommitError::Refused {
+                unit,
+                error: StoreError::AlreadyExists,
+            });
+        }
         let from = tip.next_seq;
         let mut append = AuditAppend {
             from,

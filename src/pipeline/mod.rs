@@ -33,7 +33,8 @@ use crate::audit::verify::{self, VerifyReport};
 use crate::audit::{self, AuditError, AuditEvent, RECOVERY_ACTION};
 use crate::secret::DataKey;
 use crate::store::{
-    AuditWrite, ChainStep, CommitError, MAX_TAIL_EVENTS, Store, StoreError, WriteBatch, WriteUnit,
+    AuditAppend, AuditWrite, ChainStep, CommitError, MAX_TAIL_EVENTS, Store, StoreError,
+    WrappedKeyRecord, WriteBatch, WriteUnit,
 };
 use chain::{BatchChain, Part, TailCheck, Tip};
 
@@ -123,6 +124,9 @@ enum Job {
     Recover {
         event: AuditEvent,
         key: Arc<DataKey>,
+        /// The audit key's root, when the recovery makes it (stored in the
+        /// same commit as the recovery event and its signed head).
+        root: Option<WrappedKeyRecord>,
         reply: oneshot::Sender<Result<(u64, VerifyReport), AuditError>>,
     },
 }
@@ -199,12 +203,18 @@ impl Pipeline {
         &self,
         event: AuditEvent,
         key: Arc<DataKey>,
+        root: Option<WrappedKeyRecord>,
     ) -> Result<(u64, VerifyReport), AuditError> {
         let (reply, answer) = oneshot::channel();
         let stopped =
             || AuditError::Store(StoreError::Unavailable("write pipeline stopped".into()));
-        self.send(Job::Recover { event, key, reply })
-            .map_err(|_| stopped())?;
+        self.send(Job::Recover {
+            event,
+            key,
+            root,
+            reply,
+        })
+        .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -246,8 +256,13 @@ impl Committer {
                 },
             };
             match first {
-                Job::Recover { event, key, reply } => {
-                    let _ = reply.send(self.recover(event, &key).await);
+                Job::Recover {
+                    event,
+                    key,
+                    root,
+                    reply,
+                } => {
+                    let _ = reply.send(self.recover(event, &key, root).await);
                 }
                 Job::Write { submission, reply } => {
                     let batch = self.gather(submission, reply);
@@ -504,6 +519,7 @@ impl Committer {
         &mut self,
         mut event: AuditEvent,
         key: &DataKey,
+        root: Option<WrappedKeyRecord>,
     ) -> Result<(u64, VerifyReport), AuditError> {
         let report = verify::verify(self.store.as_ref(), Some(key)).await?;
         let latched = self.latched.load(std::sync::atomic::Ordering::SeqCst);
@@ -539,9 +555,22 @@ impl Committer {
         };
         let chained = ChainedEvent::new(next_seq, last_hash, event);
         let head = SignedHead::sign(key, chained.seq, chained.hash).encode();
+        let batch = WriteBatch {
+            units: vec![WriteUnit {
+                keys: root.into_iter().collect(),
+                ..WriteUnit::default()
+            }],
+            audit: AuditAppend {
+                from: chained.seq,
+                events: vec![chained.encode()],
+                head: Some(head),
+            }
+            .into(),
+        };
         self.store
-            .append_audit(chained.seq, chained.encode(), Some(head))
-            .await?;
+            .commit(Arc::new(batch))
+            .await
+            .map_err(CommitError::into_store)?;
         self.tip = Some(Tip {
             next_seq: chained.seq.saturating_add(1),
             hash: chained.hash,

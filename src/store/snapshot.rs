@@ -35,8 +35,11 @@ const MAGIC: &[u8] = b"TESSERA-SLED-SNAPSHOT-1\n";
 const END: u8 = 0;
 const TREE: u8 = 1;
 const ENTRY: u8 = 2;
-/// Entries written per batch on restore.
-const RESTORE_BATCH: usize = 10_000;
+/// Bytes of entries written per batch on restore.
+const RESTORE_BATCH_BYTES: usize = 16 << 20;
+/// Longest key or value a snapshot may hold: far above any the store
+/// writes, and a bound on what a crafted file can make a restore allocate.
+const MAX_FIELD: u64 = 64 << 20;
 
 /// A snapshot could not be written or restored.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +135,9 @@ pub fn restore(from: &Path, store_dir: &Path) -> Result<Counts, SnapshotError> {
         .path(&staging)
         .open()
         .map_err(store_error)?;
-    let mut reader = BufReader::new(std::fs::File::open(from)?);
+    // Read again, hashed again: the file checked above may have been
+    // replaced since; the digest is compared once more before the rename.
+    let mut reader = Hashed::new(BufReader::new(std::fs::File::open(from)?));
     let mut magic = [0u8; MAGIC.len()];
     reader.read_exact(&mut magic)?;
     let mut counts = Counts::default();
@@ -158,10 +163,10 @@ pub fn restore(from: &Path, store_dir: &Path) -> Result<Counts, SnapshotError> {
                 };
                 let key = read_field(&mut reader)?;
                 let value = read_field(&mut reader)?;
+                pending += key.len() + value.len();
                 batch.insert(key, value);
                 counts.entries += 1;
-                pending += 1;
-                if pending == RESTORE_BATCH {
+                if pending >= RESTORE_BATCH_BYTES {
                     tree.apply_batch(std::mem::take(&mut batch))
                         .map_err(store_error)?;
                     pending = 0;
@@ -172,6 +177,15 @@ pub fn restore(from: &Path, store_dir: &Path) -> Result<Counts, SnapshotError> {
     }
     if let Some(tree) = &tree {
         tree.apply_batch(batch).map_err(store_error)?;
+    }
+    let (mut rest, digest) = reader.finish();
+    let mut stored = [0u8; 32];
+    rest.read_exact(&mut stored)
+        .map_err(|_| SnapshotError::Damaged("the digest is missing"))?;
+    if stored != digest {
+        return Err(SnapshotError::Damaged(
+            "the file changed while it was restored",
+        ));
     }
     db.flush().map_err(store_error)?;
     drop(db);
@@ -234,7 +248,9 @@ fn sync_tree(dir: &Path) -> std::io::Result<()> {
 
 fn write_field(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(bytes.len())
-        .map_err(|_| std::io::Error::other("a value longer than 4 GiB"))?;
+        .ok()
+        .filter(|len| u64::from(*len) <= MAX_FIELD)
+        .ok_or_else(|| std::io::Error::other("a value longer than 64 MiB"))?;
     out.write_all(&len.to_be_bytes())?;
     out.write_all(bytes)
 }
@@ -252,7 +268,11 @@ fn read_len(input: &mut impl Read) -> Result<u64, SnapshotError> {
     input
         .read_exact(&mut len)
         .map_err(|_| SnapshotError::Damaged("cut short"))?;
-    Ok(u64::from(u32::from_be_bytes(len)))
+    let len = u64::from(u32::from_be_bytes(len));
+    if len > MAX_FIELD {
+        return Err(SnapshotError::Damaged("a field longer than 64 MiB"));
+    }
+    Ok(len)
 }
 
 fn read_field(input: &mut impl Read) -> Result<Vec<u8>, SnapshotError> {
@@ -364,7 +384,16 @@ mod tests {
         altered[MAGIC.len() + 8] ^= 1;
         let mut extended = good.clone();
         extended.push(0);
-        for (name, bytes) in [("cut", cut), ("altered", altered), ("extended", extended)] {
+        // A length field of 4 GiB must not make the restore allocate it.
+        let mut huge = MAGIC.to_vec();
+        huge.push(TREE);
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        for (name, bytes) in [
+            ("cut", cut),
+            ("altered", altered),
+            ("extended", extended),
+            ("huge", huge),
+        ] {
             std::fs::write(&file, bytes).unwrap();
             assert!(
                 matches!(restore(&file, &target), Err(SnapshotError::Damaged(_))),

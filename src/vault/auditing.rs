@@ -5,6 +5,7 @@ use crate::audit::chain::ChainedEvent;
 use crate::audit::verify::VerifyReport;
 use crate::audit::{AuditError, AuditEvent};
 use crate::domain::{TenantId, Token};
+use crate::keyring::KeyringError;
 use crate::pipeline::{Submission, WriteError};
 use crate::store::{StoreError, WriteUnit};
 use crate::vault::{Vault, VaultError};
@@ -49,8 +50,11 @@ impl Vault {
             if !self.is_sealed() {
                 // Without the audit key the event cannot be signed: an
                 // audit failure (fail-open tokenize may go on without it).
-                signer = Some(self.keys.audit_key().await.map_err(|e| {
-                    WriteError::Audit(AuditError::Store(StoreError::Unavailable(e.to_string())))
+                signer = Some(self.keys.audit_key().await.map_err(|e| match e {
+                    KeyringError::Audit(e) => WriteError::Audit(e),
+                    other => WriteError::Audit(AuditError::Store(StoreError::Unavailable(
+                        other.to_string(),
+                    ))),
                 })?);
             }
             events.push(event);
@@ -109,17 +113,33 @@ impl Vault {
     ) -> Result<(u64, VerifyReport), VaultError> {
         self.ensure_unsealed()?;
         event.time_ms = self.clock.now_ms();
-        let key = self.keys.audit_key().await?;
-        Ok(self.audit.recover(event, key).await?)
+        let (key, root) = self.keys.audit_key_for_recovery().await?;
+        Ok(match root {
+            Some(root) => self.audit.recover_with_root(event, key, root).await?,
+            None => self.audit.recover(event, key).await?,
+        })
     }
 
     /// Verifies the audit chain; the head signature too while unsealed.
+    /// Never makes the audit key: a signed head whose key's root is gone is
+    /// reported as tampering.
     pub async fn verify_audit(&self) -> Result<VerifyReport, VaultError> {
         let key = if self.is_sealed() {
             None
         } else {
-            Some(self.keys.audit_key().await?)
+            self.keys.stored_audit_key().await?
         };
-        Ok(self.audit.verify(key.as_deref()).await?)
+        let mut report = self.audit.verify(key.as_deref()).await?;
+        if !self.is_sealed()
+            && key.is_none()
+            && report.ok()
+            && self.store.audit_head().await?.is_some()
+        {
+            report.first_bad = Some(report.events);
+            report.problem =
+                "the log has a signed head, but the audit key that signed it is gone (deleted)"
+                    .into();
+        }
+        Ok(report)
     }
 }

@@ -739,3 +739,80 @@ async fn replicas_making_the_audit_key_at_once_agree_on_one() {
         assert_eq!(made, 1);
     }
 }
+
+/// Review of the audit-key change: an attacker who can write the store
+/// rewrites the log, forges a head and deletes the audit key's root, so a
+/// vault that starts next would make a new key and sign over the forgery.
+/// A new key never signs a log that has a head: the vault refuses audited
+/// calls, verification reports the missing key instead of making one, and
+/// only an audited recovery (which stores a new root) continues the log.
+#[tokio::test]
+async fn a_deleted_audit_key_under_a_signed_head_is_never_replaced_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
+    let store: Arc<dyn Store> =
+        Arc::new(crate::store::sled::SledStore::open(&dir.path().join("store")).unwrap());
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let vault = || {
+        Vault::new(
+            kms.clone(),
+            Arc::clone(&store),
+            clock.clone(),
+            VaultPolicy::default(),
+        )
+    };
+    let first = vault();
+    let event = || crate::audit::AuditEvent {
+        action: "Detokenize".into(),
+        principal: "p".into(),
+        ..Default::default()
+    };
+    first.record_audit(event()).await.unwrap();
+    first.record_audit(event()).await.unwrap();
+    drop(first);
+    assert_eq!(
+        store
+            .destroy_wrapped_keys(&TenantId::system())
+            .await
+            .unwrap(),
+        1
+    );
+
+    let next = vault();
+    let refused = next.record_audit(event()).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            VaultError::Audit(crate::audit::AuditError::Tampered)
+        ),
+        "{refused}"
+    );
+    assert!(matches!(
+        next.tokenize(&tenant("acme"), cmd(VISA)).await,
+        Err(VaultError::Audit(crate::audit::AuditError::Tampered))
+    ));
+    let report = next.verify_audit().await.unwrap();
+    assert!(
+        !report.ok() && report.problem.contains("audit key"),
+        "{report:?}"
+    );
+    assert!(
+        store.all_wrapped_keys().await.unwrap().is_empty(),
+        "no key made"
+    );
+    assert_eq!(store.audit_records(0, 10).await.unwrap().len(), 3);
+
+    let (_, found) = next
+        .recover_audit(crate::audit::AuditEvent {
+            principal: "operator".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!found.ok(), "the recovery records what it found");
+    next.record_audit(event()).await.unwrap();
+    next.tokenize(&tenant("acme"), cmd(VISA)).await.unwrap();
+    let report = next.verify_audit().await.unwrap();
+    assert!(report.head_checked, "{report:?}");
+    assert_eq!(report.recovered_at, vec![3]);
+}
