@@ -12,16 +12,9 @@ PORT=${PORT:-50072}
 DATA=${DATA:-/tmp/tessera-pgbench}
 TESSERA__STORE__URL=${TESSERA__STORE__URL:-"host=127.0.0.1 port=55432 user=postgres dbname=vault"}
 export TESSERA__STORE__URL TESSERA__STORE__BACKEND=postgres TESSERA__STORE__MIGRATE=true
-rm -rf "$DATA"
-"$BIN" serve --dev --config deploy/bench.toml --data-dir "$DATA" --listen "127.0.0.1:$PORT" >"$DATA.log" 2>&1 &
-SERVER=$!
-for _ in $(seq 100); do
-    [ -s "$DATA/dev-credentials.json" ] && "$BIN" bench --rpc health --addr "http://127.0.0.1:$PORT" \
-        --duration 1 --warmup 0 --concurrency 1 >/dev/null 2>&1 && break
-    sleep 0.1
-done
-TESSERA_API_KEY=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['processor']['api_key'])" "$DATA/dev-credentials.json")
-export TESSERA_API_KEY
+cd "$(dirname "$0")/.."
+. scripts/bench_lib.sh
+serve deploy/bench.toml "$PORT" "$DATA"
 for rpc in tokenize detokenize; do
     "$BIN" bench --addr "http://127.0.0.1:$PORT" --rpc "$rpc" --concurrency 1,64 --duration 10 --ceiling
 done

@@ -19,9 +19,8 @@ use tessera::proto::v1;
 
 const VISA: &str = "4111111111111111";
 
-#[tokio::test]
-async fn aws_kms_backed_server_round_trip_and_restart() {
-    let moto = moto::Moto::start();
+/// A new customer master key on `moto`; its ARN.
+async fn master_key(moto: &moto::Moto) -> String {
     let client = aws_sdk_kms::Client::from_conf(
         aws_sdk_kms::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -31,7 +30,13 @@ async fn aws_kms_backed_server_round_trip_and_restart() {
             .build(),
     );
     let key = client.create_key().send().await.unwrap();
-    let arn = key.key_metadata().unwrap().arn().unwrap().to_owned();
+    key.key_metadata().unwrap().arn().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn aws_kms_backed_server_round_trip_and_restart() {
+    let moto = moto::Moto::start();
+    let arn = master_key(&moto).await;
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -104,16 +109,7 @@ const KMS_TIMEOUT: Duration = Duration::from_secs(1);
 #[tokio::test]
 async fn kms_unreachable_under_load_serves_cached_keys_then_fails_fast_then_recovers() {
     let moto = moto::Moto::start();
-    let client = aws_sdk_kms::Client::from_conf(
-        aws_sdk_kms::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(moto::REGION))
-            .endpoint_url(&moto.endpoint)
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-            .build(),
-    );
-    let key = client.create_key().send().await.unwrap();
-    let arn = key.key_metadata().unwrap().arn().unwrap().to_owned();
+    let arn = master_key(&moto).await;
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

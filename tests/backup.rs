@@ -25,6 +25,14 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+fn backup(data: &Path, out: &Path) -> std::process::Output {
+    tessera(&["backup", "--data-dir", path(data), "--out", path(out)])
+}
+
+fn restore(from: &Path, data: &Path) -> std::process::Output {
+    tessera(&["restore", "--from", path(from), "--data-dir", path(data)])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sled_snapshot_restores_a_vault_that_redeems_every_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -51,13 +59,7 @@ async fn a_sled_snapshot_restores_a_vault_that_redeems_every_token() {
     let snapshot = backups.join("vault.snapshot");
 
     // sled holds its store while serving: a backup then is refused.
-    let out = tessera(&[
-        "backup",
-        "--data-dir",
-        path(&data),
-        "--out",
-        path(&snapshot),
-    ]);
+    let out = backup(&data, &snapshot);
     assert!(!out.status.success(), "a backup of a running store");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("in use by a running server"),
@@ -68,13 +70,7 @@ async fn a_sled_snapshot_restores_a_vault_that_redeems_every_token() {
     let status = server.terminate();
     assert!(status.success(), "{status}");
 
-    let out = tessera(&[
-        "backup",
-        "--data-dir",
-        path(&data),
-        "--out",
-        path(&snapshot),
-    ]);
+    let out = backup(&data, &snapshot);
     assert!(
         out.status.success(),
         "{}",
@@ -93,26 +89,14 @@ async fn a_sled_snapshot_restores_a_vault_that_redeems_every_token() {
     for file in ["dev-master.key", "state.key", "dev-credentials.json"] {
         std::fs::copy(data.join(file), restored.join(file)).unwrap();
     }
-    let out = tessera(&[
-        "restore",
-        "--from",
-        path(&snapshot),
-        "--data-dir",
-        path(&restored),
-    ]);
+    let out = restore(&snapshot, &restored);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     // Never over an existing store.
-    let again = tessera(&[
-        "restore",
-        "--from",
-        path(&snapshot),
-        "--data-dir",
-        path(&restored),
-    ]);
+    let again = restore(&snapshot, &restored);
     assert!(!again.status.success());
 
     let server = Server::start(&restored, &log);
