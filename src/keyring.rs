@@ -532,11 +532,9 @@ impl Keyring {
     }
 
     /// The audit key if its root is stored; never makes one (verifying a
-    /// log must not sign it).
+    /// log must not sign it). Always read from the store, never the cache:
+    /// a root deleted or replaced since it was cached shows.
     pub async fn stored_audit_key(&self) -> Result<Option<Arc<DataKey>>, KeyringError> {
-        if let Some(key) = self.fresh(read(&self.audit).as_ref()) {
-            return Ok(Some(key));
-        }
         match self.load(&audit_key_context()).await? {
             Some(root) => Ok(Some(Arc::new(audit_key_of(&root)?))),
             None => Ok(None),
@@ -567,6 +565,20 @@ impl Keyring {
     /// `AuditKeyCreated` event; when another replica stored its root first,
     /// that root's key.
     async fn make_audit_key(&self, ctx: &KeyContext) -> Result<DataKey, KeyringError> {
+        // The root is every store's first key, made with the log's first
+        // head: a store with a head or with any other key lost its root
+        // (deleted; or another replica made it since the caller looked).
+        // Checked before the KMS is asked, so a store in that state costs
+        // no KMS call per request either.
+        if self.store.audit_head().await?.is_some()
+            || !self.store.all_wrapped_keys().await?.is_empty()
+        {
+            let root = self
+                .load(ctx)
+                .await?
+                .ok_or(KeyringError::Audit(AuditError::Tampered))?;
+            return audit_key_of(&root);
+        }
         let (root, wrapped) = self.kms_call(self.kms.generate_data_key(ctx)).await?;
         let now_ms = self.clock.now_ms();
         let record = WrappedKeyRecord {
@@ -611,6 +623,14 @@ impl Keyring {
             }
         }
         audit_key_of(&root)
+    }
+
+    /// Drops the cached audit key (the log refused an append: the key may
+    /// no longer be the stored root's).
+    pub fn forget_audit_key(&self) {
+        let mut audit = write(&self.audit);
+        self.bump_epoch();
+        *audit = None;
     }
 
     /// Drops every cached key at once (seal). The `Arc`s still held by

@@ -748,6 +748,15 @@ impl Engine for SledStore {
 }
 
 #[cfg(test)]
+impl SledStore {
+    /// What an attacker with the store's files can do: delete the signed
+    /// head (for tests of the vault's refusals).
+    pub(crate) fn delete_audit_head_for_test(&self) {
+        let _ = self.audit_meta.remove(AUDIT_HEAD);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

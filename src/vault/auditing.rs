@@ -68,7 +68,15 @@ impl Vault {
                 signer,
                 new_signer: false,
             })
-            .await?;
+            .await
+            .inspect_err(|e| {
+                // Refused as tampered, or latched: the cached audit key is
+                // read again next time (another replica may have recovered
+                // with a new root, or the root may be gone).
+                if matches!(e, WriteError::Audit(_)) {
+                    self.keys.forget_audit_key();
+                }
+            })?;
         for (position, event) in positions.iter().zip(copies.iter().flatten()) {
             for sink in &self.sinks {
                 if let Err(e) = sink.send(*position, event) {
@@ -114,8 +122,16 @@ impl Vault {
         self.ensure_unsealed()?;
         event.time_ms = self.clock.now_ms();
         let (key, root) = self.keys.audit_key_for_recovery().await?;
+        self.keys.forget_audit_key();
         Ok(match root {
-            Some(root) => self.audit.recover_with_root(event, key, root).await?,
+            Some(root) => {
+                // Say so: events before it can no longer be checked
+                // against any stored key.
+                event.resource = format!("new_audit_key {}", event.resource)
+                    .trim_end()
+                    .to_owned();
+                self.audit.recover_with_root(event, key, root).await?
+            }
             None => self.audit.recover(event, key).await?,
         })
     }

@@ -816,3 +816,47 @@ async fn a_deleted_audit_key_under_a_signed_head_is_never_replaced_silently() {
     assert!(report.head_checked, "{report:?}");
     assert_eq!(report.recovered_at, vec![3]);
 }
+
+/// Second review: a running vault's committer knows the log's end, so the
+/// log's head is not re-read before a commit. An attacker who deletes the
+/// audit key's root *and* the head (and appends after the end) then waits
+/// for the cached key to go (its lifetime, or a seal): the vault made a new
+/// root and signed over everything. A store with any key but no root lost
+/// its root; no new one is made, and no KMS call either.
+#[tokio::test]
+async fn a_running_vault_never_makes_a_new_audit_key_after_root_and_head_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
+    let store = Arc::new(crate::store::sled::SledStore::open(&dir.path().join("store")).unwrap());
+    let vault = Vault::new(
+        kms,
+        store.clone(),
+        Arc::new(ManualClock::new(1_700_000_000_000)),
+        VaultPolicy::default(),
+    );
+    let event = || crate::audit::AuditEvent {
+        action: "Detokenize".into(),
+        principal: "p".into(),
+        ..Default::default()
+    };
+    vault.tokenize(&tenant("acme"), cmd(VISA)).await.unwrap();
+    vault.record_audit(event()).await.unwrap();
+    crate::store::KeyStore::destroy_wrapped_keys(store.as_ref(), &TenantId::system())
+        .await
+        .unwrap();
+    store.delete_audit_head_for_test();
+    vault.keys.clear();
+
+    let refused = vault.record_audit(event()).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            VaultError::Audit(crate::audit::AuditError::Tampered)
+        ),
+        "{refused}"
+    );
+    let system_keys = crate::store::KeyStore::wrapped_keys(store.as_ref(), &TenantId::system())
+        .await
+        .unwrap();
+    assert!(system_keys.is_empty(), "a new root was made");
+}
