@@ -73,6 +73,14 @@ pub struct Counts {
     pub entries: u64,
 }
 
+/// sled on `dir` without its background flusher: a snapshot flushes once,
+/// itself, and a store closes as soon as it is dropped (the flusher
+/// thread held sled's file lock a moment longer, and a second open in the
+/// same process then found the store in use).
+fn quiet(dir: &Path) -> sled::Config {
+    sled::Config::new().path(dir).flush_every_ms(None)
+}
+
 fn store_error(e: sled::Error) -> SnapshotError {
     SnapshotError::Store(e.to_string())
 }
@@ -86,7 +94,7 @@ pub fn write(store_dir: &Path, out: &Path) -> Result<Counts, SnapshotError> {
             store_dir.display()
         )));
     }
-    let db = sled::Config::new().path(store_dir).open().map_err(|e| {
+    let db = quiet(store_dir).open().map_err(|e| {
         // sled names its lock file in a plain I/O error.
         if e.to_string().contains("could not acquire lock") {
             SnapshotError::InUse(store_dir.to_owned())
@@ -131,10 +139,7 @@ pub fn restore(from: &Path, store_dir: &Path) -> Result<Counts, SnapshotError> {
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
-    let db = sled::Config::new()
-        .path(&staging)
-        .open()
-        .map_err(store_error)?;
+    let db = quiet(&staging).open().map_err(store_error)?;
     // Read again, hashed again: the file checked above may have been
     // replaced since; the digest is compared once more before the rename.
     let mut reader = Hashed::new(BufReader::new(std::fs::File::open(from)?));
@@ -338,7 +343,7 @@ mod tests {
     use super::*;
 
     fn store_with(dir: &Path, entries: u32) {
-        let db = sled::open(dir).unwrap();
+        let db = quiet(dir).open().unwrap();
         let records = db.open_tree("records").unwrap();
         for n in 0..entries {
             records
@@ -358,7 +363,7 @@ mod tests {
         let restored = restore(&file, &dir.path().join("copy/store")).unwrap();
         assert_eq!(written, restored);
         assert_eq!(written.entries, 25_001);
-        let copy = sled::open(dir.path().join("copy/store")).unwrap();
+        let copy = quiet(&dir.path().join("copy/store")).open().unwrap();
         let records = copy.open_tree("records").unwrap();
         assert_eq!(records.len(), 25_000);
         assert_eq!(
