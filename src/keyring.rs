@@ -551,13 +551,7 @@ impl Keyring {
             return Ok((key, None));
         }
         let ctx = audit_key_context();
-        let (root, wrapped) = self.kms_call(self.kms.generate_data_key(&ctx)).await?;
-        let record = WrappedKeyRecord {
-            context: ctx,
-            master_key_id: self.kms.master_key_id().ok_or(KmsError::Sealed)?,
-            wrapped,
-            created_at_ms: self.clock.now_ms(),
-        };
+        let (root, record) = self.generate(&ctx).await?;
         Ok((Arc::new(audit_key_of(&root)?), Some(record)))
     }
 
@@ -579,14 +573,8 @@ impl Keyring {
                 .ok_or(KeyringError::Audit(AuditError::Tampered))?;
             return audit_key_of(&root);
         }
-        let (root, wrapped) = self.kms_call(self.kms.generate_data_key(ctx)).await?;
-        let now_ms = self.clock.now_ms();
-        let record = WrappedKeyRecord {
-            context: ctx.clone(),
-            master_key_id: self.kms.master_key_id().ok_or(KmsError::Sealed)?,
-            wrapped,
-            created_at_ms: now_ms,
-        };
+        let (root, record) = self.generate(ctx).await?;
+        let now_ms = record.created_at_ms;
         let key = Arc::new(audit_key_of(&root)?);
         let submission = Submission {
             unit: WriteUnit {
@@ -646,6 +634,22 @@ impl Keyring {
         write(&self.current).clear();
     }
 
+    /// A new key for `ctx` from the KMS, and its record for the key table
+    /// (not stored yet).
+    async fn generate(
+        &self,
+        ctx: &KeyContext,
+    ) -> Result<(DataKey, WrappedKeyRecord), KeyringError> {
+        let (key, wrapped) = self.kms_call(self.kms.generate_data_key(ctx)).await?;
+        let record = WrappedKeyRecord {
+            context: ctx.clone(),
+            master_key_id: self.kms.master_key_id().ok_or(KmsError::Sealed)?,
+            wrapped,
+            created_at_ms: self.clock.now_ms(),
+        };
+        Ok((key, record))
+    }
+
     /// Reads and unwraps the key of `ctx`, if stored.
     async fn load(&self, ctx: &KeyContext) -> Result<Option<DataKey>, KeyringError> {
         match self.store.wrapped_key(ctx).await? {
@@ -682,13 +686,7 @@ impl Keyring {
         {
             return Err(KeyringError::Shredded);
         }
-        let (key, wrapped) = self.kms_call(self.kms.generate_data_key(ctx)).await?;
-        let record = WrappedKeyRecord {
-            context: ctx.clone(),
-            master_key_id: self.kms.master_key_id().ok_or(KmsError::Sealed)?,
-            wrapped,
-            created_at_ms: self.clock.now_ms(),
-        };
+        let (key, record) = self.generate(ctx).await?;
         match self.store.put_wrapped_key(record).await {
             Ok(()) => Ok(Some(key)),
             Err(StoreError::AlreadyExists) => {
