@@ -53,12 +53,13 @@ enum Rpc {
     UnlockPrincipal,
     RecreateTenant,
     Recover,
+    Compact,
     /// Last: it seals the whole vault.
     Seal,
 }
 
 impl Rpc {
-    const ALL: [Self; 24] = [
+    const ALL: [Self; 25] = [
         Self::Tokenize,
         Self::TokenizeBatch,
         Self::Detokenize,
@@ -82,6 +83,7 @@ impl Rpc {
         Self::UnlockPrincipal,
         Self::RecreateTenant,
         Self::Recover,
+        Self::Compact,
         Self::Seal,
     ];
 
@@ -97,7 +99,8 @@ impl Rpc {
             | Self::RotateMasterKey
             | Self::Seal
             | Self::RecreateTenant
-            | Self::Recover => &[Role::Operator],
+            | Self::Recover
+            | Self::Compact => &[Role::Operator],
             Self::RotateDataKey | Self::Reencrypt | Self::RetireDataKey | Self::ShredTenant => {
                 &[Role::Admin]
             }
@@ -411,6 +414,27 @@ async fn call(fx: &mut Fixture, caller: &Caller, rpc: Rpc) -> Outcome {
                 })
                 .await,
         )),
+        Rpc::Compact => {
+            let code = match admin.compact(v1::CompactRequest {}).await {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    let mut code = Code::Ok;
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            Err(s) => {
+                                code = s.code();
+                                break;
+                            }
+                        }
+                    }
+                    code
+                }
+                Err(s) => s.code(),
+            };
+            plain(code)
+        }
         Rpc::Seal => plain(outcome(admin.seal(v1::SealRequest {}).await)),
     }
 }
@@ -563,6 +587,7 @@ async fn every_role_every_rpc_own_and_other_tenant() {
         "RotateMasterKey",
         "RecreateTenant",
         "Recover",
+        "Compact",
     ] {
         for admin in ["default-admin", "other-admin"] {
             assert_eq!(table[&format!("{rpc} by {admin}")], "PermissionDenied");

@@ -77,6 +77,18 @@ impl RecordStore for Switchable {
         self.check()?;
         self.inner.scan_tenant(t, after, limit).await
     }
+    async fn scan_all(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        self.check()?;
+        self.inner.scan_all(after, limit).await
+    }
+    async fn seal_versions(&self, ids: &[TokenId]) -> Result<Vec<(TokenId, Vec<u32>)>, StoreError> {
+        self.check()?;
+        self.inner.seal_versions(ids).await
+    }
     async fn append_sealed_versions(
         &self,
         items: Vec<SealedVersion>,

@@ -305,6 +305,10 @@ pub struct RawTokens {
     pub luhn: Option<String>,
     /// Deterministic by default (false).
     pub deterministic: Option<bool>,
+    /// Seconds a dead token (deleted, consumed, expired) is kept before
+    /// compaction may purge it, counted from its tombstone: 0 to 315360000
+    /// (default 604800, a week).
+    pub purge_grace_s: Option<u64>,
 }
 
 /// `[limits]`.
@@ -987,8 +991,18 @@ fn check_policy(tokens: &RawTokens, limits: &RawLimits) -> Result<VaultPolicy, C
             "must be at most 256",
         ));
     }
+    let purge_grace_s = tokens
+        .purge_grace_s
+        .unwrap_or(defaults.purge_grace.as_secs());
+    if purge_grace_s > 315_360_000 {
+        return Err(invalid(
+            "tokens.purge_grace_s",
+            "must be at most 315360000 (ten years)",
+        ));
+    }
     Ok(VaultPolicy {
         default_format,
+        purge_grace: std::time::Duration::from_secs(purge_grace_s),
         deterministic_by_default: tokens.deterministic.unwrap_or(false),
         max_batch_items,
         max_metadata_bytes,

@@ -3,8 +3,9 @@
 //! closed).
 //!
 //! Two scopes (DESIGN.md §5, SECURITY.md §5.2):
-//! - **vault-wide** (Seal, Unseal, RotateMasterKey): the system scope's
-//!   `operator` role only; no tenant principal reaches them.
+//! - **vault-wide** (Seal, Unseal, RotateMasterKey, RecreateTenant,
+//!   Compact): the system scope's `operator` role only; no tenant
+//!   principal reaches them.
 //! - **tenant** (RotateDataKey, Reencrypt, RetireDataKey, ShredTenant): the
 //!   tenant's `admin`, on its own tenant only.
 //!
@@ -29,6 +30,7 @@ use crate::service::audited::{
 use crate::service::{Authenticator, log_outcome, status};
 use crate::vault::Vault;
 use crate::vault::admin::KeyState;
+use crate::vault::compact::CompactProgress;
 use crate::vault::reencrypt::ReencryptProgress;
 use tonic_types::StatusExt;
 
@@ -225,6 +227,20 @@ fn timestamp(ms: u64) -> prost_types::Timestamp {
 }
 
 type ReencryptStream = Pin<Box<dyn Stream<Item = Result<v1::ReencryptResponse, Status>> + Send>>;
+
+fn compact_message(p: CompactProgress) -> v1::CompactResponse {
+    v1::CompactResponse {
+        examined: p.examined,
+        expired: p.expired,
+        purged: p.purged,
+        seal_versions_dropped: p.seal_versions_dropped,
+        dead_in_grace: p.dead_in_grace,
+        dead_by: Some(timestamp(p.dead_by_ms)),
+        finished: p.finished,
+    }
+}
+
+type CompactStream = Pin<Box<dyn Stream<Item = Result<v1::CompactResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl KeyAdmin for KeyAdminService {
@@ -692,5 +708,66 @@ impl KeyAdmin for KeyAdminService {
         }
         .await;
         self.finish(&call, &principal, resource, result).await
+    }
+
+    type CompactStream = CompactStream;
+
+    /// Like Reencrypt: the start is audited (fail closed) and the job runs
+    /// in its own task; each page that removes anything commits with its
+    /// own audit event, and the end is recorded as the outcome.
+    #[instrument(skip_all, name = "Compact", fields(principal, tenant))]
+    async fn compact(
+        &self,
+        request: Request<v1::CompactRequest>,
+    ) -> Result<Response<Self::CompactStream>, Status> {
+        let call = CallContext::of("Compact", &request);
+        let principal = self
+            .caller(&call, &request, OPERATOR, WhenSealed::Refuse)
+            .await?;
+        let resource = "records".to_owned();
+        self.finish(&call, &principal, resource.clone(), Ok(()))
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let vault = Arc::clone(&self.vault);
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let progress_tx = tx.clone();
+                let template = call.event(Some(&principal), resource.clone(), "OK");
+                let result = vault
+                    .compact(&template, |p| {
+                        if !p.finished {
+                            // A slow listener misses intermediate updates, never the end.
+                            let _ = progress_tx.try_send(Ok(compact_message(p)));
+                        }
+                    })
+                    .await;
+                let last = result
+                    .map(compact_message)
+                    .map_err(|e| status::from_vault(&e));
+                log_outcome(&last);
+                let summary = match &last {
+                    Ok(m) => format!(
+                        "{resource} job:end examined:{} expired:{} purged:{} seal_versions_dropped:{}",
+                        m.examined, m.expired, m.purged, m.seal_versions_dropped
+                    ),
+                    Err(_) => format!("{resource} job:end"),
+                };
+                let mut end = call.event(
+                    Some(&principal),
+                    summary,
+                    &crate::service::audited::outcome(&last),
+                );
+                end.action = "CompactFinished".to_owned();
+                if let Err(e) = vault.record_audit(end).await {
+                    tracing::error!(error = %e, alert = "audit_write_failed", "could not audit the end of a compaction");
+                }
+                let _ = tx.send(last).await;
+            },
+            span,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

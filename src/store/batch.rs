@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::TokenId;
-use crate::store::{SealedRecord, StoreError, Tombstone, WrappedKeyRecord};
+use crate::store::{Compaction, SealedRecord, StoreError, Tombstone, WrappedKeyRecord};
 
 /// One caller's record writes: applied together with the rest of its batch,
 /// or not at all.
@@ -34,12 +34,18 @@ pub struct WriteUnit {
     /// stored alone, a crash before the signed commit left a key that
     /// says "this log has a signed head" over a log that never got one.
     pub keys: Vec<WrappedKeyRecord>,
+    /// Removals of the compaction job ([`crate::store::compact`]), after
+    /// the unit's records and tombstones.
+    pub compactions: Vec<Compaction>,
 }
 
 impl WriteUnit {
     /// Whether the unit writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.tombstones.is_empty() && self.keys.is_empty()
+        self.records.is_empty()
+            && self.tombstones.is_empty()
+            && self.keys.is_empty()
+            && self.compactions.is_empty()
     }
 }
 

@@ -26,11 +26,12 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::domain::key::KeyContext;
 use crate::domain::{Fingerprint, TenantId, TokenId};
+use crate::store::compact::{self, Held};
 use crate::store::prepared::PreparedUnit;
 use crate::store::record::{decode_u32, fingerprint_key, tenant_prefix, version_key};
 use crate::store::state::{self, Expect, StateChange, StateEntry, StateKind, StateStore, layout};
 use crate::store::{
-    AuditStore, CommitError, Engine, JobStore, KeyStore, MAX_TAIL_EVENTS, RecordStore,
+    AuditStore, CommitError, Compaction, Engine, JobStore, KeyStore, MAX_TAIL_EVENTS, RecordStore,
     SealedRecord, SealedVersion, StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
     segment,
 };
@@ -172,6 +173,9 @@ impl FjallStore {
         let Some(bytes) = get(&self.records, id.as_bytes())? else {
             return Ok(None);
         };
+        if compact::is_purged(&bytes) {
+            return Ok(None);
+        }
         let mut record = SealedRecord::decode(&bytes)?;
         let seal_version = match get(&self.latest_seal, id.as_bytes())? {
             Some(v) => {
@@ -230,16 +234,20 @@ impl FjallStore {
         let units: Vec<PreparedUnit> = batch.units.iter().map(PreparedUnit::new).collect();
         // Key writes also take the key table's own lock (the admin writes
         // check and insert under it).
-        let _admin = units
+        // Compactions take it too: they remove seal versions, which
+        // re-encryption appends by compare-and-set under it.
+        let _admin = batch
+            .units
             .iter()
-            .any(|u| !u.keys.is_empty())
+            .any(|u| !u.keys.is_empty() || !u.compactions.is_empty())
             .then(|| lock(&self.admin_lock));
         let mut new_ids: HashSet<TokenId> = HashSet::new();
         let mut new_fingerprints: HashMap<&[u8], TokenId> = HashMap::new();
         let mut new_tombstones: HashSet<TokenId> = HashSet::new();
         let mut new_keys: HashSet<&[u8]> = HashSet::new();
+        let mut new_purged: HashSet<TokenId> = HashSet::new();
         let mut write = self.db.batch();
-        for (index, unit) in units.iter().enumerate() {
+        for (index, (unit, raw)) in units.iter().zip(&batch.units).enumerate() {
             let refuse = |error| CommitError::Refused { unit: index, error };
             for (k, bytes) in &unit.keys {
                 if !new_keys.insert(k.as_slice()) || get(&self.keys, k)?.is_some() {
@@ -281,14 +289,33 @@ impl FjallStore {
                 );
             }
             for (id, tombstone) in &unit.tombstones {
-                if !new_ids.contains(id) && get(&self.records, id.as_bytes())?.is_none() {
+                let stored = get(&self.records, id.as_bytes())?;
+                if !new_ids.contains(id) && stored.is_none() {
                     return Err(refuse(StoreError::NotFound));
                 }
-                if new_tombstones.contains(id) || get(&self.tombstones, id.as_bytes())?.is_some() {
+                if new_tombstones.contains(id)
+                    || new_purged.contains(id)
+                    || stored.is_some_and(|bytes| compact::is_purged(&bytes))
+                    || get(&self.tombstones, id.as_bytes())?.is_some()
+                {
                     return Err(refuse(StoreError::AlreadyExists));
                 }
                 new_tombstones.insert(*id);
                 write.insert(&self.tombstones, id.as_bytes(), tombstone.as_slice());
+            }
+            for compaction in &raw.compactions {
+                // fjall gives one batch's writes one sequence number, so a
+                // key is written at most once per batch: a record the batch
+                // made or killed is not compacted in it.
+                let id = compaction.id();
+                if new_ids.contains(id) || new_tombstones.contains(id) {
+                    return Err(refuse(StoreError::Conflict));
+                }
+                self.compact(&mut write, compaction, &new_fingerprints, &mut new_purged)
+                    .map_err(|e| match e {
+                        Compacted::Refused(error) => refuse(error),
+                        Compacted::Failed(error) => CommitError::Batch(error),
+                    })?;
             }
         }
         if let Some(audit) = &audit {
@@ -304,6 +331,89 @@ impl FjallStore {
             }
         }
         self.write(write).map_err(CommitError::Batch)
+    }
+}
+
+/// Why a compaction stopped its commit.
+enum Compacted {
+    /// Its unit broke a rule.
+    Refused(StoreError),
+    /// The store failed.
+    Failed(StoreError),
+}
+
+impl From<StoreError> for Compacted {
+    fn from(e: StoreError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl FjallStore {
+    /// Adds one compaction's removals to `write` (rules in [`compact`]),
+    /// given the fingerprints the batch sets and the records it purges.
+    fn compact(
+        &self,
+        write: &mut fjall::OwnedWriteBatch,
+        compaction: &Compaction,
+        new_fingerprints: &HashMap<&[u8], TokenId>,
+        new_purged: &mut HashSet<TokenId>,
+    ) -> Result<(), Compacted> {
+        let id = compaction.id();
+        let bytes = get(&self.records, id.as_bytes())?;
+        let held = match &bytes {
+            _ if new_purged.contains(id) => Held::Purged,
+            None => Held::Nothing,
+            Some(bytes) if compact::is_purged(bytes) => Held::Purged,
+            Some(_) => Held::Record(
+                get(&self.tombstones, id.as_bytes())?
+                    .map(|t| Tombstone::decode(&t))
+                    .transpose()
+                    .map_err(StoreError::from)?,
+            ),
+        };
+        let newest = match get(&self.latest_seal, id.as_bytes())? {
+            Some(v) => decode_u32(&v)?,
+            None => 0,
+        };
+        match compaction {
+            Compaction::Purge { dead_by_ms, .. } => {
+                if !compact::purge_now(held, *dead_by_ms).map_err(Compacted::Refused)? {
+                    return Ok(());
+                }
+                let record = SealedRecord::decode(bytes.as_deref().unwrap_or_default())
+                    .map_err(StoreError::from)?;
+                if let Some(fp) = &record.fingerprint {
+                    let key = fingerprint_key(&record.tenant, fp);
+                    if !new_fingerprints.contains_key(key.as_slice())
+                        && get(&self.fingerprints, &key)?.as_deref() == Some(id.as_bytes())
+                    {
+                        write.remove(&self.fingerprints, key);
+                    }
+                }
+                let mut tenant_key = tenant_prefix(&record.tenant);
+                tenant_key.extend_from_slice(id.as_bytes());
+                write.remove(&self.tenant_records, tenant_key);
+                write.remove(&self.tombstones, id.as_bytes());
+                write.remove(&self.latest_seal, id.as_bytes());
+                for version in 1..=newest {
+                    write.remove(&self.sealed_versions, version_key(id, version));
+                }
+                write.insert(&self.records, id.as_bytes(), compact::PURGED);
+                new_purged.insert(*id);
+            }
+            Compaction::DropSealVersions { versions, .. } => {
+                match held {
+                    Held::Purged => return Ok(()),
+                    Held::Nothing => return Err(Compacted::Refused(StoreError::NotFound)),
+                    Held::Record(_) => {}
+                }
+                compact::check_drop(versions, newest).map_err(Compacted::Refused)?;
+                for version in versions {
+                    write.remove(&self.sealed_versions, version_key(id, *version));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -360,6 +470,50 @@ impl RecordStore for FjallStore {
         Ok(out)
     }
 
+    async fn scan_all(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let range = match after {
+            Some(id) => self.records.range::<Vec<u8>, _>((
+                std::ops::Bound::Excluded(id.as_bytes().to_vec()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.records.range::<Vec<u8>, _>(..),
+        };
+        let mut out = Vec::new();
+        for guard in range {
+            if out.len() >= limit {
+                break;
+            }
+            let key = guard.key().map_err(unavailable)?;
+            let id = TokenId::from_slice(&key).ok_or(StoreError::Damaged("corrupt record key"))?;
+            if let Some(stored) = self.stored(&id)? {
+                out.push(stored);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn seal_versions(&self, ids: &[TokenId]) -> Result<Vec<(TokenId, Vec<u32>)>, StoreError> {
+        let mut out = Vec::new();
+        for id in ids {
+            let versions = self
+                .sealed_versions
+                .prefix(id.as_bytes())
+                .map(|guard| {
+                    let key = guard.key().map_err(unavailable)?;
+                    decode_u32(key.get(id.as_bytes().len()..).unwrap_or_default())
+                })
+                .collect::<Result<Vec<u32>, StoreError>>()?;
+            if !versions.is_empty() {
+                out.push((*id, versions));
+            }
+        }
+        Ok(out)
+    }
+
     async fn append_sealed_versions(
         &self,
         items: Vec<SealedVersion>,
@@ -370,7 +524,9 @@ impl RecordStore for FjallStore {
             let mut latest: HashMap<TokenId, u32> = HashMap::new();
             let mut write = store.db.batch();
             for item in &items {
-                if get(&store.records, item.id.as_bytes())?.is_none() {
+                if get(&store.records, item.id.as_bytes())?
+                    .is_none_or(|bytes| compact::is_purged(&bytes))
+                {
                     outcomes.push(Err(StoreError::NotFound));
                     continue;
                 }

@@ -8,11 +8,13 @@ use async_trait::async_trait;
 
 use crate::domain::key::KeyContext;
 use crate::domain::{Fingerprint, TenantId, TokenId};
+use crate::store::compact::{Held, check_drop, purge_now};
 use crate::store::record::{fingerprint_key, tenant_prefix};
 use crate::store::state::{Expect, StateChange, StateEntry, StateKind, StateStore, check_key};
 use crate::store::{
-    AuditAppend, AuditStore, CommitError, Engine, JobStore, KeyStore, MAX_TAIL_EVENTS, RecordStore,
-    SealedRecord, SealedVersion, StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
+    AuditAppend, AuditStore, CommitError, Compaction, Engine, JobStore, KeyStore, MAX_TAIL_EVENTS,
+    RecordStore, SealedRecord, SealedVersion, StoreError, StoredRecord, Tombstone,
+    WrappedKeyRecord, WriteBatch,
 };
 
 #[derive(Debug, Default)]
@@ -21,7 +23,10 @@ struct Inner {
     tombstones: HashMap<TokenId, Tombstone>,
     fingerprints: HashMap<Vec<u8>, TokenId>,
     keys: BTreeMap<Vec<u8>, WrappedKeyRecord>,
-    sealed_versions: HashMap<TokenId, Vec<Vec<u8>>>,
+    /// Re-sealed PANs by record and seal version.
+    sealed_versions: HashMap<TokenId, BTreeMap<u32, Vec<u8>>>,
+    /// Ids of purged records: never taken again.
+    purged: HashSet<TokenId>,
     checkpoints: BTreeMap<String, Vec<u8>>,
     audit: Vec<Vec<u8>>,
     audit_head: Option<Vec<u8>>,
@@ -62,27 +67,46 @@ impl Inner {
     fn stored(&self, id: &TokenId) -> Option<StoredRecord> {
         self.records.get(id).map(|record| {
             let mut record = record.clone();
-            let versions = self.sealed_versions.get(id);
-            if let Some(latest) = versions.and_then(|v| v.last()) {
-                record.sealed_pan = latest.clone();
+            let newest = self.newest_seal(id);
+            if let Some((_, sealed)) = newest {
+                record.sealed_pan = sealed.clone();
             }
             StoredRecord {
                 record,
                 tombstone: self.tombstones.get(id).copied(),
-                seal_version: versions.map_or(0, |v| u32::try_from(v.len()).unwrap_or(u32::MAX)),
+                seal_version: newest.map_or(0, |(version, _)| version),
             }
         })
     }
 }
 
 impl Inner {
+    fn newest_seal(&self, id: &TokenId) -> Option<(u32, &Vec<u8>)> {
+        self.sealed_versions
+            .get(id)
+            .and_then(|versions| versions.last_key_value())
+            .map(|(version, sealed)| (*version, sealed))
+    }
+
+    /// What the store holds under `id` for a purge, given the batch's
+    /// earlier units.
+    fn held(&self, id: &TokenId, new: &Pending) -> Held {
+        if self.purged.contains(id) || new.purged.contains(id) {
+            Held::Purged
+        } else if new.tombstones.contains_key(id) {
+            Held::Record(new.tombstones.get(id).copied())
+        } else if self.records.contains_key(id) || new.ids.contains(id) {
+            Held::Record(self.tombstones.get(id).copied())
+        } else {
+            Held::Nothing
+        }
+    }
+
     /// Every rule of [`Engine::commit`], checked before anything is written
     /// so a refused batch leaves no trace. Units see the writes of the
     /// units before them.
     fn check(&self, batch: &WriteBatch) -> Result<(), CommitError> {
-        let mut new_ids: HashSet<TokenId> = HashSet::new();
-        let mut new_fingerprints: HashMap<Vec<u8>, TokenId> = HashMap::new();
-        let mut new_tombstones: HashSet<TokenId> = HashSet::new();
+        let mut new = Pending::default();
         let mut new_keys: HashSet<Vec<u8>> = HashSet::new();
         for (index, unit) in batch.units.iter().enumerate() {
             let refuse = |error| CommitError::Refused { unit: index, error };
@@ -94,30 +118,54 @@ impl Inner {
             }
             for record in &unit.records {
                 let id = record.token_id;
-                if self.records.contains_key(&id) || !new_ids.insert(id) {
+                if self.records.contains_key(&id)
+                    || self.purged.contains(&id)
+                    || !new.ids.insert(id)
+                {
                     return Err(refuse(StoreError::AlreadyExists));
                 }
                 if let Some(fp) = &record.fingerprint {
                     let key = fingerprint_key(&record.tenant, fp);
-                    let holder = new_fingerprints
+                    let holder = new
+                        .fingerprints
                         .get(&key)
                         .or_else(|| self.fingerprints.get(&key))
                         .copied();
                     if let Some(holder) = holder
                         && !self.tombstones.contains_key(&holder)
-                        && !new_tombstones.contains(&holder)
+                        && !new.tombstones.contains_key(&holder)
+                        && !new.purged.contains(&holder)
                     {
                         return Err(refuse(StoreError::FingerprintTaken(holder)));
                     }
-                    new_fingerprints.insert(key, id);
+                    new.fingerprints.insert(key, id);
                 }
             }
-            for (id, _) in &unit.tombstones {
-                if !self.records.contains_key(id) && !new_ids.contains(id) {
-                    return Err(refuse(StoreError::NotFound));
+            for (id, tombstone) in &unit.tombstones {
+                match self.held(id, &new) {
+                    Held::Nothing => return Err(refuse(StoreError::NotFound)),
+                    Held::Purged | Held::Record(Some(_)) => {
+                        return Err(refuse(StoreError::AlreadyExists));
+                    }
+                    Held::Record(None) => {
+                        new.tombstones.insert(*id, *tombstone);
+                    }
                 }
-                if self.tombstones.contains_key(id) || !new_tombstones.insert(*id) {
-                    return Err(refuse(StoreError::AlreadyExists));
+            }
+            for compaction in &unit.compactions {
+                match compaction {
+                    Compaction::Purge { id, dead_by_ms } => {
+                        if purge_now(self.held(id, &new), *dead_by_ms).map_err(refuse)? {
+                            new.purged.insert(*id);
+                        }
+                    }
+                    Compaction::DropSealVersions { id, versions } => {
+                        if self.held(id, &new).is_purged() {
+                            continue;
+                        }
+                        let newest = self.newest_seal(id).map_or(0, |(version, _)| version);
+                        check_drop(versions, newest).map_err(refuse)?;
+                    }
                 }
             }
         }
@@ -153,12 +201,50 @@ impl Inner {
                 self.keys
                     .insert(WrappedKeyRecord::store_key(&key.context), key.clone());
             }
+            for compaction in &unit.compactions {
+                match compaction {
+                    Compaction::Purge { id, .. } => self.purge(id),
+                    Compaction::DropSealVersions { id, versions } => {
+                        if let Some(stored) = self.sealed_versions.get_mut(id) {
+                            for version in versions {
+                                stored.remove(version);
+                            }
+                        }
+                    }
+                }
+            }
         }
         self.audit.extend(audit.events.iter().cloned());
         if let Some(head) = &audit.head {
             self.audit_head = Some(head.clone());
         }
     }
+}
+
+impl Inner {
+    /// Removes a record and everything of it but its id (checked already).
+    fn purge(&mut self, id: &TokenId) {
+        if let Some(record) = self.records.remove(id)
+            && let Some(fp) = &record.fingerprint
+        {
+            let key = fingerprint_key(&record.tenant, fp);
+            if self.fingerprints.get(&key) == Some(id) {
+                self.fingerprints.remove(&key);
+            }
+        }
+        self.tombstones.remove(id);
+        self.sealed_versions.remove(id);
+        self.purged.insert(*id);
+    }
+}
+
+/// What a batch's earlier units wrote, as its later units' checks see it.
+#[derive(Default)]
+struct Pending {
+    ids: HashSet<TokenId>,
+    fingerprints: HashMap<Vec<u8>, TokenId>,
+    tombstones: HashMap<TokenId, Tombstone>,
+    purged: HashSet<TokenId>,
 }
 
 #[async_trait]
@@ -198,6 +284,37 @@ impl RecordStore for MemoryStore {
             .collect())
     }
 
+    async fn scan_all(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let inner = self.lock()?;
+        let mut ids: Vec<TokenId> = inner
+            .records
+            .keys()
+            .filter(|id| after.is_none_or(|a| **id > a))
+            .copied()
+            .collect();
+        ids.sort();
+        Ok(ids
+            .iter()
+            .take(limit)
+            .filter_map(|id| inner.stored(id))
+            .collect())
+    }
+
+    async fn seal_versions(&self, ids: &[TokenId]) -> Result<Vec<(TokenId, Vec<u32>)>, StoreError> {
+        let inner = self.lock()?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                let versions = inner.sealed_versions.get(id)?;
+                (!versions.is_empty()).then(|| (*id, versions.keys().copied().collect()))
+            })
+            .collect())
+    }
+
     async fn append_sealed_versions(
         &self,
         items: Vec<SealedVersion>,
@@ -209,11 +326,17 @@ impl RecordStore for MemoryStore {
                 if !inner.records.contains_key(&item.id) {
                     return Err(StoreError::NotFound);
                 }
-                let versions = inner.sealed_versions.entry(item.id).or_default();
-                if usize::try_from(item.version).ok() != Some(versions.len() + 1) {
+                let newest = inner
+                    .newest_seal(&item.id)
+                    .map_or(0, |(version, _)| version);
+                if newest.checked_add(1) != Some(item.version) {
                     return Err(StoreError::AlreadyExists);
                 }
-                versions.push(item.sealed_pan);
+                inner
+                    .sealed_versions
+                    .entry(item.id)
+                    .or_default()
+                    .insert(item.version, item.sealed_pan);
                 Ok(())
             })
             .collect())

@@ -4,7 +4,8 @@
 //! Capabilities are split the way tikv splits `KvEngine` into small traits,
 //! one file each, so a use case names only what it needs and a new backend
 //! (PostgreSQL) implements them one at a time:
-//! - [`RecordStore`] ([`records`]): sealed records, tombstones, seal versions.
+//! - [`RecordStore`] ([`records`]): sealed records, tombstones, seal versions;
+//!   removed only by compaction ([`compact`]).
 //! - [`KeyStore`] ([`keys`]): wrapped keys per context.
 //! - [`AuditStore`] ([`audit`]): the chained audit events and the signed head.
 //! - [`JobStore`] ([`jobs`]): checkpoints of background jobs.
@@ -28,6 +29,7 @@
 
 pub mod audit;
 pub mod batch;
+pub mod compact;
 pub mod fjall;
 pub mod jobs;
 pub mod keys;
@@ -47,6 +49,7 @@ pub use audit::AuditStore;
 pub use batch::{
     AuditAppend, AuditWrite, ChainStep, CommitError, Engine, MAX_TAIL_EVENTS, WriteBatch, WriteUnit,
 };
+pub use compact::Compaction;
 pub use jobs::JobStore;
 pub use keys::KeyStore;
 pub use record::{

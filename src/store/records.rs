@@ -31,6 +31,8 @@ pub struct SealedVersion {
 /// - [`RecordStore::append_tombstone`] succeeds at most once per record: of
 ///   N concurrent calls exactly one returns `Ok`.
 /// - Fingerprints are scoped to their tenant.
+/// - Nothing is removed but by a [`crate::store::Compaction`] in a commit;
+///   a purged record reads as absent and its id stays taken.
 #[async_trait]
 pub trait RecordStore: Engine {
     /// Reads a record and its tombstone.
@@ -52,6 +54,19 @@ pub trait RecordStore: Engine {
         after: Option<TokenId>,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// Up to `limit` records of every tenant in token-id order, starting
+    /// after `after`; purged records are not returned. The compaction job
+    /// pages the whole store with it.
+    async fn scan_all(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// The seal versions (≥ 1) stored for each of `ids`, ascending; records
+    /// with none are left out.
+    async fn seal_versions(&self, ids: &[TokenId]) -> Result<Vec<(TokenId, Vec<u32>)>, StoreError>;
 
     /// Appends re-sealed PAN bytes for many records, each as seal version
     /// `version`, which must be that record's current seal version + 1;

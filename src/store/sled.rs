@@ -32,17 +32,19 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use crate::domain::key::KeyContext;
 use crate::domain::{Fingerprint, TenantId, TokenId};
+use crate::store::compact::{self, Held};
 use crate::store::prepared::PreparedUnit;
 use crate::store::record::{decode_u32, fingerprint_key, tenant_prefix, version_key};
 use crate::store::segment;
 use crate::store::state::{self, Expect, StateChange, StateEntry, StateKind, StateStore, layout};
 use crate::store::{
-    AuditAppend, AuditStore, CommitError, Engine, JobStore, KeyStore, MAX_TAIL_EVENTS, RecordStore,
-    SealedRecord, SealedVersion, StoreError, StoredRecord, Tombstone, WrappedKeyRecord, WriteBatch,
+    AuditAppend, AuditStore, CommitError, Compaction, Engine, JobStore, KeyStore, MAX_TAIL_EVENTS,
+    RecordStore, SealedRecord, SealedVersion, StoreError, StoredRecord, Tombstone,
+    WrappedKeyRecord, WriteBatch,
 };
 
 /// Makes the writes sled has flushed durable: `syncfs` of the file system
@@ -261,10 +263,22 @@ impl SledStore {
             &self.audit,
             &self.audit_meta,
             &self.keys,
+            &self.sealed_versions,
+            &self.latest_seal,
         )
             .transaction(
-                |(records, tombstones, fingerprints, tenant_records, events, meta, keys)| {
-                    for (index, unit) in units.iter().enumerate() {
+                |(
+                    records,
+                    tombstones,
+                    fingerprints,
+                    tenant_records,
+                    events,
+                    meta,
+                    keys,
+                    versions,
+                    latest,
+                )| {
+                    for (index, (unit, raw)) in units.iter().zip(&batch.units).enumerate() {
                         let refuse = |error| {
                             ConflictableTransactionError::Abort(CommitError::Refused {
                                 unit: index,
@@ -296,13 +310,31 @@ impl SledStore {
                             tenant_records.insert(record.tenant_key.as_slice(), b"".as_slice())?;
                         }
                         for (id, tombstone) in &unit.tombstones {
-                            if records.get(id.as_bytes())?.is_none() {
-                                return Err(refuse(StoreError::NotFound));
+                            match records.get(id.as_bytes())? {
+                                None => return Err(refuse(StoreError::NotFound)),
+                                Some(bytes) if compact::is_purged(&bytes) => {
+                                    return Err(refuse(StoreError::AlreadyExists));
+                                }
+                                Some(_) => {}
                             }
                             if tombstones.get(id.as_bytes())?.is_some() {
                                 return Err(refuse(StoreError::AlreadyExists));
                             }
                             tombstones.insert(id.as_bytes(), tombstone.as_slice())?;
+                        }
+                        let trees = RecordTrees {
+                            records,
+                            tombstones,
+                            fingerprints,
+                            tenant_records,
+                            versions,
+                            latest,
+                        };
+                        for compaction in &raw.compactions {
+                            trees.compact(compaction).map_err(|e| match e {
+                                Compacted::Refused(error) => refuse(error),
+                                Compacted::Abort(e) => e,
+                            })?;
                         }
                     }
                     if !audit.events.is_empty() {
@@ -338,6 +370,9 @@ impl SledStore {
         let Some(bytes) = self.records.get(id.as_bytes()).map_err(unavailable)? else {
             return Ok(None);
         };
+        if compact::is_purged(&bytes) {
+            return Ok(None);
+        }
         let mut record = SealedRecord::decode(&bytes)?;
         let seal_version = match self.latest_seal.get(id.as_bytes()).map_err(unavailable)? {
             Some(v) => {
@@ -363,6 +398,96 @@ impl SledStore {
             tombstone,
             seal_version,
         }))
+    }
+}
+
+/// The record trees of a commit's transaction, for its compactions.
+struct RecordTrees<'a> {
+    records: &'a TransactionalTree,
+    tombstones: &'a TransactionalTree,
+    fingerprints: &'a TransactionalTree,
+    tenant_records: &'a TransactionalTree,
+    versions: &'a TransactionalTree,
+    latest: &'a TransactionalTree,
+}
+
+/// Why a compaction stopped its commit.
+enum Compacted {
+    /// Its unit broke a rule.
+    Refused(StoreError),
+    /// The transaction failed (or must retry, sled's conflict).
+    Abort(ConflictableTransactionError<CommitError>),
+}
+
+impl From<sled::transaction::UnabortableTransactionError> for Compacted {
+    fn from(e: sled::transaction::UnabortableTransactionError) -> Self {
+        Self::Abort(e.into())
+    }
+}
+
+impl From<StoreError> for Compacted {
+    fn from(e: StoreError) -> Self {
+        Self::Abort(batch_abort(e))
+    }
+}
+
+impl RecordTrees<'_> {
+    /// Applies one compaction inside the commit's transaction (rules in
+    /// [`compact`]).
+    fn compact(&self, compaction: &Compaction) -> Result<(), Compacted> {
+        match compaction {
+            Compaction::Purge { id, dead_by_ms } => {
+                let bytes = self.records.get(id.as_bytes())?;
+                let held = match &bytes {
+                    None => Held::Nothing,
+                    Some(bytes) if compact::is_purged(bytes) => Held::Purged,
+                    Some(_) => Held::Record(
+                        self.tombstones
+                            .get(id.as_bytes())?
+                            .map(|t| Tombstone::decode(&t))
+                            .transpose()
+                            .map_err(StoreError::from)?,
+                    ),
+                };
+                if !compact::purge_now(held, *dead_by_ms).map_err(Compacted::Refused)? {
+                    return Ok(());
+                }
+                let record = SealedRecord::decode(bytes.as_deref().unwrap_or_default())
+                    .map_err(StoreError::from)?;
+                if let Some(fp) = &record.fingerprint {
+                    let key = fingerprint_key(&record.tenant, fp);
+                    if self.fingerprints.get(key.as_slice())?.as_deref() == Some(id.as_bytes()) {
+                        self.fingerprints.remove(key.as_slice())?;
+                    }
+                }
+                let mut tenant_key = tenant_prefix(&record.tenant);
+                tenant_key.extend_from_slice(id.as_bytes());
+                self.tenant_records.remove(tenant_key)?;
+                self.tombstones.remove(id.as_bytes())?;
+                if let Some(newest) = self.latest.remove(id.as_bytes())? {
+                    for version in 1..=decode_u32(&newest)? {
+                        self.versions.remove(version_key(id, version))?;
+                    }
+                }
+                self.records.insert(id.as_bytes(), compact::PURGED)?;
+            }
+            Compaction::DropSealVersions { id, versions } => {
+                match self.records.get(id.as_bytes())? {
+                    Some(bytes) if compact::is_purged(&bytes) => return Ok(()),
+                    None => return Err(Compacted::Refused(StoreError::NotFound)),
+                    Some(_) => {}
+                }
+                let newest = match self.latest.get(id.as_bytes())? {
+                    Some(v) => decode_u32(&v)?,
+                    None => 0,
+                };
+                compact::check_drop(versions, newest).map_err(Compacted::Refused)?;
+                for version in versions {
+                    self.versions.remove(version_key(id, *version))?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -432,6 +557,53 @@ impl RecordStore for SledStore {
         Ok(out)
     }
 
+    async fn scan_all(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        self.healthy()?;
+        let mut out = Vec::new();
+        let range = match after {
+            Some(id) => self.records.range((
+                std::ops::Bound::Excluded(id.as_bytes().to_vec()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.records.iter(),
+        };
+        for item in range {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(unavailable)?;
+            let id = TokenId::from_slice(&key).ok_or(StoreError::Damaged("corrupt record key"))?;
+            if let Some(stored) = self.stored(&id)? {
+                out.push(stored);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn seal_versions(&self, ids: &[TokenId]) -> Result<Vec<(TokenId, Vec<u32>)>, StoreError> {
+        self.healthy()?;
+        let mut out = Vec::new();
+        for id in ids {
+            let versions = self
+                .sealed_versions
+                .scan_prefix(id.as_bytes())
+                .keys()
+                .map(|key| {
+                    let key = key.map_err(unavailable)?;
+                    decode_u32(key.get(id.as_bytes().len()..).unwrap_or_default())
+                })
+                .collect::<Result<Vec<u32>, StoreError>>()?;
+            if !versions.is_empty() {
+                out.push((*id, versions));
+            }
+        }
+        Ok(out)
+    }
+
     async fn append_sealed_versions(
         &self,
         items: Vec<SealedVersion>,
@@ -441,8 +613,9 @@ impl RecordStore for SledStore {
             let key = version_key(&item.id, item.version);
             let outcome = (&self.records, &self.latest_seal, &self.sealed_versions)
                 .transaction(|(records, latest, versions)| {
-                    if records.get(item.id.as_bytes())?.is_none() {
-                        return Err(abort(StoreError::NotFound));
+                    match records.get(item.id.as_bytes())? {
+                        Some(bytes) if !compact::is_purged(&bytes) => {}
+                        _ => return Err(abort(StoreError::NotFound)),
                     }
                     let current = match latest.get(item.id.as_bytes())? {
                         Some(v) => decode_u32(&v).map_err(abort)?,

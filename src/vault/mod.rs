@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod auditing;
+pub mod compact;
 pub mod reencrypt;
 mod tokenize;
 
@@ -70,6 +71,9 @@ pub struct VaultPolicy {
     /// How long unwrapped keys serve from memory, and how long a KMS call
     /// may take.
     pub key_cache: crate::keyring::CacheLimits,
+    /// How long a dead record is kept before compaction may purge it,
+    /// counted from its tombstone.
+    pub purge_grace: Duration,
 }
 
 impl Default for VaultPolicy {
@@ -85,6 +89,7 @@ impl Default for VaultPolicy {
             reencrypt_records_per_second: None,
             audit_tokenize_fail_closed: true,
             key_cache: crate::keyring::CacheLimits::default(),
+            purge_grace: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -271,6 +276,8 @@ pub struct Vault {
     /// signalled by another replica before that is history, not an order.
     opened_at_ms: std::sync::atomic::AtomicU64,
     jobs: reencrypt::RunningJobs,
+    /// Held while this process runs a compaction.
+    compacting: compact::CompactionLatch,
     /// Every record, tombstone and audit event is committed through it.
     pipeline: Arc<Pipeline>,
     audit: crate::audit::AuditLog,
@@ -336,6 +343,7 @@ impl Vault {
             sealed: AtomicBool::new(sealed),
             opened_at_ms,
             jobs: reencrypt::RunningJobs::default(),
+            compacting: compact::CompactionLatch::default(),
             pipeline,
             audit,
             sinks: Vec::new(),

@@ -23,7 +23,7 @@ fn unit(records: Vec<SealedRecord>, tombstones: Vec<TokenId>) -> WriteUnit {
             .into_iter()
             .map(|id| (id, tombstone(TombstoneReason::Consumed)))
             .collect(),
-        keys: Vec::new(),
+        ..WriteUnit::default()
     }
 }
 

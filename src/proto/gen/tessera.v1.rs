@@ -1232,6 +1232,35 @@ pub struct ApproveResponse {
     #[prost(string, tag = "2")]
     pub result: ::prost::alloc::string::String,
 }
+/// Run (or continue) a compaction. The grace period is the server's
+/// (`tokens.purge_grace_s`), never the caller's.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CompactRequest {}
+/// Progress of a compaction.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CompactResponse {
+    /// Records examined so far.
+    #[prost(uint64, tag = "1")]
+    pub examined: u64,
+    /// Records found past their TTL and marked dead.
+    #[prost(uint64, tag = "2")]
+    pub expired: u64,
+    /// Dead records purged (their ids stay reserved).
+    #[prost(uint64, tag = "3")]
+    pub purged: u64,
+    /// Seal versions dropped, each older than its record's newest.
+    #[prost(uint64, tag = "4")]
+    pub seal_versions_dropped: u64,
+    /// Dead records still within the grace period.
+    #[prost(uint64, tag = "5")]
+    pub dead_in_grace: u64,
+    /// Records dead at or before this time are purged.
+    #[prost(message, optional, tag = "6")]
+    pub dead_by: ::core::option::Option<::prost_types::Timestamp>,
+    /// True on the last message.
+    #[prost(bool, tag = "7")]
+    pub finished: bool,
+}
 /// Life-cycle state of a data key version (PCI DSS 3.7.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -1635,6 +1664,33 @@ pub mod key_admin_client {
                 .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "RecreateTenant"));
             self.inner.unary(req, path, codec).await
         }
+        /// Operators only: purges dead tokens past the grace period and drops
+        /// superseded seal versions, in every tenant; resumes a run that stopped.
+        /// Progress per page; the last message has finished = true.
+        pub async fn compact(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CompactRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::CompactResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/Compact",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "Compact"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1740,6 +1796,19 @@ pub mod key_admin_server {
             tonic::Response<super::RecreateTenantResponse>,
             tonic::Status,
         >;
+        /// Server streaming response type for the Compact method.
+        type CompactStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::CompactResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Operators only: purges dead tokens past the grace period and drops
+        /// superseded seal versions, in every tenant; resumes a run that stopped.
+        /// Progress per page; the last message has finished = true.
+        async fn compact(
+            &self,
+            request: tonic::Request<super::CompactRequest>,
+        ) -> std::result::Result<tonic::Response<Self::CompactStream>, tonic::Status>;
     }
     /// Seal state, unseal, and the key hierarchy's life cycle.
     #[derive(Debug)]
@@ -2304,6 +2373,52 @@ pub mod key_admin_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/Compact" => {
+                    #[allow(non_camel_case_types)]
+                    struct CompactSvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<
+                        T: KeyAdmin,
+                    > tonic::server::ServerStreamingService<super::CompactRequest>
+                    for CompactSvc<T> {
+                        type Response = super::CompactResponse;
+                        type ResponseStream = T::CompactStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CompactRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::compact(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CompactSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

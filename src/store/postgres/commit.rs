@@ -16,7 +16,10 @@ use tokio_postgres::Transaction;
 
 use super::{COMMIT_LOCK, unavailable};
 use crate::domain::{Fingerprint, TokenId};
-use crate::store::{AuditAppend, CommitError, StoreError, WrappedKeyRecord, WriteBatch};
+use crate::store::compact::{self, Held};
+use crate::store::{
+    AuditAppend, CommitError, Compaction, StoreError, Tombstone, WrappedKeyRecord, WriteBatch,
+};
 
 /// A fingerprint index key: tenant and fingerprint.
 type FingerprintKey<'a> = (&'a str, Fingerprint);
@@ -25,7 +28,14 @@ type FingerprintKey<'a> = (&'a str, Fingerprint);
 #[derive(Default)]
 struct Known {
     records: HashSet<TokenId>,
+    /// Ids of purged records: taken for good.
+    purged: HashSet<TokenId>,
     tombstoned: HashSet<TokenId>,
+    /// For the batch's compactions: each tombstoned record's tombstone,
+    /// and whether the database's own grace (`compaction_policy`) passed.
+    dead: HashMap<TokenId, (Tombstone, bool)>,
+    /// For the batch's compactions: each record's newest seal version.
+    newest: HashMap<TokenId, u32>,
     /// Each fingerprint's holder, and whether it is tombstoned.
     holders: HashMap<(String, Fingerprint), (TokenId, bool)>,
     /// Store keys of the batch's wrapped keys already in the key table.
@@ -45,6 +55,11 @@ struct Rows<'a> {
     key_ids: Vec<Vec<u8>>,
     key_tenants: Vec<&'a str>,
     key_bodies: Vec<Vec<u8>>,
+    /// Purges: the unit, its cutoff and its records.
+    purges: Vec<(usize, i64, Vec<&'a [u8]>)>,
+    /// Seal versions to drop: record and version, pairwise.
+    drop_ids: Vec<&'a [u8]>,
+    drop_versions: Vec<i32>,
 }
 
 /// Checks and writes `batch` in one transaction on `client`.
@@ -67,6 +82,7 @@ pub(super) async fn write(
     known.keys = known_keys(&tx, batch).await?;
     let rows = check(batch, &known)?;
     append(&tx, &rows).await?;
+    compact(&tx, &rows).await?;
     if !audit.events.is_empty() {
         let first = i64::try_from(audit.from)
             .map_err(|_| StoreError::Damaged("audit position out of range"))?;
@@ -137,12 +153,18 @@ async fn known(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<Known, StoreE
         for (id, _) in &unit.tombstones {
             ids.push(id.as_bytes());
         }
+        for compaction in &unit.compactions {
+            ids.push(compaction.id().as_bytes());
+        }
     }
     let mut known = Known::default();
     if ids.is_empty() {
         return Ok(known);
     }
-    known.records = present(tx, "records", &ids).await?;
+    (known.records, known.purged) = present_or_purged(tx, &ids).await?;
+    if batch.units.iter().any(|unit| !unit.compactions.is_empty()) {
+        compaction_facts(tx, batch, &mut known).await?;
+    }
     if !fp_values.is_empty() {
         for row in tx
             .query(
@@ -165,6 +187,79 @@ async fn known(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<Known, StoreE
     }
     known.tombstoned = present(tx, "tombstones", &ids).await?;
     Ok(known)
+}
+
+/// Which of `ids` have a record, and which were purged, in one query.
+async fn present_or_purged(
+    tx: &Transaction<'_>,
+    ids: &[&[u8]],
+) -> Result<(HashSet<TokenId>, HashSet<TokenId>), StoreError> {
+    let mut records = HashSet::new();
+    let mut purged = HashSet::new();
+    for row in tx
+        .query(
+            "SELECT token_id, false FROM records WHERE token_id = ANY($1)
+             UNION ALL SELECT token_id, true FROM purged_tokens WHERE token_id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(unavailable)?
+    {
+        let id = token_id(row.try_get(0))?;
+        if row.try_get(1).map_err(super::damaged)? {
+            purged.insert(id);
+        } else {
+            records.insert(id);
+        }
+    }
+    Ok((records, purged))
+}
+
+/// What the checks of a batch's compactions need: the tombstones of the
+/// records it purges (with the database's verdict on its minimum grace)
+/// and the newest seal version of each record it names.
+async fn compaction_facts(
+    tx: &Transaction<'_>,
+    batch: &WriteBatch,
+    known: &mut Known,
+) -> Result<(), StoreError> {
+    let ids: Vec<&[u8]> = batch
+        .units
+        .iter()
+        .flat_map(|unit| &unit.compactions)
+        .map(|compaction| compaction.id().as_bytes().as_slice())
+        .collect();
+    for row in tx
+        .query(
+            "SELECT token_id, body,
+                    recorded_at <= now() - (SELECT min_grace FROM compaction_policy)
+             FROM tombstones WHERE token_id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(unavailable)?
+    {
+        let id = token_id(row.try_get(0))?;
+        let tombstone = Tombstone::decode(row.try_get(1).map_err(super::damaged)?)?;
+        let graced: bool = row.try_get(2).map_err(super::damaged)?;
+        known.dead.insert(id, (tombstone, graced));
+    }
+    for row in tx
+        .query(
+            "SELECT token_id, max(version) FROM sealed_versions
+             WHERE token_id = ANY($1) GROUP BY token_id",
+            &[&ids],
+        )
+        .await
+        .map_err(unavailable)?
+    {
+        let id = token_id(row.try_get(0))?;
+        let version: i32 = row.try_get(1).map_err(super::damaged)?;
+        let version =
+            u32::try_from(version).map_err(|_| StoreError::Damaged("negative seal version"))?;
+        known.newest.insert(id, version);
+    }
+    Ok(())
 }
 
 /// Which wrapped keys of `batch` the key table holds already.
@@ -219,6 +314,7 @@ fn check<'a>(batch: &'a WriteBatch, known: &Known) -> Result<Rows<'a>, CommitErr
     let mut rows = Rows::default();
     let mut new_ids: HashSet<TokenId> = HashSet::new();
     let mut new_tombstones: HashSet<TokenId> = HashSet::new();
+    let mut new_purged: HashSet<TokenId> = HashSet::new();
     for (index, unit) in batch.units.iter().enumerate() {
         let refuse = |error| CommitError::Refused { unit: index, error };
         for key in &unit.keys {
@@ -232,7 +328,7 @@ fn check<'a>(batch: &'a WriteBatch, known: &Known) -> Result<Rows<'a>, CommitErr
         }
         for record in &unit.records {
             let id = record.token_id;
-            if new_ids.contains(&id) || known.records.contains(&id) {
+            if new_ids.contains(&id) || known.records.contains(&id) || known.purged.contains(&id) {
                 return Err(refuse(StoreError::AlreadyExists));
             }
             if let Some(fp) = record.fingerprint {
@@ -258,6 +354,9 @@ fn check<'a>(batch: &'a WriteBatch, known: &Known) -> Result<Rows<'a>, CommitErr
             rows.record_bodies.push(record.encode());
         }
         for (id, tombstone) in &unit.tombstones {
+            if known.purged.contains(id) || new_purged.contains(id) {
+                return Err(refuse(StoreError::AlreadyExists));
+            }
             if !new_ids.contains(id) && !known.records.contains(id) {
                 return Err(refuse(StoreError::NotFound));
             }
@@ -268,8 +367,89 @@ fn check<'a>(batch: &'a WriteBatch, known: &Known) -> Result<Rows<'a>, CommitErr
             rows.tombstone_ids.push(id.as_bytes());
             rows.tombstone_bodies.push(tombstone.encode());
         }
+        let mut purges = Vec::new();
+        let mut cutoff = None;
+        for compaction in &unit.compactions {
+            let id = compaction.id();
+            // Made or killed in this batch: nothing of it is old enough.
+            if new_ids.contains(id) || new_tombstones.contains(id) {
+                return Err(refuse(StoreError::Conflict));
+            }
+            let held = if known.purged.contains(id) || new_purged.contains(id) {
+                Held::Purged
+            } else if known.records.contains(id) {
+                Held::Record(known.dead.get(id).map(|(tombstone, _)| *tombstone))
+            } else {
+                Held::Nothing
+            };
+            match compaction {
+                Compaction::Purge { dead_by_ms, .. } => {
+                    if !compact::purge_now(held, *dead_by_ms).map_err(refuse)? {
+                        continue;
+                    }
+                    // The owner's floor, by the database's clock.
+                    if !known.dead.get(id).is_some_and(|(_, graced)| *graced) {
+                        return Err(refuse(StoreError::Conflict));
+                    }
+                    let dead_by = i64::try_from(*dead_by_ms).unwrap_or(i64::MAX);
+                    if cutoff.is_some_and(|c| c != dead_by) {
+                        // One cutoff per unit, as the job writes them.
+                        return Err(refuse(StoreError::Conflict));
+                    }
+                    cutoff = Some(dead_by);
+                    new_purged.insert(*id);
+                    purges.push(id.as_bytes().as_slice());
+                }
+                Compaction::DropSealVersions { versions, .. } => {
+                    match held {
+                        Held::Purged => continue,
+                        Held::Nothing => return Err(refuse(StoreError::NotFound)),
+                        Held::Record(_) => {}
+                    }
+                    let newest = known.newest.get(id).copied().unwrap_or(0);
+                    compact::check_drop(versions, newest).map_err(refuse)?;
+                    for version in versions {
+                        let version =
+                            i32::try_from(*version).map_err(|_| refuse(StoreError::Conflict))?;
+                        rows.drop_ids.push(id.as_bytes());
+                        rows.drop_versions.push(version);
+                    }
+                }
+            }
+        }
+        if let Some(cutoff) = cutoff {
+            rows.purges.push((index, cutoff, purges));
+        }
     }
     Ok(rows)
+}
+
+/// Runs the batch's compactions through the schema's two functions (the
+/// only path by which rows leave the record tables). A purge the function
+/// finds less of than the checks did refuses its unit.
+async fn compact(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<(), CommitError> {
+    for (unit, cutoff, ids) in &rows.purges {
+        let purged = tx
+            .query("SELECT tessera_purge($1, $2)", &[ids, cutoff])
+            .await
+            .map_err(unavailable)?
+            .len();
+        if purged != ids.len() {
+            return Err(CommitError::Refused {
+                unit: *unit,
+                error: StoreError::Conflict,
+            });
+        }
+    }
+    if !rows.drop_ids.is_empty() {
+        tx.execute(
+            "SELECT tessera_drop_seal_versions($1, $2)",
+            &[&rows.drop_ids, &rows.drop_versions],
+        )
+        .await
+        .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 /// Appends the checked rows: one multi-row insert per table, records first

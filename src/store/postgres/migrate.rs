@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "state",
         sql: include_str!("../../../migrations/0002_state.sql"),
     },
+    Migration {
+        version: 3,
+        name: "compaction",
+        sql: include_str!("../../../migrations/0003_compaction.sql"),
+    },
 ];
 
 /// The version this build's schema ends at.
@@ -138,9 +143,10 @@ fn is_plain_identifier(role: &str) -> bool {
 }
 
 /// Grants `role` what serving needs: SELECT and INSERT on the append-only
-/// tables, and changes in place only where the schema makes them (the
+/// tables, changes in place only where the schema makes them (the
 /// fingerprint index, the audit head, wrapped keys, checkpoints, shared
-/// state).
+/// state), and removal from the record tables only through the two
+/// compaction functions, which delete nothing that does not qualify.
 pub async fn grant(client: &Client, role: &str) -> Result<(), StoreError> {
     if !is_plain_identifier(role) {
         return Err(StoreError::Unavailable(
@@ -152,7 +158,9 @@ pub async fn grant(client: &Client, role: &str) -> Result<(), StoreError> {
             "GRANT SELECT, INSERT ON records, tombstones, sealed_versions, audit_events TO \"{role}\";
              GRANT SELECT, INSERT, UPDATE ON fingerprints, audit_head, state, state_clock TO \"{role}\";
              GRANT SELECT, INSERT, UPDATE, DELETE ON wrapped_keys, checkpoints TO \"{role}\";
-             GRANT SELECT ON tessera_migrations TO \"{role}\";"
+             GRANT SELECT ON tessera_migrations, purged_tokens, compaction_policy TO \"{role}\";
+             GRANT EXECUTE ON FUNCTION tessera_purge(bytea[], bigint),
+                 tessera_drop_seal_versions(bytea[], integer[]) TO \"{role}\";"
         ))
         .await
         .map_err(unavailable)

@@ -94,6 +94,59 @@ impl RecordStore for PgStore {
         .await
     }
 
+    async fn scan_all(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let query = format!("{STORED} WHERE r.token_id > $1 ORDER BY r.token_id LIMIT $2");
+        let after: &[u8] = match &after {
+            Some(id) => id.as_bytes(),
+            None => &[],
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(async |client| {
+            client
+                .query(&query, &[&after, &limit])
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(stored)
+                .collect()
+        })
+        .await
+    }
+
+    async fn seal_versions(&self, ids: &[TokenId]) -> Result<Vec<(TokenId, Vec<u32>)>, StoreError> {
+        let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
+        let rows = self
+            .call(async |client| {
+                client
+                    .query(
+                        "SELECT token_id, array_agg(version ORDER BY version) FROM sealed_versions
+                         WHERE token_id = ANY($1) GROUP BY token_id ORDER BY token_id",
+                        &[&ids],
+                    )
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id = TokenId::from_slice(row.try_get(0).map_err(damaged)?)
+                    .ok_or(StoreError::Damaged("corrupt token id"))?;
+                let versions: Vec<i32> = row.try_get(1).map_err(damaged)?;
+                let versions = versions
+                    .into_iter()
+                    .map(|v| {
+                        u32::try_from(v).map_err(|_| StoreError::Damaged("negative seal version"))
+                    })
+                    .collect::<Result<Vec<u32>, StoreError>>()?;
+                Ok((id, versions))
+            })
+            .collect()
+    }
+
     async fn append_sealed_versions(
         &self,
         items: Vec<SealedVersion>,

@@ -1,0 +1,358 @@
+//! Compaction: purge what no call can reach any more, page by page,
+//! audited and resumable.
+//!
+//! One run pages through every record of every tenant in token-id order
+//! ([`crate::store::RecordStore::scan_all`]) and, per page, in one commit
+//! of the write pipeline together with an audit event that counts them:
+//! - marks records whose TTL has passed dead (an `Expired` tombstone at
+//!   the run's time, as a detokenize would when it meets one);
+//! - purges records whose tombstone is older than the grace period
+//!   (`tokens.purge_grace_s`, default a week), fixed when the run starts:
+//!   expired, deleted and consumed tokens alike. An expired record is
+//!   therefore purged by the first run at least a grace period after the
+//!   run that marked it: the grace always counts from the tombstone;
+//! - drops seal versions older than each record's newest, left behind by
+//!   re-encryption.
+//!
+//! The rules of what may go are the store's ([`crate::store::compact`]):
+//! a purged token's id stays taken, the newest seal version always stays,
+//! and on PostgreSQL the database itself refuses a purge younger than its
+//! owner's floor. After each page the run writes a checkpoint (cutoff,
+//! counters, last token id); a run that stops (a crash, `kill -9`, a seal)
+//! continues from it when started again, with its original cutoff, and a
+//! finished run removes it. Pages with nothing to remove write nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::audit::AuditEvent;
+use crate::codec::{Reader, Writer};
+use crate::domain::TokenId;
+use crate::domain::token::TOKEN_ID_LEN;
+use crate::pipeline::WriteError;
+use crate::store::{Compaction, StoreError, StoredRecord, Tombstone, TombstoneReason, WriteUnit};
+use crate::vault::{Vault, VaultError};
+
+/// Records examined per page (one commit and one checkpoint each).
+pub const PAGE: usize = 500;
+/// The action of each page's audit event.
+pub const COMPACTED_ACTION: &str = "Compacted";
+const CHECKPOINT: &str = "compact/run";
+/// How often a page is read again when its commit was refused (another
+/// replica compacting, or a call writing a tombstone meanwhile).
+const PAGE_ATTEMPTS: usize = 3;
+
+/// What a run has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompactProgress {
+    /// Records examined.
+    pub examined: u64,
+    /// Records found expired and marked dead.
+    pub expired: u64,
+    /// Dead records purged.
+    pub purged: u64,
+    /// Superseded seal versions dropped.
+    pub seal_versions_dropped: u64,
+    /// Dead records whose tombstone is later than the cutoff: purged by a
+    /// later run.
+    pub dead_in_grace: u64,
+    /// The cutoff: records dead at or before it (ms since the epoch) are
+    /// purged.
+    pub dead_by_ms: u64,
+    /// The run has finished.
+    pub finished: bool,
+}
+
+/// One process runs at most one compaction at a time.
+#[derive(Debug, Default)]
+pub struct CompactionLatch(AtomicBool);
+
+struct LatchGuard<'a>(&'a CompactionLatch);
+
+impl Drop for LatchGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl CompactionLatch {
+    fn take(&self) -> Option<LatchGuard<'_>> {
+        self.0
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+            .then_some(LatchGuard(self))
+    }
+}
+
+/// A run's checkpoint: its progress and the last token id examined.
+struct Checkpoint {
+    progress: CompactProgress,
+    after: Option<TokenId>,
+}
+
+const CHECKPOINT_V1: u8 = 1;
+
+impl Checkpoint {
+    fn encode(&self) -> Vec<u8> {
+        let p = &self.progress;
+        let mut w = Writer::new();
+        w.u8(CHECKPOINT_V1)
+            .u64(p.dead_by_ms)
+            .u64(p.examined)
+            .u64(p.expired)
+            .u64(p.purged)
+            .u64(p.seal_versions_dropped)
+            .u64(p.dead_in_grace);
+        match &self.after {
+            Some(id) => w.u8(1).fixed(id.as_bytes()),
+            None => w.u8(0),
+        };
+        w.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(bytes);
+        if r.u8().ok()? != CHECKPOINT_V1 {
+            return None;
+        }
+        let progress = CompactProgress {
+            dead_by_ms: r.u64().ok()?,
+            examined: r.u64().ok()?,
+            expired: r.u64().ok()?,
+            purged: r.u64().ok()?,
+            seal_versions_dropped: r.u64().ok()?,
+            dead_in_grace: r.u64().ok()?,
+            finished: false,
+        };
+        let after = if r.bool().ok()? {
+            Some(TokenId::from_slice(r.fixed(TOKEN_ID_LEN).ok()?)?)
+        } else {
+            None
+        };
+        r.end().ok()?;
+        Some(Self { progress, after })
+    }
+}
+
+/// What one page removed.
+#[derive(Debug, Default, Clone, Copy)]
+struct PageCounts {
+    expired: u64,
+    purged: u64,
+    dropped: u64,
+    dead_in_grace: u64,
+}
+
+/// What one page asks of the store.
+#[derive(Default)]
+struct PagePlan {
+    unit: WriteUnit,
+    counts: PageCounts,
+}
+
+/// A page done: its last token id, its size, and what it removed.
+struct PageDone {
+    last: TokenId,
+    examined: u64,
+    counts: PageCounts,
+}
+
+impl Vault {
+    /// Runs (or continues) a compaction, calling `report` after each page
+    /// and once at the end. `event` names who asked (principal, request id,
+    /// origin): each page's audit event is a copy of it.
+    pub async fn compact(
+        &self,
+        event: &AuditEvent,
+        mut report: impl FnMut(CompactProgress) + Send,
+    ) -> Result<CompactProgress, VaultError> {
+        self.ensure_unsealed()?;
+        let _guard = self
+            .compacting
+            .take()
+            .ok_or_else(|| VaultError::Precondition("a compaction is already running".into()))?;
+        let grace = u64::try_from(self.policy.purge_grace.as_millis()).unwrap_or(u64::MAX);
+        let mut cp = match self
+            .store
+            .checkpoint(CHECKPOINT)
+            .await?
+            .and_then(|b| Checkpoint::decode(&b))
+        {
+            Some(cp) => {
+                tracing::info!(
+                    examined = cp.progress.examined,
+                    "resuming compaction from checkpoint"
+                );
+                cp
+            }
+            None => Checkpoint {
+                progress: CompactProgress {
+                    dead_by_ms: self.clock.now_ms().saturating_sub(grace),
+                    ..CompactProgress::default()
+                },
+                after: None,
+            },
+        };
+        loop {
+            self.ensure_unsealed()?;
+            let Some(page) = self.compact_page(&cp, event).await? else {
+                break;
+            };
+            let p = &mut cp.progress;
+            p.examined += page.examined;
+            p.expired += page.counts.expired;
+            p.purged += page.counts.purged;
+            p.seal_versions_dropped += page.counts.dropped;
+            p.dead_in_grace += page.counts.dead_in_grace;
+            cp.after = Some(page.last);
+            self.store.put_checkpoint(CHECKPOINT, cp.encode()).await?;
+            report(cp.progress);
+        }
+        self.store.delete_checkpoint(CHECKPOINT).await?;
+        let done = CompactProgress {
+            finished: true,
+            ..cp.progress
+        };
+        report(done);
+        Ok(done)
+    }
+
+    /// Compacts the page after the checkpoint; `None` past the last
+    /// record. A refused commit (the page changed under it: another
+    /// replica compacting, a call writing a tombstone) reads it again.
+    async fn compact_page(
+        &self,
+        cp: &Checkpoint,
+        event: &AuditEvent,
+    ) -> Result<Option<PageDone>, VaultError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let page = self.store.scan_all(cp.after, PAGE).await?;
+            let Some(last) = page.last() else {
+                return Ok(None);
+            };
+            let done = |counts| PageDone {
+                last: last.record.token_id,
+                examined: u64::try_from(page.len()).unwrap_or(u64::MAX),
+                counts,
+            };
+            let PagePlan { unit, counts } = self.plan_page(&page, cp.progress.dead_by_ms).await?;
+            if unit.is_empty() {
+                return Ok(Some(done(counts)));
+            }
+            let mut page_event = event.clone();
+            page_event.action = COMPACTED_ACTION.to_owned();
+            page_event.resource = format!(
+                "records:{} expired:{} purged:{} seal_versions_dropped:{} dead_by_ms:{} through:{}",
+                page.len(),
+                counts.expired,
+                counts.purged,
+                counts.dropped,
+                cp.progress.dead_by_ms,
+                last.record.token_id.short()
+            );
+            page_event.outcome = "OK".to_owned();
+            match self.commit_write(unit, Some(page_event)).await {
+                Ok(_) => return Ok(Some(done(counts))),
+                Err(WriteError::Refused(
+                    StoreError::Conflict | StoreError::AlreadyExists | StoreError::NotFound,
+                )) if attempt < PAGE_ATTEMPTS => {
+                    tracing::info!(
+                        attempt,
+                        "compaction page changed under it; reading it again"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// What to remove from one page.
+    async fn plan_page(
+        &self,
+        page: &[StoredRecord],
+        dead_by_ms: u64,
+    ) -> Result<PagePlan, VaultError> {
+        let now = self.clock.now_ms();
+        let mut plan = PagePlan::default();
+        let mut resealed = Vec::new();
+        for stored in page {
+            let id = stored.record.token_id;
+            match stored.tombstone {
+                Some(tombstone) if tombstone.at_ms <= dead_by_ms => {
+                    plan.unit
+                        .compactions
+                        .push(Compaction::Purge { id, dead_by_ms });
+                    plan.counts.purged += 1;
+                    continue;
+                }
+                Some(_) => plan.counts.dead_in_grace += 1,
+                None if !self.is_live(stored, now) => {
+                    let tombstone = Tombstone {
+                        reason: TombstoneReason::Expired,
+                        at_ms: now,
+                    };
+                    plan.unit.tombstones.push((id, tombstone));
+                    plan.counts.expired += 1;
+                    continue;
+                }
+                None => {}
+            }
+            if stored.seal_version >= 2 {
+                resealed.push((id, stored.seal_version));
+            }
+        }
+        if resealed.is_empty() {
+            return Ok(plan);
+        }
+        let ids: Vec<TokenId> = resealed.iter().map(|(id, _)| *id).collect();
+        let stored_versions: HashMap<TokenId, Vec<u32>> =
+            self.store.seal_versions(&ids).await?.into_iter().collect();
+        for (id, newest) in resealed {
+            let Some(versions) = stored_versions.get(&id) else {
+                continue;
+            };
+            let superseded: Vec<u32> = versions.iter().copied().filter(|v| *v < newest).collect();
+            if !superseded.is_empty() {
+                plan.counts.dropped += u64::try_from(superseded.len()).unwrap_or(u64::MAX);
+                plan.unit.compactions.push(Compaction::DropSealVersions {
+                    id,
+                    versions: superseded,
+                });
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Whether a compaction stopped before finishing (it continues when
+    /// started again).
+    pub async fn compaction_pending(&self) -> Result<bool, VaultError> {
+        Ok(self.store.checkpoint(CHECKPOINT).await?.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_round_trip() {
+        let cp = Checkpoint {
+            progress: CompactProgress {
+                examined: 1,
+                expired: 2,
+                purged: 3,
+                seal_versions_dropped: 4,
+                dead_in_grace: 5,
+                dead_by_ms: 6,
+                finished: false,
+            },
+            after: Some(TokenId::from_bytes([7; 32])),
+        };
+        let back = Checkpoint::decode(&cp.encode()).unwrap();
+        assert_eq!(back.progress, cp.progress);
+        assert_eq!(back.after, cp.after);
+        assert!(Checkpoint::decode(&cp.encode()[..10]).is_none());
+    }
+}
