@@ -331,6 +331,126 @@ async fn a_role_granted_by_migrate_serves_but_cannot_change_or_unprotect_the_tab
     .await;
 }
 
+/// Compaction's narrow path: the service role removes rows only through
+/// the two compaction functions, which remove only what qualifies, by the
+/// database's own clock and the owner's floor, whatever the caller forges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_role_purges_only_through_the_functions_and_only_what_qualifies() {
+    use tessera::store::{CommitError, Compaction, WriteBatch, WriteUnit};
+    let (owner, url) = fresh_store().await;
+    let admin = raw(&url).await;
+    admin
+        .batch_execute("CREATE ROLE svc LOGIN; CREATE ROLE bystander LOGIN")
+        .await
+        .unwrap();
+    owner.grant("svc").await.unwrap();
+    let svc_url = url.replace("user=postgres", "user=svc");
+    let svc = PgStore::new(&PgOptions::new(svc_url.clone())).unwrap();
+    let live = suite::record(1, "a", Some(1));
+    let dead = suite::record(2, "a", Some(2));
+    let forged = suite::record(3, "a", Some(3));
+    svc.append(live.clone()).await.unwrap();
+    svc.append(forged.clone()).await.unwrap();
+    svc.append(dead.clone()).await.unwrap();
+    svc.append_tombstone(
+        &dead.token_id,
+        suite::tombstone(tessera::store::TombstoneReason::Deleted),
+    )
+    .await
+    .unwrap();
+    let purge = |id, dead_by_ms| {
+        Arc::new(WriteBatch::of_unit(WriteUnit {
+            compactions: vec![Compaction::Purge { id, dead_by_ms }],
+            ..WriteUnit::default()
+        }))
+    };
+    // The owner's floor (a day by default): a tombstone the database
+    // recorded a moment ago is not purged, whatever the cutoff says.
+    match svc.commit(purge(dead.token_id, u64::MAX)).await {
+        Err(CommitError::Refused { error, .. }) => {
+            assert!(matches!(error, StoreError::Conflict), "{error:?}");
+        }
+        other => panic!("purged inside the floor: {other:?}"),
+    }
+    let hex = |n: u8| format!("decode(repeat('{n:02x}', 32), 'hex')");
+    let client = raw(&svc_url).await;
+    // A tombstone forged for record 3, dated 1970 in its bytes and 2000 in
+    // its column, and a temporary `tombstones` table standing in for the
+    // real one to name the live record 1: neither makes them purgeable.
+    client
+        .batch_execute(&format!(
+            "INSERT INTO tombstones (token_id, body, recorded_at)
+             VALUES ({}, '\\x01010000000000000000', '2000-01-01');
+             CREATE TEMP TABLE tombstones (token_id bytea, body bytea, recorded_at timestamptz);
+             INSERT INTO pg_temp.tombstones VALUES ({}, '\\x01010000000000000000', '2000-01-01');",
+            hex(3),
+            hex(1)
+        ))
+        .await
+        .unwrap();
+    let recent: bool = client
+        .query_one(
+            &format!(
+                "SELECT recorded_at > now() - interval '1 hour' FROM public.tombstones
+                 WHERE token_id = {}",
+                hex(3)
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(recent, "the database stamps a tombstone's time itself");
+    let purged = client
+        .query(
+            &format!(
+                "SELECT tessera_purge(ARRAY[{}, {}, {}], 9000000000000000000)",
+                hex(1),
+                hex(2),
+                hex(3)
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(purged.is_empty(), "purged {} rows", purged.len());
+    // Nothing else removes rows for it.
+    assert_refused(
+        &client,
+        &[
+            "DELETE FROM public.records",
+            "SET tessera.compacting = 'on'; DELETE FROM public.tombstones",
+            "DELETE FROM purged_tokens",
+            "UPDATE compaction_policy SET min_grace = '0'",
+        ],
+    )
+    .await;
+    assert_refused(
+        &raw(&url.replace("user=postgres", "user=bystander")).await,
+        &["SELECT tessera_purge('{}', 0)"],
+    )
+    .await;
+    for record in [&live, &dead, &forged] {
+        assert!(svc.get(&record.token_id).await.unwrap().is_some());
+    }
+
+    // The owner lowers the floor: the dead record goes, its id stays taken.
+    admin
+        .batch_execute("UPDATE compaction_policy SET min_grace = '0'")
+        .await
+        .unwrap();
+    svc.commit(purge(dead.token_id, 7)).await.unwrap();
+    assert!(svc.get(&dead.token_id).await.unwrap().is_none());
+    assert!(matches!(
+        svc.append(dead).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    // The forged tombstone did kill record 3 (a service credential can
+    // always write a tombstone), but it stays until a purge names it.
+    assert!(svc.get(&forged.token_id).await.unwrap().is_some());
+    assert!(svc.get(&live.token_id).await.unwrap().is_some());
+}
+
 /// Writes a CA and a server certificate for 127.0.0.1 into `dir`, the key
 /// readable by the postgres user only; returns (CA file, cert, key).
 fn server_pki(dir: &std::path::Path) -> (std::path::PathBuf, String, String) {

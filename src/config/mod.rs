@@ -309,6 +309,9 @@ pub struct RawTokens {
     /// compaction may purge it, counted from its tombstone: 0 to 315360000
     /// (default 604800, a week).
     pub purge_grace_s: Option<u64>,
+    /// Compaction throttle in records examined per second (0 or unset = no
+    /// limit).
+    pub compact_records_per_second: Option<u32>,
 }
 
 /// `[limits]`.
@@ -1003,6 +1006,7 @@ fn check_policy(tokens: &RawTokens, limits: &RawLimits) -> Result<VaultPolicy, C
     Ok(VaultPolicy {
         default_format,
         purge_grace: std::time::Duration::from_secs(purge_grace_s),
+        compact_records_per_second: tokens.compact_records_per_second.filter(|r| *r > 0),
         deterministic_by_default: tokens.deterministic.unwrap_or(false),
         max_batch_items,
         max_metadata_bytes,

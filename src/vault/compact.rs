@@ -194,6 +194,7 @@ impl Vault {
             },
         };
         loop {
+            let page_started = tokio::time::Instant::now();
             self.ensure_unsealed()?;
             let Some(page) = self.compact_page(&cp, event).await? else {
                 break;
@@ -207,12 +208,26 @@ impl Vault {
             cp.after = Some(page.last);
             self.store.put_checkpoint(CHECKPOINT, cp.encode()).await?;
             report(cp.progress);
+            super::pace(
+                page_started,
+                page.examined,
+                self.policy.compact_records_per_second,
+            )
+            .await;
         }
         self.store.delete_checkpoint(CHECKPOINT).await?;
         let done = CompactProgress {
             finished: true,
             ..cp.progress
         };
+        tracing::warn!(
+            event = "compacted",
+            examined = done.examined,
+            expired = done.expired,
+            purged = done.purged,
+            seal_versions_dropped = done.seal_versions_dropped,
+            "compaction finished"
+        );
         report(done);
         Ok(done)
     }

@@ -74,6 +74,9 @@ pub struct VaultPolicy {
     /// How long a dead record is kept before compaction may purge it,
     /// counted from its tombstone.
     pub purge_grace: Duration,
+    /// Throttle for compaction, records examined per second (`None` = as
+    /// fast as the store allows).
+    pub compact_records_per_second: Option<u32>,
 }
 
 impl Default for VaultPolicy {
@@ -90,6 +93,7 @@ impl Default for VaultPolicy {
             audit_tokenize_fail_closed: true,
             key_cache: crate::keyring::CacheLimits::default(),
             purge_grace: Duration::from_secs(7 * 24 * 3600),
+            compact_records_per_second: None,
         }
     }
 }
@@ -253,6 +257,17 @@ impl Tokenized {
 }
 
 /// A unit that tombstones `stored`.
+/// Holds a background job to `rate` records per second (`None` or 0: no
+/// limit): returns when a page of `records` started at `page_started` has
+/// used its share of time, so a job never starves live traffic.
+async fn pace(page_started: tokio::time::Instant, records: u64, rate: Option<u32>) {
+    if let Some(rate) = rate.filter(|r| *r > 0) {
+        let records = f64::from(u32::try_from(records).unwrap_or(u32::MAX));
+        let budget = Duration::from_secs_f64(records / f64::from(rate));
+        tokio::time::sleep_until(page_started + budget).await;
+    }
+}
+
 fn tombstone_of(stored: &StoredRecord, tombstone: Tombstone) -> WriteUnit {
     WriteUnit {
         tombstones: vec![(stored.record.token_id, tombstone)],

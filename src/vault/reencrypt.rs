@@ -235,11 +235,12 @@ impl Vault {
             cp.done += examined;
             self.store.put_checkpoint(&name, cp.encode()).await?;
             report(progress(&cp, false));
-            if let Some(rate) = self.policy.reencrypt_records_per_second.filter(|r| *r > 0) {
-                let examined = f64::from(u32::try_from(examined).unwrap_or(u32::MAX));
-                let budget = std::time::Duration::from_secs_f64(examined / f64::from(rate));
-                tokio::time::sleep_until(page_started + budget).await;
-            }
+            super::pace(
+                page_started,
+                examined,
+                self.policy.reencrypt_records_per_second,
+            )
+            .await;
         }
         self.store.delete_checkpoint(&name).await?;
         let done = progress(&cp, true);

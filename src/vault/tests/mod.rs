@@ -573,6 +573,7 @@ async fn only_an_approved_reopen_unseals_a_vault_without_shares() {
     assert!(!f.vault.is_sealed());
 }
 
+mod compaction;
 mod format_contract;
 
 /// Review finding H1: an item whose token cannot be generated (FF1 over a
