@@ -49,6 +49,8 @@ where
 /// master key and credentials, as replicas share a KMS and principals.
 struct Pair {
     _pg: postgres::Postgres,
+    /// The database's URL, as its owner.
+    url: String,
     dir: tempfile::TempDir,
     a: Server,
     b: Server,
@@ -62,6 +64,8 @@ fn on_postgres(url: &str, migrate: bool) -> Vec<(&'static str, String)> {
         ("TESSERA__ACCESS__SHARED_POLL_MS", POLL_MS.to_string()),
         // The load tests redeem tokens as fast as they can: not an anomaly.
         ("TESSERA__ACCESS__LOCK_ON_ANOMALY", "false".to_owned()),
+        // Compaction may purge a token as soon as it is dead.
+        ("TESSERA__TOKENS__PURGE_GRACE_S", "0".to_owned()),
     ]
 }
 
@@ -85,7 +89,13 @@ impl Pair {
             &on_postgres(&url, false),
             &dir.path().join("b.log"),
         );
-        Self { _pg: pg, dir, a, b }
+        Self {
+            _pg: pg,
+            url,
+            dir,
+            a,
+            b,
+        }
     }
 
     fn assert_no_pan_leaked(self, pans: &[&str]) {
@@ -435,7 +445,7 @@ async fn a_replica_killed_mid_load_loses_nothing_acknowledged() {
     let on_a = load::Load::start_at(&pair.a, 2, 0).await;
     let on_b = load::Load::start_at(&pair.b, 2, 1_000_000).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let Pair { _pg, dir, a, b } = pair;
+    let Pair { _pg, dir, a, b, .. } = pair;
     a.kill9();
     let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -471,4 +481,119 @@ async fn a_replica_killed_mid_load_loses_nothing_acknowledged() {
     );
     common::assert_audit_intact(&b).await;
     drop(dir);
+}
+
+/// Runs a compaction through `server` as the operator; its last message,
+/// or the status it failed with.
+async fn compact(server: &Server) -> Result<v1::CompactResponse, tonic::Status> {
+    let mut operator =
+        KeyAdminClient::with_interceptor(server.channel().await, server.admin_auth("operator"));
+    let mut stream = operator.compact(v1::CompactRequest {}).await?.into_inner();
+    loop {
+        match stream.message().await? {
+            Some(last) if last.finished => return Ok(last),
+            Some(_) => {}
+            None => return Err(tonic::Status::unknown("the stream ended early")),
+        }
+    }
+}
+
+/// Point 7 on PostgreSQL: the database's own floor holds compaction back
+/// whatever the replicas' grace says (with a clear answer); once its owner
+/// lowers it, two replicas compacting at once purge each dead token once,
+/// count it once in the one audit chain, and leave the live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_compacting_at_once_purge_each_dead_token_once() {
+    let pair = Pair::start().await;
+    let mut processor = pair.a.client("processor").await;
+    let mut dead = Vec::new();
+    let mut live = Vec::new();
+    for n in 0..1200 {
+        let pan = test_pan(8, n);
+        let token = processor
+            .tokenize(v1::TokenizeRequest {
+                pan: pan.clone(),
+                single_use: n % 4 != 0,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        if n % 4 == 0 {
+            live.push((token, pan));
+        } else {
+            dead.push(token);
+        }
+    }
+    let mut redeemer = pair.b.client("processor").await;
+    for token in &dead {
+        redeemer
+            .detokenize(v1::DetokenizeRequest {
+                token: token.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    // The owner's floor (a day) is above the replicas' grace (none).
+    let refused = compact(&pair.a).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("min_grace"), "{refused:?}");
+    let (owner, connection) = tokio_postgres::connect(&pair.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let count = async |table: &str| -> i64 {
+        owner
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(count("records").await, 1200);
+    owner
+        .batch_execute("UPDATE compaction_policy SET min_grace = '0'")
+        .await
+        .unwrap();
+
+    let (a, b) = tokio::join!(compact(&pair.a), compact(&pair.b));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.purged + b.purged, 900, "{a:?} {b:?}");
+    assert_eq!(count("records").await, 300);
+    assert_eq!(count("purged_tokens").await, 900);
+    for server in [&pair.a, &pair.b] {
+        common::assert_audit_intact(server).await;
+    }
+    let pages = common::audit_events(&pair.a, "operator", "Compacted").await;
+    let purged: u64 = pages
+        .iter()
+        .map(|e| {
+            let field = e
+                .resource
+                .split(' ')
+                .find_map(|f| f.strip_prefix("purged:"));
+            field.unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(purged, 900, "each purge counted once: {pages:?}");
+    for token in &dead {
+        let gone = redeemer
+            .detokenize(v1::DetokenizeRequest {
+                token: token.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound);
+    }
+    for (token, pan) in &live {
+        let got = redeemer
+            .detokenize(v1::DetokenizeRequest {
+                token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pan;
+        assert_eq!(&got, pan);
+    }
 }

@@ -19,8 +19,10 @@
 //!   are part of the append-only record, and once re-encryption has moved
 //!   every record on, retiring the old data key destroys what they hold.
 //!
-//! Both are idempotent: purging a purged record, or dropping a version that
-//! is gone, does nothing, so two replicas compacting at once do no harm.
+//! Neither repeats: purging a purged record, or dropping a version that is
+//! gone, is refused ([`StoreError::Conflict`]) like any change under a
+//! stale read, and the job reads its page again. So each removal is counted
+//! once in the audit log, also when two replicas compact at once.
 
 use crate::domain::TokenId;
 use crate::store::{StoreError, Tombstone};
@@ -30,15 +32,17 @@ use crate::store::{StoreError, Tombstone};
 pub enum Compaction {
     /// Removes a record whose tombstone is at or before `dead_by_ms`.
     /// Refused with [`StoreError::NotFound`] when there is no such record
-    /// and [`StoreError::Conflict`] when it is live or died later.
+    /// and [`StoreError::Conflict`] when it is live, died later, or was
+    /// purged already.
     Purge {
         /// The record.
         id: TokenId,
         /// The latest tombstone time that qualifies (ms since the epoch).
         dead_by_ms: u64,
     },
-    /// Drops seal versions of a record, each older than its newest
-    /// (otherwise [`StoreError::Conflict`]: the newest is never dropped).
+    /// Drops seal versions of a record, each stored and older than its
+    /// newest (otherwise [`StoreError::Conflict`]: the newest is never
+    /// dropped, and a version dropped already is a stale read).
     DropSealVersions {
         /// The record.
         id: TokenId,
@@ -76,31 +80,34 @@ pub(crate) enum Held {
     Record(Option<Tombstone>),
 }
 
-impl Held {
-    /// Whether the record was purged.
-    pub(crate) fn is_purged(self) -> bool {
-        matches!(self, Self::Purged)
-    }
-}
-
-/// Whether a purge removes the record now (`true`), has nothing left to do
-/// (`false`: purged already), or is refused.
-pub(crate) fn purge_now(held: Held, dead_by_ms: u64) -> Result<bool, StoreError> {
+/// Checks that a purge may remove what the store holds.
+pub(crate) fn check_purge(held: Held, dead_by_ms: u64) -> Result<(), StoreError> {
     match held {
         Held::Nothing => Err(StoreError::NotFound),
-        Held::Purged => Ok(false),
-        Held::Record(Some(tombstone)) if tombstone.at_ms <= dead_by_ms => Ok(true),
-        Held::Record(_) => Err(StoreError::Conflict),
+        Held::Record(Some(tombstone)) if tombstone.at_ms <= dead_by_ms => Ok(()),
+        Held::Purged | Held::Record(_) => Err(StoreError::Conflict),
     }
 }
 
-/// Checks that every version to drop is older than the newest, `newest`
-/// (0: the record has none).
-pub(crate) fn check_drop(versions: &[u32], newest: u32) -> Result<(), StoreError> {
-    if versions.iter().all(|v| *v >= 1 && *v < newest) {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict)
+/// Checks a drop of seal `versions` from a record held as `held`, whose
+/// newest version is `newest` (0: none), given which of them are stored.
+pub(crate) fn check_drop(
+    held: Held,
+    versions: &[u32],
+    newest: u32,
+    stored: impl Fn(u32) -> bool,
+) -> Result<(), StoreError> {
+    match held {
+        Held::Nothing => Err(StoreError::NotFound),
+        Held::Purged => Err(StoreError::Conflict),
+        Held::Record(_)
+            if versions
+                .iter()
+                .all(|v| *v >= 1 && *v < newest && stored(*v)) =>
+        {
+            Ok(())
+        }
+        Held::Record(_) => Err(StoreError::Conflict),
     }
 }
 
@@ -117,30 +124,47 @@ mod tests {
     }
 
     #[test]
-    fn only_records_dead_by_the_cutoff_are_purged() {
-        assert!(purge_now(dead_at(10), 10).unwrap());
+    fn only_records_dead_by_the_cutoff_are_purged_once() {
+        check_purge(dead_at(10), 10).unwrap();
+        for (held, cutoff) in [
+            (dead_at(11), 10),
+            (Held::Record(None), u64::MAX),
+            (Held::Purged, u64::MAX),
+        ] {
+            assert!(matches!(
+                check_purge(held, cutoff),
+                Err(StoreError::Conflict)
+            ));
+        }
         assert!(matches!(
-            purge_now(dead_at(11), 10),
-            Err(StoreError::Conflict)
-        ));
-        assert!(matches!(
-            purge_now(Held::Record(None), u64::MAX),
-            Err(StoreError::Conflict)
-        ));
-        assert!(matches!(
-            purge_now(Held::Nothing, 10),
+            check_purge(Held::Nothing, 10),
             Err(StoreError::NotFound)
         ));
-        assert!(!purge_now(Held::Purged, 10).unwrap());
     }
 
     #[test]
-    fn the_newest_seal_version_is_never_dropped() {
-        check_drop(&[1, 2], 3).unwrap();
+    fn the_newest_seal_version_is_never_dropped_nor_a_version_twice() {
+        let live = Held::Record(None);
+        let all = |_| true;
+        check_drop(live, &[1, 2], 3, all).unwrap();
         for bad in [&[3][..], &[0], &[1, 4]] {
-            assert!(matches!(check_drop(bad, 3), Err(StoreError::Conflict)));
+            assert!(matches!(
+                check_drop(live, bad, 3, all),
+                Err(StoreError::Conflict)
+            ));
         }
-        assert!(matches!(check_drop(&[1], 0), Err(StoreError::Conflict)));
+        assert!(matches!(
+            check_drop(live, &[1], 3, |v| v != 1),
+            Err(StoreError::Conflict)
+        ));
+        assert!(matches!(
+            check_drop(Held::Purged, &[1], 3, all),
+            Err(StoreError::Conflict)
+        ));
+        assert!(matches!(
+            check_drop(Held::Nothing, &[1], 3, all),
+            Err(StoreError::NotFound)
+        ));
     }
 
     #[test]

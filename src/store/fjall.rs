@@ -377,9 +377,7 @@ impl FjallStore {
         };
         match compaction {
             Compaction::Purge { dead_by_ms, .. } => {
-                if !compact::purge_now(held, *dead_by_ms).map_err(Compacted::Refused)? {
-                    return Ok(());
-                }
+                compact::check_purge(held, *dead_by_ms).map_err(Compacted::Refused)?;
                 let record = SealedRecord::decode(bytes.as_deref().unwrap_or_default())
                     .map_err(StoreError::from)?;
                 if let Some(fp) = &record.fingerprint {
@@ -402,12 +400,14 @@ impl FjallStore {
                 new_purged.insert(*id);
             }
             Compaction::DropSealVersions { versions, .. } => {
-                match held {
-                    Held::Purged => return Ok(()),
-                    Held::Nothing => return Err(Compacted::Refused(StoreError::NotFound)),
-                    Held::Record(_) => {}
+                let mut stored = HashSet::new();
+                for version in versions {
+                    if get(&self.sealed_versions, &version_key(id, *version))?.is_some() {
+                        stored.insert(*version);
+                    }
                 }
-                compact::check_drop(versions, newest).map_err(Compacted::Refused)?;
+                compact::check_drop(held, versions, newest, |v| stored.contains(&v))
+                    .map_err(Compacted::Refused)?;
                 for version in versions {
                     write.remove(&self.sealed_versions, version_key(id, *version));
                 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::domain::key::KeyContext;
 use crate::domain::{Fingerprint, TenantId, TokenId};
-use crate::store::compact::{Held, check_drop, purge_now};
+use crate::store::compact::{Held, check_drop, check_purge};
 use crate::store::record::{fingerprint_key, tenant_prefix};
 use crate::store::state::{Expect, StateChange, StateEntry, StateKind, StateStore, check_key};
 use crate::store::{
@@ -153,18 +153,21 @@ impl Inner {
                 }
             }
             for compaction in &unit.compactions {
+                let held = self.held(compaction.id(), &new);
                 match compaction {
                     Compaction::Purge { id, dead_by_ms } => {
-                        if purge_now(self.held(id, &new), *dead_by_ms).map_err(refuse)? {
-                            new.purged.insert(*id);
-                        }
+                        check_purge(held, *dead_by_ms).map_err(refuse)?;
+                        new.purged.insert(*id);
                     }
                     Compaction::DropSealVersions { id, versions } => {
-                        if self.held(id, &new).is_purged() {
-                            continue;
-                        }
+                        let stored = self.sealed_versions.get(id);
                         let newest = self.newest_seal(id).map_or(0, |(version, _)| version);
-                        check_drop(versions, newest).map_err(refuse)?;
+                        check_drop(held, versions, newest, |v| {
+                            stored.is_some_and(|s| s.contains_key(&v))
+                                && !new.dropped.contains(&(*id, v))
+                        })
+                        .map_err(refuse)?;
+                        new.dropped.extend(versions.iter().map(|v| (*id, *v)));
                     }
                 }
             }
@@ -245,6 +248,7 @@ struct Pending {
     fingerprints: HashMap<Vec<u8>, TokenId>,
     tombstones: HashMap<TokenId, Tombstone>,
     purged: HashSet<TokenId>,
+    dropped: HashSet<(TokenId, u32)>,
 }
 
 #[async_trait]

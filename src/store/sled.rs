@@ -449,9 +449,7 @@ impl RecordTrees<'_> {
                             .map_err(StoreError::from)?,
                     ),
                 };
-                if !compact::purge_now(held, *dead_by_ms).map_err(Compacted::Refused)? {
-                    return Ok(());
-                }
+                compact::check_purge(held, *dead_by_ms).map_err(Compacted::Refused)?;
                 let record = SealedRecord::decode(bytes.as_deref().unwrap_or_default())
                     .map_err(StoreError::from)?;
                 if let Some(fp) = &record.fingerprint {
@@ -472,16 +470,23 @@ impl RecordTrees<'_> {
                 self.records.insert(id.as_bytes(), compact::PURGED)?;
             }
             Compaction::DropSealVersions { id, versions } => {
-                match self.records.get(id.as_bytes())? {
-                    Some(bytes) if compact::is_purged(&bytes) => return Ok(()),
-                    None => return Err(Compacted::Refused(StoreError::NotFound)),
-                    Some(_) => {}
-                }
+                let held = match self.records.get(id.as_bytes())? {
+                    Some(bytes) if compact::is_purged(&bytes) => Held::Purged,
+                    None => Held::Nothing,
+                    Some(_) => Held::Record(None),
+                };
                 let newest = match self.latest.get(id.as_bytes())? {
                     Some(v) => decode_u32(&v)?,
                     None => 0,
                 };
-                compact::check_drop(versions, newest).map_err(Compacted::Refused)?;
+                let mut stored = std::collections::HashSet::new();
+                for version in versions {
+                    if self.versions.get(version_key(id, *version))?.is_some() {
+                        stored.insert(*version);
+                    }
+                }
+                compact::check_drop(held, versions, newest, |v| stored.contains(&v))
+                    .map_err(Compacted::Refused)?;
                 for version in versions {
                     self.versions.remove(version_key(id, *version))?;
                 }

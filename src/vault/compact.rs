@@ -278,6 +278,16 @@ impl Vault {
                         "compaction page changed under it; reading it again"
                     );
                 }
+                // Refused on a fresh read each time: not a race. On
+                // PostgreSQL, the owner's floor is above the grace period.
+                Err(WriteError::Refused(StoreError::Conflict)) => {
+                    return Err(VaultError::Precondition(
+                        "the store refused to purge records the grace period allows: on \
+                         PostgreSQL, tokens.purge_grace_s must be at least the database's \
+                         compaction_policy.min_grace (one day unless its owner changed it)"
+                            .into(),
+                    ));
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -1,6 +1,7 @@
 //! Compaction through `Engine::commit`: a purge removes a dead record for
 //! good but keeps its id taken; only records dead by the cutoff go; seal
-//! versions drop only below the newest; `scan_all` pages every tenant.
+//! versions drop only below the newest; nothing is removed twice;
+//! `scan_all` pages every tenant.
 
 use std::sync::Arc;
 
@@ -105,9 +106,13 @@ pub async fn a_purged_record_is_gone_but_its_id_stays_taken(f: &dyn Factory) {
         .await
         .unwrap();
     assert!(matches!(resealed[0], Err(StoreError::NotFound)));
-    // The fingerprint is free for a new record; purging again does nothing.
+    // The fingerprint is free for a new record; a second purge is refused
+    // (a stale read: the job reads its page again, and counts it once).
     store.append(record(3, "a", Some(9))).await.unwrap();
-    store.commit(compacting(vec![purge(1, 7)])).await.unwrap();
+    assert!(matches!(
+        refused(store.commit(compacting(vec![purge(1, 7)])).await),
+        StoreError::Conflict
+    ));
     let holder = store.find_by_fingerprint(&tenant("a"), &fp).await.unwrap();
     assert_eq!(holder.unwrap().record.token_id, id(3));
 }
@@ -176,8 +181,11 @@ pub async fn seal_versions_drop_only_below_the_newest(f: &dyn Factory) {
     );
     let got = store.get(&id(1)).await.unwrap().unwrap();
     assert_eq!((got.seal_version, got.record.sealed_pan), (3, vec![3; 40]));
-    // Dropping what is gone does nothing; re-encryption goes on after it.
-    store.commit(drop(vec![1])).await.unwrap();
+    // Dropping what is gone is refused; re-encryption goes on after it.
+    assert!(matches!(
+        refused(store.commit(drop(vec![1])).await),
+        StoreError::Conflict
+    ));
     reseal(store.as_ref(), 1, 4).await;
     assert_eq!(store.get(&id(1)).await.unwrap().unwrap().seal_version, 4);
 }

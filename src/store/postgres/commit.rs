@@ -34,8 +34,8 @@ struct Known {
     /// For the batch's compactions: each tombstoned record's tombstone,
     /// and whether the database's own grace (`compaction_policy`) passed.
     dead: HashMap<TokenId, (Tombstone, bool)>,
-    /// For the batch's compactions: each record's newest seal version.
-    newest: HashMap<TokenId, u32>,
+    /// For the batch's compactions: each record's stored seal versions.
+    versions: HashMap<TokenId, Vec<u32>>,
     /// Each fingerprint's holder, and whether it is tombstoned.
     holders: HashMap<(String, Fingerprint), (TokenId, bool)>,
     /// Store keys of the batch's wrapped keys already in the key table.
@@ -57,10 +57,13 @@ struct Rows<'a> {
     key_bodies: Vec<Vec<u8>>,
     /// Purges: the unit, its cutoff and its records.
     purges: Vec<(usize, i64, Vec<&'a [u8]>)>,
-    /// Seal versions to drop: record and version, pairwise.
-    drop_ids: Vec<&'a [u8]>,
-    drop_versions: Vec<i32>,
+    /// Seal versions to drop: the unit, and its records and versions,
+    /// pairwise.
+    drops: Vec<(usize, SealVersions<'a>)>,
 }
+
+/// Records and seal versions, pairwise.
+type SealVersions<'a> = (Vec<&'a [u8]>, Vec<i32>);
 
 /// Checks and writes `batch` in one transaction on `client`.
 pub(super) async fn write(
@@ -246,7 +249,7 @@ async fn compaction_facts(
     }
     for row in tx
         .query(
-            "SELECT token_id, max(version) FROM sealed_versions
+            "SELECT token_id, array_agg(version) FROM sealed_versions
              WHERE token_id = ANY($1) GROUP BY token_id",
             &[&ids],
         )
@@ -254,10 +257,12 @@ async fn compaction_facts(
         .map_err(unavailable)?
     {
         let id = token_id(row.try_get(0))?;
-        let version: i32 = row.try_get(1).map_err(super::damaged)?;
-        let version =
-            u32::try_from(version).map_err(|_| StoreError::Damaged("negative seal version"))?;
-        known.newest.insert(id, version);
+        let versions: Vec<i32> = row.try_get(1).map_err(super::damaged)?;
+        let versions = versions
+            .into_iter()
+            .map(|v| u32::try_from(v).map_err(|_| StoreError::Damaged("negative seal version")))
+            .collect::<Result<_, _>>()?;
+        known.versions.insert(id, versions);
     }
     Ok(())
 }
@@ -315,6 +320,7 @@ fn check<'a>(batch: &'a WriteBatch, known: &Known) -> Result<Rows<'a>, CommitErr
     let mut new_ids: HashSet<TokenId> = HashSet::new();
     let mut new_tombstones: HashSet<TokenId> = HashSet::new();
     let mut new_purged: HashSet<TokenId> = HashSet::new();
+    let mut new_dropped: HashSet<(TokenId, u32)> = HashSet::new();
     for (index, unit) in batch.units.iter().enumerate() {
         let refuse = |error| CommitError::Refused { unit: index, error };
         for key in &unit.keys {
@@ -369,6 +375,7 @@ fn check<'a>(batch: &'a WriteBatch, known: &Known) -> Result<Rows<'a>, CommitErr
         }
         let mut purges = Vec::new();
         let mut cutoff = None;
+        let mut drops: SealVersions<'a> = (Vec::new(), Vec::new());
         for compaction in &unit.compactions {
             let id = compaction.id();
             // Made or killed in this batch: nothing of it is old enough.
@@ -384,9 +391,7 @@ fn check<'a>(batch: &'a WriteBatch, known: &Known) -> Result<Rows<'a>, CommitErr
             };
             match compaction {
                 Compaction::Purge { dead_by_ms, .. } => {
-                    if !compact::purge_now(held, *dead_by_ms).map_err(refuse)? {
-                        continue;
-                    }
+                    compact::check_purge(held, *dead_by_ms).map_err(refuse)?;
                     // The owner's floor, by the database's clock.
                     if !known.dead.get(id).is_some_and(|(_, graced)| *graced) {
                         return Err(refuse(StoreError::Conflict));
@@ -401,18 +406,18 @@ fn check<'a>(batch: &'a WriteBatch, known: &Known) -> Result<Rows<'a>, CommitErr
                     purges.push(id.as_bytes().as_slice());
                 }
                 Compaction::DropSealVersions { versions, .. } => {
-                    match held {
-                        Held::Purged => continue,
-                        Held::Nothing => return Err(refuse(StoreError::NotFound)),
-                        Held::Record(_) => {}
-                    }
-                    let newest = known.newest.get(id).copied().unwrap_or(0);
-                    compact::check_drop(versions, newest).map_err(refuse)?;
+                    let stored = known.versions.get(id).map_or(&[][..], Vec::as_slice);
+                    let newest = stored.iter().copied().max().unwrap_or(0);
+                    compact::check_drop(held, versions, newest, |v| {
+                        stored.contains(&v) && !new_dropped.contains(&(*id, v))
+                    })
+                    .map_err(refuse)?;
                     for version in versions {
-                        let version =
+                        let column =
                             i32::try_from(*version).map_err(|_| refuse(StoreError::Conflict))?;
-                        rows.drop_ids.push(id.as_bytes());
-                        rows.drop_versions.push(version);
+                        new_dropped.insert((*id, *version));
+                        drops.0.push(id.as_bytes().as_slice());
+                        drops.1.push(column);
                     }
                 }
             }
@@ -420,13 +425,16 @@ fn check<'a>(batch: &'a WriteBatch, known: &Known) -> Result<Rows<'a>, CommitErr
         if let Some(cutoff) = cutoff {
             rows.purges.push((index, cutoff, purges));
         }
+        if !drops.0.is_empty() {
+            rows.drops.push((index, drops));
+        }
     }
     Ok(rows)
 }
 
 /// Runs the batch's compactions through the schema's two functions (the
-/// only path by which rows leave the record tables). A purge the function
-/// finds less of than the checks did refuses its unit.
+/// only path by which rows leave the record tables). A function that finds
+/// less to remove than the checks did refuses its unit.
 async fn compact(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<(), CommitError> {
     for (unit, cutoff, ids) in &rows.purges {
         let purged = tx
@@ -441,13 +449,22 @@ async fn compact(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<(), CommitErro
             });
         }
     }
-    if !rows.drop_ids.is_empty() {
-        tx.execute(
-            "SELECT tessera_drop_seal_versions($1, $2)",
-            &[&rows.drop_ids, &rows.drop_versions],
-        )
-        .await
-        .map_err(unavailable)?;
+    for (unit, (ids, versions)) in &rows.drops {
+        let dropped: i64 = tx
+            .query_one(
+                "SELECT tessera_drop_seal_versions($1, $2)",
+                &[ids, versions],
+            )
+            .await
+            .map_err(unavailable)?
+            .try_get(0)
+            .map_err(super::damaged)?;
+        if usize::try_from(dropped).ok() != Some(ids.len()) {
+            return Err(CommitError::Refused {
+                unit: *unit,
+                error: StoreError::Conflict,
+            });
+        }
     }
     Ok(())
 }
