@@ -85,6 +85,10 @@ impl RecordStore for Switchable {
         self.check()?;
         self.inner.scan_all(after, limit).await
     }
+    async fn is_taken(&self, id: &TokenId) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.is_taken(id).await
+    }
     async fn seal_versions(&self, ids: &[TokenId]) -> Result<Vec<(TokenId, Vec<u32>)>, StoreError> {
         self.check()?;
         self.inner.seal_versions(ids).await

@@ -128,6 +128,9 @@ async fn the_database_refuses_to_change_records_tombstones_versions_and_audit() 
             "UPDATE audit_events SET body = '\\x00'",
             "DELETE FROM audit_events",
             "TRUNCATE audit_events",
+            // The compaction functions' setting opens the record tables to
+            // their deletes only, never the audit log.
+            "SET tessera.compacting = 'on'; DELETE FROM audit_events",
         ],
     )
     .await;
@@ -434,17 +437,95 @@ async fn the_service_role_purges_only_through_the_functions_and_only_what_qualif
         assert!(svc.get(&record.token_id).await.unwrap().is_some());
     }
 
-    // The owner lowers the floor: the dead record goes, its id stays taken.
+    // A forged newest seal version (numbered past any real one) cannot
+    // make the real versions go while the floor holds it back, and the
+    // store names the record as held back.
+    for version in 1..=2 {
+        svc.append_sealed_versions(vec![tessera::store::SealedVersion {
+            id: live.token_id,
+            version,
+            sealed_pan: vec![7; 40],
+        }])
+        .await
+        .unwrap()[0]
+            .as_ref()
+            .unwrap();
+    }
+    client
+        .batch_execute(&format!(
+            "INSERT INTO sealed_versions (token_id, version, sealed_pan, recorded_at)
+             VALUES ({}, 2147483647, '\\x00', '2000-01-01')",
+            hex(1)
+        ))
+        .await
+        .unwrap();
+    let dropped: i64 = client
+        .query_one(
+            &format!(
+                "SELECT tessera_drop_seal_versions(ARRAY[{}, {}], ARRAY[1, 2])",
+                hex(1),
+                hex(1)
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dropped, 0);
+    assert!(
+        svc.held_back(&[live.token_id])
+            .await
+            .unwrap()
+            .contains(&live.token_id)
+    );
+    assert_eq!(
+        svc.seal_versions(&[live.token_id]).await.unwrap()[0].1,
+        vec![1, 2, 2_147_483_647]
+    );
+
+    // Serving refuses a role that may create objects beside the owner's
+    // functions, or that lacks this schema's grants.
+    admin
+        .batch_execute("GRANT CREATE ON SCHEMA public TO svc")
+        .await
+        .unwrap();
+    let err = svc.check_schema().await.unwrap_err();
+    assert!(err.to_string().contains("create objects"), "{err}");
+    admin
+        .batch_execute(
+            "REVOKE CREATE ON SCHEMA public FROM svc; REVOKE SELECT ON purged_tokens FROM svc",
+        )
+        .await
+        .unwrap();
+    let err = svc.check_schema().await.unwrap_err();
+    assert!(err.to_string().contains("--grant-to"), "{err}");
+    owner.grant("svc").await.unwrap();
+    svc.check_schema().await.unwrap();
+
+    // The owner lowers the floor: the dead record goes, its id stays taken,
+    // by the store and by the database itself.
     admin
         .batch_execute("UPDATE compaction_policy SET min_grace = '0'")
         .await
         .unwrap();
     svc.commit(purge(dead.token_id, 7)).await.unwrap();
     assert!(svc.get(&dead.token_id).await.unwrap().is_none());
+    assert!(svc.is_taken(&dead.token_id).await.unwrap());
     assert!(matches!(
         svc.append(dead).await,
         Err(StoreError::AlreadyExists)
     ));
+    let reused = client
+        .batch_execute(&format!(
+            "INSERT INTO records (token_id, tenant, body) VALUES ({}, 'a', '\\x01')",
+            hex(2)
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reused.as_db_error().unwrap().code(),
+        &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+    );
     // The forged tombstone did kill record 3 (a service credential can
     // always write a tombstone), but it stays until a purge names it.
     assert!(svc.get(&forged.token_id).await.unwrap().is_some());

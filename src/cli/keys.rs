@@ -390,13 +390,19 @@ async fn compact(client: &mut Client, json: bool) -> ExitCode {
                     let value = serde_json::json!({
                         "examined": p.examined, "expired": p.expired, "purged": p.purged,
                         "seal_versions_dropped": p.seal_versions_dropped,
-                        "dead_in_grace": p.dead_in_grace,
+                        "dead_in_grace": p.dead_in_grace, "unopenable": p.unopenable,
                         "dead_by_s": p.dead_by.map_or(0, |t| t.seconds),
                     });
-                    let text = format!(
+                    let mut text = format!(
                         "examined {} records: {} found expired, {} purged, {} seal versions dropped, {} dead but within the grace period",
                         p.examined, p.expired, p.purged, p.seal_versions_dropped, p.dead_in_grace
                     );
+                    if p.unopenable > 0 {
+                        text.push_str(&format!(
+                            "; {} re-sealed records kept their older versions because the newest did not open (see the server log)",
+                            p.unopenable
+                        ));
+                    }
                     return emit(json, &value, &text);
                 }
             }

@@ -237,6 +237,7 @@ fn compact_message(p: CompactProgress) -> v1::CompactResponse {
         dead_in_grace: p.dead_in_grace,
         dead_by: Some(timestamp(p.dead_by_ms)),
         finished: p.finished,
+        unopenable: p.unopenable,
     }
 }
 

@@ -496,6 +496,11 @@ impl RecordStore for FjallStore {
         Ok(out)
     }
 
+    async fn is_taken(&self, id: &TokenId) -> Result<bool, StoreError> {
+        // A purged record's marker holds its id.
+        Ok(get(&self.records, id.as_bytes())?.is_some())
+    }
+
     async fn seal_versions(&self, ids: &[TokenId]) -> Result<Vec<(TokenId, Vec<u32>)>, StoreError> {
         let mut out = Vec::new();
         for id in ids {

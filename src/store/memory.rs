@@ -308,6 +308,11 @@ impl RecordStore for MemoryStore {
             .collect())
     }
 
+    async fn is_taken(&self, id: &TokenId) -> Result<bool, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner.records.contains_key(id) || inner.purged.contains(id))
+    }
+
     async fn seal_versions(&self, ids: &[TokenId]) -> Result<Vec<(TokenId, Vec<u32>)>, StoreError> {
         let inner = self.lock()?;
         Ok(ids

@@ -1,5 +1,6 @@
 //! Sealed records: append, read, find by fingerprint, tombstone, re-seal.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -67,6 +68,21 @@ pub trait RecordStore: Engine {
     /// The seal versions (≥ 1) stored for each of `ids`, ascending; records
     /// with none are left out.
     async fn seal_versions(&self, ids: &[TokenId]) -> Result<Vec<(TokenId, Vec<u32>)>, StoreError>;
+
+    /// Whether `id` is taken: a record holds it, or held it until it was
+    /// purged (a purged id is never issued again). Token generators probe
+    /// with this, not [`Self::get`], which reads a purged record as absent.
+    async fn is_taken(&self, id: &TokenId) -> Result<bool, StoreError>;
+
+    /// Of `ids`, those the store's own floor holds back from compaction:
+    /// records whose tombstone or newest seal version it stored too
+    /// recently (PostgreSQL: younger than `compaction_policy.min_grace`, by
+    /// the database's clock). A commit would refuse their removal; the job
+    /// leaves them for a later run. The embedded stores have no floor.
+    async fn held_back(&self, ids: &[TokenId]) -> Result<HashSet<TokenId>, StoreError> {
+        let _ = ids;
+        Ok(HashSet::new())
+    }
 
     /// Appends re-sealed PAN bytes for many records, each as seal version
     /// `version`, which must be that record's current seal version + 1;

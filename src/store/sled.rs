@@ -589,6 +589,14 @@ impl RecordStore for SledStore {
         Ok(out)
     }
 
+    async fn is_taken(&self, id: &TokenId) -> Result<bool, StoreError> {
+        self.healthy()?;
+        // A purged record's marker holds its id.
+        self.records
+            .contains_key(id.as_bytes())
+            .map_err(unavailable)
+    }
+
     async fn seal_versions(&self, ids: &[TokenId]) -> Result<Vec<(TokenId, Vec<u32>)>, StoreError> {
         self.healthy()?;
         let mut out = Vec::new();

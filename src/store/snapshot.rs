@@ -193,6 +193,7 @@ pub fn restore(from: &Path, store_dir: &Path) -> Result<Counts, SnapshotError> {
         ));
     }
     db.flush().map_err(store_error)?;
+    drop(tree);
     drop(db);
     // sled's flush is not a full sync (see `store::sled`): the directory's
     // files are synced one by one before the rename makes them the store.
@@ -354,6 +355,23 @@ mod tests {
         db.flush().unwrap();
     }
 
+    /// Opens a store this process just closed: sled's I/O threads may hold
+    /// its file lock a moment after the last handle drops (a process that
+    /// exits, like `tessera restore`, never meets this).
+    fn open_when_free(dir: &Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match quiet(dir).open() {
+                Ok(db) => return db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("the restored store did not open: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn a_snapshot_restores_every_tree_and_entry() {
         let dir = tempfile::tempdir().unwrap();
@@ -363,7 +381,7 @@ mod tests {
         let restored = restore(&file, &dir.path().join("copy/store")).unwrap();
         assert_eq!(written, restored);
         assert_eq!(written.entries, 25_001);
-        let copy = quiet(&dir.path().join("copy/store")).open().unwrap();
+        let copy = open_when_free(&dir.path().join("copy/store"));
         let records = copy.open_tree("records").unwrap();
         assert_eq!(records.len(), 25_000);
         assert_eq!(

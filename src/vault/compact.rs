@@ -53,9 +53,13 @@ pub struct CompactProgress {
     pub purged: u64,
     /// Superseded seal versions dropped.
     pub seal_versions_dropped: u64,
-    /// Dead records whose tombstone is later than the cutoff: purged by a
-    /// later run.
+    /// Dead records not purged yet: their tombstone is later than the
+    /// cutoff, or younger than the store's own floor (PostgreSQL).
     pub dead_in_grace: u64,
+    /// Re-sealed records whose newest seal version did not open (a data
+    /// key gone, the bytes damaged or forged): their older versions stay,
+    /// and an alert is logged for each.
+    pub unopenable: u64,
     /// The cutoff: records dead at or before it (ms since the epoch) are
     /// purged.
     pub dead_by_ms: u64,
@@ -102,7 +106,8 @@ impl Checkpoint {
             .u64(p.expired)
             .u64(p.purged)
             .u64(p.seal_versions_dropped)
-            .u64(p.dead_in_grace);
+            .u64(p.dead_in_grace)
+            .u64(p.unopenable);
         match &self.after {
             Some(id) => w.u8(1).fixed(id.as_bytes()),
             None => w.u8(0),
@@ -122,6 +127,7 @@ impl Checkpoint {
             purged: r.u64().ok()?,
             seal_versions_dropped: r.u64().ok()?,
             dead_in_grace: r.u64().ok()?,
+            unopenable: r.u64().ok()?,
             finished: false,
         };
         let after = if r.bool().ok()? {
@@ -141,6 +147,7 @@ struct PageCounts {
     purged: u64,
     dropped: u64,
     dead_in_grace: u64,
+    unopenable: u64,
 }
 
 /// What one page asks of the store.
@@ -178,9 +185,14 @@ impl Vault {
             .await?
             .and_then(|b| Checkpoint::decode(&b))
         {
-            Some(cp) => {
+            Some(mut cp) => {
+                // Never a shorter grace than today's policy (it may have
+                // been raised since: a legal hold, an incident).
+                let today = self.clock.now_ms().saturating_sub(grace);
+                cp.progress.dead_by_ms = cp.progress.dead_by_ms.min(today);
                 tracing::info!(
                     examined = cp.progress.examined,
+                    dead_by_ms = cp.progress.dead_by_ms,
                     "resuming compaction from checkpoint"
                 );
                 cp
@@ -205,6 +217,7 @@ impl Vault {
             p.purged += page.counts.purged;
             p.seal_versions_dropped += page.counts.dropped;
             p.dead_in_grace += page.counts.dead_in_grace;
+            p.unopenable += page.counts.unopenable;
             cp.after = Some(page.last);
             self.store.put_checkpoint(CHECKPOINT, cp.encode()).await?;
             report(cp.progress);
@@ -234,7 +247,8 @@ impl Vault {
 
     /// Compacts the page after the checkpoint; `None` past the last
     /// record. A refused commit (the page changed under it: another
-    /// replica compacting, a call writing a tombstone) reads it again.
+    /// replica compacting, a call writing a tombstone) reads it again; a
+    /// page that keeps changing stops the run (ABORTED: run it again).
     async fn compact_page(
         &self,
         cp: &Checkpoint,
@@ -258,13 +272,17 @@ impl Vault {
             }
             let mut page_event = event.clone();
             page_event.action = COMPACTED_ACTION.to_owned();
+            // The page's first and last keyed ids: whether a given token
+            // was purged, and by whom, is the event whose range holds it.
+            let first = page.first().map_or(last, |f| f).record.token_id.short();
             page_event.resource = format!(
-                "records:{} expired:{} purged:{} seal_versions_dropped:{} dead_by_ms:{} through:{}",
+                "records:{} expired:{} purged:{} seal_versions_dropped:{} dead_by_ms:{} from:{} through:{}",
                 page.len(),
                 counts.expired,
                 counts.purged,
                 counts.dropped,
                 cp.progress.dead_by_ms,
+                first,
                 last.record.token_id.short()
             );
             page_event.outcome = "OK".to_owned();
@@ -278,41 +296,46 @@ impl Vault {
                         "compaction page changed under it; reading it again"
                     );
                 }
-                // Refused on a fresh read each time: not a race. On
-                // PostgreSQL, the owner's floor is above the grace period.
-                Err(WriteError::Refused(StoreError::Conflict)) => {
-                    return Err(VaultError::Precondition(
-                        "the store refused to purge records the grace period allows: on \
-                         PostgreSQL, tokens.purge_grace_s must be at least the database's \
-                         compaction_policy.min_grace (one day unless its owner changed it)"
-                            .into(),
-                    ));
+                Err(WriteError::Refused(_)) => {
+                    tracing::warn!(
+                        attempts = attempt,
+                        "a compaction page kept changing under the run; stopping it"
+                    );
+                    return Err(VaultError::Contended);
                 }
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// What to remove from one page.
+    /// What to remove from one page. Records the store's own floor holds
+    /// back (PostgreSQL) wait for a later run; superseded seal versions go
+    /// only when the newest opens, so a forged or damaged newest version
+    /// never takes the good ones with it.
     async fn plan_page(
         &self,
         page: &[StoredRecord],
         dead_by_ms: u64,
     ) -> Result<PagePlan, VaultError> {
         let now = self.clock.now_ms();
+        let ids: Vec<TokenId> = page.iter().map(|r| r.record.token_id).collect();
+        let held_back = self.store.held_back(&ids).await?;
         let mut plan = PagePlan::default();
         let mut resealed = Vec::new();
         for stored in page {
             let id = stored.record.token_id;
             match stored.tombstone {
-                Some(tombstone) if tombstone.at_ms <= dead_by_ms => {
+                Some(tombstone) if tombstone.at_ms <= dead_by_ms && !held_back.contains(&id) => {
                     plan.unit
                         .compactions
                         .push(Compaction::Purge { id, dead_by_ms });
                     plan.counts.purged += 1;
                     continue;
                 }
-                Some(_) => plan.counts.dead_in_grace += 1,
+                Some(_) => {
+                    plan.counts.dead_in_grace += 1;
+                    continue;
+                }
                 None if !self.is_live(stored, now) => {
                     let tombstone = Tombstone {
                         reason: TombstoneReason::Expired,
@@ -324,28 +347,45 @@ impl Vault {
                 }
                 None => {}
             }
-            if stored.seal_version >= 2 {
-                resealed.push((id, stored.seal_version));
+            if stored.seal_version >= 2 && !held_back.contains(&id) {
+                resealed.push(stored);
             }
         }
         if resealed.is_empty() {
             return Ok(plan);
         }
-        let ids: Vec<TokenId> = resealed.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<TokenId> = resealed.iter().map(|r| r.record.token_id).collect();
         let stored_versions: HashMap<TokenId, Vec<u32>> =
             self.store.seal_versions(&ids).await?.into_iter().collect();
-        for (id, newest) in resealed {
+        for stored in resealed {
+            let id = stored.record.token_id;
             let Some(versions) = stored_versions.get(&id) else {
                 continue;
             };
-            let superseded: Vec<u32> = versions.iter().copied().filter(|v| *v < newest).collect();
-            if !superseded.is_empty() {
-                plan.counts.dropped += u64::try_from(superseded.len()).unwrap_or(u64::MAX);
-                plan.unit.compactions.push(Compaction::DropSealVersions {
-                    id,
-                    versions: superseded,
-                });
+            let superseded: Vec<u32> = versions
+                .iter()
+                .copied()
+                .filter(|v| *v < stored.seal_version)
+                .collect();
+            if superseded.is_empty() {
+                continue;
             }
+            if let Err(e) = self.open(&stored.record.tenant, stored).await {
+                tracing::warn!(
+                    token = %id.short(),
+                    seal_version = stored.seal_version,
+                    error = %e,
+                    alert = "compaction_unopenable",
+                    "the newest seal version does not open; keeping the older ones"
+                );
+                plan.counts.unopenable += 1;
+                continue;
+            }
+            plan.counts.dropped += u64::try_from(superseded.len()).unwrap_or(u64::MAX);
+            plan.unit.compactions.push(Compaction::DropSealVersions {
+                id,
+                versions: superseded,
+            });
         }
         Ok(plan)
     }
@@ -370,6 +410,7 @@ mod tests {
                 purged: 3,
                 seal_versions_dropped: 4,
                 dead_in_grace: 5,
+                unopenable: 8,
                 dead_by_ms: 6,
                 finished: false,
             },

@@ -228,6 +228,8 @@ impl Vault {
                         Ok(()) => cp.rewritten += 1,
                         // Another writer re-sealed it first; it is current either way.
                         Err(crate::store::StoreError::AlreadyExists) => {}
+                        // Purged meanwhile by compaction: nothing left to move.
+                        Err(crate::store::StoreError::NotFound) => {}
                         Err(e) => return Err(e.into()),
                     }
                 }

@@ -449,7 +449,7 @@ impl Vault {
             for step in 0..capacity {
                 let index = (start + step) % capacity;
                 let token = RandomGenerator::candidate(&plan.pan, &plan.format, index)?;
-                if self.store.get(&plan.keys.token_id(&token)).await?.is_some() {
+                if self.store.is_taken(&plan.keys.token_id(&token)).await? {
                     continue;
                 }
                 if let Placed::Issued(done) = self.place(tenant, plan, token, note).await? {
@@ -511,7 +511,8 @@ impl Vault {
             .keys
             .ff1()
             .generate(&plan.pan, &plan.format, generation)?;
-        Ok(self.store.get(&plan.keys.token_id(&token)).await?.is_some())
+        // A purged generation stays taken: the store refuses its id.
+        Ok(self.store.is_taken(&plan.keys.token_id(&token)).await?)
     }
 
     /// `token`'s record for `plan`, its PAN sealed under the tenant's data

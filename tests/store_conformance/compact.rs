@@ -88,6 +88,10 @@ pub async fn a_purged_record_is_gone_but_its_id_stays_taken(f: &dyn Factory) {
         vec![id(2)]
     );
     assert!(store.seal_versions(&[id(1)]).await.unwrap().is_empty());
+    // Absent to readers, taken to token generators.
+    assert!(store.is_taken(&id(1)).await.unwrap());
+    assert!(store.is_taken(&id(2)).await.unwrap());
+    assert!(!store.is_taken(&id(9)).await.unwrap());
     // Its id is never taken again, never tombstoned, never re-sealed.
     assert!(matches!(
         store.append(record(1, "a", None)).await,
@@ -207,4 +211,28 @@ pub async fn scan_all_pages_every_tenant_in_id_order(f: &dyn Factory) {
         .collect();
     assert_eq!(seen, (1..=5).map(id).collect::<Vec<_>>());
     assert!(store.scan_all(Some(id(5)), 10).await.unwrap().is_empty());
+}
+
+pub async fn a_batch_may_purge_a_holder_and_hand_its_fingerprint_on(f: &dyn Factory) {
+    let store = f.make().await;
+    let fp = Fingerprint::from_bytes([9; 32]);
+    store.append(record(1, "a", Some(9))).await.unwrap();
+    store.append_tombstone(&id(1), dead_at(7)).await.unwrap();
+    let batch = WriteBatch {
+        units: vec![
+            WriteUnit {
+                compactions: vec![purge(1, 7)],
+                ..WriteUnit::default()
+            },
+            WriteUnit {
+                records: vec![record(2, "a", Some(9))],
+                ..WriteUnit::default()
+            },
+        ],
+        ..WriteBatch::default()
+    };
+    store.commit(Arc::new(batch)).await.unwrap();
+    assert!(store.get(&id(1)).await.unwrap().is_none());
+    let holder = store.find_by_fingerprint(&tenant("a"), &fp).await.unwrap();
+    assert_eq!(holder.unwrap().record.token_id, id(2));
 }

@@ -61,7 +61,7 @@ macro_rules! conformance {
             audit: [audit_log_appends_only_at_the_end];
             jobs: [checkpoints_overwrite_and_list];
             state: [state_puts_only_what_the_writer_expected, state_changes_come_in_order_with_deletions, racing_conditional_puts_lose_no_update];
-            compact: [a_purged_record_is_gone_but_its_id_stays_taken, only_records_dead_by_the_cutoff_are_purged, seal_versions_drop_only_below_the_newest, scan_all_pages_every_tenant_in_id_order];
+            compact: [a_purged_record_is_gone_but_its_id_stays_taken, only_records_dead_by_the_cutoff_are_purged, seal_versions_drop_only_below_the_newest, scan_all_pages_every_tenant_in_id_order, a_batch_may_purge_a_holder_and_hand_its_fingerprint_on];
             batch: [commit_writes_every_unit_and_event_together, commit_refuses_the_unit_that_breaks_a_rule_and_writes_nothing, commit_units_see_the_units_before_them, commit_tombstone_of_a_missing_record_is_not_found, commit_events_only_at_the_end_of_the_log, concurrent_commits_keep_single_use_exactly_once, commit_chains_events_after_the_last_event_under_its_lock, commit_fails_whole_when_the_chain_step_refuses, commit_writes_a_units_wrapped_keys_with_it_once];
         );
     };

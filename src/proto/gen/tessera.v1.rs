@@ -1251,7 +1251,8 @@ pub struct CompactResponse {
     /// Seal versions dropped, each older than its record's newest.
     #[prost(uint64, tag = "4")]
     pub seal_versions_dropped: u64,
-    /// Dead records still within the grace period.
+    /// Dead records not purged yet: within the grace period, or younger than
+    /// the database's own floor (PostgreSQL).
     #[prost(uint64, tag = "5")]
     pub dead_in_grace: u64,
     /// Records dead at or before this time are purged.
@@ -1260,6 +1261,10 @@ pub struct CompactResponse {
     /// True on the last message.
     #[prost(bool, tag = "7")]
     pub finished: bool,
+    /// Re-sealed records whose newest seal version did not open: their older
+    /// versions were kept (each logged as an alert).
+    #[prost(uint64, tag = "8")]
+    pub unopenable: u64,
 }
 /// Life-cycle state of a data key version (PCI DSS 3.7.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

@@ -34,8 +34,9 @@ struct Known {
     /// For the batch's compactions: each tombstoned record's tombstone,
     /// and whether the database's own grace (`compaction_policy`) passed.
     dead: HashMap<TokenId, (Tombstone, bool)>,
-    /// For the batch's compactions: each record's stored seal versions.
-    versions: HashMap<TokenId, Vec<u32>>,
+    /// For the batch's compactions: each record's stored seal versions,
+    /// and whether the newest is older than the database's floor.
+    versions: HashMap<TokenId, (Vec<u32>, bool)>,
     /// Each fingerprint's holder, and whether it is tombstoned.
     holders: HashMap<(String, Fingerprint), (TokenId, bool)>,
     /// Store keys of the batch's wrapped keys already in the key table.
@@ -234,8 +235,7 @@ async fn compaction_facts(
         .collect();
     for row in tx
         .query(
-            "SELECT token_id, body,
-                    recorded_at <= now() - (SELECT min_grace FROM compaction_policy)
+            "SELECT token_id, body, tessera_graced(recorded_at, xmin)
              FROM tombstones WHERE token_id = ANY($1)",
             &[&ids],
         )
@@ -243,14 +243,19 @@ async fn compaction_facts(
         .map_err(unavailable)?
     {
         let id = token_id(row.try_get(0))?;
-        let tombstone = Tombstone::decode(row.try_get(1).map_err(super::damaged)?)?;
+        // A tombstone that does not decode qualifies nothing: its unit is
+        // refused, and the other callers' units commit.
+        let Ok(tombstone) = Tombstone::decode(row.try_get(1).map_err(super::damaged)?) else {
+            continue;
+        };
         let graced: bool = row.try_get(2).map_err(super::damaged)?;
         known.dead.insert(id, (tombstone, graced));
     }
     for row in tx
         .query(
-            "SELECT token_id, array_agg(version) FROM sealed_versions
-             WHERE token_id = ANY($1) GROUP BY token_id",
+            "SELECT token_id, array_agg(version),
+                    (array_agg(tessera_graced(recorded_at, xmin) ORDER BY version DESC))[1]
+             FROM sealed_versions WHERE token_id = ANY($1) GROUP BY token_id",
             &[&ids],
         )
         .await
@@ -262,7 +267,8 @@ async fn compaction_facts(
             .into_iter()
             .map(|v| u32::try_from(v).map_err(|_| StoreError::Damaged("negative seal version")))
             .collect::<Result<_, _>>()?;
-        known.versions.insert(id, versions);
+        let graced: bool = row.try_get(2).map_err(super::damaged)?;
+        known.versions.insert(id, (versions, graced));
     }
     Ok(())
 }
@@ -406,7 +412,15 @@ fn check<'a>(batch: &'a WriteBatch, known: &Known) -> Result<Rows<'a>, CommitErr
                     purges.push(id.as_bytes().as_slice());
                 }
                 Compaction::DropSealVersions { versions, .. } => {
-                    let stored = known.versions.get(id).map_or(&[][..], Vec::as_slice);
+                    let (stored, graced) = known
+                        .versions
+                        .get(id)
+                        .map_or((&[][..], false), |(v, graced)| (v.as_slice(), *graced));
+                    // The owner's floor, by the database's clock: a newest
+                    // version stored a moment ago (forged, say) drops nothing.
+                    if !graced {
+                        return Err(refuse(StoreError::Conflict));
+                    }
                     let newest = stored.iter().copied().max().unwrap_or(0);
                     compact::check_drop(held, versions, newest, |v| {
                         stored.contains(&v) && !new_dropped.contains(&(*id, v))

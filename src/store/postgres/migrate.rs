@@ -131,6 +131,43 @@ pub async fn owns_schema(client: &Client) -> Result<bool, StoreError> {
         .map_err(damaged)
 }
 
+/// Checks that a serving role that does not own the schema holds what
+/// serving needs (a migration applied without `--grant-to` again would
+/// otherwise fail every write) and cannot create objects beside the tables
+/// (which the owner's compaction functions could be made to call).
+pub async fn check_grants(client: &Client) -> Result<(), StoreError> {
+    let row = client
+        .query_one(
+            "SELECT has_schema_privilege(current_schema(), 'CREATE'),
+                    has_table_privilege('purged_tokens', 'SELECT'),
+                    has_function_privilege('tessera_purge(bytea[], bigint)', 'EXECUTE'),
+                    has_function_privilege('tessera_drop_seal_versions(bytea[], integer[])', 'EXECUTE'),
+                    has_function_privilege('tessera_graced(timestamptz, xid)', 'EXECUTE')",
+            &[],
+        )
+        .await
+        .map_err(unavailable)?;
+    let granted = |i| row.try_get::<_, bool>(i).map_err(damaged);
+    if granted(0)? {
+        return Err(StoreError::Unavailable(
+            "postgres: the serving role may create objects in the schema, which could take the \
+             place of functions the compaction job runs as the owner; REVOKE CREATE ON SCHEMA \
+             from it (and from PUBLIC)"
+                .to_owned(),
+        ));
+    }
+    for column in 1..=4 {
+        if !granted(column)? {
+            return Err(StoreError::Unavailable(
+                "postgres: the serving role lacks grants of this build's schema; run \
+                 `tessera migrate --grant-to ROLE` as the owner"
+                    .to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether `role` is a plain lower-case identifier, the only role names
 /// `grant` writes into SQL.
 fn is_plain_identifier(role: &str) -> bool {
@@ -160,7 +197,8 @@ pub async fn grant(client: &Client, role: &str) -> Result<(), StoreError> {
              GRANT SELECT, INSERT, UPDATE, DELETE ON wrapped_keys, checkpoints TO \"{role}\";
              GRANT SELECT ON tessera_migrations, purged_tokens, compaction_policy TO \"{role}\";
              GRANT EXECUTE ON FUNCTION tessera_purge(bytea[], bigint),
-                 tessera_drop_seal_versions(bytea[], integer[]) TO \"{role}\";"
+                 tessera_drop_seal_versions(bytea[], integer[]),
+                 tessera_graced(timestamptz, xid) TO \"{role}\";"
         ))
         .await
         .map_err(unavailable)

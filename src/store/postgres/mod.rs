@@ -255,7 +255,8 @@ impl PgStore {
     /// Checks the database holds the schema this build expects: start-up
     /// refuses an older one (or none) and serves a newer one, which a
     /// rolling upgrade's first new replica migrated to, with a warning.
-    /// Warns too when serving as the tables' owner.
+    /// Warns too when serving as the tables' owner, and refuses a serving
+    /// role that lacks this schema's grants or may create objects in it.
     pub async fn check_schema(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         let found = migrate::current(&client).await?;
@@ -283,6 +284,8 @@ impl PgStore {
                 "postgres: serving as the owner of the tables, which can disable their \
                  append-only triggers; serve as a role given `tessera migrate --grant-to`"
             );
+        } else {
+            migrate::check_grants(&client).await?;
         }
         Ok(())
     }

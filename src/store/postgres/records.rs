@@ -1,7 +1,7 @@
 //! Sealed records on PostgreSQL: reads by id, fingerprint and tenant, and
 //! re-sealed versions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use deadpool_postgres::Object;
@@ -115,6 +115,51 @@ impl RecordStore for PgStore {
                 .collect()
         })
         .await
+    }
+
+    async fn is_taken(&self, id: &TokenId) -> Result<bool, StoreError> {
+        let id: &[u8] = id.as_bytes();
+        self.call(async |client| {
+            client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM records WHERE token_id = $1)
+                         OR EXISTS (SELECT 1 FROM purged_tokens WHERE token_id = $1)",
+                    &[&id],
+                )
+                .await
+                .map_err(unavailable)?
+                .try_get(0)
+                .map_err(damaged)
+        })
+        .await
+    }
+
+    async fn held_back(&self, ids: &[TokenId]) -> Result<HashSet<TokenId>, StoreError> {
+        let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
+        let rows = self
+            .call(async |client| {
+                client
+                    .query(
+                        "SELECT token_id FROM tombstones
+                         WHERE token_id = ANY($1) AND NOT tessera_graced(recorded_at, xmin)
+                         UNION
+                         SELECT token_id FROM (
+                             SELECT DISTINCT ON (token_id) token_id, recorded_at, xmin
+                             FROM sealed_versions WHERE token_id = ANY($1)
+                             ORDER BY token_id, version DESC
+                         ) newest WHERE NOT tessera_graced(recorded_at, xmin)",
+                        &[&ids],
+                    )
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                TokenId::from_slice(row.try_get(0).map_err(damaged)?)
+                    .ok_or(StoreError::Damaged("corrupt token id"))
+            })
+            .collect()
     }
 
     async fn seal_versions(&self, ids: &[TokenId]) -> Result<Vec<(TokenId, Vec<u32>)>, StoreError> {

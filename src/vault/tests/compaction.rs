@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::audit::AuditEvent;
+use crate::tokens::GeneratorKind;
 use crate::vault::compact::{COMPACTED_ACTION, CompactProgress, PAGE};
 
 const HOUR_MS: u64 = 3_600_000;
@@ -215,4 +216,107 @@ async fn a_run_cut_short_continues_from_its_checkpoint_with_its_cutoff() {
     assert!(f.vault.store.scan_all(None, 10).await.unwrap().is_empty());
     assert!(!f.vault.compaction_pending().await.unwrap());
     assert_eq!(compacted_events(&f.vault).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_card_whose_ff1_tokens_were_purged_gets_a_fresh_generation() {
+    let f = fixture(VaultPolicy {
+        purge_grace: Duration::ZERO,
+        ..VaultPolicy::default()
+    });
+    let t = tenant("default");
+    let ff1 = || TokenizeCommand {
+        format: FormatRequest {
+            generator: Some(GeneratorKind::Ff1),
+            ..FormatRequest::default()
+        },
+        ..cmd(MC19)
+    };
+    let mut purged = Vec::new();
+    for _ in 0..2 {
+        let token = f.vault.tokenize(&t, ff1()).await.unwrap().token;
+        f.vault.delete(&t, &token).await.unwrap();
+        purged.push(token);
+    }
+    f.clock.advance_ms(1);
+    assert_eq!(
+        f.vault.compact(&operator(), |_| {}).await.unwrap().purged,
+        2
+    );
+    // Generations 0 and 1 read as absent but stay taken: the next is 2.
+    let fresh = f.vault.tokenize(&t, ff1()).await.unwrap();
+    assert!(!purged.contains(&fresh.token));
+    let pan = f.vault.detokenize(&t, &fresh.token).await.unwrap();
+    assert_eq!(pan.expose_ascii().as_slice(), MC19.as_bytes());
+}
+
+#[tokio::test]
+async fn a_newest_seal_version_that_does_not_open_keeps_the_older_ones() {
+    let f = fixture(VaultPolicy::default());
+    let t = tenant("default");
+    let token = f.vault.tokenize(&t, cmd(VISA)).await.unwrap().token;
+    for _ in 0..2 {
+        f.vault.rotate_data_key(&t).await.unwrap();
+        f.vault.reencrypt(&t, |_| {}).await.unwrap();
+    }
+    let id = f.vault.store.scan_all(None, 1).await.unwrap()[0]
+        .record
+        .token_id;
+    // A forged (or damaged) newest version: it must not take the good
+    // ones with it.
+    let forged = crate::store::SealedVersion {
+        id,
+        version: 3,
+        sealed_pan: vec![0xAB; 60],
+    };
+    f.vault
+        .store
+        .append_sealed_versions(vec![forged])
+        .await
+        .unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let done = f.vault.compact(&operator(), |_| {}).await.unwrap();
+    assert_eq!((done.seal_versions_dropped, done.unopenable), (0, 1));
+    assert_eq!(
+        f.vault.store.seal_versions(&[id]).await.unwrap(),
+        vec![(id, vec![1, 2, 3])]
+    );
+    assert!(f.vault.detokenize(&t, &token).await.is_err());
+}
+
+#[tokio::test]
+async fn a_resumed_run_never_purges_under_a_shorter_grace_than_todays() {
+    let f = fixture(VaultPolicy {
+        purge_grace: Duration::ZERO,
+        ..VaultPolicy::default()
+    });
+    let t = tenant("default");
+    let total = PAGE + 100;
+    for n in 0..total {
+        let token = f.vault.tokenize(&t, cmd(&pan(n))).await.unwrap().token;
+        f.vault.delete(&t, &token).await.unwrap();
+    }
+    f.clock.advance_ms(1);
+    let vault = f.vault.clone();
+    f.vault
+        .compact(&operator(), |_| vault.seal())
+        .await
+        .unwrap_err();
+    assert!(f.vault.compaction_pending().await.unwrap());
+    // The grace is raised (a legal hold) before the run is resumed.
+    let kms = Arc::new(DevKms::open_or_create(&f._dir.path().join("k"), Profile::Dev).unwrap());
+    let held = Vault::new(
+        kms,
+        f.vault.store.clone(),
+        f.clock.clone(),
+        VaultPolicy {
+            purge_grace: Duration::from_millis(HOUR_MS),
+            ..VaultPolicy::default()
+        },
+    );
+    let done = held.compact(&operator(), |_| {}).await.unwrap();
+    let (first_page, rest) = (u64::try_from(PAGE).unwrap(), 100);
+    assert_eq!((done.purged, done.dead_in_grace), (first_page, rest));
+    assert_eq!(done.dead_by_ms, f.clock.now_ms() - HOUR_MS);
 }
