@@ -42,19 +42,36 @@ CREATE TRIGGER purged_tokens_no_truncate BEFORE TRUNCATE ON purged_tokens
 -- The database itself refuses a record under a purged id, whoever inserts
 -- it (a replica of an older build, a stolen credential). Tessera checks
 -- first, so its own writers see a refusal per call, not a failed batch.
-CREATE FUNCTION tessera_refuse_purged_id() RETURNS trigger
-LANGUAGE plpgsql AS $$
+-- The function runs as the inserting role, so its search path is fixed and
+-- the table named with its schema: a temporary table called
+-- `purged_tokens` must not stand in for the real one.
+DO $migration$
 BEGIN
-    IF EXISTS (SELECT 1 FROM purged_tokens p WHERE p.token_id = NEW.token_id) THEN
-        RAISE EXCEPTION 'tessera: token id was purged and stays reserved'
-            USING ERRCODE = 'unique_violation';
-    END IF;
-    RETURN NEW;
+    EXECUTE format($fn$
+        CREATE FUNCTION tessera_refuse_purged_id() RETURNS trigger
+        LANGUAGE plpgsql SET search_path = pg_catalog, %1$I, pg_temp AS $body$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM inserted i
+                       JOIN %1$I.purged_tokens p ON p.token_id = i.token_id) THEN
+                RAISE EXCEPTION 'tessera: token id was purged and stays reserved'
+                    USING ERRCODE = 'unique_violation';
+            END IF;
+            RETURN NULL;
+        END
+        $body$
+    $fn$, current_schema());
 END
-$$;
+$migration$;
 
-CREATE TRIGGER records_not_purged BEFORE INSERT ON records
-    FOR EACH ROW EXECUTE FUNCTION tessera_refuse_purged_id();
+-- Once per statement, over all its rows: a batch of 1,000 records is one
+-- join, not 1,000 calls.
+CREATE TRIGGER records_not_purged AFTER INSERT ON records
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION tessera_refuse_purged_id();
+
+-- A purge deletes records by id; each deleted record's foreign-key check
+-- looks its id up in the fingerprint index, which needs an index of its own.
+CREATE INDEX fingerprints_by_token ON fingerprints (token_id);
 
 -- The owner's floor under every removal: a row younger than this (by the
 -- database's clock) is never removed, whatever the service asks.
@@ -111,7 +128,8 @@ BEGIN
             cutoff timestamptz := pg_catalog.now()
                 - (SELECT p.min_grace FROM %1$I.compaction_policy p);
         BEGIN
-            IF recorded_at > cutoff THEN
+            -- No policy row: no floor known, so nothing is old enough.
+            IF cutoff IS NULL OR recorded_at > cutoff THEN
                 RETURN false;
             END IF;
             IF pg_catalog.current_setting('track_commit_timestamp')::boolean THEN

@@ -31,8 +31,8 @@ impl suite::Factory for Hsm {
         // Each call: a new KEK on the token, so two instances have different master keys.
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let config = self.token.config(&format!("kek-{n}"));
-        Pkcs11Kms::create_kek(&config).unwrap();
-        Box::new(Pkcs11Kms::open(&config).unwrap())
+        softhsm::retrying(|| Pkcs11Kms::create_kek(&config));
+        Box::new(softhsm::retrying(|| Pkcs11Kms::open(&config)))
     }
     fn production_grade(&self) -> bool {
         true
@@ -53,14 +53,14 @@ async fn pkcs11_kms_conforms_on_softhsm2() {
     // The KEK is a token object: a second process (here: a second open)
     // finds it by label and unwraps what the first wrapped.
     let config = hsm.token.config("kek-0");
-    let first = Pkcs11Kms::open(&config).unwrap();
+    let first = softhsm::retrying(|| Pkcs11Kms::open(&config));
     let ctx = tessera::kms::KeyContext {
         tenant: tessera::domain::TenantId::new("t").unwrap(),
         purpose: tessera::kms::KeyPurpose::Data,
         version: 1,
     };
     let (key, wrapped) = first.generate_data_key(&ctx).await.unwrap();
-    let second = Pkcs11Kms::open(&config).unwrap();
+    let second = softhsm::retrying(|| Pkcs11Kms::open(&config));
     assert_eq!(
         second
             .unwrap_data_key(&wrapped, &ctx)

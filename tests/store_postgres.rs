@@ -515,9 +515,11 @@ async fn the_service_role_purges_only_through_the_functions_and_only_what_qualif
         svc.append(dead).await,
         Err(StoreError::AlreadyExists)
     ));
+    // Also with a temporary `purged_tokens` standing in for the real one.
     let reused = client
         .batch_execute(&format!(
-            "INSERT INTO records (token_id, tenant, body) VALUES ({}, 'a', '\\x01')",
+            "CREATE TEMP TABLE purged_tokens (token_id bytea);
+             INSERT INTO records (token_id, tenant, body) VALUES ({}, 'a', '\\x01')",
             hex(2)
         ))
         .await

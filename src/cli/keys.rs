@@ -82,6 +82,7 @@ pub enum KeysCommand {
     /// Operators: purge dead tokens past the grace period
     /// (`tokens.purge_grace_s`) and drop superseded seal versions, in
     /// every tenant. Audited page by page; continues a run that stopped.
+    /// Exits 1 when a re-sealed record's newest version did not open.
     Compact,
 }
 
@@ -403,7 +404,14 @@ async fn compact(client: &mut Client, json: bool) -> ExitCode {
                             p.unopenable
                         ));
                     }
-                    return emit(json, &value, &text);
+                    let written = emit(json, &value, &text);
+                    // A record whose newest version does not open needs a
+                    // look: a cron job running this should notice.
+                    return if p.unopenable > 0 {
+                        ExitCode::FAILURE
+                    } else {
+                        written
+                    };
                 }
             }
             Ok(None) => {

@@ -749,8 +749,13 @@ impl KeyAdmin for KeyAdminService {
                 log_outcome(&last);
                 let summary = match &last {
                     Ok(m) => format!(
-                        "{resource} job:end examined:{} expired:{} purged:{} seal_versions_dropped:{}",
-                        m.examined, m.expired, m.purged, m.seal_versions_dropped
+                        "{resource} job:end examined:{} expired:{} purged:{} seal_versions_dropped:{} dead_in_grace:{} unopenable:{}",
+                        m.examined,
+                        m.expired,
+                        m.purged,
+                        m.seal_versions_dropped,
+                        m.dead_in_grace,
+                        m.unopenable
                     ),
                     Err(_) => format!("{resource} job:end"),
                 };

@@ -370,16 +370,34 @@ impl Vault {
             if superseded.is_empty() {
                 continue;
             }
-            if let Err(e) = self.open(&stored.record.tenant, stored).await {
-                tracing::warn!(
-                    token = %id.short(),
-                    seal_version = stored.seal_version,
-                    error = %e,
-                    alert = "compaction_unopenable",
-                    "the newest seal version does not open; keeping the older ones"
-                );
-                plan.counts.unopenable += 1;
-                continue;
+            match self.open(&stored.record.tenant, stored).await {
+                Ok(_) => {}
+                // Its data key is gone (a shred, or a version that never
+                // existed): kept, counted, and logged without an alert.
+                Err(VaultError::MissingKey) => {
+                    tracing::info!(
+                        token = %id.short(),
+                        seal_version = stored.seal_version,
+                        "the newest seal version's data key is gone; keeping the older ones"
+                    );
+                    plan.counts.unopenable += 1;
+                    continue;
+                }
+                // The bytes do not open under their key: forged or damaged.
+                Err(e @ (VaultError::Envelope(_) | VaultError::Store(StoreError::Corrupt(_)))) => {
+                    tracing::warn!(
+                        token = %id.short(),
+                        seal_version = stored.seal_version,
+                        error = %e,
+                        alert = "compaction_unopenable",
+                        "the newest seal version does not open; keeping the older ones"
+                    );
+                    plan.counts.unopenable += 1;
+                    continue;
+                }
+                // The KMS or the store did not answer: the run stops, and
+                // continues from its checkpoint when run again.
+                Err(e) => return Err(e),
             }
             plan.counts.dropped += u64::try_from(superseded.len()).unwrap_or(u64::MAX);
             plan.unit.compactions.push(Compaction::DropSealVersions {

@@ -304,7 +304,7 @@ impl Vault {
     ) -> Result<HashSet<usize>, VaultError> {
         let mut lost = HashSet::new();
         for (item, token_id, fingerprint) in claims {
-            let id_taken = self.store.get(token_id).await?.is_some();
+            let id_taken = self.store.is_taken(token_id).await?;
             let card_taken = match fingerprint {
                 Some(fp) => self
                     .store
@@ -331,7 +331,7 @@ impl Vault {
     ) -> Result<Option<Token>, VaultError> {
         let free = |token: Token| async {
             let id = plan.keys.token_id(&token);
-            let used = taken.contains(&id) || self.store.get(&id).await?.is_some();
+            let used = taken.contains(&id) || self.store.is_taken(&id).await?;
             Ok::<_, VaultError>((!used).then_some(token))
         };
         match plan.format.generator() {

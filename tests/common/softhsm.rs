@@ -98,6 +98,25 @@ impl Token {
     }
 }
 
+/// Runs a PKCS#11 step, again after a moment when SoftHSM fails it: every
+/// test process shares the default token directory, and a token another
+/// process deletes while this one lists the slots fails the listing with
+/// CKR_GENERAL_ERROR. A real HSM has no such neighbours.
+pub fn retrying<T, E: std::fmt::Debug>(mut step: impl FnMut() -> Result<T, E>) -> T {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match step() {
+            Ok(value) => return value,
+            Err(e) if attempt < 5 => {
+                eprintln!("softhsm step failed (attempt {attempt}), retrying: {e:?}");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => panic!("softhsm step failed {attempt} times: {e:?}"),
+        }
+    }
+}
+
 impl Drop for Token {
     fn drop(&mut self) {
         let _ = Command::new("softhsm2-util")

@@ -320,3 +320,49 @@ async fn a_resumed_run_never_purges_under_a_shorter_grace_than_todays() {
     assert_eq!((done.purged, done.dead_in_grace), (first_page, rest));
     assert_eq!(done.dead_by_ms, f.clock.now_ms() - HOUR_MS);
 }
+
+#[tokio::test]
+async fn a_batch_with_a_card_whose_ff1_token_was_purged_commits_once() {
+    let f = fixture(VaultPolicy {
+        purge_grace: Duration::ZERO,
+        ..VaultPolicy::default()
+    });
+    let t = tenant("default");
+    let ff1 = |p: &str| TokenizeCommand {
+        format: FormatRequest {
+            generator: Some(GeneratorKind::Ff1),
+            ..FormatRequest::default()
+        },
+        ..cmd(p)
+    };
+    let purged = f.vault.tokenize(&t, ff1(MC19)).await.unwrap().token;
+    f.vault.delete(&t, &purged).await.unwrap();
+    f.clock.advance_ms(1);
+    assert_eq!(
+        f.vault.compact(&operator(), |_| {}).await.unwrap().purged,
+        1
+    );
+    let event = AuditEvent {
+        action: "TokenizeBatch".into(),
+        principal: "batcher".into(),
+        ..AuditEvent::default()
+    };
+    let items = vec![ff1(MC19), ff1(&pan(7)), ff1(&pan(8))];
+    let results = f
+        .vault
+        .tokenize_batch(&t, items, event, |r| format!("items={}", r.len()))
+        .await
+        .unwrap();
+    let fresh = &results[0].as_ref().unwrap().token;
+    assert_ne!(fresh, &purged);
+    let pan = f.vault.detokenize(&t, fresh).await.unwrap();
+    assert_eq!(pan.expose_ascii().as_slice(), MC19.as_bytes());
+    // The purged generation was skipped up front: one commit, one event,
+    // not a refused batch placed item by item.
+    let events = f.vault.audit_events(0, 1000).await.unwrap();
+    let batch: Vec<_> = events
+        .iter()
+        .filter(|e| e.event.principal == "batcher")
+        .collect();
+    assert_eq!(batch.len(), 1, "{batch:#?}");
+}
