@@ -287,30 +287,14 @@ async fn call(fx: &mut Fixture, caller: &Caller, rpc: Rpc) -> Outcome {
         Rpc::RotateMasterKey => plain(outcome(
             admin.rotate_master_key(v1::RotateMasterKeyRequest {}).await,
         )),
-        Rpc::Reencrypt => {
-            let code = match admin
-                .reencrypt(v1::ReencryptRequest { tenant: home() })
-                .await
-            {
-                Ok(stream) => {
-                    let mut stream = stream.into_inner();
-                    let mut code = Code::Ok;
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(_)) => {}
-                            Ok(None) => break,
-                            Err(s) => {
-                                code = s.code();
-                                break;
-                            }
-                        }
-                    }
-                    code
-                }
-                Err(s) => s.code(),
-            };
-            plain(code)
-        }
+        Rpc::Reencrypt => plain(
+            drained(
+                admin
+                    .reencrypt(v1::ReencryptRequest { tenant: home() })
+                    .await,
+            )
+            .await,
+        ),
         Rpc::RetireDataKey => plain(outcome(
             admin
                 .retire_data_key(v1::RetireDataKeyRequest {
@@ -414,27 +398,7 @@ async fn call(fx: &mut Fixture, caller: &Caller, rpc: Rpc) -> Outcome {
                 })
                 .await,
         )),
-        Rpc::Compact => {
-            let code = match admin.compact(v1::CompactRequest {}).await {
-                Ok(stream) => {
-                    let mut stream = stream.into_inner();
-                    let mut code = Code::Ok;
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(_)) => {}
-                            Ok(None) => break,
-                            Err(s) => {
-                                code = s.code();
-                                break;
-                            }
-                        }
-                    }
-                    code
-                }
-                Err(s) => s.code(),
-            };
-            plain(code)
-        }
+        Rpc::Compact => plain(drained(admin.compact(v1::CompactRequest {}).await).await),
         Rpc::Seal => plain(outcome(admin.seal(v1::SealRequest {}).await)),
     }
 }
@@ -596,4 +560,20 @@ async fn every_role_every_rpc_own_and_other_tenant() {
     assert_eq!(table["RevokePrincipal by default-admin"], "Ok");
     assert_eq!(table["Detokenize by default-detokenize"], "Ok");
     assert_eq!(table["DeleteToken by default-delete"], "Ok");
+}
+
+/// The code a server-streaming call ends with: its first error, or OK once
+/// the stream ends.
+async fn drained<T>(call: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>) -> Code {
+    let mut stream = match call {
+        Ok(response) => response.into_inner(),
+        Err(status) => return status.code(),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Code::Ok,
+            Err(status) => return status.code(),
+        }
+    }
 }

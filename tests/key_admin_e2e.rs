@@ -518,6 +518,11 @@ fn pan_n(n: u64) -> String {
 }
 
 async fn tokenize_many(server: &Server, pans: &[String]) -> Vec<String> {
+    tokenize_many_as(server, pans, false).await
+}
+
+/// Tokenizes `pans` in batches as the processor, single-use or not.
+async fn tokenize_many_as(server: &Server, pans: &[String], single_use: bool) -> Vec<String> {
     let mut processor = server.client("processor").await;
     let mut tokens = Vec::new();
     for chunk in pans.chunks(1000) {
@@ -525,6 +530,7 @@ async fn tokenize_many(server: &Server, pans: &[String]) -> Vec<String> {
             .iter()
             .map(|p| v1::TokenizeRequest {
                 pan: p.clone(),
+                single_use,
                 ..Default::default()
             })
             .collect();
@@ -991,30 +997,7 @@ async fn compaction_purges_the_dead_is_audited_and_continues_after_kill_9() {
     let live_pans: Vec<String> = (0..100).map(pan_n).collect();
     let live = tokenize_many(&server, &live_pans).await;
     let dead_pans: Vec<String> = (100..3100).map(pan_n).collect();
-    let mut processor = server.client("processor").await;
-    let mut dead = Vec::new();
-    for chunk in dead_pans.chunks(1000) {
-        let items = chunk
-            .iter()
-            .map(|p| v1::TokenizeRequest {
-                pan: p.clone(),
-                single_use: true,
-                ..Default::default()
-            })
-            .collect();
-        for r in processor
-            .tokenize_batch(v1::TokenizeBatchRequest { items })
-            .await
-            .unwrap()
-            .into_inner()
-            .results
-        {
-            match r.result {
-                Some(v1::tokenize_result::Result::Token(t)) => dead.push(t.token),
-                other => panic!("tokenize failed: {other:?}"),
-            }
-        }
-    }
+    let dead = tokenize_many_as(&server, &dead_pans, true).await;
     // Redeemed once: consumed, dead.
     let redeemed = redeem_all(&server, &dead).await;
     assert!(redeemed.iter().all(Result::is_ok));
@@ -1059,16 +1042,7 @@ async fn compaction_purges_the_dead_is_audited_and_continues_after_kill_9() {
     // Audited: the start, every page with its counts (which add up to the
     // whole run, across the kill), and the end; the chain verifies.
     let pages = common::audit_events(&server, "operator", "Compacted").await;
-    let purged: u64 = pages
-        .iter()
-        .map(|e| {
-            let field = e
-                .resource
-                .split(' ')
-                .find_map(|f| f.strip_prefix("purged:"));
-            field.unwrap().parse::<u64>().unwrap()
-        })
-        .sum();
+    let purged = common::purged_by(&pages);
     assert_eq!(purged, 3000, "{pages:?}");
     assert!(pages.iter().all(|e| e.principal == "operator"));
     assert_eq!(

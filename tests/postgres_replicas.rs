@@ -565,16 +565,7 @@ async fn two_replicas_compacting_at_once_purge_each_dead_token_once() {
         common::assert_audit_intact(server).await;
     }
     let pages = common::audit_events(&pair.a, "operator", "Compacted").await;
-    let purged: u64 = pages
-        .iter()
-        .map(|e| {
-            let field = e
-                .resource
-                .split(' ')
-                .find_map(|f| f.strip_prefix("purged:"));
-            field.unwrap().parse::<u64>().unwrap()
-        })
-        .sum();
+    let purged = common::purged_by(&pages);
     assert_eq!(purged, 900, "each purge counted once: {pages:?}");
     for token in &dead {
         let gone = redeemer

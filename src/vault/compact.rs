@@ -192,7 +192,9 @@ impl Vault {
                 cp.progress.dead_by_ms = cp.progress.dead_by_ms.min(today);
                 tracing::info!(
                     examined = cp.progress.examined,
-                    dead_by_ms = cp.progress.dead_by_ms,
+                    // Seconds: a 13-digit millisecond time can pass the
+                    // Luhn check, and log scans would take it for a PAN.
+                    dead_by_s = cp.progress.dead_by_ms / 1000,
                     "resuming compaction from checkpoint"
                 );
                 cp
@@ -276,12 +278,13 @@ impl Vault {
             // was purged, and by whom, is the event whose range holds it.
             let first = page.first().map_or(last, |f| f).record.token_id.short();
             page_event.resource = format!(
-                "records:{} expired:{} purged:{} seal_versions_dropped:{} dead_by_ms:{} from:{} through:{}",
+                "records:{} expired:{} purged:{} seal_versions_dropped:{} dead_by_s:{} from:{} through:{}",
                 page.len(),
                 counts.expired,
                 counts.purged,
                 counts.dropped,
-                cp.progress.dead_by_ms,
+                // Seconds, not milliseconds: see above.
+                cp.progress.dead_by_ms / 1000,
                 first,
                 last.record.token_id.short()
             );

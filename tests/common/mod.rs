@@ -539,3 +539,18 @@ pub fn test_pan(first: u8, n: u64) -> String {
     digits[last] = tessera::tokens::luhn::completing_digit(&digits, last);
     digits.into_iter().map(|d| char::from(d + b'0')).collect()
 }
+
+/// What the compaction pages in `events` (`Compacted` audit events) purged
+/// together, from each event's `purged:N`.
+pub fn purged_by(events: &[tessera::proto::v1::AuditEvent]) -> u64 {
+    events
+        .iter()
+        .map(|e| {
+            let field = e
+                .resource
+                .split(' ')
+                .find_map(|f| f.strip_prefix("purged:"));
+            field.unwrap().parse::<u64>().unwrap()
+        })
+        .sum()
+}
