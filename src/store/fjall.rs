@@ -170,13 +170,19 @@ impl FjallStore {
     }
 
     fn stored(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
-        let Some(bytes) = get(&self.records, id.as_bytes())? else {
-            return Ok(None);
-        };
-        if compact::is_purged(&bytes) {
+        match get(&self.records, id.as_bytes())? {
+            Some(bytes) => self.stored_with(id, &bytes),
+            None => Ok(None),
+        }
+    }
+
+    /// The record whose stored bytes are `bytes`, with its newest seal
+    /// version and tombstone; `None` for a purged record's marker.
+    fn stored_with(&self, id: &TokenId, bytes: &[u8]) -> Result<Option<StoredRecord>, StoreError> {
+        if compact::is_purged(bytes) {
             return Ok(None);
         }
-        let mut record = SealedRecord::decode(&bytes)?;
+        let mut record = SealedRecord::decode(bytes)?;
         let seal_version = match get(&self.latest_seal, id.as_bytes())? {
             Some(v) => {
                 let version = decode_u32(&v)?;
@@ -487,9 +493,9 @@ impl RecordStore for FjallStore {
             if out.len() >= limit {
                 break;
             }
-            let key = guard.key().map_err(unavailable)?;
+            let (key, bytes) = guard.into_inner().map_err(unavailable)?;
             let id = TokenId::from_slice(&key).ok_or(StoreError::Damaged("corrupt record key"))?;
-            if let Some(stored) = self.stored(&id)? {
+            if let Some(stored) = self.stored_with(&id, &bytes)? {
                 out.push(stored);
             }
         }

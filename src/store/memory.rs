@@ -225,6 +225,27 @@ impl Inner {
 }
 
 impl Inner {
+    /// Up to `limit` records that `keep` accepts, in token-id order after
+    /// `after`.
+    fn page(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+        keep: impl Fn(&SealedRecord) -> bool,
+    ) -> Vec<StoredRecord> {
+        let mut ids: Vec<TokenId> = self
+            .records
+            .values()
+            .filter(|r| keep(r) && after.is_none_or(|a| r.token_id > a))
+            .map(|r| r.token_id)
+            .collect();
+        ids.sort();
+        ids.iter()
+            .take(limit)
+            .filter_map(|id| self.stored(id))
+            .collect()
+    }
+
     /// Removes a record and everything of it but its id (checked already).
     fn purge(&mut self, id: &TokenId) {
         if let Some(record) = self.records.remove(id)
@@ -273,19 +294,9 @@ impl RecordStore for MemoryStore {
         after: Option<TokenId>,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let inner = self.lock()?;
-        let mut ids: Vec<TokenId> = inner
-            .records
-            .values()
-            .filter(|r| r.tenant == *tenant && after.is_none_or(|a| r.token_id > a))
-            .map(|r| r.token_id)
-            .collect();
-        ids.sort();
-        Ok(ids
-            .iter()
-            .take(limit)
-            .filter_map(|id| inner.stored(id))
-            .collect())
+        Ok(self
+            .lock()?
+            .page(after, limit, |record| record.tenant == *tenant))
     }
 
     async fn scan_all(
@@ -293,19 +304,7 @@ impl RecordStore for MemoryStore {
         after: Option<TokenId>,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let inner = self.lock()?;
-        let mut ids: Vec<TokenId> = inner
-            .records
-            .keys()
-            .filter(|id| after.is_none_or(|a| **id > a))
-            .copied()
-            .collect();
-        ids.sort();
-        Ok(ids
-            .iter()
-            .take(limit)
-            .filter_map(|id| inner.stored(id))
-            .collect())
+        Ok(self.lock()?.page(after, limit, |_| true))
     }
 
     async fn is_taken(&self, id: &TokenId) -> Result<bool, StoreError> {

@@ -367,13 +367,19 @@ impl SledStore {
 
     fn stored(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
         self.healthy()?;
-        let Some(bytes) = self.records.get(id.as_bytes()).map_err(unavailable)? else {
-            return Ok(None);
-        };
-        if compact::is_purged(&bytes) {
+        match self.records.get(id.as_bytes()).map_err(unavailable)? {
+            Some(bytes) => self.stored_with(id, &bytes),
+            None => Ok(None),
+        }
+    }
+
+    /// The record whose stored bytes are `bytes`, with its newest seal
+    /// version and tombstone; `None` for a purged record's marker.
+    fn stored_with(&self, id: &TokenId, bytes: &[u8]) -> Result<Option<StoredRecord>, StoreError> {
+        if compact::is_purged(bytes) {
             return Ok(None);
         }
-        let mut record = SealedRecord::decode(&bytes)?;
+        let mut record = SealedRecord::decode(bytes)?;
         let seal_version = match self.latest_seal.get(id.as_bytes()).map_err(unavailable)? {
             Some(v) => {
                 let version = decode_u32(&v)?;
@@ -580,9 +586,9 @@ impl RecordStore for SledStore {
             if out.len() >= limit {
                 break;
             }
-            let (key, _) = item.map_err(unavailable)?;
+            let (key, bytes) = item.map_err(unavailable)?;
             let id = TokenId::from_slice(&key).ok_or(StoreError::Damaged("corrupt record key"))?;
-            if let Some(stored) = self.stored(&id)? {
+            if let Some(stored) = self.stored_with(&id, &bytes)? {
                 out.push(stored);
             }
         }
