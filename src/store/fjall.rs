@@ -14,15 +14,15 @@
 //! admin jobs, take their own lock for their compare-and-set rules.
 //!
 //! Memory is the block cache (`[store] cache_mb`) plus the write buffers,
-//! which the journal's bound (`MAX_JOURNAL_BYTES`) caps; start-up replays
-//! only that journal, not the whole store.
+//! which [`WRITE_BUFFER_BUDGET`] caps after every write; start-up replays
+//! only the journal (`MAX_JOURNAL_BYTES`), not the whole store.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::domain::key::KeyContext;
 use crate::domain::{Fingerprint, TenantId, TokenId};
@@ -49,6 +49,22 @@ const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 /// journal's bound. 8 MiB stalled writers for seconds while compaction
 /// caught up (BENCHMARKS.md).
 const MAX_MEMTABLE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The unflushed writes, as fjall counts them (its memtables' items), above
+/// which a write seals the largest memtable for flushing. fjall's own bounds
+/// let far more wait: each keyspace's write buffer on its own, and the
+/// journal's, which it checks only when a journal file fills, so 64 to 128
+/// MiB of items; and a memtable costs about twice its items' bytes (the
+/// skiplist's nodes beside the copies: the heap profile in BENCHMARKS.md,
+/// "What the RSS is"). With this budget the memtables stay near 50 MiB
+/// under any write load, which is what keeps the server within its 200 MiB
+/// beside a 64 MiB block cache.
+pub const WRITE_BUFFER_BUDGET: u64 = 24 * 1024 * 1024;
+
+/// A memtable smaller than this is left to fill even over the budget: when
+/// flushes lag behind a write flood, sealing small memtables would only
+/// make many small tables for compaction to merge.
+const MIN_SEALED_MEMTABLE: u64 = 4 * 1024 * 1024;
 
 /// Key of the signed chain head in `audit_meta`.
 const AUDIT_HEAD: &[u8] = b"head";
@@ -166,7 +182,48 @@ impl FjallStore {
         batch
             .durability(Some(PersistMode::SyncData))
             .commit()
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        self.keep_write_buffers_in_budget();
+        Ok(())
+    }
+
+    /// Seals the largest memtable for flushing when the unflushed writes
+    /// exceed [`WRITE_BUFFER_BUDGET`]. The flush runs on fjall's workers;
+    /// the writer does not wait for it.
+    fn keep_write_buffers_in_budget(&self) {
+        if self.db.write_buffer_size() <= WRITE_BUFFER_BUDGET {
+            return;
+        }
+        let largest = self
+            .keyspaces()
+            .into_iter()
+            .map(|keyspace| (keyspace.tree.active_memtable().size(), keyspace))
+            .max_by_key(|(size, _)| *size);
+        if let Some((size, keyspace)) = largest
+            && size >= MIN_SEALED_MEMTABLE
+            && let Err(e) = keyspace.rotate_memtable()
+        {
+            // The next write meets the same journal and reports it.
+            tracing::warn!(error = %e, "could not seal a memtable for flushing");
+        }
+    }
+
+    /// Every keyspace the store writes.
+    fn keyspaces(&self) -> [&Keyspace; 12] {
+        [
+            &self.records,
+            &self.tombstones,
+            &self.fingerprints,
+            &self.tenant_records,
+            &self.sealed_versions,
+            &self.latest_seal,
+            &self.checkpoints,
+            &self.keys,
+            &self.audit,
+            &self.audit_meta,
+            &self.state,
+            &self.state_log,
+        ]
     }
 
     fn stored(&self, id: &TokenId) -> Result<Option<StoredRecord>, StoreError> {
@@ -831,5 +888,51 @@ impl Engine for FjallStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         get(&self.keys, b"\xffping").map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::tests::sample;
+    use crate::store::{WriteBatch, WriteUnit};
+
+    /// Without the budget the records' memtable grows to its own write
+    /// buffer (32 MiB) and the journal's bound before anything is flushed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unflushed_writes_stay_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), 8 << 20).unwrap();
+        let commit_bytes: u64 = 1 << 20;
+        let mut next: u64 = 0;
+        // 40 commits of 1 MiB: more than the budget, less than the journal.
+        for _ in 0..40 {
+            let records = (0..256)
+                .map(|_| {
+                    next += 1;
+                    let mut id = [0; 32];
+                    id[..8].copy_from_slice(&next.to_be_bytes());
+                    let mut record = sample();
+                    record.token_id = TokenId::from_bytes(id);
+                    record.fingerprint = None;
+                    record.sealed_pan = vec![7; 4096];
+                    record
+                })
+                .collect();
+            let unit = WriteUnit {
+                records,
+                ..WriteUnit::default()
+            };
+            store
+                .commit(Arc::new(WriteBatch::of_unit(unit)))
+                .await
+                .unwrap();
+            let active = store.records.tree.active_memtable().size();
+            assert!(
+                active <= WRITE_BUFFER_BUDGET + 2 * commit_bytes,
+                "the records' memtable holds {active} bytes unflushed"
+            );
+        }
+        assert!(store.records.table_count() > 0, "nothing was flushed");
     }
 }
