@@ -362,10 +362,18 @@ pub async fn run(
     health
         .set_serving::<TokenizerServer<TokenizerService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl before 1.9 and grpcio's Python
+    // reflection client speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     // Re-encryptions cut short by a crash or restart continue once unsealed.
     let resumer = Arc::clone(&app.vault);
@@ -415,7 +423,8 @@ pub async fn run(
     let mut drain_rx = stop_rx;
     let serve = builder
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(tokenizer)
         .add_service(key_admin)
         .add_service(audit)

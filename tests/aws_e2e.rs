@@ -10,6 +10,8 @@ mod common;
 mod load;
 #[path = "common/moto.rs"]
 mod moto;
+#[path = "common/python.rs"]
+mod python;
 
 use std::time::{Duration, Instant};
 

@@ -15,6 +15,8 @@ mod suite;
 
 #[path = "common/moto.rs"]
 mod moto;
+#[path = "common/python.rs"]
+mod python;
 
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use tessera::kms::aws::AwsKms;

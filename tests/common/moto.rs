@@ -18,33 +18,9 @@ use std::time::{Duration, Instant};
 /// Region the tests use.
 pub const REGION: &str = "us-east-1";
 
-fn venv() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("moto-venv")
-}
-
-/// Installs moto into the virtualenv once; `flock` keeps parallel test
-/// processes from installing at the same time.
+/// Installs moto into its virtualenv once and returns its server binary.
 pub fn ensure_installed() -> PathBuf {
-    let venv = venv();
-    let server = venv.join("bin/moto_server");
-    if server.exists() {
-        return server;
-    }
-    let script = format!(
-        "test -x {server} || (python3 -m venv {venv} && {venv}/bin/pip install -q 'moto[server]')",
-        server = server.display(),
-        venv = venv.display()
-    );
-    let lock = format!("{}.lock", venv.display());
-    let status = Command::new("flock")
-        .args([lock.as_str(), "sh", "-c", &script])
-        .status()
-        .expect("run pip");
-    assert!(
-        status.success() && server.exists(),
-        "moto could not be installed"
-    );
-    server
+    crate::python::venv("moto-venv", &["moto[server]"]).join("bin/moto_server")
 }
 
 /// A running moto server.
