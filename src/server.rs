@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
 
 use crate::access::approvals::Approvals;
 use crate::access::principals::{self, BookError, PrincipalBook};
@@ -18,6 +19,7 @@ use crate::audit::sink::AuditSink;
 use crate::clock::SystemClock;
 use crate::config::{Config, KmsBackend, PostgresSettings, PrincipalEntry, StoreBackend};
 use crate::kms::dev::DevKms;
+use crate::kms::metered::MeteredKms;
 use crate::kms::pkcs11::Pkcs11Kms;
 use crate::kms::shamir::ShamirKms;
 use crate::kms::{Kms, KmsError};
@@ -37,6 +39,8 @@ use crate::store::fjall::FjallStore;
 use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
+use crate::telemetry::names;
+use crate::telemetry::rpc::RpcLayer;
 use crate::vault::Vault;
 
 /// Start-up failed.
@@ -243,6 +247,7 @@ impl App {
                 )));
             }
         };
+        let kms: Arc<dyn Kms> = Arc::new(MeteredKms::new(kms));
         if config.state_key.create && matches!(config.store, StoreBackend::Postgres(_)) {
             tracing::warn!(
                 file = %config.state_key.path.display(),
@@ -344,8 +349,52 @@ impl App {
 /// How long a dual-control request waits when no config says otherwise.
 pub const DEFAULT_APPROVAL_WINDOW: Duration = Duration::from_secs(15 * 60);
 
-/// How often key ages are published as metrics.
-pub const KEY_METRICS_INTERVAL: Duration = Duration::from_secs(15);
+/// How often the store is pinged, health updated, and seal state and
+/// key ages published as metrics.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps gRPC health and the store and key metrics current, every
+/// [`WATCH_INTERVAL`]:
+/// - the server as a whole (`""`) serves while its store answers: what a
+///   readiness probe asks. A sealed replica stays ready, since operators
+///   unseal it through the same port;
+/// - `tessera.v1.Tokenizer` serves while the store answers and the vault
+///   is unsealed: what a load balancer that routes card traffic asks.
+async fn watch(vault: Arc<Vault>, health: HealthReporter) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    // The first tick is immediate, and `run` has just checked.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        check(&vault, &health).await;
+    }
+}
+
+/// One round of [`watch`].
+async fn check(vault: &Vault, health: &HealthReporter) {
+    use tonic_health::ServingStatus::{NotServing, Serving};
+    let started = std::time::Instant::now();
+    let store_up = match vault.ping().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "store health check failed");
+            false
+        }
+    };
+    metrics::histogram!(names::STORE_PING_SECONDS).record(started.elapsed().as_secs_f64());
+    metrics::gauge!(names::STORE_UP).set(if store_up { 1.0 } else { 0.0 });
+    let status = |serving| if serving { Serving } else { NotServing };
+    health.set_service_status("", status(store_up)).await;
+    health
+        .set_service_status(
+            <TokenizerServer<TokenizerService> as tonic::server::NamedService>::NAME,
+            status(store_up && !vault.is_sealed()),
+        )
+        .await;
+    if let Err(e) = vault.publish_key_metrics().await {
+        tracing::warn!(error = %e, "could not publish key metrics");
+    }
+}
 
 /// How long in-flight calls may take to finish after a shutdown signal.
 /// Idle keep-alive connections would otherwise hold the server open.
@@ -359,9 +408,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<TokenizerServer<TokenizerService>>()
-        .await;
     // Both reflection versions: grpcurl before 1.9 and grpcio's Python
     // reflection client speak only v1alpha.
     let reflection = || {
@@ -378,17 +424,8 @@ pub async fn run(
     // Re-encryptions cut short by a crash or restart continue once unsealed.
     let resumer = Arc::clone(&app.vault);
     tokio::spawn(async move { resumer.resume_reencryptions().await });
-    // Key ages and seal state for the metrics endpoint.
-    let publisher = Arc::clone(&app.vault);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(KEY_METRICS_INTERVAL);
-        loop {
-            tick.tick().await;
-            if let Err(e) = publisher.publish_key_metrics().await {
-                tracing::warn!(error = %e, "could not publish key metrics");
-            }
-        }
-    });
+    check(&app.vault, &health).await;
+    let watcher = tokio::spawn(watch(Arc::clone(&app.vault), health));
     // Counted refusals are recorded when their window closes, also after
     // the flood that caused them stopped.
     let (flush_vault, flush_auth) = (Arc::clone(&app.vault), Arc::clone(&app.auth));
@@ -422,6 +459,7 @@ pub async fn run(
     let mut serve_rx = stop_rx.clone();
     let mut drain_rx = stop_rx;
     let serve = builder
+        .layer(RpcLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -447,6 +485,7 @@ pub async fn run(
         () = trigger => {}
     }
     flusher.abort();
+    watcher.abort();
     Ok(())
 }
 

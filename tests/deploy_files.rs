@@ -4,36 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/tools.rs"]
+mod tools;
+
 use std::path::Path;
 use std::process::Command;
 
-const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+use tools::ensure_tool;
 
-/// Installs a Debian package when `tool` is not on the PATH (tests run as
-/// root on Debian, as `.ci/run` does).
-fn ensure_tool(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .unwrap()
-        .status
-        .success();
-    if !found {
-        let status = Command::new("flock")
-            .args([
-                "/tmp/tessera-apt.lock",
-                "apt-get",
-                "install",
-                "-y",
-                "-q",
-                package,
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .unwrap();
-        assert!(status.success(), "apt-get install {package}");
-    }
-}
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
 
 /// The unit with `ExecStart` pointing at this build's binary:
 /// `systemd-analyze verify` checks that the command exists.

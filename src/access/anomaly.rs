@@ -37,6 +37,9 @@ pub enum Anomaly {
 }
 
 impl Anomaly {
+    /// Every [`Anomaly::kind`].
+    pub const KINDS: [&'static str; 3] = ["token_enumeration", "detokenize_volume", "new_network"];
+
     /// The alert's name in logs, metrics and audit events.
     pub fn kind(self) -> &'static str {
         match self {
@@ -196,6 +199,17 @@ pub const MAX_NETWORKS_PER_PRINCIPAL: usize = 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_lists_every_kind() {
+        let kinds = [
+            Anomaly::TokenEnumeration { locked: false },
+            Anomaly::DetokenizeVolume { locked: false },
+            Anomaly::NewNetwork { locked: false },
+        ]
+        .map(Anomaly::kind);
+        assert_eq!(kinds, Anomaly::KINDS);
+    }
 
     fn rule() -> VolumeRule {
         VolumeRule {

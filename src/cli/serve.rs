@@ -12,6 +12,7 @@ use crate::config::source::EnvSource;
 use crate::config::{ConfigError, Profile, RawConfig};
 use crate::devcreds;
 use crate::server::{self, App, StartError};
+use crate::telemetry::exporter;
 
 /// Where `--dev` keeps its data when `--data-dir` is not given.
 pub const DEV_DATA_DIR: &str = "tessera-data";
@@ -94,12 +95,20 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(addr) = config.metrics_listen {
-        if let Err(e) = crate::telemetry::serve_metrics(addr) {
-            eprintln!("tessera: {e}");
-            return ExitCode::FAILURE;
+    if let Some(endpoint) = &config.metrics {
+        let served = match exporter::install() {
+            Ok(handle) => exporter::serve(endpoint, handle).await,
+            Err(e) => Err(e),
+        };
+        match served {
+            Ok(addr) => {
+                tracing::info!(%addr, tls = endpoint.tls.is_some(), "serving Prometheus metrics");
+            }
+            Err(e) => {
+                eprintln!("tessera: {e}");
+                return ExitCode::FAILURE;
+            }
         }
-        tracing::info!(%addr, "serving Prometheus metrics");
     }
     let listener = match TcpListener::bind(config.listen).await {
         Ok(l) => l,

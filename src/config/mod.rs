@@ -188,6 +188,9 @@ pub struct RawAudit {
 pub struct RawMetrics {
     /// Address for the Prometheus endpoint; unset = no endpoint.
     pub listen: Option<String>,
+    /// TLS for the endpoint (`[metrics.tls]`, the keys of `[tls]`):
+    /// required off loopback.
+    pub tls: Option<RawTls>,
 }
 
 /// `[keys]`.
@@ -529,8 +532,8 @@ pub struct Config {
     pub policy: VaultPolicy,
     /// Configured principals (dev mode adds generated ones).
     pub principals: Vec<PrincipalEntry>,
-    /// Where to serve Prometheus metrics, if anywhere.
-    pub metrics_listen: Option<SocketAddr>,
+    /// Where and how to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<crate::telemetry::exporter::MetricsEndpoint>,
     /// Rate limits, lockout, anomaly detection.
     pub limits: crate::access::limits::LimitsConfig,
     /// How long a dual-control request waits for its second admin.
@@ -726,24 +729,7 @@ impl RawConfig {
             self.keys.reencrypt_records_per_second.filter(|r| *r > 0);
         policy.key_cache = key_cache;
         policy.audit_tokenize_fail_closed = !self.audit.tokenize_fail_open.unwrap_or(false);
-        let metrics_listen = self
-            .metrics
-            .listen
-            .as_deref()
-            .map(|a| {
-                a.parse::<SocketAddr>()
-                    .map_err(|_| invalid("metrics.listen", "not a socket address (HOST:PORT)"))
-            })
-            .transpose()?;
-        // The exporter speaks plain HTTP, so it stays on loopback in every
-        // profile: a local agent scrapes it (the gRPC port is the only
-        // network listener, and it is TLS outside --dev).
-        if metrics_listen.is_some_and(|a| !a.ip().is_loopback()) {
-            return Err(invalid(
-                "metrics.listen",
-                "metrics are plain HTTP: bind a loopback address and scrape it with a local agent",
-            ));
-        }
+        let metrics = check_metrics(self.metrics)?;
         let limits = check_access(&self.access)?;
         let approval_minutes = self.access.approval_window_minutes.unwrap_or(15);
         if !(1..=24 * 60).contains(&approval_minutes) {
@@ -820,7 +806,7 @@ impl RawConfig {
             kms,
             policy,
             principals,
-            metrics_listen,
+            metrics,
             limits,
             approval_window,
             state_key,
@@ -845,25 +831,63 @@ fn check_tls(
             )),
         };
     };
+    tls_settings(raw, "tls").map(Some)
+}
+
+/// `[metrics]`: plaintext only on loopback, where a local agent scrapes
+/// it; any other address needs `[metrics.tls]`, in every profile.
+fn check_metrics(
+    raw: RawMetrics,
+) -> Result<Option<crate::telemetry::exporter::MetricsEndpoint>, ConfigError> {
+    let Some(listen) = raw.listen else {
+        return match raw.tls {
+            Some(_) => Err(invalid("metrics.listen", "required with [metrics.tls]")),
+            None => Ok(None),
+        };
+    };
+    let listen = listen
+        .parse::<SocketAddr>()
+        .map_err(|_| invalid("metrics.listen", "not a socket address (HOST:PORT)"))?;
+    let tls = raw
+        .tls
+        .map(|t| tls_settings(t, "metrics.tls"))
+        .transpose()?;
+    if tls.is_none() && !listen.ip().is_loopback() {
+        return Err(invalid(
+            "metrics.listen",
+            "off loopback the endpoint needs [metrics.tls] (cert_file, key_file, and \
+             client_ca_file to require scraper certificates)",
+        ));
+    }
+    Ok(Some(crate::telemetry::exporter::MetricsEndpoint {
+        listen,
+        tls,
+    }))
+}
+
+/// The keys of a TLS table (`[tls]`, `[metrics.tls]`), named under
+/// `section` in errors.
+fn tls_settings(raw: RawTls, section: &str) -> Result<crate::tls::TlsSettings, ConfigError> {
+    let key = |name: &str| format!("{section}.{name}");
     let cert_file = raw
         .cert_file
-        .ok_or_else(|| invalid("tls.cert_file", "required in [tls]"))?;
+        .ok_or_else(|| invalid(&key("cert_file"), format!("required in [{section}]")))?;
     let key_file = raw
         .key_file
-        .ok_or_else(|| invalid("tls.key_file", "required in [tls]"))?;
+        .ok_or_else(|| invalid(&key("key_file"), format!("required in [{section}]")))?;
     let require_client_cert = raw.require_client_cert.unwrap_or(false);
     if require_client_cert && raw.client_ca_file.is_none() {
         return Err(invalid(
-            "tls.require_client_cert",
-            "needs tls.client_ca_file to verify client certificates",
+            &key("require_client_cert"),
+            format!("needs {section}.client_ca_file to verify client certificates"),
         ));
     }
-    Ok(Some(crate::tls::TlsSettings {
+    Ok(crate::tls::TlsSettings {
         cert_file,
         key_file,
         client_ca_file: raw.client_ca_file,
         require_client_cert,
-    }))
+    })
 }
 
 fn check_access(raw: &RawAccess) -> Result<crate::access::limits::LimitsConfig, ConfigError> {
@@ -1324,5 +1348,37 @@ mod tests {
         assert_eq!(cfg.principals.len(), 1);
         assert!(cfg.principals[0].principal.has(Role::Tokenize));
         assert!(!cfg.principals[0].principal.has(Role::Detokenize));
+    }
+
+    /// Metrics leave loopback only over TLS, with the keys of `[tls]`.
+    #[test]
+    fn metrics_off_loopback_need_tls() {
+        let base = "data_dir = \"/x\"\n[metrics]\n";
+        let plain_off_loopback = load(&format!("{base}listen = \"0.0.0.0:9464\""), &[])
+            .unwrap()
+            .check(Profile::Dev)
+            .unwrap_err();
+        assert!(plain_off_loopback.to_string().contains("[metrics.tls]"));
+        let tls = "[metrics.tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n";
+        let config = load(&format!("{base}listen = \"0.0.0.0:9464\"\n{tls}"), &[])
+            .unwrap()
+            .check(Profile::Dev)
+            .unwrap();
+        let endpoint = config.metrics.unwrap();
+        assert_eq!(endpoint.listen.port(), 9464);
+        assert!(endpoint.tls.is_some_and(|t| !t.require_client_cert));
+        let loopback = load(&format!("{base}listen = \"127.0.0.1:9464\""), &[])
+            .unwrap()
+            .check(Profile::Dev)
+            .unwrap();
+        assert!(loopback.metrics.is_some_and(|m| m.tls.is_none()));
+        for bad in [
+            format!("data_dir = \"/x\"\n{tls}"),
+            format!("{base}listen = \"0.0.0.0:1\"\n{tls}require_client_cert = true\n"),
+            format!("{base}listen = \"0.0.0.0:1\"\n[metrics.tls]\ncert_file = \"/c.pem\"\n"),
+        ] {
+            let err = load(&bad, &[]).unwrap().check(Profile::Dev).unwrap_err();
+            assert!(err.to_string().contains("metrics."), "{bad}: {err}");
+        }
     }
 }

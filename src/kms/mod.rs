@@ -11,6 +11,7 @@
 #[cfg(feature = "aws-kms")]
 pub mod aws;
 pub mod dev;
+pub mod metered;
 pub mod pkcs11;
 pub mod shamir;
 pub mod soft;

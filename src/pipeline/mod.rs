@@ -25,6 +25,7 @@
 //! follows the concurrency instead of the disk's flush latency.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,6 +37,7 @@ use crate::store::{
     AuditAppend, AuditWrite, ChainStep, CommitError, MAX_TAIL_EVENTS, Store, StoreError,
     WrappedKeyRecord, WriteBatch, WriteUnit,
 };
+use crate::telemetry::{self, names};
 use chain::{BatchChain, Part, TailCheck, Tip};
 
 mod chain;
@@ -191,9 +193,16 @@ impl Pipeline {
     /// Commits `submission` with whatever else is queued; returns the
     /// positions of its audit events once durable.
     pub async fn submit(&self, submission: Submission) -> Result<Vec<u64>, WriteError> {
+        let audited = !submission.events.is_empty();
+        let started = Instant::now();
         let (reply, answer) = oneshot::channel();
         self.send(Job::Write { submission, reply })?;
-        answer.await.map_err(|_| WriteError::Stopped)?
+        let result = answer.await.map_err(|_| WriteError::Stopped)?;
+        if audited && result.is_ok() {
+            metrics::histogram!(names::AUDIT_APPEND_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+        }
+        result
     }
 
     /// The audited way out of a log found tampered; see
@@ -375,8 +384,12 @@ impl Committer {
                 }
                 None => AuditWrite::Nothing,
             };
+            let writes = units.len();
             let batch = Arc::new(WriteBatch { units, audit });
+            let started = Instant::now();
             let outcome = self.store.commit(Arc::clone(&batch)).await;
+            metrics::histogram!(names::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            metrics::histogram!(names::COMMIT_ITEMS).record(telemetry::count(writes));
             // The commit returned, so the store holds no copy.
             let Ok(batch) = Arc::try_unwrap(batch) else {
                 return fail_all(replies, &StoreError::Damaged("batch still shared"));
@@ -444,6 +457,7 @@ impl Committer {
                 }
                 Err(e) => {
                     // The store failed: read the end again next time.
+                    metrics::counter!(names::COMMIT_FAILURES).increment(1);
                     self.tip = None;
                     return fail_all(replies, &e.into_store());
                 }

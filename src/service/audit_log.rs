@@ -15,6 +15,7 @@ use crate::proto::v1;
 use crate::proto::v1::audit_server::Audit;
 use crate::service::audited::{CallContext, WhenSealed, audited, authorize_call};
 use crate::service::{Authenticator, status};
+use crate::telemetry::names;
 use crate::vault::Vault;
 
 /// Events read from the store per page while streaming.
@@ -298,7 +299,7 @@ impl Audit for AuditService {
                     problem = %report.problem,
                     "audit log recovered by an operator"
                 );
-                metrics::counter!("tessera_audit_recoveries_total").increment(1);
+                metrics::counter!(names::AUDIT_RECOVERIES).increment(1);
                 Ok(Response::new(v1::RecoverResponse {
                     position,
                     found: report.problem,

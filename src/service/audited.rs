@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use crate::access::refusals::{Summary, Tally, Verdict};
 use crate::audit::AuditEvent;
-use crate::csprng;
 use crate::domain::{Principal, Role};
 use crate::service::{Authenticator, Credentials, status};
+use crate::telemetry::names;
+use crate::telemetry::request_id;
 use crate::vault::{Vault, VaultError};
 
 /// The facts of one call that every audit event carries.
@@ -27,30 +28,17 @@ pub struct CallContext {
     pub affected_tenant: Option<String>,
 }
 
-fn well_formed_request_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        // It lands in every event of the call: never a card number.
-        && !crate::leak::contains_card_number(id)
-}
-
 impl CallContext {
     /// Reads the request id and peer of `request`.
     pub fn of<T>(rpc: &'static str, request: &Request<T>) -> Self {
-        let given = request
-            .metadata()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|id| well_formed_request_id(id))
-            .map(str::to_owned);
-        let request_id = given.unwrap_or_else(|| {
-            let mut bytes = [0u8; 8];
-            // A request id needs no secrecy; zeros on an RNG failure still log.
-            let _ = csprng::fill(&mut bytes);
-            hex::encode(bytes)
-        });
+        // The RPC layer has already replaced an unacceptable id; this
+        // checks again for services called without it (tests, embedders).
+        let request_id = request_id::choose(
+            request
+                .metadata()
+                .get(request_id::HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
         let origin = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
@@ -169,7 +157,7 @@ impl UnsealAudit {
                 alert = "audit_tampered",
                 "the audit log refuses appends (found tampered); the unseal proceeds unaudited so an operator can run `tessera audit recover`"
             );
-            metrics::counter!("tessera_audit_failures_total").increment(1);
+            metrics::counter!(names::AUDIT_FAILURES).increment(1);
             true
         } else {
             false
@@ -364,7 +352,7 @@ pub async fn raise_anomaly(
 ) {
     let (kind, locked) = (anomaly.kind(), anomaly.locked());
     tracing::error!(alert = kind, principal = %principal.name, locked, origin = %call.origin, "anomaly");
-    metrics::counter!("tessera_anomalies_total", "kind" => kind).increment(1);
+    metrics::counter!(names::ANOMALIES, "kind" => kind).increment(1);
     let mut event = call.event(
         Some(principal),
         format!("anomaly:{kind}"),
@@ -389,19 +377,4 @@ pub async fn finish_admin<T>(
     audited(vault, call, Some(principal), resource, result, true)
         .await
         .map(tonic::Response::new)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Review finding: `x-request-id: 4111-1111-1111-1111` was accepted and
-    /// written into every event of the call.
-    #[test]
-    fn request_ids_are_never_card_numbers() {
-        assert!(well_formed_request_id("req-42.a_b"));
-        assert!(!well_formed_request_id("4111-1111-1111-1111"));
-        assert!(!well_formed_request_id("4111_1111_1111_1111"));
-        assert!(!well_formed_request_id(&"a".repeat(65)));
-    }
 }

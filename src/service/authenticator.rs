@@ -17,6 +17,7 @@ use crate::access::totp::{OTP_HEADER, OtpVerifier};
 use crate::access::{self, AccessError, api_key};
 use crate::domain::{Principal, Role};
 use crate::service::status;
+use crate::telemetry::names;
 
 /// What one call presents: its metadata and the identities of a client
 /// certificate that rustls verified against the client CA.
@@ -214,7 +215,7 @@ impl Authenticator {
                 lock_id,
                 "credentials locked after repeated failures"
             );
-            metrics::counter!("tessera_lockouts_total").increment(1);
+            metrics::counter!(names::LOCKOUTS).increment(1);
         }
     }
 
@@ -295,8 +296,7 @@ impl Authenticator {
             .take_n(&principal.name, rpc, calls)
             .map_err(|wait| {
                 warn_refused(rpc, principal, "rate_limited", "rate limit reached");
-                metrics::counter!("tessera_rate_limited_total", "rpc" => rpc.to_owned())
-                    .increment(1);
+                metrics::counter!(names::RATE_LIMITED, "rpc" => rpc.to_owned()).increment(1);
                 Status::with_error_details(
                     tonic::Code::ResourceExhausted,
                     "rate limit reached; retry later",

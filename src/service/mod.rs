@@ -21,6 +21,7 @@ use tracing::instrument;
 use crate::domain::{Principal, Role};
 use crate::proto::v1;
 use crate::proto::v1::tokenizer_server::Tokenizer;
+use crate::telemetry::{self, names};
 use crate::vault::{TokenizeCommand, Tokenized, Vault, VaultError};
 use audited::{
     CallContext, WhenSealed, audited, authorize_call, intend, raise_anomaly, record_intent,
@@ -201,6 +202,8 @@ impl Tokenizer for TokenizerService {
         let total = items.len();
         let result = async {
             self.check_batch(total)?;
+            metrics::histogram!(names::BATCH_ITEMS, "rpc" => call.rpc)
+                .record(telemetry::count(total));
             // The gate took one call; the rest of the items pay too.
             self.auth
                 .charge(&principal, call.rpc, total.saturating_sub(1))?;
@@ -312,6 +315,8 @@ impl Tokenizer for TokenizerService {
         let total = items.len();
         let result = async {
             self.check_batch(total)?;
+            metrics::histogram!(names::BATCH_ITEMS, "rpc" => call.rpc)
+                .record(telemetry::count(total));
             self.auth
                 .charge(&principal, call.rpc, total.saturating_sub(1))?;
             let mut outcomes = Vec::with_capacity(total);

@@ -7,6 +7,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::access::AccessError;
 use crate::kms::KmsError;
+use crate::telemetry::names;
 use crate::tokens::GenerateError;
 use crate::vault::VaultError;
 
@@ -37,7 +38,7 @@ pub fn from_vault(e: &VaultError) -> Status {
         VaultError::Sealed => Status::unavailable("the vault is sealed"),
         VaultError::Audit(a) => {
             tracing::error!(error = %a, alert = "audit_write_failed", "audit log unavailable; failing closed");
-            metrics::counter!("tessera_audit_failures_total").increment(1);
+            metrics::counter!(names::AUDIT_FAILURES).increment(1);
             Status::unavailable("the audit log is unavailable; the call was refused")
         }
         VaultError::Precondition(why) => Status::failed_precondition(why.clone()),

@@ -49,6 +49,14 @@ pub enum TlsError {
     /// Generating certificates failed.
     #[error("certificate generation: {0}")]
     Generate(String),
+    /// A certificate, key or CA file did not parse or does not fit.
+    #[error("{path}: {reason}")]
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// Why, naming no key bytes.
+        reason: String,
+    },
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -67,6 +75,70 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerTlsConfig, TlsError
             .client_ca_root(Certificate::from_pem(read(ca)?))
             .client_auth_optional(!settings.require_client_cert);
     }
+    Ok(config)
+}
+
+fn unusable(path: &Path, reason: String) -> TlsError {
+    TlsError::Unusable {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+/// Maps a PEM reading error on `path`.
+fn pem_error(path: &Path) -> impl Fn(rustls::pki_types::pem::Error) -> TlsError + '_ {
+    move |e| match e {
+        rustls::pki_types::pem::Error::Io(source) => TlsError::Read {
+            path: path.to_owned(),
+            source,
+        },
+        // Some variants quote lines of the file: the reason names none.
+        _ => unusable(path, "not a usable PEM file".to_owned()),
+    }
+}
+
+/// The same settings as a plain rustls configuration, for listeners that
+/// are not tonic's (the metrics endpoint): same certificate, same client
+/// CA, same choice between optional and required client certificates.
+/// `alpn` names the protocols offered (`http/1.1` for the metrics).
+pub fn rustls_server_config(
+    settings: &TlsSettings,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(&settings.cert_file)
+        .map_err(pem_error(&settings.cert_file))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_error(&settings.cert_file))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&settings.key_file).map_err(pem_error(&settings.key_file))?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match &settings.client_ca_file {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).map_err(pem_error(ca))? {
+                roots
+                    .add(cert.map_err(pem_error(ca))?)
+                    .map_err(|e| unusable(ca, e.to_string()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots));
+            let verifier = if settings.require_client_cert {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(
+                verifier.build().map_err(|e| unusable(ca, e.to_string()))?,
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| unusable(&settings.key_file, e.to_string()))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 

@@ -8,6 +8,7 @@ use crate::domain::TenantId;
 use crate::envelope;
 use crate::kms::{KeyContext, KeyPurpose, KmsError, UnsealProgress};
 use crate::store::{Expect, StateChange, StateKind, StoreError, WrappedKeyRecord};
+use crate::telemetry::names;
 use crate::vault::{Vault, VaultError};
 
 /// Records read per store page when walking a tenant.
@@ -284,11 +285,12 @@ impl Vault {
         Ok((new_id.as_str().to_owned(), rewrapped))
     }
 
-    /// Publishes the seal state and the age of every data key version as
+    /// Publishes the seal state, the master key version, each tenant's
+    /// active data key version and the age of every data key version as
     /// metrics. Reads only public facts of the key table, so it works
     /// while sealed. A no-op when no metrics recorder is installed.
     pub async fn publish_key_metrics(&self) -> Result<(), VaultError> {
-        metrics::gauge!("tessera_sealed").set(if self.is_sealed() { 1.0 } else { 0.0 });
+        metrics::gauge!(names::SEALED).set(if self.is_sealed() { 1.0 } else { 0.0 });
         let now = self.clock.now_ms();
         let max_age = u64::try_from(self.policy.data_key_max_age.as_millis()).unwrap_or(u64::MAX);
         let mut latest: BTreeMap<TenantId, u32> = BTreeMap::new();
@@ -303,6 +305,13 @@ impl Vault {
             let entry = latest.entry(k.context.tenant.clone()).or_insert(0);
             *entry = (*entry).max(k.context.version);
         }
+        if let Some(version) = self.kms.master_key_version() {
+            metrics::gauge!(names::MASTER_KEY_VERSION).set(f64::from(version));
+        }
+        for (tenant, version) in &latest {
+            metrics::gauge!(names::DATA_KEY_ACTIVE_VERSION, "tenant" => tenant.as_str().to_owned())
+                .set(f64::from(*version));
+        }
         for k in &keys {
             let age_ms = now.saturating_sub(k.created_at_ms);
             let labels = [
@@ -311,14 +320,10 @@ impl Vault {
             ];
             // Ages fit f64's 53-bit mantissa for 285,000 years of milliseconds.
             let age_s = f64::from(u32::try_from(age_ms / 1000).unwrap_or(u32::MAX));
-            metrics::gauge!("tessera_data_key_age_seconds", &labels).set(age_s);
+            metrics::gauge!(names::DATA_KEY_AGE, &labels).set(age_s);
             let active = latest.get(&k.context.tenant) == Some(&k.context.version);
             let overdue = active && age_ms > max_age;
-            metrics::gauge!("tessera_data_key_overdue", &labels).set(if overdue {
-                1.0
-            } else {
-                0.0
-            });
+            metrics::gauge!(names::DATA_KEY_OVERDUE, &labels).set(if overdue { 1.0 } else { 0.0 });
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use crate::domain::{TenantId, Token};
 use crate::keyring::KeyringError;
 use crate::pipeline::{Submission, WriteError};
 use crate::store::{StoreError, WriteUnit};
+use crate::telemetry::names;
 use crate::vault::{Vault, VaultError};
 
 impl Vault {
@@ -81,7 +82,7 @@ impl Vault {
             for sink in &self.sinks {
                 if let Err(e) = sink.send(*position, event) {
                     tracing::error!(error = %e, alert = "audit_sink_failed", "second audit sink failed; the event is in the primary log");
-                    metrics::counter!("tessera_audit_sink_failures_total").increment(1);
+                    metrics::counter!(names::AUDIT_SINK_FAILURES).increment(1);
                 }
             }
         }

@@ -22,6 +22,7 @@ use crate::secret::DataKey;
 use crate::store::{
     PublicFacts, SealedRecord, StoreError, StoredRecord, Tombstone, TombstoneReason, WriteUnit,
 };
+use crate::telemetry::names;
 use crate::tokens::random::RandomGenerator;
 use crate::tokens::{FormatError, GenerateError, GeneratorKind, TokenFormat, TokenGenerator};
 use crate::vault::{
@@ -620,7 +621,7 @@ impl Vault {
         match self.commit_write(unit, event).await {
             Err(WriteError::Audit(e)) => {
                 tracing::error!(error = %e, alert = "audit_write_failed", "audit event lost (fail-open policy)");
-                metrics::counter!("tessera_audit_failures_total").increment(1);
+                metrics::counter!(names::AUDIT_FAILURES).increment(1);
                 self.commit_write(retry, None).await.map(|_| ())
             }
             other => other.map(|_| ()),

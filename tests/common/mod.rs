@@ -338,6 +338,19 @@ pub async fn client(addr: &str, api_key: Option<&str>) -> Client {
     TokenizerClient::with_interceptor(channel, bearer)
 }
 
+/// Tokenizes `pan` with default options; the token.
+pub async fn tokenize(client: &mut Client, pan: &str) -> String {
+    client
+        .tokenize(tessera::proto::v1::TokenizeRequest {
+            pan: pan.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
 /// Every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
