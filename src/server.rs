@@ -356,10 +356,11 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 /// Keeps gRPC health and the store and key metrics current, every
 /// [`WATCH_INTERVAL`]:
 /// - the server as a whole (`""`) serves while its store answers: what a
-///   readiness probe asks. A sealed replica stays ready, since operators
-///   unseal it through the same port;
+///   startup probe asks (a sealed replica has started);
 /// - `tessera.v1.Tokenizer` serves while the store answers and the vault
-///   is unsealed: what a load balancer that routes card traffic asks.
+///   is unsealed: what a readiness probe and a load balancer routing card
+///   traffic ask (`deploy/kubernetes`: a rollout then waits for each new
+///   replica to be unsealed before it retires an old one).
 async fn watch(vault: Arc<Vault>, health: HealthReporter) {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     // The first tick is immediate, and `run` has just checked.
@@ -407,7 +408,32 @@ pub async fn run(
     app: App,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    run_with_health(listener, None, app, shutdown).await
+}
+
+/// [`run`], with `grpc.health.v1` alone also served in plaintext on
+/// `health_listener` (`[health] listen`): kubelet's gRPC probes speak no
+/// TLS. It shares the main listener's health statuses, and nothing else is
+/// reachable through it.
+pub async fn run_with_health(
+    listener: TcpListener,
+    health_listener: Option<TcpListener>,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
     let (health, health_service) = tonic_health::server::health_reporter();
+    let probes = health_listener.map(|probe_listener| {
+        let service = health_service.clone();
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming(probe_listener))
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the health listener failed");
+            }
+        })
+    });
     // Both reflection versions: grpcurl before 1.9 and grpcio's Python
     // reflection client speak only v1alpha.
     let reflection = || {
@@ -486,6 +512,9 @@ pub async fn run(
     }
     flusher.abort();
     watcher.abort();
+    if let Some(probes) = probes {
+        probes.abort();
+    }
     Ok(())
 }
 

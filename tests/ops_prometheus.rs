@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::{Server, TestPki};
 use tessera::proto::v1;
 use tessera::telemetry::names;
-use tools::ensure_tool;
+use tools::{ensure_tool, free_port};
 
 const RULES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus");
 const DASHBOARD: &str = concat!(
@@ -37,11 +37,7 @@ fn run_in(dir: &str, program: &str, args: &[&str]) -> String {
         .current_dir(dir)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = tools::output_text(&out);
     assert!(out.status.success(), "{program} {args:?}:\n{text}");
     text
 }
@@ -133,14 +129,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `GET path` on 127.0.0.1:`port`: (status code, body).

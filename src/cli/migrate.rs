@@ -36,7 +36,7 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if raw.store.backend.as_deref() != Some("postgres") {
+    if raw.store.backend != "postgres" {
         eprintln!(
             "tessera: configuration error: migrate applies to [store] backend = \"postgres\""
         );

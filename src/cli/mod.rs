@@ -4,6 +4,7 @@ pub mod audit;
 pub mod backup;
 pub mod bench;
 pub mod client;
+pub mod config;
 pub mod hsm;
 pub mod init;
 pub mod keys;
@@ -65,6 +66,8 @@ pub enum Command {
     Logout(session::SessionArgs),
     /// Load a running server and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Check or print the configuration `serve` would run with.
+    Config(config::ConfigArgs),
     /// Apply the PostgreSQL schema (`[store] backend = "postgres"`).
     Migrate(migrate::MigrateArgs),
     /// Write a snapshot of a stopped server's sled store to one file.
@@ -104,6 +107,7 @@ pub fn main() -> ExitCode {
             Command::Login(args) => session::login(args).await,
             Command::Logout(args) => session::logout(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Config(args) => config::run(args),
             Command::Migrate(args) => migrate::run(args).await,
             Command::Backup(args) => backup::backup(&args),
             Command::Restore(args) => backup::restore(&args),

@@ -12,7 +12,7 @@ use crate::config::source::EnvSource;
 use crate::config::{ConfigError, Profile, RawConfig};
 use crate::devcreds;
 use crate::server::{self, App, StartError};
-use crate::telemetry::exporter;
+use crate::telemetry::{exporter, logging};
 
 /// Where `--dev` keeps its data when `--data-dir` is not given.
 pub const DEV_DATA_DIR: &str = "tessera-data";
@@ -36,6 +36,33 @@ pub struct ServeArgs {
     pub listen: Option<String>,
 }
 
+/// The configuration `serve` with `args` would check: the file, then the
+/// environment, then the flags, then `--dev`'s data directory.
+pub fn effective(args: &ServeArgs) -> Result<RawConfig, ConfigError> {
+    let mut raw = RawConfig::load(args.config.as_deref(), &EnvSource)?;
+    if let Some(dir) = &args.data_dir {
+        raw.data_dir = Some(dir.clone());
+    }
+    if let Some(listen) = &args.listen {
+        raw.listen = listen.clone();
+    }
+    if args.dev && raw.data_dir.is_none() {
+        raw.data_dir = Some(PathBuf::from(DEV_DATA_DIR));
+    }
+    Ok(raw)
+}
+
+impl ServeArgs {
+    /// The safety rules these flags choose.
+    pub fn profile(&self) -> Profile {
+        if self.dev {
+            Profile::Dev
+        } else {
+            Profile::Production
+        }
+    }
+}
+
 fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("tessera: configuration error: {e}");
     ExitCode::from(EXIT_CONFIG)
@@ -43,29 +70,24 @@ fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
 
 /// Runs the server until SIGTERM or ctrl-c.
 pub async fn run(args: ServeArgs) -> ExitCode {
-    crate::telemetry::init_logging();
     crate::huge_pages::disable();
-    let profile = if args.dev {
-        Profile::Dev
-    } else {
-        Profile::Production
-    };
-    let mut raw = match RawConfig::load(args.config.as_deref(), &EnvSource) {
+    let profile = args.profile();
+    let raw = match effective(&args) {
         Ok(raw) => raw,
         Err(e) => return config_error(&e),
     };
-    if let Some(dir) = args.data_dir {
-        raw.data_dir = Some(dir);
-    }
-    if let Some(listen) = args.listen {
-        raw.listen = Some(listen);
-    }
-    if args.dev && raw.data_dir.is_none() {
-        raw.data_dir = Some(PathBuf::from(DEV_DATA_DIR));
-    }
     let config = match raw.check(profile) {
         Ok(config) => config,
         Err(e) => return config_error(&e),
+    };
+    // After the check: the format and filter are configuration. Problems
+    // found before this point are printed on stderr by `config_error`.
+    let _log_guard = match logging::init(&config.log) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("tessera: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let mut principals = config.principals.clone();
     if profile == Profile::Dev {
@@ -124,6 +146,19 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let health_listener = match config.health_listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "serving gRPC health in plaintext for probes");
+                Some(l)
+            }
+            Err(e) => {
+                eprintln!("tessera: cannot listen on {addr} (health.listen): {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let mut stdout = std::io::stdout();
     // The readiness line scripts and tests wait for (DESIGN.md §8).
     if writeln!(stdout, "tessera listening on {addr}")
@@ -133,7 +168,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         tracing::warn!("could not write the readiness line to stdout");
     }
     tracing::info!(%addr, "serving");
-    match server::run(listener, app, shutdown_signal()).await {
+    match server::run_with_health(listener, health_listener, app, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("shut down cleanly");
             ExitCode::SUCCESS

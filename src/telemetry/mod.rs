@@ -36,6 +36,7 @@
 //! a token, a PAN, a principal's name or key, or a key id.
 
 pub mod exporter;
+pub mod logging;
 pub mod names;
 pub mod request_id;
 pub mod rpc;
@@ -43,15 +44,4 @@ pub mod rpc;
 /// `n` as a metric value (counts beyond 2^32 saturate; none get there).
 pub fn count(n: usize) -> f64 {
     u32::try_from(n).map_or(f64::from(u32::MAX), f64::from)
-}
-
-/// Installs the global logger (stderr, `RUST_LOG`, default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
 }

@@ -338,6 +338,39 @@ pub async fn client(addr: &str, api_key: Option<&str>) -> Client {
     TokenizerClient::with_interceptor(channel, bearer)
 }
 
+/// The gRPC health status `server` reports for `service` (`""`: the
+/// server as a whole).
+pub async fn health_of(server: &Server, service: &str) -> i32 {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+/// Waits (health is refreshed every 5 s) until `service`'s health is
+/// `serving`, or fails after 15 s.
+pub async fn wait_for_health(server: &Server, service: &str, serving: bool) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let want = i32::from(if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health_of(server, service).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "{service:?} health never became {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Tokenizes `pan` with default options; the token.
 pub async fn tokenize(client: &mut Client, pan: &str) -> String {
     client

@@ -1,7 +1,7 @@
 //! Debian packages the tests install when they are missing (tests run as
 //! root on Debian, as `.ci/run` does on a fresh machine).
 
-#![allow(unreachable_pub)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::process::Command;
 
@@ -30,4 +30,22 @@ pub fn ensure_tool(tool: &str, package: &str) {
         .status()
         .unwrap();
     assert!(status.success() && found(), "apt-get install {package}");
+}
+
+/// A command's standard output and error, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A loopback port free a moment ago (for a listener configured by port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -128,6 +128,16 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, UrlError> {
     Ok(config)
 }
 
+/// `url` when it parses and holds no password; otherwise a placeholder,
+/// so that printing a configuration never shows a password (a string that
+/// does not parse could hold one anywhere).
+pub fn redact_password(url: &str) -> String {
+    match parse_url(url) {
+        Ok(_) => url.to_owned(),
+        Err(_) => crate::config::REDACTED.to_owned(),
+    }
+}
+
 /// Whether every host of a parsed connection string is this machine
 /// (loopback addresses, `localhost`, or a Unix socket directory). A
 /// string naming no host, or any `hostaddr` (which is what is dialled when

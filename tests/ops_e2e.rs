@@ -1,0 +1,210 @@
+//! The operations kit against the real binary: request ids returned and
+//! never card-shaped, JSON logs whose every call line carries its request
+//! id and no PAN, the plaintext health listener for probes (health and
+//! nothing else), and `tessera config check` / `config print`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "common/tools.rs"]
+mod tools;
+
+use std::process::Command;
+
+use common::Server;
+use tessera::proto::v1;
+use tools::free_port;
+
+const VISA: &str = "4111111111111111";
+
+fn tessera(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .env_remove("TESSERA_CONFIG")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_carry_request_ids_into_json_logs_and_health_has_its_own_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let health_port = free_port();
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(
+        &config,
+        format!("[log]\nformat = \"json\"\n[health]\nlisten = \"127.0.0.1:{health_port}\"\n"),
+    )
+    .unwrap();
+    let log = dir.path().join("server.log");
+    let server = Server::start_dev_with_config(&config, &dir.path().join("data"), &log);
+    let mut pos = server.client("pos").await;
+
+    // The caller's id comes back, and is the one the call is logged under.
+    let mut request = tonic::Request::new(v1::TokenizeRequest {
+        pan: VISA.into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "pos-7-checkout".parse().unwrap());
+    let response = pos.tokenize(request).await.unwrap();
+    assert_eq!(
+        response.metadata().get("x-request-id").unwrap(),
+        "pos-7-checkout"
+    );
+    // An error answered at once carries it too.
+    let mut bad = tonic::Request::new(v1::TokenizeRequest {
+        pan: "123".into(),
+        ..Default::default()
+    });
+    bad.metadata_mut()
+        .insert("x-request-id", "pos-8-bad".parse().unwrap());
+    let status = pos.tokenize(bad).await.unwrap_err();
+    assert_eq!(status.metadata().get("x-request-id").unwrap(), "pos-8-bad");
+    // A card number as request id is replaced, never echoed or logged.
+    let mut pan_as_id = tonic::Request::new(v1::TokenizeRequest {
+        pan: VISA.into(),
+        ..Default::default()
+    });
+    pan_as_id
+        .metadata_mut()
+        .insert("x-request-id", "4111-1111-1111-1111".parse().unwrap());
+    let response = pos.tokenize(pan_as_id).await.unwrap();
+    let made = response
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(made.len(), 16, "{made}");
+    assert!(!tessera::leak::contains_card_number(&made));
+    // Without one, one is made.
+    let response = pos
+        .tokenize(v1::TokenizeRequest {
+            pan: VISA.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(response.metadata().get("x-request-id").is_some());
+
+    // The health listener: plaintext, health only.
+    let probe_addr = format!("http://127.0.0.1:{health_port}");
+    let channel = tonic::transport::Endpoint::from_shared(probe_addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "tessera.v1.Tokenizer"] {
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            reply.status,
+            i32::from(tonic_health::pb::health_check_response::ServingStatus::Serving),
+            "{service:?}"
+        );
+    }
+    let refused = common::client(&probe_addr, Some(&server.api_key("pos")))
+        .await
+        .tokenize(v1::TokenizeRequest {
+            pan: VISA.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented);
+
+    drop(server);
+    // Every line is a JSON object; the call's lines carry its request id
+    // from the span, and no line carries the PAN.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines_of_call = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let json: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            json["level"].is_string() && json["fields"].is_object(),
+            "{line}"
+        );
+        if json["span"]["request_id"] == "pos-7-checkout" {
+            lines_of_call += 1;
+            assert_eq!(json["span"]["method"], "Tokenize", "{line}");
+            assert_eq!(json["span"]["service"], "tessera.v1.Tokenizer", "{line}");
+        }
+        assert!(!line.contains("4111-1111-1111-1111"), "{line}");
+    }
+    assert!(lines_of_call > 0, "no line of the call:\n{text}");
+    common::assert_no_pan_leaked(&log, &dir.path().join("data"), &[VISA]);
+}
+
+#[test]
+fn config_check_lists_every_problem_and_print_redacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"0.0.0.0:50051\"\n[tokens]\nluhn = \"maybe\"\n[access]\nlockout_minutes = 5\n[metrics]\nlisten = \"0.0.0.0:9464\"\n",
+    )
+    .unwrap();
+    let out = tessera(&["config", "check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "data_dir",
+        "kms.backend",
+        "tokens.luhn",
+        "access.lockout_minutes",
+        "tls.cert_file",
+        "metrics.listen",
+    ] {
+        assert!(stderr.contains(&format!("key {key}:")), "{key}:\n{stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 6, "{stderr}");
+
+    // serve refuses the same file with the same exit code, before binding.
+    let serve = tessera(&["serve", "--config", bad.to_str().unwrap()]);
+    assert_eq!(serve.status.code(), Some(64));
+
+    let hash = format!("sha256:{}", "cd".repeat(32));
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "data_dir = \"{}\"\n[store]\nbackend = \"fjall\"\n[[principals]]\nname = \"pos\"\ntenant = \"default\"\nroles = [\"tokenize\"]\napi_key_hash = \"{hash}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = tessera(&[
+        "config",
+        "check",
+        "--dev",
+        "--config",
+        good.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", tools::output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (dev profile, fjall store"));
+    let printed = tessera(&[
+        "config",
+        "print",
+        "--dev",
+        "--config",
+        good.to_str().unwrap(),
+    ]);
+    assert!(printed.status.success());
+    let text = String::from_utf8(printed.stdout).unwrap();
+    assert!(!text.contains(&"cd".repeat(32)), "{text}");
+    assert!(text.contains("api_key_hash = \"<redacted>\""), "{text}");
+    assert!(
+        text.contains("[access]\n") && text.contains("max_failed_auth = 10"),
+        "{text}"
+    );
+}
