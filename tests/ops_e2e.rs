@@ -1,7 +1,8 @@
 //! The operations kit against the real binary: request ids returned and
 //! never card-shaped, JSON logs whose every call line carries its request
 //! id and no PAN, the plaintext health listener for probes (health and
-//! nothing else), and `tessera config check` / `config print`.
+//! nothing else), `tessera config check` / `config print`, and the SIGHUP
+//! reload of principals and limits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -207,4 +208,100 @@ fn config_check_lists_every_problem_and_print_redacts() {
         text.contains("[access]\n") && text.contains("max_failed_auth = 10"),
         "{text}"
     );
+}
+
+fn principal_toml(name: &str, hash: &str) -> String {
+    format!(
+        "[[principals]]\nname = \"{name}\"\ntenant = \"default\"\nroles = [\"tokenize\"]\napi_key_hash = \"{hash}\"\n"
+    )
+}
+
+async fn tokenize_with(server: &Server, key: &str) -> Result<String, tonic::Code> {
+    common::client(&server.addr, Some(key))
+        .await
+        .tokenize(v1::TokenizeRequest {
+            pan: VISA.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().token)
+        .map_err(|s| s.code())
+}
+
+/// SIGHUP puts the file's principals and limits in force; a file that fails
+/// its check changes nothing; both are audited.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_principals_and_limits_and_refuses_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = tessera::access::api_key::generate().unwrap();
+    let new = tessera::access::api_key::generate().unwrap();
+    let (old_key, new_key) = (old.key.expose_secret(), new.key.expose_secret());
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(
+        &config,
+        principal_toml("kiosk", &old.hash.to_config_string()),
+    )
+    .unwrap();
+    let log = dir.path().join("server.log");
+    let server = Server::start_dev_with_config(&config, &dir.path().join("data"), &log);
+    assert!(tokenize_with(&server, old_key).await.is_ok());
+    assert_eq!(
+        tokenize_with(&server, new_key).await.unwrap_err(),
+        tonic::Code::Unauthenticated
+    );
+
+    // kiosk leaves, kiosk2 comes, and tokenize drops to 1 call a second.
+    std::fs::write(
+        &config,
+        format!(
+            "[access]\nrate_per_second = 1\nburst = 1\n{}",
+            principal_toml("kiosk2", &new.hash.to_config_string())
+        ),
+    )
+    .unwrap();
+    server.hangup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokenize_with(&server, new_key).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never took"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        tokenize_with(&server, old_key).await.unwrap_err(),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        tokenize_with(&server, new_key).await.unwrap_err(),
+        tonic::Code::ResourceExhausted,
+        "the new rate limit is in force"
+    );
+
+    // A file with a problem: nothing changes.
+    std::fs::write(&config, "[access]\nmax_failed_auth = 99\n").unwrap();
+    server.hangup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let refused = loop {
+        let events = common::audit_events(&server, "operator", "ConfigReloaded").await;
+        if events.iter().any(|e| e.outcome == "REFUSED") {
+            break events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refused reload: {events:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(
+        tokenize_with(&server, new_key).await.is_ok(),
+        "kiosk2 stays"
+    );
+    let applied: Vec<_> = refused.iter().filter(|e| e.outcome == "OK").collect();
+    assert_eq!(applied.len(), 1, "{refused:?}");
+    // kiosk2 in, kiosk out, and --dev's seven generated principals kept.
+    assert_eq!(applied[0].resource, "config principals:+1 -1 =7");
+    drop(server);
+    common::assert_no_pan_leaked(&log, &dir.path().join("data"), &[VISA]);
 }

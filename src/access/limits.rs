@@ -192,7 +192,8 @@ fn failure_network(ip: IpAddr) -> String {
 /// The per-server guard.
 #[derive(Debug, Default)]
 pub struct Guard {
-    config: LimitsConfig,
+    /// Replaced as a whole on a configuration reload.
+    config: std::sync::RwLock<Arc<LimitsConfig>>,
     state: Mutex<State>,
     /// Locks taken and lifted here, for the other replicas
     /// ([`crate::access::shared_locks`]).
@@ -203,10 +204,29 @@ impl Guard {
     /// A guard with `config`.
     pub fn new(config: LimitsConfig) -> Self {
         Self {
-            config,
+            config: std::sync::RwLock::new(Arc::new(config)),
             state: Mutex::default(),
             outbox: Arc::default(),
         }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> Arc<LimitsConfig> {
+        Arc::clone(
+            &self
+                .config
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Puts `config` in force (a configuration reload). Counts, locks and
+    /// buckets stay; the new rates and thresholds apply from the next call.
+    pub fn set_config(&self, config: LimitsConfig) {
+        *self
+            .config
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
     }
 
     /// The locks this guard took or lifted, waiting to be shared.
@@ -216,7 +236,7 @@ impl Guard {
 
     /// How long a credential lock lasts.
     pub fn lockout(&self) -> Duration {
-        self.config.lockout
+        self.config().lockout
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -245,7 +265,7 @@ impl Guard {
     /// network's limit still applies).
     pub fn auth_failed(&self, key_id: &str) -> bool {
         let now = Instant::now();
-        let lockout = self.config.lockout;
+        let lockout = self.config().lockout;
         let mut state = self.state();
         let entry = if key_id.starts_with(OTP_LOCK_PREFIX) {
             state
@@ -278,8 +298,8 @@ impl Guard {
         }
         entry.last = now;
         entry.count += 1;
-        if entry.count >= self.config.max_failed_auth && entry.locked_until.is_none() {
-            entry.locked_until = Some(now + self.config.lockout);
+        if entry.count >= self.config().max_failed_auth && entry.locked_until.is_none() {
+            entry.locked_until = Some(now + self.config().lockout);
             return true;
         }
         false
@@ -331,7 +351,7 @@ impl Guard {
     /// current window: its calls are then refused before authentication.
     pub fn network_refused(&self, peer: IpAddr) -> bool {
         let now = Instant::now();
-        let window = self.config.refusal_window;
+        let window = self.config().refusal_window;
         let state = self.state();
         // Every call asks: skip naming the network while nothing failed.
         if state.network_failures.is_empty() {
@@ -342,14 +362,14 @@ impl Guard {
             .get(&failure_network(peer))
             .is_some_and(|w| {
                 now.duration_since(w.start) < window
-                    && w.count >= self.config.max_failed_auth_per_network
+                    && w.count >= self.config().max_failed_auth_per_network
             })
     }
 
     /// Counts a failed authentication from `peer`'s network.
     pub fn network_failed(&self, peer: IpAddr) {
         let now = Instant::now();
-        let window = self.config.refusal_window;
+        let window = self.config().refusal_window;
         let mut state = self.state();
         let State {
             network_failures,
@@ -392,7 +412,7 @@ impl Guard {
     pub fn take_n(&self, principal: &str, rpc: &str, n: usize) -> Result<(), Duration> {
         let n = f64::from(u32::try_from(n).unwrap_or(u32::MAX));
         let now = Instant::now();
-        let (rate, burst) = (self.config.rate_per_second, self.config.burst.max(1.0));
+        let (rate, burst) = (self.config().rate_per_second, self.config().burst.max(1.0));
         let mut state = self.state();
         let bucket = state
             .buckets
@@ -419,7 +439,7 @@ impl Guard {
 
     /// Locks `principal` for the lockout period.
     fn lock(&self, state: &mut State, principal: &str) {
-        let until = self.config.anomaly_lock.map(|d| Instant::now() + d);
+        let until = self.config().anomaly_lock.map(|d| Instant::now() + d);
         state.locked_principals.insert(principal.to_owned(), until);
         self.outbox
             .locked(LockTarget::Principal(principal.to_owned()), until);
@@ -437,11 +457,11 @@ impl Guard {
             .volumes
             .entry(principal.to_owned())
             .or_insert_with(|| VolumeBaseline::new(now))
-            .record(n, now, &self.config.volume);
+            .record(n, now, &self.config().volume);
         if !spike {
             return None;
         }
-        let locked = self.config.lock_on_anomaly;
+        let locked = self.config().lock_on_anomaly;
         if locked {
             self.lock(&mut state, principal);
         }
@@ -451,14 +471,14 @@ impl Guard {
     /// Records that `principal` called from `peer`; the anomaly when the
     /// network is new to it.
     pub fn called_from(&self, principal: &str, peer: IpAddr) -> Option<Anomaly> {
-        if !self.config.alert_on_new_network {
+        if !self.config().alert_on_new_network {
             return None;
         }
         let mut state = self.state();
         if !state.networks.record(principal, &network_of(peer)) {
             return None;
         }
-        let locked = self.config.lock_on_new_network;
+        let locked = self.config().lock_on_new_network;
         if locked {
             self.lock(&mut state, principal);
         }
@@ -484,10 +504,10 @@ impl Guard {
             };
         }
         window.count += 1;
-        if window.count != self.config.not_found_per_minute + 1 {
+        if window.count != self.config().not_found_per_minute + 1 {
             return None;
         }
-        let locked = self.config.lock_on_anomaly;
+        let locked = self.config().lock_on_anomaly;
         if locked {
             self.lock(&mut state, principal);
         }
@@ -516,14 +536,14 @@ impl LockTaker for Guard {
             LockTarget::Credential(id) => {
                 // A credential lock always ends; one without an end is
                 // taken for the configured period.
-                let until = until.unwrap_or(now + self.config.lockout);
+                let until = until.unwrap_or(now + self.config().lockout);
                 let map = if id.starts_with(OTP_LOCK_PREFIX) {
                     &mut state.otp_failures
                 } else {
                     &mut state.failures
                 };
                 let entry = map.entry(id.clone()).or_insert_with(|| Failures::new(now));
-                entry.count = entry.count.max(self.config.max_failed_auth);
+                entry.count = entry.count.max(self.config().max_failed_auth);
                 entry.locked_until = Some(until);
                 entry.last = now;
             }

@@ -10,6 +10,7 @@ pub mod init;
 pub mod keys;
 pub mod migrate;
 pub mod principal;
+pub mod reload;
 pub mod serve;
 pub mod session;
 

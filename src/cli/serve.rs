@@ -8,6 +8,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 
 use crate::cli::EXIT_CONFIG;
+use crate::cli::reload;
 use crate::config::source::EnvSource;
 use crate::config::{ConfigError, Profile, RawConfig};
 use crate::devcreds;
@@ -89,7 +90,6 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut principals = config.principals.clone();
     if profile == Profile::Dev {
         tracing::warn!(
             "DEVELOPMENT MODE: loopback only, master key in a plain file, API keys in {}/{} — never use with real card data",
@@ -102,11 +102,11 @@ pub async fn run(args: ServeArgs) -> ExitCode {
                 reason: e.to_string(),
             });
         }
-        match devcreds::load_or_create(&config.data_dir).and_then(|c| devcreds::principals(&c)) {
-            Ok(dev) => principals.extend(dev),
-            Err(e) => return config_error(&e),
-        }
     }
+    let principals = match reload::principals_of(&config) {
+        Ok(principals) => principals,
+        Err(e) => return config_error(&e),
+    };
     let app = match App::build(&config, principals).await {
         Ok(app) => app,
         Err(e @ (StartError::Kms(_) | StartError::Principals(_) | StartError::OtherStore(_))) => {
@@ -168,7 +168,10 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         tracing::warn!("could not write the readiness line to stdout");
     }
     tracing::info!(%addr, "serving");
-    match server::run_with_health(listener, health_listener, app, shutdown_signal()).await {
+    let reloader = tokio::spawn(reload::on_hangup(args, app.clone()));
+    let served = server::run_with_health(listener, health_listener, app, shutdown_signal()).await;
+    reloader.abort();
+    match served {
         Ok(()) => {
             tracing::info!("shut down cleanly");
             ExitCode::SUCCESS

@@ -30,6 +30,7 @@
 //! | `tessera_rate_limited_total` | rpc | calls refused by a rate limit |
 //! | `tessera_lockouts_total` | | principals locked out |
 //! | `tessera_anomalies_total` | kind | detokenize volume, not-found bursts, … |
+//! | `tessera_config_reloads_total` | outcome | SIGHUP reloads, `applied` or `refused` |
 //!
 //! Labels carry RPC and service names from the compiled descriptors, gRPC
 //! code names, KMS operation names, tenant ids and key versions only: never

@@ -50,6 +50,9 @@ pub const RATE_LIMITED: &str = "tessera_rate_limited_total";
 pub const LOCKOUTS: &str = "tessera_lockouts_total";
 /// Counter of anomalies by `kind`.
 pub const ANOMALIES: &str = "tessera_anomalies_total";
+/// Counter of configuration reloads (SIGHUP) by `outcome` (`applied`,
+/// `refused`).
+pub const CONFIG_RELOADS: &str = "tessera_config_reloads_total";
 
 /// Every name above, for the checks of `deploy/`.
 pub const ALL: &[&str] = &[
@@ -77,4 +80,5 @@ pub const ALL: &[&str] = &[
     RATE_LIMITED,
     LOCKOUTS,
     ANOMALIES,
+    CONFIG_RELOADS,
 ];

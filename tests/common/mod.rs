@@ -274,6 +274,15 @@ impl Server {
             .map(|value| value.trim().to_owned())
     }
 
+    /// SIGHUP: the server reloads its configuration.
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// `kill -9`: no chance to flush anything.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();

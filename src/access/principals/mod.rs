@@ -164,6 +164,18 @@ pub enum BookError {
     SharedUnavailable(String),
 }
 
+/// What a reload changed among the configured principals (by name; a kept
+/// name may have new roles or credentials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadCounts {
+    /// Names new to the configuration.
+    pub added: usize,
+    /// Names no longer in it.
+    pub removed: usize,
+    /// Names in both.
+    pub kept: usize,
+}
+
 /// What authentication reads: rebuilt on every change.
 #[derive(Default)]
 struct Snapshot {
@@ -207,7 +219,8 @@ enum Persistence {
 /// The live principals.
 #[derive(Debug)]
 pub struct PrincipalBook {
-    configured: Vec<PrincipalEntry>,
+    /// From the configuration; replaced as a whole on a reload.
+    configured: RwLock<Arc<Vec<PrincipalEntry>>>,
     persistence: Persistence,
     state: RwLock<BookState>,
     /// Serializes changes, so the write happens outside `state`'s write
@@ -275,7 +288,7 @@ impl PrincipalBook {
         }
         let snapshot = Arc::new(build_snapshot(&configured, &added, &revoked)?);
         Ok(Self {
-            configured,
+            configured: RwLock::new(Arc::new(configured)),
             persistence,
             state: RwLock::new(BookState {
                 added,
@@ -313,7 +326,7 @@ impl PrincipalBook {
         }
         let generation = stored.generation;
         let (added, revoked) = persist::entries(stored)?;
-        let snapshot = Arc::new(build_snapshot(&self.configured, &added, &revoked)?);
+        let snapshot = Arc::new(build_snapshot(&self.configured(), &added, &revoked)?);
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = BookState {
             added,
             revoked,
@@ -322,6 +335,49 @@ impl PrincipalBook {
             generation,
         };
         Ok(())
+    }
+
+    fn configured(&self) -> Arc<Vec<PrincipalEntry>> {
+        Arc::clone(&self.configured.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the configured principals (a configuration reload). Run-time
+    /// principals stay; a configured name or certificate identity that
+    /// clashes with one of them refuses the whole reload, keeping the old
+    /// configured set. Returns how many configured principals were added,
+    /// removed and kept.
+    pub async fn replace_configured(
+        &self,
+        configured: Vec<PrincipalEntry>,
+    ) -> Result<ReloadCounts, BookError> {
+        let _writer = self.writer.lock().await;
+        let (added, revoked) = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            (state.added.clone(), state.revoked.clone())
+        };
+        let mut names = BTreeSet::new();
+        for entry in configured.iter().chain(&added) {
+            if !names.insert(entry.principal.name.clone()) {
+                return Err(BookError::NameTaken(entry.principal.name.clone()));
+            }
+        }
+        let snapshot = Arc::new(build_snapshot(&configured, &added, &revoked)?);
+        let old = self.configured();
+        let named = |entries: &[PrincipalEntry]| -> BTreeSet<String> {
+            entries.iter().map(|e| e.principal.name.clone()).collect()
+        };
+        let (before, after) = (named(&old), named(&configured));
+        let counts = ReloadCounts {
+            added: after.difference(&before).count(),
+            removed: before.difference(&after).count(),
+            kept: after.intersection(&before).count(),
+        };
+        *self.configured.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(configured);
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot = snapshot;
+        Ok(counts)
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -363,7 +419,7 @@ impl PrincipalBook {
 
     /// Whether `name` exists (revoked or not).
     fn exists(&self, added: &[PrincipalEntry], name: &str) -> bool {
-        self.configured
+        self.configured()
             .iter()
             .chain(added)
             .any(|e| e.principal.name == name)
@@ -416,7 +472,7 @@ impl PrincipalBook {
                 }
             };
             change(&mut added, &mut revoked)?;
-            let snapshot = Arc::new(build_snapshot(&self.configured, &added, &revoked)?);
+            let snapshot = Arc::new(build_snapshot(&self.configured(), &added, &revoked)?);
             let generation = generation.saturating_add(1);
             let file = persist::book_file(&added, &revoked, generation);
             let version = match &self.persistence {
@@ -534,7 +590,7 @@ impl PrincipalBook {
         }
         if let Some(id) = cert_identity
             && self
-                .configured
+                .configured()
                 .iter()
                 .chain(added.iter())
                 .any(|e| e.cert_identity.as_deref() == Some(id))
@@ -593,8 +649,9 @@ impl PrincipalBook {
 
     /// Every principal, configured first.
     pub fn list(&self) -> Vec<PrincipalSummary> {
+        let held = self.configured();
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        let configured = self.configured.iter().map(|e| (e, Origin::Config));
+        let configured = held.iter().map(|e| (e, Origin::Config));
         let added = state.added.iter().map(|e| (e, Origin::Added));
         configured
             .chain(added)
