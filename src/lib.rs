@@ -31,6 +31,7 @@
 //! | [`vault`] | use cases: tokenize, detokenize, info, delete, batches' rules |
 //! | [`access`] | API keys, roles and scopes, principals, TOTP, admin sessions, dual control, limits, refusal tallies |
 //! | [`audit`] | the hash-chained, signed audit log and its verification |
+//! | [`cardfile`] | CSV and JSON Lines card files for import and export: rows, checkpoints, progress |
 //! | [`shared`] | what replicas share through the store (sealed entries, the change feed) |
 //! | [`service`] | the tonic `Tokenizer` impl, wire conversion, status mapping |
 //! | [`server`] | wiring from config, serving with health and reflection, graceful drain |
@@ -51,6 +52,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod cardfile;
 pub mod cli;
 pub mod clock;
 pub mod codec;

@@ -275,7 +275,8 @@ pub async fn channel(conn: &Connection) -> Result<Channel, String> {
         .map_err(|e| format!("cannot connect to {}: {e}", conn.addr))
 }
 
-async fn connect(conn: &Connection) -> Result<Client, String> {
+/// A Tokenizer client for `conn`, sending its API key.
+pub async fn connect(conn: &Connection) -> Result<Client, String> {
     let header = conn.bearer()?;
     Ok(TokenizerClient::with_interceptor(
         channel(conn).await?,

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod hsm;
+pub mod import;
 pub mod init;
 pub mod keys;
 pub mod migrate;
@@ -67,6 +68,9 @@ pub enum Command {
     Logout(session::SessionArgs),
     /// Load a running server and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Tokenize a card file (CSV or JSON Lines) into a copy whose card
+    /// column holds tokens; resumable, rejected rows reported by line.
+    Import(import::ImportArgs),
     /// Check or print the configuration `serve` would run with.
     Config(config::ConfigArgs),
     /// Apply the PostgreSQL schema (`[store] backend = "postgres"`).
@@ -109,6 +113,7 @@ pub fn main() -> ExitCode {
             Command::Logout(args) => session::logout(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Config(args) => config::run(args),
+            Command::Import(args) => import::run(args).await,
             Command::Migrate(args) => migrate::run(args).await,
             Command::Backup(args) => backup::backup(&args),
             Command::Restore(args) => backup::restore(&args),

@@ -1,0 +1,63 @@
+//! Where an interrupted import or export resumes: `OUTPUT.progress`, beside
+//! the output, replaced atomically after every batch once the output up
+//! to it is synced.
+//!
+//! A run that stops (a crash, ctrl-c, a server that stays unavailable)
+//! between a batch's answer and its checkpoint loses only output past the
+//! checkpoint: the next run cuts the output back to the recorded length and
+//! sends those rows again. Import tokenizes deterministically, so a row
+//! sent twice gets the same token back (`reused`), never a second one.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// How far a run got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The input's length when the run started: a different file (or one
+    /// changed since) is not resumed.
+    pub input_len: u64,
+    /// Input bytes consumed.
+    pub input_pos: u64,
+    /// Rows read (written or rejected).
+    pub rows: u64,
+    /// Rows written.
+    pub written: u64,
+    /// Rows rejected.
+    pub rejected: u64,
+    /// The output's synced length.
+    pub output_len: u64,
+}
+
+/// The checkpoint file of `output`.
+pub fn path_of(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".progress");
+    PathBuf::from(name)
+}
+
+/// The checkpoint of `output`, if a run left one.
+pub fn load(output: &Path) -> std::io::Result<Option<Checkpoint>> {
+    match std::fs::read(path_of(output)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|_| std::io::Error::other("the progress file is not a checkpoint")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records `checkpoint` (durable on return).
+pub fn save(output: &Path, checkpoint: &Checkpoint) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(checkpoint).map_err(std::io::Error::other)?;
+    crate::private_file::replace(&path_of(output), &bytes)
+}
+
+/// Removes the checkpoint of a finished run.
+pub fn finish(output: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path_of(output)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

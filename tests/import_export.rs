@@ -1,0 +1,332 @@
+//! `tessera import` against a running server, as an operator migrating a
+//! card file would run it: a CSV of 6,000 cards (some not cards at all, one
+//! card twice) tokenized in batches, killed with SIGKILL half way through
+//! and resumed with the same command; and a JSON Lines file. The outputs
+//! must hold every good row once, its card replaced by a token that
+//! detokenizes back to it, and nothing else changed; rejected rows are
+//! reported by line number, never by content; and the vault holds exactly
+//! one token per distinct card (a resumed row never mints a second).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Server, test_pan};
+use tessera::proto::v1;
+
+fn import(server: &Server, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    command
+        .arg("import")
+        .args(args)
+        .args(["--addr", &server.addr])
+        .env("TESSERA_API_KEY", server.api_key("pos"))
+        .env_remove("TESSERA_CONFIG");
+    command
+}
+
+/// The input rows: (line, id, pan, note); every 500th card fails Luhn,
+/// row 777 has no card, and row 1000 repeats row 10's card.
+fn rows(count: u64) -> Vec<(u64, String, String, String)> {
+    (0..count)
+        .map(|i| {
+            let mut pan = test_pan(4, i);
+            if i % 500 == 499 {
+                let last = pan.pop().unwrap();
+                pan.push(if last == '9' {
+                    '0'
+                } else {
+                    char::from(u8::try_from(last).unwrap() + 1)
+                });
+            }
+            if i == 777 {
+                pan.clear();
+            }
+            if i == 1000 {
+                pan = test_pan(4, 10);
+            }
+            (i + 2, format!("c{i}"), pan, format!("note, with comma {i}"))
+        })
+        .collect()
+}
+
+fn read_csv(path: &Path) -> Vec<Vec<String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect()
+}
+
+/// Detokenizes `tokens` as the processor.
+async fn detokenize_all(server: &Server, tokens: &[String]) -> Vec<String> {
+    let mut processor = server.client("processor").await;
+    let mut pans = Vec::new();
+    for chunk in tokens.chunks(1000) {
+        let results = processor
+            .detokenize_batch(v1::DetokenizeBatchRequest {
+                items: chunk
+                    .iter()
+                    .map(|t| v1::DetokenizeRequest { token: t.clone() })
+                    .collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        for result in results {
+            let outcome = result.result.unwrap();
+            let v1::detokenize_result::Result::Pan(p) = outcome else {
+                unreachable!("a token did not detokenize: {outcome:?}")
+            };
+            pans.push(p.pan);
+        }
+    }
+    pans
+}
+
+/// Records in the vault, over every data key version of the default tenant.
+async fn records_in_vault(server: &Server) -> u64 {
+    let mut admin = v1::key_admin_client::KeyAdminClient::with_interceptor(
+        server.channel().await,
+        server.admin_auth("admin"),
+    );
+    admin
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .data_keys
+        .iter()
+        .map(|k| k.record_count)
+        .sum()
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_csv_import_killed_half_way_resumes_without_a_second_token() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every commit waits 20 ms (a slow disk, dev only), so that the run is
+    // still going when it is killed.
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(
+        &config,
+        // The check reads back all 6,000 cards at once, which the volume
+        // rule rightly takes for a bulk reader: raise its floor here.
+        "[store]\nsimulated_flush_delay_us = 20000\n[access]\nrate_per_second = 1000000\ndetokenize_learning_limit = 100000\ndetokenize_spike_floor = 100000\n",
+    )
+    .unwrap();
+    let log = dir.path().join("server.log");
+    let server = Server::start_dev_with_config(&config, &dir.path().join("data"), &log);
+    let input = rows(6_000);
+    let input_path = dir.path().join("cards.csv");
+    let mut writer = csv::Writer::from_path(&input_path).unwrap();
+    writer.write_record(["id", "pan", "note"]).unwrap();
+    for (_, id, pan, note) in &input {
+        writer.write_record([id, pan, note]).unwrap();
+    }
+    writer.flush().unwrap();
+    let output = dir.path().join("tokens.csv");
+    let args = [
+        input_path.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--batch",
+        "50",
+    ];
+
+    // First run: SIGKILL once a few batches are checkpointed.
+    let mut first = import(&server, &args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let progress = dir.path().join("tokens.csv.progress");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows_done = std::fs::read(&progress)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|c| c["rows"].as_u64())
+            .unwrap_or(0);
+        if rows_done >= 500 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the import made no progress");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(read_csv(&output).len() < input.len());
+
+    // An existing output without a checkpoint is never overwritten.
+    let other = import(
+        &server,
+        &[
+            input_path.to_str().unwrap(),
+            "--output",
+            input_path.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(other.status.code(), Some(64), "{}", stderr_of(&other));
+
+    // The same command resumes and finishes; rows were rejected: exit 2.
+    let second = import(&server, &args).output().unwrap();
+    let stderr = stderr_of(&second);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("resuming after"), "{stderr}");
+    assert!(
+        !progress.exists(),
+        "the checkpoint of a finished run is removed"
+    );
+    assert_eq!(
+        std::fs::metadata(&output).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Rejected: every 500th row and the empty one, by line number only.
+    let expected_rejected: BTreeSet<u64> = input
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 500 == 499 || *i == 777)
+        .map(|(_, (line, ..))| *line)
+        .collect();
+    let report = std::fs::read_to_string(tessera::cli::import::rejected_path(&output)).unwrap();
+    let reported: BTreeSet<u64> = report
+        .lines()
+        .map(|l| {
+            l.strip_prefix("line ")
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(reported, expected_rejected, "{report}");
+    for text in [&report, &stderr] {
+        assert!(!tessera::leak::contains_card_number(text), "{text}");
+    }
+
+    // Every good row once, in order, its card replaced and nothing else.
+    let good: Vec<_> = input
+        .iter()
+        .filter(|(line, ..)| !expected_rejected.contains(line))
+        .collect();
+    let out = read_csv(&output);
+    assert_eq!(out.len(), good.len());
+    let mut token_of: BTreeMap<&str, &str> = BTreeMap::new();
+    for ((_, id, pan, note), row) in good.iter().zip(&out) {
+        assert_eq!((&row[0], &row[2]), (id, note));
+        let token = row[1].as_str();
+        assert_eq!(token.len(), pan.len());
+        assert_ne!(token, pan);
+        assert_eq!(
+            (&token[..6], &token[token.len() - 4..]),
+            (&pan[..6], &pan[pan.len() - 4..])
+        );
+        // One card, one token, however often it appears or is re-sent.
+        assert_eq!(*token_of.entry(pan.as_str()).or_insert(token), token);
+    }
+    let tokens: Vec<String> = out.iter().map(|r| r[1].clone()).collect();
+    let pans: Vec<&String> = good.iter().map(|(_, _, pan, _)| pan).collect();
+    assert_eq!(
+        detokenize_all(&server, &tokens)
+            .await
+            .iter()
+            .collect::<Vec<_>>(),
+        pans
+    );
+    assert_eq!(
+        records_in_vault(&server).await,
+        u64::try_from(token_of.len()).unwrap(),
+        "a resumed row minted a second token"
+    );
+    drop(server);
+    common::assert_no_pan_leaked(
+        &log,
+        &dir.path().join("data"),
+        &[&input[0].2, &input[4000].2],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_json_lines_import_keeps_every_other_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let server = Server::start(&dir.path().join("data"), &log);
+    let input = dir.path().join("cards.jsonl");
+    let (a, b) = (test_pan(5, 1), test_pan(3, 2));
+    std::fs::write(
+        &input,
+        format!(
+            "{{\"customer\":\"x\",\"card\":\"{a}\",\"exp\":\"12/29\"}}\n\n{{\"card\":{b},\"tags\":[1,2]}}\n{{\"card\":\"nope\"}}\nnot json\n"
+        ),
+    )
+    .unwrap();
+    let output = dir.path().join("out.jsonl");
+    let out = import(
+        &server,
+        &[
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--column",
+            "card",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 4 rejected: InvalidArgument"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 5 rejected: not valid JSON"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 rows tokenized"), "{stderr}");
+    // Not a terminal: plain progress lines, counts only.
+    assert!(
+        stderr.contains("rows tokenized") && stderr.contains("rows/s"),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(&output).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let keys: Vec<&String> = lines[0].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["customer", "card", "exp"]);
+    assert_eq!(lines[1]["tags"], serde_json::json!([1, 2]));
+    let tokens: Vec<String> = lines
+        .iter()
+        .map(|l| l["card"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        detokenize_all(&server, &tokens).await,
+        [a.clone(), b.clone()]
+    );
+    assert!(!text.contains(&a) && !text.contains(&b));
+    drop(server);
+    common::assert_no_pan_leaked(&log, &dir.path().join("data"), &[&a, &b]);
+}
