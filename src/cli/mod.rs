@@ -81,6 +81,34 @@ pub enum Command {
     Restore(backup::RestoreArgs),
 }
 
+/// The README's CLI reference: every command and subcommand with the first
+/// line of its help, as clap shows it (`tests/readme.rs` holds the README
+/// to this, so the reference cannot drift from the code).
+pub fn reference_markdown() -> String {
+    use clap::CommandFactory;
+    fn walk(command: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+            let name = format!("{path} {}", sub.get_name());
+            let about = sub
+                .get_about()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            out.push(format!("| `{name}` | {about} |"));
+            walk(sub, &name, out);
+        }
+    }
+    let mut lines = vec![
+        "| command | what it does |".to_owned(),
+        "|---|---|".to_owned(),
+    ];
+    walk(&Cli::command(), "tessera", &mut lines);
+    lines.join("\n") + "\n"
+}
+
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
