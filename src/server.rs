@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
 use crate::access::approvals::Approvals;
+use crate::access::exports::{DEFAULT_EXPORT_LIFETIME, Exports};
 use crate::access::principals::{self, BookError, PrincipalBook};
 use crate::access::shared_locks::{LockSync, LockTaker};
 use crate::audit::sink::AuditSink;
@@ -176,6 +177,8 @@ pub struct App {
     pub auth: Arc<Authenticator>,
     /// Pending dual-control approvals.
     pub approvals: Arc<Approvals>,
+    /// Approved exports.
+    pub exports: Arc<Exports>,
     /// What replicas share through the store.
     pub shared: Shared,
     /// TLS for the listener (`None`: plaintext, dev on loopback only).
@@ -302,6 +305,7 @@ impl App {
             feed,
             auth,
             approvals: Arc::new(Approvals::new(config.approval_window, shared.clone())),
+            exports: Arc::new(Exports::new(shared.clone(), config.export_lifetime)),
             shared,
             tls: config.tls.clone(),
         })
@@ -322,6 +326,7 @@ impl App {
                 Authenticator::new(Arc::new(principals)).with_shared_sessions(shared.clone()),
             ),
             approvals: Arc::new(Approvals::new(DEFAULT_APPROVAL_WINDOW, shared.clone())),
+            exports: Arc::new(Exports::new(shared.clone(), DEFAULT_EXPORT_LIFETIME)),
             shared,
             tls: None,
             feed: None,
@@ -476,7 +481,12 @@ pub async fn run_with_health(
         Arc::clone(&app.auth),
         Arc::clone(&app.approvals),
     ));
-    let key_admin = KeyAdminServer::new(KeyAdminService::new(app.vault, app.auth, app.approvals));
+    let key_admin = KeyAdminServer::new(KeyAdminService::new(
+        app.vault,
+        app.auth,
+        app.approvals,
+        app.exports,
+    ));
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &app.tls {
         builder = builder.tls_config(crate::tls::server_config(tls)?)?;

@@ -1,11 +1,16 @@
-//! `tessera import` against a running server, as an operator migrating a
-//! card file would run it: a CSV of 6,000 cards (some not cards at all, one
-//! card twice) tokenized in batches, killed with SIGKILL half way through
-//! and resumed with the same command; and a JSON Lines file. The outputs
-//! must hold every good row once, its card replaced by a token that
-//! detokenizes back to it, and nothing else changed; rejected rows are
-//! reported by line number, never by content; and the vault holds exactly
-//! one token per distinct card (a resumed row never mints a second).
+//! `tessera import` and `tessera export` against a running server, as an
+//! operator migrating a card file would run them.
+//! - Import: a CSV of 6,000 cards (some not cards at all, one card twice)
+//!   tokenized in batches, killed with SIGKILL half way through and
+//!   resumed with the same command; and a JSON Lines file. The outputs
+//!   hold every good row once, its card replaced by a token that
+//!   detokenizes back to it, and nothing else changed; rejected rows are
+//!   reported by line number, never by content; and the vault holds
+//!   exactly one token per distinct card (a resumed row never mints a
+//!   second).
+//! - Export: only under a second operator's approval, only for the
+//!   operator who asked, audited under the tenant, to a 0600 file equal
+//!   to the file that was imported.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -329,4 +334,133 @@ async fn a_json_lines_import_keeps_every_other_key() {
     assert!(!text.contains(&a) && !text.contains(&b));
     drop(server);
     common::assert_no_pan_leaked(&log, &dir.path().join("data"), &[&a, &b]);
+}
+
+/// The approval id in `tessera export-request`'s answer.
+fn approval_in(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find(|w| w.len() == 16 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| unreachable!("no approval id in {text}"))
+        .to_owned()
+}
+
+/// Export is the inverse of import, for one operator at a time, under a
+/// second operator's approval, audited under the tenant, to a file only
+/// its owner reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approved_export_gives_back_the_imported_file_and_nothing_less_guarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let server = Server::start(&dir.path().join("data"), &log);
+    let cards = dir.path().join("cards.csv");
+    let mut writer = csv::Writer::from_path(&cards).unwrap();
+    writer.write_record(["id", "pan", "note"]).unwrap();
+    let pans: Vec<String> = (0..300).map(|i| test_pan(5, i)).collect();
+    for (i, pan) in pans.iter().enumerate() {
+        writer
+            .write_record([&format!("c{i}"), pan, "a, b"])
+            .unwrap();
+    }
+    writer.flush().unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    let imported = import(
+        &server,
+        &[cards.to_str().unwrap(), "-o", tokens.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert!(imported.status.success(), "{}", stderr_of(&imported));
+    let export_args = |approval: &str, output: &Path| {
+        vec![
+            "export".to_owned(),
+            tokens.to_str().unwrap().to_owned(),
+            "-o".to_owned(),
+            output.to_str().unwrap().to_owned(),
+            "--column".to_owned(),
+            "pan".to_owned(),
+            "--approval".to_owned(),
+            approval.to_owned(),
+            "--batch".to_owned(),
+            "64".to_owned(),
+        ]
+    };
+    let run_export = |who: &str, approval: &str, output: &Path| {
+        let args = export_args(approval, output);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        server.admin_cli(who, &args)
+    };
+
+    // Without an approved export nothing comes out.
+    let pans_out = dir.path().join("pans.csv");
+    let unapproved = run_export("operator", "0123456789abcdef", &pans_out);
+    assert_eq!(
+        unapproved.status.code(),
+        Some(1),
+        "{}",
+        stderr_of(&unapproved)
+    );
+    assert!(stderr_of(&unapproved).contains("PermissionDenied"));
+    // Only operators may ask.
+    let mut admin = v1::key_admin_client::KeyAdminClient::with_interceptor(
+        server.channel().await,
+        server.admin_auth("admin"),
+    );
+    let refused = admin
+        .request_export(v1::RequestExportRequest {
+            tenant: "default".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+
+    // Asked by one operator; the same operator cannot approve it.
+    let asked = server.admin_cli("operator", &["export-request", "--tenant", "default"]);
+    assert!(asked.status.success(), "{}", stderr_of(&asked));
+    let id = approval_in(&asked);
+    let self_approved = server.admin_cli("operator", &["keys", "approve", &id]);
+    assert!(!self_approved.status.success());
+    let approved = server.admin_cli("operator2", &["keys", "approve", &id]);
+    assert!(approved.status.success(), "{}", stderr_of(&approved));
+    // The approval serves the operator who asked, and no one else.
+    let other = run_export("operator2", &id, &dir.path().join("other.csv"));
+    assert_eq!(other.status.code(), Some(1), "{}", stderr_of(&other));
+    assert!(stderr_of(&other).contains("PermissionDenied"));
+
+    let exported = run_export("operator", &id, &pans_out);
+    assert!(exported.status.success(), "{}", stderr_of(&exported));
+    assert_eq!(
+        std::fs::read_to_string(&pans_out).unwrap(),
+        std::fs::read_to_string(&cards).unwrap(),
+        "export is the inverse of import"
+    );
+    assert_eq!(
+        std::fs::metadata(&pans_out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(!tessera::leak::contains_card_number(&stderr_of(&exported)));
+
+    // Every batch is in the tenant's audit log, for its auditors.
+    let events = common::audit_events(&server, "admin", "ExportBatch").await;
+    let exported_count: u64 = events
+        .iter()
+        .filter(|e| e.outcome == "OK")
+        .map(|e| {
+            e.resource
+                .rsplit("exported:")
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(exported_count, 300, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.principal == "operator" || e.outcome != "OK")
+    );
+    drop(server);
+    let refs: Vec<&str> = pans.iter().map(String::as_str).collect();
+    common::assert_no_pan_leaked(&log, &dir.path().join("data"), &refs);
 }

@@ -58,6 +58,9 @@ pub enum DualControlAction {
     /// Make a principal with PAN-reading or administrative roles live; its
     /// credentials were issued to the requester and work only after this.
     AddPrincipal(Box<PrincipalEntry>),
+    /// Let the requester read this tenant's PANs through `ExportBatch`
+    /// for a while ([`crate::access::exports`]).
+    Export(TenantId),
 }
 
 impl DualControlAction {
@@ -68,6 +71,7 @@ impl DualControlAction {
             Self::ShredTenant(_) => "ShredTenant",
             Self::Unseal => "Unseal",
             Self::AddPrincipal(_) => "AddPrincipal",
+            Self::Export(_) => "Export",
         }
     }
 
@@ -75,7 +79,7 @@ impl DualControlAction {
     pub fn detail(&self) -> String {
         match self {
             Self::RotateMasterKey | Self::Unseal => String::new(),
-            Self::ShredTenant(tenant) => format!("tenant {tenant}"),
+            Self::ShredTenant(tenant) | Self::Export(tenant) => format!("tenant {tenant}"),
             Self::AddPrincipal(entry) => {
                 let roles: Vec<_> = entry.principal.roles.iter().map(|r| r.name()).collect();
                 format!(
@@ -185,6 +189,7 @@ enum StoredAction {
     ShredTenant { tenant: String },
     Unseal,
     AddPrincipal { principal: Box<StoredPrincipal> },
+    Export { tenant: String },
 }
 
 impl StoredPending {
@@ -198,6 +203,9 @@ impl StoredPending {
                 DualControlAction::Unseal => StoredAction::Unseal,
                 DualControlAction::AddPrincipal(entry) => StoredAction::AddPrincipal {
                     principal: Box::new(StoredPrincipal::from_entry(entry)),
+                },
+                DualControlAction::Export(t) => StoredAction::Export {
+                    tenant: t.as_str().to_owned(),
                 },
             },
             requested_by: p.requested_by.clone(),
@@ -224,6 +232,7 @@ impl StoredPending {
                 StoredAction::AddPrincipal { principal } => DualControlAction::AddPrincipal(
                     Box::new(principal.into_entry().map_err(damaged)?),
                 ),
+                StoredAction::Export { tenant: t } => DualControlAction::Export(tenant(&t)?),
             },
             id,
             requested_by: self.requested_by,

@@ -13,6 +13,7 @@
 pub mod anomaly;
 pub mod api_key;
 pub mod approvals;
+pub mod exports;
 pub mod limits;
 pub mod principals;
 pub mod refusals;

@@ -3,8 +3,10 @@
 pub mod audit;
 pub mod backup;
 pub mod bench;
+pub mod cardrun;
 pub mod client;
 pub mod config;
+pub mod export;
 pub mod hsm;
 pub mod import;
 pub mod init;
@@ -71,6 +73,12 @@ pub enum Command {
     /// Tokenize a card file (CSV or JSON Lines) into a copy whose card
     /// column holds tokens; resumable, rejected rows reported by line.
     Import(import::ImportArgs),
+    /// Operators: ask to export one tenant's PANs (a second operator
+    /// approves with `tessera keys approve`).
+    ExportRequest(export::ExportRequestArgs),
+    /// Operators: with an approved export, turn a file of tokens into the
+    /// same file with PANs (mode 0600); resumable, audited per batch.
+    Export(export::ExportArgs),
     /// Check or print the configuration `serve` would run with.
     Config(config::ConfigArgs),
     /// Apply the PostgreSQL schema (`[store] backend = "postgres"`).
@@ -142,6 +150,8 @@ pub fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Config(args) => config::run(args),
             Command::Import(args) => import::run(args).await,
+            Command::ExportRequest(args) => export::request(args).await,
+            Command::Export(args) => export::run(args).await,
             Command::Migrate(args) => migrate::run(args).await,
             Command::Backup(args) => backup::backup(&args),
             Command::Restore(args) => backup::restore(&args),

@@ -64,6 +64,8 @@ pub struct RawAccess {
     /// How often a replica polls the store for changes made by the others
     /// (PostgreSQL), in milliseconds: 100 to 60000.
     pub shared_poll_ms: u64,
+    /// Minutes an approved export serves its operator: 1 to 1440.
+    pub export_minutes: u64,
 }
 
 impl Default for RawAccess {
@@ -90,6 +92,7 @@ impl Default for RawAccess {
             lock_on_new_network: false,
             state_key_file: None,
             shared_poll_ms: 1_000,
+            export_minutes: crate::access::exports::DEFAULT_EXPORT_LIFETIME.as_secs() / 60,
         }
     }
 }
@@ -106,6 +109,8 @@ pub struct AccessSettings {
     pub otp_step: Duration,
     /// How often replicas poll for each other's changes.
     pub shared_poll: Duration,
+    /// How long an approved export serves.
+    pub export_lifetime: Duration,
 }
 
 impl RawAccess {
@@ -176,6 +181,12 @@ impl RawAccess {
             100..=60_000,
             "must be 100 to 60000",
         );
+        let export_minutes = problems.in_range(
+            "access.export_minutes",
+            self.export_minutes,
+            1..=24 * 60,
+            "must be 1 to 1440",
+        );
         let rate = f64::from(rate?);
         Some(AccessSettings {
             limits: LimitsConfig {
@@ -203,6 +214,7 @@ impl RawAccess {
             approval_window: Duration::from_secs(approval_minutes? * 60),
             otp_step: Duration::from_secs(otp_step?),
             shared_poll: Duration::from_millis(shared_poll?),
+            export_lifetime: Duration::from_secs(export_minutes? * 60),
         })
     }
 }

@@ -221,6 +221,8 @@ pub struct Config {
     pub state_key: StateKeyFile,
     /// How often replicas poll for each other's changes.
     pub shared_poll: std::time::Duration,
+    /// How long an approved export serves its operator.
+    pub export_lifetime: std::time::Duration,
 }
 
 /// Where the key sealing shared state is read from.
@@ -347,6 +349,7 @@ impl RawConfig {
                 audit_sinks: self.audit.sinks(),
                 state_key: state_key?,
                 shared_poll: access.shared_poll,
+                export_lifetime: access.export_lifetime,
             })
         })();
         match checked {

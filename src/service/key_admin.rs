@@ -11,6 +11,12 @@
 //!
 //! GetStatus, ListApprovals and Approve serve both, each in its own scope;
 //! these three and Seal and Unseal answer while sealed.
+//!
+//! Export (RequestExport, ExportBatch) is an operator's, on a tenant it
+//! names, under dual control: a second operator approves the request, and
+//! its id then serves the requester alone for a while
+//! ([`crate::access::exports`]). Each batch is audited under the exported
+//! tenant before any PAN leaves.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +26,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::access::approvals::{ApprovalError, Approvals, Approver, DualControlAction};
+use crate::access::exports::{ExportError, Exports};
 use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
 use crate::proto::v1::key_admin_server::KeyAdmin;
@@ -47,15 +54,22 @@ pub struct KeyAdminService {
     vault: Arc<Vault>,
     auth: Arc<Authenticator>,
     approvals: Arc<Approvals>,
+    exports: Arc<Exports>,
 }
 
 impl KeyAdminService {
     /// A service over a vault and an authenticator.
-    pub fn new(vault: Arc<Vault>, auth: Arc<Authenticator>, approvals: Arc<Approvals>) -> Self {
+    pub fn new(
+        vault: Arc<Vault>,
+        auth: Arc<Authenticator>,
+        approvals: Arc<Approvals>,
+        exports: Arc<Exports>,
+    ) -> Self {
         Self {
             vault,
             auth,
             approvals,
+            exports,
         }
     }
 
@@ -115,10 +129,28 @@ impl KeyAdminService {
         authorize_call(&self.vault, &self.auth, call, request, roles, when_sealed).await
     }
 
-    /// Runs an approved action.
-    async fn run_approved(&self, action: DualControlAction) -> Result<String, Status> {
+    /// Runs the approved action of request `id`, filed by `requested_by`
+    /// and approved by `approver`.
+    async fn run_approved(
+        &self,
+        action: DualControlAction,
+        id: &str,
+        requested_by: &str,
+        approver: &str,
+    ) -> Result<String, Status> {
         let vault_status = |e: crate::vault::VaultError| status::from_vault(&e);
         match action {
+            DualControlAction::Export(tenant) => {
+                let until = self
+                    .exports
+                    .grant(id, &tenant, requested_by, approver, self.vault.now_ms())
+                    .await
+                    .map_err(|e| export_status(&e))?;
+                Ok(format!(
+                    "export of tenant {tenant} granted to {requested_by} until {}: `tessera export --approval {id}`",
+                    timestamp(until)
+                ))
+            }
             DualControlAction::RotateMasterKey => self
                 .vault
                 .rotate_master_key()
@@ -160,6 +192,24 @@ impl KeyAdminService {
     ) -> Result<Response<T>, Status> {
         finish_admin(&self.vault, call, principal, resource, result).await
     }
+
+    /// One token of an export: its PAN, or the status it alone would get.
+    async fn export_one(
+        &self,
+        tenant: &TenantId,
+        token: &str,
+    ) -> Result<v1::DetokenizeResponse, Status> {
+        let token = crate::service::convert::token(token)?;
+        let pan = self
+            .vault
+            .export_pan(tenant, &token)
+            .await
+            .map_err(|e| status::from_vault(&e))?;
+        let ascii = pan.expose_ascii();
+        Ok(v1::DetokenizeResponse {
+            pan: String::from_utf8_lossy(&ascii).into_owned(),
+        })
+    }
 }
 
 /// The tenant a request names: empty means the caller's own. Admins act on
@@ -174,6 +224,20 @@ fn target_tenant(principal: &Principal, requested: &str) -> Result<TenantId, Sta
         Err(Status::permission_denied(
             "admins act on their own tenant only",
         ))
+    }
+}
+
+/// Maps a refused export.
+fn export_status(e: &ExportError) -> Status {
+    match e {
+        ExportError::NotFound => Status::permission_denied(e.to_string()),
+        ExportError::Unavailable(inner) if inner.is_retryable() => {
+            Status::unavailable("export grants are unavailable; retry")
+        }
+        other => {
+            tracing::error!(error = %other, "export grants unreadable");
+            Status::internal("export grants are unreadable; see the server log")
+        }
     }
 }
 
@@ -662,7 +726,7 @@ impl KeyAdmin for KeyAdminService {
         let action = pending.action.name().to_owned();
         let requested_by = pending.requested_by.clone();
         let result = self
-            .run_approved(pending.action)
+            .run_approved(pending.action, &id, &requested_by, &principal.name)
             .await
             .map(|result| v1::ApproveResponse {
                 action: action.clone(),
@@ -716,6 +780,105 @@ impl KeyAdmin for KeyAdminService {
     /// Like Reencrypt: the start is audited (fail closed) and the job runs
     /// in its own task; each page that removes anything commits with its
     /// own audit event, and the end is recorded as the outcome.
+    #[instrument(skip_all, name = "RequestExport", fields(principal, tenant))]
+    async fn request_export(
+        &self,
+        request: Request<v1::RequestExportRequest>,
+    ) -> Result<Response<v1::RequestExportResponse>, Status> {
+        let mut call = CallContext::of("RequestExport", &request);
+        let principal = self
+            .caller(&call, &request, OPERATOR, WhenSealed::Refuse)
+            .await?;
+        let named = &request.get_ref().tenant;
+        if named.is_empty() || named.as_str() == TenantId::SYSTEM_NAME {
+            let refused = Err(status::invalid_argument(
+                "tenant",
+                "name the tenant whose PANs are exported",
+            ));
+            return self
+                .finish(&call, &principal, "export".to_owned(), refused)
+                .await;
+        }
+        let tenant = target_tenant(&principal, named)?;
+        call.affected_tenant = Some(tenant.as_str().to_owned());
+        // Dual control: this only files the request; Approve grants it.
+        self.request_approval(&call, &principal, DualControlAction::Export(tenant))
+            .await?;
+        Err(Status::internal("unreachable: approval requested"))
+    }
+
+    #[instrument(skip_all, name = "ExportBatch", fields(principal, tenant, items))]
+    async fn export_batch(
+        &self,
+        request: Request<v1::ExportBatchRequest>,
+    ) -> Result<Response<v1::ExportBatchResponse>, Status> {
+        let mut call = CallContext::of("ExportBatch", &request);
+        let principal = self
+            .caller(&call, &request, OPERATOR, WhenSealed::Refuse)
+            .await?;
+        let v1::ExportBatchRequest {
+            approval_id,
+            tokens,
+        } = request.into_inner();
+        if !crate::access::approvals::is_well_formed_id(&approval_id) {
+            let refused = Err(status::invalid_argument(
+                "approval_id",
+                "must be an approval id: 16 lowercase hex digits",
+            ));
+            return self
+                .finish(&call, &principal, "export:<invalid id>".to_owned(), refused)
+                .await;
+        }
+        let tenant = match self
+            .exports
+            .check(&approval_id, &principal.name, self.vault.now_ms())
+            .await
+        {
+            Ok(tenant) => tenant,
+            Err(e) => {
+                let resource = format!("export:{approval_id}");
+                return self
+                    .finish(&call, &principal, resource, Err(export_status(&e)))
+                    .await;
+            }
+        };
+        // Filed under the exported tenant: its auditors see every batch.
+        call.affected_tenant = Some(tenant.as_str().to_owned());
+        let total = tokens.len();
+        let result = async {
+            self.vault
+                .check_batch_len(total)
+                .map_err(|e| status::from_vault(&e))?;
+            metrics::histogram!(crate::telemetry::names::BATCH_ITEMS, "rpc" => call.rpc)
+                .record(crate::telemetry::count(total));
+            let mut outcomes = Vec::with_capacity(total);
+            for token in &tokens {
+                outcomes.push(self.export_one(&tenant, token).await);
+            }
+            Ok(outcomes)
+        }
+        .await;
+        let exported = result
+            .as_ref()
+            .map_or(0, |o| o.iter().filter(|r| r.is_ok()).count());
+        let resource =
+            format!("export:{approval_id} tenant:{tenant} tokens:{total} exported:{exported}");
+        // Fail closed: no PAN leaves unless this batch is in the log.
+        let outcomes = finish_admin(&self.vault, &call, &principal, resource, result)
+            .await?
+            .into_inner();
+        let results = outcomes
+            .into_iter()
+            .map(|r| v1::DetokenizeResult {
+                result: Some(match r {
+                    Ok(pan) => v1::detokenize_result::Result::Pan(pan),
+                    Err(e) => v1::detokenize_result::Result::Error(status::to_rpc_status(&e)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(v1::ExportBatchResponse { results }))
+    }
+
     #[instrument(skip_all, name = "Compact", fields(principal, tenant))]
     async fn compact(
         &self,

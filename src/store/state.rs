@@ -36,16 +36,19 @@ pub enum StateKind {
     /// A fact other replicas must act on (for example: keys rotated, drop
     /// the cached current versions).
     Signal,
+    /// An approved export's grant, by approval id.
+    Export,
 }
 
 impl StateKind {
     /// Every kind.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Principal,
         Self::Approval,
         Self::Session,
         Self::Lock,
         Self::Signal,
+        Self::Export,
     ];
 
     /// The stored name.
@@ -56,6 +59,7 @@ impl StateKind {
             Self::Session => "session",
             Self::Lock => "lock",
             Self::Signal => "signal",
+            Self::Export => "export",
         }
     }
 

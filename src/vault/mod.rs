@@ -468,18 +468,7 @@ impl Vault {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), VaultError>>,
     {
-        let (stored, _) = self.live_record(tenant, token).await?;
-        let (pan, sealed_token) = self.open(tenant, &stored).await?;
-        // The record must be the one this token names (it always is, unless
-        // the store was tampered with); compare in constant time.
-        if !bool::from(
-            sealed_token
-                .as_str()
-                .as_bytes()
-                .ct_eq(token.as_str().as_bytes()),
-        ) {
-            return Err(VaultError::Envelope(EnvelopeError::Unreadable));
-        }
+        let (stored, pan) = self.read_pan(tenant, token).await?;
         if stored.record.facts.single_use {
             before_consume().await?;
             let tombstone = Tombstone {
@@ -498,6 +487,35 @@ impl Vault {
             }
         }
         Ok(pan)
+    }
+
+    /// The PAN behind `token` for an approved export: as
+    /// [`Self::detokenize`], but a single-use token is not consumed (an
+    /// export copies the vault for a migration; the tokens stay as they
+    /// were for the callers that still hold them).
+    pub async fn export_pan(&self, tenant: &TenantId, token: &Token) -> Result<Pan, VaultError> {
+        self.read_pan(tenant, token).await.map(|(_, pan)| pan)
+    }
+
+    /// The live record of `token` and the PAN it seals.
+    async fn read_pan(
+        &self,
+        tenant: &TenantId,
+        token: &Token,
+    ) -> Result<(StoredRecord, Pan), VaultError> {
+        let (stored, _) = self.live_record(tenant, token).await?;
+        let (pan, sealed_token) = self.open(tenant, &stored).await?;
+        // The record must be the one this token names (it always is, unless
+        // the store was tampered with); compare in constant time.
+        if !bool::from(
+            sealed_token
+                .as_str()
+                .as_bytes()
+                .ct_eq(token.as_str().as_bytes()),
+        ) {
+            return Err(VaultError::Envelope(EnvelopeError::Unreadable));
+        }
+        Ok((stored, pan))
     }
 
     /// The public facts of a live token.

@@ -1266,6 +1266,33 @@ pub struct CompactResponse {
     #[prost(uint64, tag = "8")]
     pub unopenable: u64,
 }
+/// Ask to export a tenant's PANs.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RequestExportRequest {
+    /// The tenant whose tokens will be exported. Required.
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+}
+/// Never sent: RequestExport always answers with a pending approval.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RequestExportResponse {}
+/// A batch of an approved export.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExportBatchRequest {
+    /// The approval id of the export (from RequestExport, once approved).
+    #[prost(string, tag = "1")]
+    pub approval_id: ::prost::alloc::string::String,
+    /// Tokens of the approved tenant; at most `limits.max_batch_items`.
+    #[prost(string, repeated, tag = "2")]
+    pub tokens: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// One result per token, in order.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExportBatchResponse {
+    /// The PAN, or the status that token alone would have failed with.
+    #[prost(message, repeated, tag = "1")]
+    pub results: ::prost::alloc::vec::Vec<DetokenizeResult>,
+}
 /// Life-cycle state of a data key version (PCI DSS 3.7.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -1696,6 +1723,62 @@ pub mod key_admin_client {
                 .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "Compact"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Operators only: asks to export one tenant's PANs (a migration to
+        /// another processor). Always answers FAILED_PRECONDITION with an approval
+        /// id: a second operator approves it with Approve, and the id then lets
+        /// the operator who asked, and no one else, call ExportBatch for
+        /// `access.export_minutes`.
+        pub async fn request_export(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RequestExportRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RequestExportResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/RequestExport",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "RequestExport"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Operators only: the PANs behind a batch of the approved tenant's
+        /// tokens, under an approved export's id. Each call is audited before it
+        /// answers; single-use tokens are not consumed.
+        pub async fn export_batch(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExportBatchRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExportBatchResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.KeyAdmin/ExportBatch",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "ExportBatch"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1814,6 +1897,28 @@ pub mod key_admin_server {
             &self,
             request: tonic::Request<super::CompactRequest>,
         ) -> std::result::Result<tonic::Response<Self::CompactStream>, tonic::Status>;
+        /// Operators only: asks to export one tenant's PANs (a migration to
+        /// another processor). Always answers FAILED_PRECONDITION with an approval
+        /// id: a second operator approves it with Approve, and the id then lets
+        /// the operator who asked, and no one else, call ExportBatch for
+        /// `access.export_minutes`.
+        async fn request_export(
+            &self,
+            request: tonic::Request<super::RequestExportRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RequestExportResponse>,
+            tonic::Status,
+        >;
+        /// Operators only: the PANs behind a batch of the approved tenant's
+        /// tokens, under an approved export's id. Each call is audited before it
+        /// answers; single-use tokens are not consumed.
+        async fn export_batch(
+            &self,
+            request: tonic::Request<super::ExportBatchRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExportBatchResponse>,
+            tonic::Status,
+        >;
     }
     /// Seal state, unseal, and the key hierarchy's life cycle.
     #[derive(Debug)]
@@ -2424,6 +2529,96 @@ pub mod key_admin_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/RequestExport" => {
+                    #[allow(non_camel_case_types)]
+                    struct RequestExportSvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<
+                        T: KeyAdmin,
+                    > tonic::server::UnaryService<super::RequestExportRequest>
+                    for RequestExportSvc<T> {
+                        type Response = super::RequestExportResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RequestExportRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::request_export(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RequestExportSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.KeyAdmin/ExportBatch" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExportBatchSvc<T: KeyAdmin>(pub Arc<T>);
+                    impl<
+                        T: KeyAdmin,
+                    > tonic::server::UnaryService<super::ExportBatchRequest>
+                    for ExportBatchSvc<T> {
+                        type Response = super::ExportBatchResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExportBatchRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as KeyAdmin>::export_batch(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExportBatchSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -1,0 +1,114 @@
+//! Export grants: what an approved `Export` request leaves behind. A grant
+//! lets one operator (the one who asked) read one tenant's PANs through
+//! `ExportBatch`, until it lapses; a second operator approved it, so no
+//! single person can take a tenant's cards (PCI DSS 3.6.1.2, 7.2).
+//!
+//! Grants live in the store's shared state, sealed like every other entry,
+//! under the approval id: the replica that approved it and every other one
+//! honour it alike. A lapsed grant is removed by whoever meets it first.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::TenantId;
+use crate::shared::{Shared, SharedError};
+use crate::store::{Expect, StateKind};
+
+/// How long a grant lasts unless `access.export_minutes` says otherwise.
+pub const DEFAULT_EXPORT_LIFETIME: Duration = Duration::from_secs(60 * 60);
+
+/// One approved export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportGrant {
+    /// Whose PANs.
+    pub tenant: String,
+    /// The operator who asked: the only one it serves.
+    pub grantee: String,
+    /// The operator who approved it.
+    pub approved_by: String,
+    /// When it lapses, by the vault clock (milliseconds).
+    pub expires_at_ms: u64,
+}
+
+/// Why a grant does not serve a call. The variants say no more than
+/// "no such export" to anyone but its grantee.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// No live grant has this id for this caller.
+    #[error("no approved export has this id for this operator (or it lapsed)")]
+    NotFound,
+    /// The shared store failed.
+    #[error("export grants are unavailable: {0}")]
+    Unavailable(#[from] SharedError),
+    /// A stored grant names a tenant that cannot be.
+    #[error("a stored export grant is unreadable")]
+    Damaged,
+}
+
+/// The grants.
+#[derive(Debug, Clone)]
+pub struct Exports {
+    shared: Shared,
+    lifetime: Duration,
+}
+
+impl Exports {
+    /// Grants kept in `shared`, each lasting `lifetime`.
+    pub fn new(shared: Shared, lifetime: Duration) -> Self {
+        Self { shared, lifetime }
+    }
+
+    /// Records the grant of approval `id`: `grantee` may export `tenant`
+    /// from `now_ms` for the configured lifetime. Returns when it lapses.
+    pub async fn grant(
+        &self,
+        id: &str,
+        tenant: &TenantId,
+        grantee: &str,
+        approved_by: &str,
+        now_ms: u64,
+    ) -> Result<u64, ExportError> {
+        let lifetime_ms = u64::try_from(self.lifetime.as_millis()).unwrap_or(u64::MAX);
+        let grant = ExportGrant {
+            tenant: tenant.as_str().to_owned(),
+            grantee: grantee.to_owned(),
+            approved_by: approved_by.to_owned(),
+            expires_at_ms: now_ms.saturating_add(lifetime_ms),
+        };
+        self.shared
+            .put(StateKind::Export, id, Some(&grant), Expect::Absent)
+            .await?;
+        Ok(grant.expires_at_ms)
+    }
+
+    /// The tenant grant `id` lets `caller` export at `now_ms`.
+    pub async fn check(
+        &self,
+        id: &str,
+        caller: &str,
+        now_ms: u64,
+    ) -> Result<TenantId, ExportError> {
+        let Some((version, grant)) = self
+            .shared
+            .get::<ExportGrant>(StateKind::Export, id)
+            .await?
+        else {
+            return Err(ExportError::NotFound);
+        };
+        if grant.expires_at_ms <= now_ms {
+            // Lapsed: gone for everyone. A concurrent removal is as good.
+            let _ = self
+                .shared
+                .put::<ExportGrant>(StateKind::Export, id, None, Expect::Version(version))
+                .await;
+            return Err(ExportError::NotFound);
+        }
+        if grant.grantee != caller {
+            return Err(ExportError::NotFound);
+        }
+        TenantId::from_stored(&grant.tenant).map_err(|_| ExportError::Damaged)
+    }
+}
