@@ -177,6 +177,14 @@ async fn a_csv_import_killed_half_way_resumes_without_a_second_token() {
     first.wait().unwrap();
     assert!(read_csv(&output).len() < input.len());
 
+    // An input of the same length with other rows is not resumed: its
+    // first row's id changes, one digit for another.
+    let original = std::fs::read_to_string(&input_path).unwrap();
+    std::fs::write(&input_path, original.replacen("c0,", "c9,", 1)).unwrap();
+    let changed = import(&server, &args).output().unwrap();
+    assert_eq!(changed.status.code(), Some(64), "{}", stderr_of(&changed));
+    std::fs::write(&input_path, &original).unwrap();
+
     // An existing output without a checkpoint is never overwritten.
     let other = import(
         &server,

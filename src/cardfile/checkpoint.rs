@@ -13,11 +13,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// How far a run got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// The input's length when the run started: a different file (or one
     /// changed since) is not resumed.
     pub input_len: u64,
+    /// SHA-256 of the input's first `input_pos` bytes, hex: an input of
+    /// the same length but other rows is not resumed either.
+    #[serde(default)]
+    pub input_prefix_sha256: String,
     /// Input bytes consumed.
     pub input_pos: u64,
     /// Rows read (written or rejected).
@@ -59,5 +63,52 @@ pub fn finish(output: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path_of(output)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// A running SHA-256 of a file's first bytes, read through a handle of its
+/// own as the run's reader moves on.
+#[derive(Debug)]
+pub struct PrefixHash {
+    file: std::io::BufReader<std::fs::File>,
+    hasher: sha2::Sha256,
+    position: u64,
+}
+
+impl PrefixHash {
+    /// Starts at the beginning of `path`.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        use sha2::Digest;
+        Ok(Self {
+            file: std::io::BufReader::new(std::fs::File::open(path)?),
+            hasher: sha2::Sha256::new(),
+            position: 0,
+        })
+    }
+
+    /// Hashes up to byte `position`; returns the digest so far, hex.
+    pub fn advance_to(&mut self, position: u64) -> std::io::Result<String> {
+        use sha2::Digest;
+        use std::io::Read;
+        let wanted = position.saturating_sub(self.position);
+        let copied = std::io::copy(
+            &mut (&mut self.file).take(wanted),
+            &mut HashWriter(&mut self.hasher),
+        )?;
+        self.position += copied;
+        Ok(hex::encode(self.hasher.clone().finalize()))
+    }
+}
+
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

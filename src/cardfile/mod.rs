@@ -12,10 +12,13 @@ pub mod checkpoint;
 pub mod progress;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use serde_json::{Map, Value};
+
+/// The longest JSON line read; a longer one is a rejected row.
+pub const MAX_LINE_BYTES: u64 = 1024 * 1024;
 
 /// The file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +55,9 @@ pub enum CardFileError {
     /// The CSV header does not name the column.
     #[error("the header has no column named {0:?}")]
     NoColumn(String),
+    /// The CSV header names the column twice.
+    #[error("the header has two columns named {0:?}")]
+    TwoColumns(String),
     /// The CSV header row is unreadable.
     #[error("the header row is not valid CSV")]
     BadHeader,
@@ -134,6 +140,11 @@ impl Reader {
                     .iter()
                     .position(|h| h == column)
                     .ok_or_else(|| CardFileError::NoColumn(column.to_owned()))?;
+                // A second column of the same name would pass through in
+                // clear: refuse rather than guess which one holds cards.
+                if headers.iter().filter(|h| *h == column).count() > 1 {
+                    return Err(CardFileError::TwoColumns(column.to_owned()));
+                }
                 ReaderInner::Csv {
                     reader,
                     index,
@@ -206,31 +217,51 @@ impl Reader {
                 line,
                 bytes,
             } => loop {
-                let mut text = String::new();
-                let read = match reader.read_line(&mut text) {
-                    Ok(read) => read,
-                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                        // Not UTF-8: skip the rest of the line.
-                        *line += 1;
-                        let mut rest = Vec::new();
-                        let skipped = reader.read_until(b'\n', &mut rest)?;
-                        *bytes += u64::try_from(skipped).unwrap_or(0);
-                        return Ok(Some(Err(BadRow {
-                            line: *line,
-                            reason: "not UTF-8",
-                        })));
-                    }
-                    Err(e) => return Err(e),
-                };
+                // Bytes first: a line that is not UTF-8 is one bad row, and
+                // the next line is still read (read_line would have consumed
+                // it past the newline already). A line is bounded, so one
+                // huge line costs a bounded buffer and one rejection.
+                let mut raw = Vec::new();
+                let read = (&mut *reader)
+                    .take(MAX_LINE_BYTES + 1)
+                    .read_until(b'\n', &mut raw)?;
                 if read == 0 {
                     return Ok(None);
                 }
                 *line += 1;
                 *bytes += u64::try_from(read).unwrap_or(0);
+                if raw.len() > usize::try_from(MAX_LINE_BYTES).unwrap_or(usize::MAX) {
+                    // Skip to the end of the over-long line.
+                    loop {
+                        let buffered = reader.fill_buf()?;
+                        if buffered.is_empty() {
+                            break;
+                        }
+                        let (used, done) = match buffered.iter().position(|b| *b == b'\n') {
+                            Some(at) => (at + 1, true),
+                            None => (buffered.len(), false),
+                        };
+                        reader.consume(used);
+                        *bytes += u64::try_from(used).unwrap_or(0);
+                        if done {
+                            break;
+                        }
+                    }
+                    return Ok(Some(Err(BadRow {
+                        line: *line,
+                        reason: "longer than 1 MiB",
+                    })));
+                }
+                let Ok(text) = std::str::from_utf8(&raw) else {
+                    return Ok(Some(Err(BadRow {
+                        line: *line,
+                        reason: "not UTF-8",
+                    })));
+                };
                 if text.trim().is_empty() {
                     continue;
                 }
-                let row = match serde_json::from_str::<Value>(&text) {
+                let row = match serde_json::from_str::<Value>(text) {
                     Ok(Value::Object(map)) => Ok(Row {
                         line: *line,
                         value: match map.get(&self.column) {
@@ -428,6 +459,48 @@ mod tests {
             text,
             "{\"b\":1,\"pan\":\"T1\",\"a\":[1]}\n{\"pan\":\"T5\"}\n"
         );
+    }
+
+    /// Review finding: after a line that was not UTF-8, the next line was
+    /// skipped without a report (its card lost), and later line numbers
+    /// were off by one.
+    #[test]
+    fn a_line_that_is_not_utf8_is_one_bad_row_and_the_next_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("in.jsonl");
+        let mut input =
+            b"{\"pan\":\"1\"}\n{\"pan\":\"\xff\xfe\"}\n{\"pan\":\"3\"}\nnot json\n".to_vec();
+        input.extend(vec![b'x'; 2 * 1024 * 1024]);
+        input.extend(b"\n{\"pan\":\"6\"}\n");
+        std::fs::write(&from, input).unwrap();
+        let mut reader = Reader::open(&from, Format::Jsonl, "pan").unwrap();
+        let mut seen = Vec::new();
+        while let Some(row) = reader.next_row().unwrap() {
+            seen.push(match row {
+                Ok(row) => format!("{}:{}", row.line, row.value.unwrap()),
+                Err(bad) => format!("{}:{}", bad.line, bad.reason),
+            });
+        }
+        assert_eq!(
+            seen,
+            [
+                "1:1",
+                "2:not UTF-8",
+                "3:3",
+                "4:not valid JSON",
+                "5:longer than 1 MiB",
+                "6:6"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_column_named_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("in.csv");
+        std::fs::write(&from, "id,pan,pan\n1,4111111111111111,5555555555554444\n").unwrap();
+        let err = Reader::open(&from, Format::Csv, "pan").unwrap_err();
+        assert_eq!(err.to_string(), "the header has two columns named \"pan\"");
     }
 
     #[test]

@@ -189,18 +189,37 @@ async fn transform(
             "tessera: resuming after {} rows ({} {verb}, {} rejected)",
             at.rows, at.written, at.rejected
         );
-    } else if files.output.exists() {
-        return Err(Stop::Usage(format!(
-            "{} exists and no interrupted run left it; choose another output",
-            files.output.display()
-        )));
+    } else {
+        for taken in [files.output.clone(), rejected_path(&files.output)] {
+            if taken.exists() {
+                return Err(Stop::Usage(format!(
+                    "{} exists and no interrupted run left it; choose another output",
+                    taken.display()
+                )));
+            }
+        }
     }
     let mut reader = Reader::open(&files.input, format, column)
         .map_err(|e| Stop::Usage(format!("{}: {e}", files.input.display())))?;
-    let mut done = resumed.unwrap_or(Checkpoint {
+    let resumed_at = resumed.as_ref().map(|c| c.output_len);
+    let mut done = resumed.clone().unwrap_or(Checkpoint {
         input_len,
         ..Checkpoint::default()
     });
+    let mut prefix = checkpoint::PrefixHash::open(&files.input)
+        .map_err(|e| Stop::Usage(format!("{}: {e}", files.input.display())))?;
+    if resumed.is_some() {
+        let digest = prefix
+            .advance_to(done.input_pos)
+            .map_err(|e| Stop::Failed(format!("reading the input: {e}")))?;
+        if digest != done.input_prefix_sha256 {
+            return Err(Stop::Usage(format!(
+                "{} holds the progress of another input (or this one changed); remove it and {} to start over",
+                progress_file.display(),
+                files.output.display()
+            )));
+        }
+    }
     // Skip what the checkpoint covers.
     for _ in 0..done.rows {
         if read(&mut reader)?.is_none() {
@@ -209,19 +228,17 @@ async fn transform(
             ));
         }
     }
-    let mut writer = Writer::open(
-        &files.output,
-        &reader,
-        column,
-        resumed.map(|c| c.output_len),
-    )
-    .map_err(|e| Stop::Failed(e.to_string()))?;
+    let mut writer = Writer::open(&files.output, &reader, column, resumed_at)
+        .map_err(|e| Stop::Failed(e.to_string()))?;
     let mut rejections = Rejections::open(&files.output, resumed.is_some())?;
     let save = |done: &Checkpoint| {
         checkpoint::save(&files.output, done).map_err(|e| Stop::Failed(e.to_string()))
     };
     if resumed.is_none() {
         done.output_len = writer.sync().map_err(|e| Stop::Failed(e.to_string()))?;
+        done.input_prefix_sha256 = prefix
+            .advance_to(0)
+            .map_err(|e| Stop::Failed(format!("reading the input: {e}")))?;
         save(&done)?;
     }
     let mut progress = Progress::new(verb, input_len, done.rows, done.input_pos);
@@ -271,6 +288,9 @@ async fn transform(
         }
         done.output_len = writer.sync().map_err(|e| Stop::Failed(e.to_string()))?;
         done.input_pos = reader.position();
+        done.input_prefix_sha256 = prefix
+            .advance_to(done.input_pos)
+            .map_err(|e| Stop::Failed(format!("reading the input: {e}")))?;
         save(&done)?;
         if end {
             break;
