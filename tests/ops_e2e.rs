@@ -125,9 +125,11 @@ async fn calls_carry_request_ids_into_json_logs_and_health_has_its_own_listener(
 
     drop(server);
     // Every line is a JSON object; the call's lines carry its request id
-    // from the span, and no line carries the PAN.
+    // from the rpc span, service spans' lines included (review finding:
+    // only the current span was written, so a service's own lines lost
+    // it), and no line carries the PAN.
     let text = std::fs::read_to_string(&log).unwrap();
-    let mut lines_of_call = 0;
+    let mut lines_of_call = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let json: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -135,14 +137,19 @@ async fn calls_carry_request_ids_into_json_logs_and_health_has_its_own_listener(
             json["level"].is_string() && json["fields"].is_object(),
             "{line}"
         );
-        if json["span"]["request_id"] == "pos-7-checkout" {
-            lines_of_call += 1;
-            assert_eq!(json["span"]["method"], "Tokenize", "{line}");
-            assert_eq!(json["span"]["service"], "tessera.v1.Tokenizer", "{line}");
+        let spans = json["spans"].as_array().cloned().unwrap_or_default();
+        if let Some(rpc) = spans.iter().find(|s| s["request_id"] == "pos-7-checkout") {
+            assert_eq!(rpc["name"], "rpc", "{line}");
+            assert_eq!(rpc["method"], "Tokenize", "{line}");
+            assert_eq!(rpc["service"], "tessera.v1.Tokenizer", "{line}");
+            lines_of_call.push(json["span"]["name"].as_str().unwrap_or("").to_owned());
         }
         assert!(!line.contains("4111-1111-1111-1111"), "{line}");
     }
-    assert!(lines_of_call > 0, "no line of the call:\n{text}");
+    assert!(
+        lines_of_call.iter().any(|span| span == "Tokenize"),
+        "no line of the Tokenize service span carries the request id: {lines_of_call:?}\n{text}"
+    );
     common::assert_no_pan_leaked(&log, &dir.path().join("data"), &[VISA]);
 }
 
@@ -278,6 +285,33 @@ async fn sighup_reloads_principals_and_limits_and_refuses_a_bad_file() {
         "the new rate limit is in force"
     );
 
+    // kiosk2 gains a role, the rate limit goes back up and the log level
+    // changes: the event names the changed principal, and the section
+    // that waits for a restart.
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nlevel = \"debug\"\n[access]\nrate_per_second = 1000\n{}",
+            principal_toml("kiosk2", &new.hash.to_config_string())
+                .replace("[\"tokenize\"]", "[\"tokenize\", \"read_info\"]")
+        ),
+    )
+    .unwrap();
+    server.hangup();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while common::audit_events(&server, "operator", "ConfigReloaded")
+        .await
+        .len()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second reload never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
     // A file with a problem: nothing changes.
     std::fs::write(&config, "[access]\nmax_failed_auth = 99\n").unwrap();
     server.hangup();
@@ -291,7 +325,7 @@ async fn sighup_reloads_principals_and_limits_and_refuses_a_bad_file() {
             std::time::Instant::now() < deadline,
             "no refused reload: {events:?}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert!(
@@ -299,9 +333,25 @@ async fn sighup_reloads_principals_and_limits_and_refuses_a_bad_file() {
         "kiosk2 stays"
     );
     let applied: Vec<_> = refused.iter().filter(|e| e.outcome == "OK").collect();
-    assert_eq!(applied.len(), 1, "{refused:?}");
-    // kiosk2 in, kiosk out, and --dev's seven generated principals kept.
-    assert_eq!(applied[0].resource, "config principals:+1 -1 =7");
+    assert_eq!(applied.len(), 2, "{refused:?}");
+    // kiosk2 in, kiosk out, and --dev's seven generated principals kept;
+    // then kiosk2 changed, and [log] waits for a restart.
+    let without_digest = |resource: &str| {
+        let (head, rest) = resource.split_once(" principals ").unwrap();
+        assert!(
+            head.starts_with("config sha256:") && head.len() == 30,
+            "{head}"
+        );
+        rest.to_owned()
+    };
+    assert_eq!(
+        without_digest(&applied[0].resource),
+        "added:[kiosk2] removed:[kiosk] changed:[] unchanged:7"
+    );
+    assert_eq!(
+        without_digest(&applied[1].resource),
+        "added:[] removed:[] changed:[kiosk2] unchanged:7 restart-needed:[log]"
+    );
     drop(server);
     common::assert_no_pan_leaked(&log, &dir.path().join("data"), &[VISA]);
 }

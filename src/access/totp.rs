@@ -83,6 +83,13 @@ impl TotpSecret {
         SecretString::new(out)
     }
 
+    /// Whether `other` is the same secret (in constant time): a reload
+    /// reports a changed second factor without showing either.
+    pub fn same_as(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.len() == other.0.len() && bool::from(self.0.as_slice().ct_eq(other.0.as_slice()))
+    }
+
     /// The six-digit code for time step `counter` (RFC 4226 §5.3).
     pub fn code_at(&self, counter: u64) -> u32 {
         use hmac::{Hmac, KeyInit, Mac};

@@ -71,12 +71,14 @@ fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
 
 /// Runs the server until SIGTERM or ctrl-c.
 pub async fn run(args: ServeArgs) -> ExitCode {
+    let hangups = reload::listen();
     crate::huge_pages::disable();
     let profile = args.profile();
     let raw = match effective(&args) {
         Ok(raw) => raw,
         Err(e) => return config_error(&e),
     };
+    let running = reload::restart_sections(&raw);
     let config = match raw.check(profile) {
         Ok(config) => config,
         Err(e) => return config_error(&e),
@@ -168,7 +170,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         tracing::warn!("could not write the readiness line to stdout");
     }
     tracing::info!(%addr, "serving");
-    let reloader = tokio::spawn(reload::on_hangup(args, app.clone()));
+    let reloader = tokio::spawn(reload::on_hangup(hangups, args, app.clone(), running));
     let served = server::run_with_health(listener, health_listener, app, shutdown_signal()).await;
     reloader.abort();
     match served {

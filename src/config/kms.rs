@@ -104,6 +104,12 @@ impl RawKms {
             }),
             Some("shamir") => Some(KmsBackend::Shamir),
             Some(backend @ "aws-kms") => {
+                if self.endpoint.as_deref().is_some_and(super::has_credentials) {
+                    problems.add(
+                        "kms.endpoint",
+                        "holds credentials; AWS credentials come from the environment or the instance role",
+                    );
+                }
                 let key_id = required(&self.key_id, "kms.key_id", backend, problems);
                 let region = required(&self.region, "kms.region", backend, problems);
                 Some(KmsBackend::AwsKms(crate::kms::AwsKmsConfig {

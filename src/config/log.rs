@@ -38,7 +38,7 @@ impl Default for RawLog {
 
 impl RawLog {
     /// Checks every key.
-    pub fn check(&self, problems: &mut Problems) -> Option<LogSettings> {
+    pub fn check(&self, profile: Profile, problems: &mut Problems) -> Option<LogSettings> {
         let before = problems.count();
         let format = match self.format.as_str() {
             "human" => Some(LogFormat::Human),
@@ -61,12 +61,29 @@ impl RawLog {
                     "this build lacks the otlp cargo feature (cargo build --features otlp)",
                 );
             }
-            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-                || endpoint.parse::<http::Uri>().is_err()
+            let uri = endpoint
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|_| endpoint.starts_with("http://") || endpoint.starts_with("https://"));
+            let on_this_host = uri.as_ref().and_then(http::Uri::host).is_some_and(|h| {
+                h == "localhost"
+                    || h.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            if uri.is_none() {
+                problems.add("log.otlp_endpoint", "expected http://HOST:PORT or https://…");
+            } else if super::has_credentials(endpoint) {
+                problems.add("log.otlp_endpoint", "holds credentials; none belong in a URL");
+            } else if profile == Profile::Production
+                && endpoint.starts_with("http://")
+                && !on_this_host
             {
+                // Spans name principals, tenants and request ids.
                 problems.add(
                     "log.otlp_endpoint",
-                    "expected http://HOST:PORT or https://…",
+                    "plaintext http:// only to a collector on this host; use https:// across a network",
                 );
             }
             OtlpSettings {

@@ -125,6 +125,37 @@ impl From<Problem> for ConfigError {
     }
 }
 
+/// A TOML error without any text of the file: its line (when `source` is
+/// known) and its message with every quoted value cut out. The parser's
+/// own rendering quotes the offending line, and the message quotes values:
+/// a misquoted key hash or a URL with a password would reach a terminal
+/// or, on a reload, the log (review finding).
+fn quoting_nothing(e: &toml::de::Error, source: Option<&str>) -> String {
+    let mut message = String::new();
+    let mut quote: Option<char> = None;
+    for c in e.message().chars() {
+        match (quote, c) {
+            (None, '"' | '`' | '\'') => {
+                quote = Some(c);
+                message.push('…');
+            }
+            (Some(open), c) if c == open => quote = None,
+            (Some(_), _) => {}
+            (None, c) => message.push(c),
+        }
+    }
+    match (source, e.span()) {
+        (Some(text), Some(span)) => {
+            let line = text
+                .get(..span.start)
+                .map_or(0, |before| before.matches('\n').count())
+                + 1;
+            format!("line {line}: {message}")
+        }
+        _ => message,
+    }
+}
+
 /// Default listen address: loopback, so nothing is exposed by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
@@ -245,6 +276,15 @@ pub fn postgres_settings(
     raw.postgres(profile).map_err(ConfigError::from)
 }
 
+/// Whether an endpoint URL carries credentials (`scheme://user:pw@host`).
+/// Credentials come from files or the platform, never a URL in the
+/// configuration: the check refuses them, and `config print` hides them.
+pub fn has_credentials(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or("");
+    authority.contains('@')
+}
+
 /// What `config print` shows instead of a value that could help an
 /// attacker.
 pub const REDACTED: &str = "<redacted>";
@@ -259,14 +299,14 @@ impl RawConfig {
                     source,
                 })?;
                 toml::from_str::<toml::Table>(&text)
-                    .map_err(|e| ConfigError::Parse(e.to_string()))?
+                    .map_err(|e| ConfigError::Parse(quoting_nothing(&e, Some(&text))))?
             }
             None => toml::Table::new(),
         };
         source::apply_env(&mut table, env);
         toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+            .map_err(|e: toml::de::Error| ConfigError::Parse(quoting_nothing(&e, None)))
     }
 
     /// Checks every section and builds the [`Config`] for `profile`; on
@@ -301,9 +341,35 @@ impl RawConfig {
             .is_some_and(|t| t.client_ca_file.is_some());
         let principals =
             principals::check_principals(&self.principals, verifies_clients, &mut problems);
-        let metrics = self.metrics.check(&mut problems);
+        let metrics = self.metrics.check(profile, &mut problems);
         let health_listen = self.health.check(profile, &mut problems);
-        let log = self.log.check(&mut problems);
+        let log = self.log.check(profile, &mut problems);
+        // Two listeners on one port: `serve` would fail to bind the second.
+        let listeners = [
+            ("listen", listen),
+            ("health.listen", health_listen.flatten()),
+            (
+                "metrics.listen",
+                metrics.as_ref().and_then(|m| m.as_ref().map(|m| m.listen)),
+            ),
+        ];
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            let clash = listeners[..i]
+                .iter()
+                .find(|(_, other)| match (addr, other) {
+                    (Some(a), Some(b)) => {
+                        a.port() == b.port()
+                            && a.port() != 0
+                            && (a.ip() == b.ip()
+                                || a.ip().is_unspecified()
+                                || b.ip().is_unspecified())
+                    }
+                    _ => false,
+                });
+            if let Some((other, _)) = clash {
+                problems.add(key, format!("the same port as {other}"));
+            }
+        }
         let state_key = match (&self.access.state_key_file, &store, &self.data_dir) {
             (Some(path), _, _) => Some(StateKeyFile {
                 path: path.clone(),
@@ -370,6 +436,11 @@ impl RawConfig {
         }
         if let Some(url) = &self.store.url {
             self.store.url = Some(crate::store::postgres::redact_password(url));
+        }
+        for endpoint in [&mut self.kms.endpoint, &mut self.log.otlp_endpoint] {
+            if endpoint.as_deref().is_some_and(has_credentials) {
+                *endpoint = Some(REDACTED.to_owned());
+            }
         }
         self
     }
@@ -612,33 +683,50 @@ mod tests {
     /// Metrics leave loopback only over TLS, with the keys of `[tls]`.
     #[test]
     fn metrics_off_loopback_need_tls() {
-        let base = "data_dir = \"/x\"\n[metrics]\n";
-        let plain_off_loopback = load(&format!("{base}listen = \"0.0.0.0:9464\""), &[])
-            .unwrap()
-            .check(Profile::Dev)
-            .unwrap_err();
+        let production = "data_dir = \"/x\"\nlisten = \"0.0.0.0:1\"\n[kms]\nbackend = \"shamir\"\n[tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\n";
+        let base = format!("{production}[metrics]\n");
+        let check = |text: &str| load(text, &[]).unwrap().check(Profile::Production);
+        let plain_off_loopback = check(&format!("{base}listen = \"0.0.0.0:9464\"")).unwrap_err();
         assert!(plain_off_loopback.to_string().contains("[metrics.tls]"));
         let tls = "[metrics.tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n";
-        let config = load(&format!("{base}listen = \"0.0.0.0:9464\"\n{tls}"), &[])
-            .unwrap()
-            .check(Profile::Dev)
-            .unwrap();
+        let config = check(&format!("{base}listen = \"0.0.0.0:9464\"\n{tls}")).unwrap();
         let endpoint = config.metrics.unwrap();
         assert_eq!(endpoint.listen.port(), 9464);
         assert!(endpoint.tls.is_some_and(|t| !t.require_client_cert));
-        let loopback = load(&format!("{base}listen = \"127.0.0.1:9464\""), &[])
-            .unwrap()
-            .check(Profile::Dev)
-            .unwrap();
+        let mutual = format!(
+            "{base}listen = \"0.0.0.0:9464\"\n{tls}client_ca_file = \"/ca.pem\"\nrequire_client_cert = true\n"
+        );
+        assert!(
+            check(&mutual)
+                .unwrap()
+                .metrics
+                .unwrap()
+                .tls
+                .unwrap()
+                .require_client_cert
+        );
+        let loopback = check(&format!("{base}listen = \"127.0.0.1:9464\"")).unwrap();
         assert!(loopback.metrics.is_some_and(|m| m.tls.is_none()));
         for bad in [
-            format!("data_dir = \"/x\"\n{tls}"),
+            format!("{production}{tls}"),
             format!("{base}listen = \"0.0.0.0:1\"\n{tls}require_client_cert = true\n"),
             format!("{base}listen = \"0.0.0.0:1\"\n[metrics.tls]\ncert_file = \"/c.pem\"\n"),
+            // Review finding: a CA without required certificates let any
+            // scraper in.
+            format!("{base}listen = \"0.0.0.0:1\"\n{tls}client_ca_file = \"/ca.pem\"\n"),
         ] {
-            let err = load(&bad, &[]).unwrap().check(Profile::Dev).unwrap_err();
+            let err = check(&bad).unwrap_err();
             assert!(err.to_string().contains("metrics."), "{bad}: {err}");
         }
+        // --dev keeps every listener on loopback, metrics included.
+        let dev = load(
+            &format!("data_dir = \"/x\"\n[metrics]\nlisten = \"0.0.0.0:9464\"\n{tls}"),
+            &[],
+        )
+        .unwrap()
+        .check(Profile::Dev)
+        .unwrap_err();
+        assert!(dev.to_string().contains("--dev binds loopback"), "{dev}");
     }
 
     /// `config check` lists every problem, from every section, at once.
@@ -697,5 +785,78 @@ mod tests {
         .unwrap();
         let printed = with_password.redacted().to_toml().unwrap();
         assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    /// Review finding: a parse error quoted the offending line, so a
+    /// misquoted key hash or password reached stderr and the reload log.
+    #[test]
+    fn parse_errors_quote_no_value() {
+        for (text, secret) in [
+            ("api_key = sha256:2d63aa\n", "2d63aa"),
+            ("[store]\nurl = \"postgres://u:hunter2@db/x\n", "hunter2"),
+            (
+                "listen = \"hunter2\"\n[[principals]]\nname = 7\n",
+                "hunter2",
+            ),
+            ("[kms]\ntimeout_ms = \"hunter2\"\n", "hunter2"),
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(!err.contains(secret), "{err}");
+            assert!(err.starts_with("config is not valid:"), "{err}");
+        }
+        let err = load("a = 1\nb = sha256:2d63\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    /// Review finding: credentials in an endpoint URL printed in clear and
+    /// passed the check.
+    #[test]
+    fn credentials_in_endpoint_urls_are_refused_and_never_printed() {
+        let text = "data_dir = \"/x\"\n[kms]\nbackend = \"aws-kms\"\nkey_id = \"k\"\nregion = \"r\"\nendpoint = \"https://AKIA:s3cr3tpw@kms.local\"\n[log]\notlp_endpoint = \"https://user:otlpSecretPw@collector:4317\"\n";
+        let raw = load(text, &[]).unwrap();
+        let printed = raw.clone().redacted().to_toml().unwrap();
+        assert!(
+            !printed.contains("s3cr3tpw") && !printed.contains("otlpSecretPw"),
+            "{printed}"
+        );
+        let problems = raw.check(Profile::Dev).unwrap_err().problems();
+        for key in ["kms.endpoint", "log.otlp_endpoint"] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.contains(&format!("key {key}: holds credentials"))),
+                "{problems:?}"
+            );
+        }
+        assert!(!has_credentials(
+            "https://kms.eu-west-1.amazonaws.com/path@x"
+        ));
+        // Spans cross a network only over TLS in production.
+        let plain = "data_dir = \"/x\"\n[kms]\nbackend = \"shamir\"\n[tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\n[log]\notlp_endpoint = \"http://collector:4317\"\n";
+        let err = load(plain, &[])
+            .unwrap()
+            .check(Profile::Production)
+            .unwrap_err();
+        assert!(err.to_string().contains("log.otlp_endpoint"), "{err}");
+    }
+
+    /// Review finding: listeners sharing a port passed the check and
+    /// failed at start.
+    #[test]
+    fn two_listeners_on_one_port_are_refused() {
+        let text = "data_dir = \"/x\"\nlisten = \"127.0.0.1:7000\"\n[health]\nlisten = \"127.0.0.1:7000\"\n[metrics]\nlisten = \"127.0.0.1:7001\"\n";
+        let err = load(text, &[]).unwrap().check(Profile::Dev).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("health.listen: the same port as listen"),
+            "{err}"
+        );
+        let apart = text.replace("127.0.0.1:7000\"\n[metrics]", "127.0.0.1:7002\"\n[metrics]");
+        assert!(load(&apart, &[]).unwrap().check(Profile::Dev).is_ok());
+        let tenant = "data_dir = \"/x\"\n[[principals]]\nname = \"a\"\ntenant = \"5555555555554444\"\nroles = [\"tokenize\"]\napi_key_hash = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n";
+        let err = load(tenant, &[]).unwrap().check(Profile::Dev).unwrap_err();
+        assert!(err.to_string().contains("principals[0].tenant"), "{err}");
     }
 }

@@ -64,6 +64,11 @@ fn check_principal(i: usize, p: &RawPrincipal) -> Result<PrincipalEntry, Problem
     let key = |field: &str| format!("principals[{i}].{field}");
     crate::domain::principal::check_name(&p.name)
         .map_err(|e| invalid(&key("name"), e.to_string()))?;
+    // A tenant id is a metric label and in every audit event: never a
+    // card number (review finding).
+    if crate::telemetry::card_shaped(&p.tenant) {
+        return Err(invalid(&key("tenant"), "must not look like a card number"));
+    }
     // Operators live in the system scope, which only configuration can name.
     let tenant =
         TenantId::from_stored(&p.tenant).map_err(|e| invalid(&key("tenant"), e.to_string()))?;

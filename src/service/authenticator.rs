@@ -212,7 +212,7 @@ impl Authenticator {
             }
             tracing::error!(
                 alert = "lockout",
-                lock_id,
+                lock_id = %crate::telemetry::log_safe(lock_id),
                 "credentials locked after repeated failures"
             );
             metrics::counter!(names::LOCKOUTS).increment(1);

@@ -5,8 +5,11 @@
 //! The endpoint is ours rather than the exporter crate's listener, whose
 //! HTTP has no TLS: a Prometheus on another host must reach it over the
 //! network, and nothing Tessera serves off loopback is plaintext.
-//! Connections are bounded in number and in how long their headers and
-//! handshakes may take, so a scraper that stalls cannot pile them up.
+//! Connections are bounded in number, per peer address and in all, and in
+//! how long their handshakes, headers and lives may take: a connection
+//! past a bound is closed at once rather than queued, so a client holding
+//! idle sockets cannot starve the scraper (review finding: sixteen idle
+//! connections blocked every scrape, mutual TLS or not).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +23,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::names;
@@ -66,11 +68,19 @@ const ITEMS_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0,
 ];
 
-/// Most connections served at once; more wait to be accepted.
-const MAX_CONNECTIONS: usize = 16;
+/// Most connections served at once; more are closed on arrival.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Most connections from one peer address; more are closed on arrival.
+/// A scraper needs one.
+const MAX_PER_PEER: usize = 4;
 
 /// How long a TLS handshake or a request's headers may take.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a connection may live: a scrape takes milliseconds, and a
+/// scraper reconnects for the next.
+const MAX_LIFETIME: Duration = Duration::from_secs(60);
 
 /// How often histograms are drained when no one scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -136,14 +146,59 @@ pub async fn serve(
     Ok(addr)
 }
 
+/// Live connections, in all and by peer address.
+#[derive(Debug, Default)]
+struct Occupancy {
+    total: usize,
+    by_peer: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// A connection's place in [`Occupancy`], given back when it ends.
+struct Seat {
+    peer: std::net::IpAddr,
+    occupancy: Arc<std::sync::Mutex<Occupancy>>,
+}
+
+impl Seat {
+    /// A seat for `peer`, unless the endpoint or the peer is full.
+    fn take(occupancy: &Arc<std::sync::Mutex<Occupancy>>, peer: std::net::IpAddr) -> Option<Self> {
+        let mut held = occupancy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let of_peer = held.by_peer.get(&peer).copied().unwrap_or(0);
+        if held.total >= MAX_CONNECTIONS || of_peer >= MAX_PER_PEER {
+            return None;
+        }
+        held.total += 1;
+        held.by_peer.insert(peer, of_peer + 1);
+        Some(Self {
+            peer,
+            occupancy: Arc::clone(occupancy),
+        })
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut held = self
+            .occupancy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.total = held.total.saturating_sub(1);
+        if let Some(n) = held.by_peer.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
 async fn accept(listener: TcpListener, tls: Option<TlsAcceptor>, handle: PrometheusHandle) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let occupancy = Arc::new(std::sync::Mutex::new(Occupancy::default()));
     loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors, typically: wait rather than spin.
                 tracing::warn!(error = %e, "metrics endpoint: accept failed");
@@ -151,20 +206,29 @@ async fn accept(listener: TcpListener, tls: Option<TlsAcceptor>, handle: Prometh
                 continue;
             }
         };
+        let Some(seat) = Seat::take(&occupancy, peer.ip()) else {
+            tracing::debug!(%peer, "metrics endpoint: connection limit reached; closed");
+            continue;
+        };
         let (tls, handle) = (tls.clone(), handle.clone());
         tokio::spawn(async move {
-            let _slot = slot;
-            match tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, handle).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "metrics endpoint: TLS handshake failed");
+            let _seat = seat;
+            let served = async {
+                match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => serve_connection(stream, handle).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "metrics endpoint: TLS handshake failed");
+                            }
+                            Err(_) => tracing::debug!("metrics endpoint: TLS handshake timed out"),
                         }
-                        Err(_) => tracing::debug!("metrics endpoint: TLS handshake timed out"),
                     }
+                    None => serve_connection(stream, handle).await,
                 }
-                None => serve_connection(stream, handle).await,
+            };
+            if tokio::time::timeout(MAX_LIFETIME, served).await.is_err() {
+                tracing::debug!("metrics endpoint: connection closed at its lifetime");
             }
         });
     }
@@ -213,4 +277,37 @@ fn respond<B>(request: &Request<B>, handle: &PrometheusHandle) -> Response<Full<
         header::HeaderValue::from_static(content_type),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seats_are_bounded_per_peer_and_in_all_and_given_back() {
+        let occupancy = Arc::new(std::sync::Mutex::new(Occupancy::default()));
+        let one: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let held: Vec<Seat> = (0..MAX_PER_PEER)
+            .map(|_| Seat::take(&occupancy, one).unwrap())
+            .collect();
+        assert!(
+            Seat::take(&occupancy, one).is_none(),
+            "a fifth from one peer"
+        );
+        let other: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(
+            Seat::take(&occupancy, other).is_some(),
+            "another peer still gets in"
+        );
+        drop(held);
+        assert!(Seat::take(&occupancy, one).is_some());
+        let mut all = Vec::new();
+        for i in 0..=255u8 {
+            let peer = std::net::IpAddr::from([10, 1, 0, i]);
+            if let Some(seat) = Seat::take(&occupancy, peer) {
+                all.push(seat);
+            }
+        }
+        assert_eq!(all.len(), MAX_CONNECTIONS);
+    }
 }

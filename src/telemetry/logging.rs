@@ -4,8 +4,8 @@
 //!
 //! What reaches a log is the same in every format: events and the fields
 //! of their spans (the `rpc` span names service, method and request id),
-//! never a request body. JSON lines carry the current span's fields, so a
-//! log shipper can group a call's lines by `request_id`.
+//! never a request body. JSON lines carry every enclosing span's fields
+//! (`spans`), so a log shipper can group a call's lines by `request_id`.
 
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
@@ -90,8 +90,11 @@ pub fn init(settings: &LogSettings) -> Result<LogGuard, LogError> {
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
+            // Every span of the line, outermost first: a service's own span
+            // sits inside the `rpc` span, and only the list carries the
+            // request id on its lines (review finding).
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .with_writer(std::io::stderr)
             .boxed(),
     };

@@ -11,29 +11,32 @@ pub const HEADER: &str = "x-request-id";
 pub const MAX_LEN: usize = 64;
 
 /// Whether a caller's id may be used as given: short, of
-/// `[A-Za-z0-9._-]`, and never a card number (it lands in every log line
-/// and audit event of the call).
+/// `[A-Za-z0-9._-]`, and nothing a card number could hide in (it lands in
+/// every log line and audit event of the call): no card number as written,
+/// and no run of 12 or more digits, in which one could sit inside a longer
+/// number (a card followed by its CVV or expiry).
 pub fn is_acceptable(id: &str) -> bool {
     (1..=MAX_LEN).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !crate::leak::contains_card_number(id)
+        && !super::card_shaped(id)
 }
 
-/// A fresh id: 16 hex digits that do not read as a card number. One id
-/// in about 20,000 is all decimal digits and passes Luhn; logged, the leak
-/// scans would rightly take it for a PAN, so it is drawn again.
+/// A fresh id: 16 hex digits that are not [`super::card_shaped`]. About
+/// one id in 100 has a run of 12 decimal digits (and one in 20,000 is all
+/// digits and passes Luhn); logged, the leak scans would rightly take it
+/// for a PAN, so it is drawn again.
 pub fn generate() -> String {
     loop {
         let mut bytes = [0u8; 8];
         // A request id needs no secrecy; an RNG failure still logs (as a
         // fixed id, which is not card-shaped).
-        if csprng::fill(&mut bytes).is_err() {
+        if csprng::fill_from_drbg(&mut bytes).is_err() {
             return "rng-failed".to_owned();
         }
         let id = hex::encode(bytes);
-        if !crate::leak::contains_card_number(&id) {
+        if !super::card_shaped(&id) {
             return id;
         }
     }
@@ -58,6 +61,13 @@ mod tests {
         assert!(!is_acceptable("4111-1111-1111-1111"));
         assert!(!is_acceptable("4111_1111_1111_1111"));
         assert!(!is_acceptable("4111111111111111"));
+        // Review finding: a card inside a longer digit run (card and CVV,
+        // card and expiry) was accepted, echoed and audited.
+        assert!(!is_acceptable("4111111111111111123"));
+        assert!(!is_acceptable("41111111111111111225"));
+        assert!(!is_acceptable("id-000000000000"));
+        assert!(is_acceptable("f47ac10b-58cc-4372-a567-0e02b2c3d479"));
+        assert!(is_acceptable("order-12345678901"));
         assert!(!is_acceptable(&"a".repeat(MAX_LEN + 1)));
         assert!(!is_acceptable("has space"));
         assert!(!is_acceptable(""));

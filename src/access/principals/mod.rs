@@ -13,7 +13,7 @@
 mod persist;
 mod stored;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -164,16 +164,30 @@ pub enum BookError {
     SharedUnavailable(String),
 }
 
-/// What a reload changed among the configured principals (by name; a kept
-/// name may have new roles or credentials).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReloadCounts {
+/// What a reload changed among the configured principals, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReloadChanges {
     /// Names new to the configuration.
-    pub added: usize,
+    pub added: Vec<String>,
     /// Names no longer in it.
-    pub removed: usize,
-    /// Names in both.
-    pub kept: usize,
+    pub removed: Vec<String>,
+    /// Names in both with other roles, tenant or credentials.
+    pub changed: Vec<String>,
+    /// Names in both, unchanged.
+    pub unchanged: usize,
+}
+
+/// Whether two entries of one name differ in what decides access.
+fn differs(a: &PrincipalEntry, b: &PrincipalEntry) -> bool {
+    let totp_differs = match (&a.totp, &b.totp) {
+        (Some(x), Some(y)) => !x.same_as(y),
+        (None, None) => false,
+        _ => true,
+    };
+    a.principal != b.principal
+        || a.key_hash != b.key_hash
+        || a.cert_identity != b.cert_identity
+        || totp_differs
 }
 
 /// What authentication reads: rebuilt on every change.
@@ -344,12 +358,12 @@ impl PrincipalBook {
     /// Replaces the configured principals (a configuration reload). Run-time
     /// principals stay; a configured name or certificate identity that
     /// clashes with one of them refuses the whole reload, keeping the old
-    /// configured set. Returns how many configured principals were added,
-    /// removed and kept.
+    /// configured set. Returns which configured principals were added,
+    /// removed and changed.
     pub async fn replace_configured(
         &self,
         configured: Vec<PrincipalEntry>,
-    ) -> Result<ReloadCounts, BookError> {
+    ) -> Result<ReloadChanges, BookError> {
         let _writer = self.writer.lock().await;
         let (added, revoked) = {
             let state = self.state.read().unwrap_or_else(|p| p.into_inner());
@@ -363,15 +377,26 @@ impl PrincipalBook {
         }
         let snapshot = Arc::new(build_snapshot(&configured, &added, &revoked)?);
         let old = self.configured();
-        let named = |entries: &[PrincipalEntry]| -> BTreeSet<String> {
-            entries.iter().map(|e| e.principal.name.clone()).collect()
+        let by_name = |entries: &[PrincipalEntry]| -> BTreeMap<String, PrincipalEntry> {
+            entries
+                .iter()
+                .map(|e| (e.principal.name.clone(), e.clone()))
+                .collect()
         };
-        let (before, after) = (named(&old), named(&configured));
-        let counts = ReloadCounts {
-            added: after.difference(&before).count(),
-            removed: before.difference(&after).count(),
-            kept: after.intersection(&before).count(),
-        };
+        let (before, after) = (by_name(&old), by_name(&configured));
+        let mut counts = ReloadChanges::default();
+        for (name, entry) in &after {
+            match before.get(name) {
+                None => counts.added.push(name.clone()),
+                Some(was) if differs(was, entry) => counts.changed.push(name.clone()),
+                Some(_) => counts.unchanged += 1,
+            }
+        }
+        counts.removed = before
+            .keys()
+            .filter(|name| !after.contains_key(*name))
+            .cloned()
+            .collect();
         *self.configured.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(configured);
         self.state
             .write()
