@@ -18,6 +18,22 @@ use std::ops::Range;
 use crate::domain::pan::{MAX_PAN_LEN, MIN_PAN_LEN};
 use crate::tokens::luhn;
 
+/// Whether `text` could carry a card number: one as written (digit groups
+/// and separators, Luhn-valid), or a run of 12 or more digits, in which
+/// one could sit inside a longer number (a card followed by its CVV or
+/// expiry). For identifiers a caller chooses (request ids, API key ids,
+/// tenant ids, approval ids) before they reach a log line or an event.
+pub fn card_shaped(text: &str) -> bool {
+    let mut run = 0;
+    for b in text.bytes() {
+        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+        if run >= MIN_PAN_LEN {
+            return true;
+        }
+    }
+    contains_card_number(text)
+}
+
 /// Most separator characters between two digit groups of one card number
 /// (`4111 - 1111` has three).
 pub const MAX_SEPARATOR_RUN: usize = 3;

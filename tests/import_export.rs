@@ -448,6 +448,35 @@ async fn an_approved_export_gives_back_the_imported_file_and_nothing_less_guarde
     );
     assert!(!tessera::leak::contains_card_number(&stderr_of(&exported)));
 
+    // Review finding: a resume wrote PANs into whatever file sat at the
+    // output path beside a checkpoint. A file open to others, or a link,
+    // is refused and left as it was.
+    for planted in ["planted.csv", "linked.csv"] {
+        let output = dir.path().join(planted);
+        let elsewhere = dir.path().join(format!("{planted}.target"));
+        std::fs::write(&elsewhere, "theirs\n").unwrap();
+        if planted == "linked.csv" {
+            std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, &output).unwrap();
+        } else {
+            std::fs::copy(&elsewhere, &output).unwrap();
+            std::fs::set_permissions(&output, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let forged = format!(
+            "{{\"input_len\":{},\"input_prefix_sha256\":\"{empty}\",\"input_pos\":0,\"rows\":0,\"written\":0,\"rejected\":0,\"output_len\":0}}",
+            std::fs::metadata(&tokens).unwrap().len()
+        );
+        let progress = dir.path().join(format!("{planted}.progress"));
+        std::fs::write(&progress, forged).unwrap();
+        std::fs::set_permissions(&progress, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let refused = run_export("operator", &id, &output);
+        assert!(!refused.status.success(), "{}", stderr_of(&refused));
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "theirs\n");
+        let on_disk = std::fs::read_to_string(&output).unwrap();
+        assert!(!pans.iter().any(|p| on_disk.contains(p.as_str())));
+    }
+
     // Every batch is in the tenant's audit log, for its auditors.
     let events = common::audit_events(&server, "admin", "ExportBatch").await;
     let exported_count: u64 = events
@@ -467,6 +496,34 @@ async fn an_approved_export_gives_back_the_imported_file_and_nothing_less_guarde
         events
             .iter()
             .all(|e| e.principal == "operator" || e.outcome != "OK")
+    );
+    // Review finding: guessing tokens through a grant went unnoticed.
+    // NOT_FOUND answers count as enumeration: the operator is locked.
+    let mut exporter = v1::key_admin_client::KeyAdminClient::with_interceptor(
+        server.channel().await,
+        server.admin_auth("operator"),
+    );
+    let guesses: Vec<String> = (0..150).map(|i| format!("5{:014}9", i * 7 + 1)).collect();
+    let _ = exporter
+        .export_batch(v1::ExportBatchRequest {
+            approval_id: id.clone(),
+            tokens: guesses,
+        })
+        .await;
+    let after = exporter
+        .export_batch(v1::ExportBatchRequest {
+            approval_id: id.clone(),
+            tokens: vec![format!("5{:015}", 3)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(after.code(), tonic::Code::Unauthenticated, "{after:?}");
+    let anomalies = common::audit_events(&server, "admin", "Anomaly").await;
+    assert!(
+        anomalies
+            .iter()
+            .any(|e| e.principal == "operator" && e.resource.contains("token_enumeration")),
+        "{anomalies:?}"
     );
     drop(server);
     let refs: Vec<&str> = pans.iter().map(String::as_str).collect();

@@ -40,10 +40,14 @@ pub const MAX_PENDING_PER_SCOPE: usize = 32;
 /// Random bytes in an approval id (shown as twice as many hex digits).
 const ID_BYTES: usize = 8;
 
-/// Whether `id` has the shape of an approval id (16 lowercase hex digits),
-/// checked before an id from a request is looked up, logged or audited.
+/// Whether `id` has the shape of an approval id (16 lowercase hex digits,
+/// at least one of them a letter), checked before an id from a request is
+/// looked up, logged or audited: a pasted card number is not one (review
+/// finding), and no id made here is all decimal digits.
 pub fn is_well_formed_id(id: &str) -> bool {
-    id.len() == 2 * ID_BYTES && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    id.len() == 2 * ID_BYTES
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && !crate::leak::card_shaped(id)
 }
 
 /// An action that needs two people.
@@ -321,6 +325,11 @@ impl Approvals {
         let mut bytes = [0u8; ID_BYTES];
         // Ids must be unique: without randomness there is no request.
         csprng::fill(&mut bytes).map_err(|_| ApprovalError::NoRandomness)?;
+        // About one id in a hundred has twelve decimal digits in a row:
+        // drawn again, so every id is one `is_well_formed_id` accepts.
+        while !is_well_formed_id(&hex::encode(bytes)) {
+            csprng::fill(&mut bytes).map_err(|_| ApprovalError::NoRandomness)?;
+        }
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
         let pending = Pending {
             id: hex::encode(bytes),

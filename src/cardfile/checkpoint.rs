@@ -32,6 +32,10 @@ pub struct Checkpoint {
     pub rejected: u64,
     /// The output's synced length.
     pub output_len: u64,
+    /// The output file's device and inode: a resumed run writes only into
+    /// the file the run created, not one put in its place.
+    #[serde(default)]
+    pub output_file: (u64, u64),
 }
 
 /// The checkpoint file of `output`.
@@ -42,14 +46,20 @@ pub fn path_of(output: &Path) -> PathBuf {
 }
 
 /// The checkpoint of `output`, if a run left one.
+/// Only a private file of this user's is read (see
+/// [`crate::private_file::open_own`]).
 pub fn load(output: &Path) -> std::io::Result<Option<Checkpoint>> {
-    match std::fs::read(path_of(output)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|_| std::io::Error::other("the progress file is not a checkpoint")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    use std::io::Read;
+    let mut file = match crate::private_file::open_own(&path_of(output)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|_| std::io::Error::other("the progress file is not a checkpoint"))
 }
 
 /// Records `checkpoint` (durable on return).

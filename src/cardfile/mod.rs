@@ -322,10 +322,8 @@ impl Writer {
         let file = match resume_at {
             None => crate::private_file::open_new(path).map_err(io_error(path))?,
             Some(length) => {
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io_error(path))?;
+                // Only our own private regular file: see private_file::open_own.
+                let mut file = crate::private_file::open_own(path).map_err(io_error(path))?;
                 file.set_len(length).map_err(io_error(path))?;
                 file.seek(SeekFrom::End(0)).map_err(io_error(path))?;
                 file
@@ -376,6 +374,18 @@ impl Writer {
             }
             _ => Err(failed("a row of another format".into())),
         }
+    }
+
+    /// The output file's device and inode, which a checkpoint records: a
+    /// resumed run writes only into the very file the run created.
+    pub fn file_id(&self) -> Result<(u64, u64), CardFileError> {
+        use std::os::unix::fs::MetadataExt;
+        let file = match &self.inner {
+            WriterInner::Csv { writer, .. } => writer.get_ref(),
+            WriterInner::Json(writer) => writer.get_ref(),
+        };
+        let meta = file.metadata().map_err(io_error(&self.path))?;
+        Ok((meta.dev(), meta.ino()))
     }
 
     /// Flushes and syncs what was written; returns the file's length (what

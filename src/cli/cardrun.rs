@@ -98,10 +98,15 @@ impl Rejections {
     fn open(output: &Path, resumed: bool) -> Result<Self, Stop> {
         let path = rejected_path(output);
         let file = if resumed {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&path)
+            match crate::private_file::open_own(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    crate::private_file::open_new(&path)
+                }
+                opened => opened.and_then(|mut file| {
+                    use std::io::Seek;
+                    file.seek(std::io::SeekFrom::End(0)).map(|_| file)
+                }),
+            }
         } else {
             crate::private_file::open_new(&path)
         }
@@ -230,6 +235,15 @@ async fn transform(
     }
     let mut writer = Writer::open(&files.output, &reader, column, resumed_at)
         .map_err(|e| Stop::Failed(e.to_string()))?;
+    let file_id = writer.file_id().map_err(|e| Stop::Failed(e.to_string()))?;
+    if resumed.is_some() && file_id != done.output_file {
+        return Err(Stop::Usage(format!(
+            "{} is not the file this run created; remove it and {} to start over",
+            files.output.display(),
+            progress_file.display()
+        )));
+    }
+    done.output_file = file_id;
     let mut rejections = Rejections::open(&files.output, resumed.is_some())?;
     let save = |done: &Checkpoint| {
         checkpoint::save(&files.output, done).map_err(|e| Stop::Failed(e.to_string()))
@@ -326,8 +340,9 @@ async fn call_with_retries(
                     "the server answered a different number of items".into(),
                 ));
             }
-            // Over the server's batch limit: halve and go on.
-            Err(status) if status.code() == Code::InvalidArgument && *batch_size > 1 => {
+            // Over the server's batch limit: halve and go on. Any other
+            // refusal of the whole call (a malformed approval id) stops.
+            Err(status) if over_batch_limit(&status) && *batch_size > 1 => {
                 *batch_size = (*batch_size / 2).max(1);
                 eprintln!(
                     "tessera: the server refused the batch ({}); now {batch_size} rows per call",
@@ -364,4 +379,16 @@ async fn call_with_retries(
 /// message (which never quotes a card number or token).
 pub fn item_error(status: &crate::proto::google::rpc::Status) -> String {
     format!("{:?}: {}", Code::from_i32(status.code), status.message)
+}
+
+/// Whether the server refused a call for its number of items (the field
+/// violation `items`, "at most N items per batch").
+fn over_batch_limit(status: &Status) -> bool {
+    use tonic_types::StatusExt;
+    status.code() == Code::InvalidArgument
+        && status.get_details_bad_request().is_some_and(|bad| {
+            bad.field_violations
+                .iter()
+                .any(|v| v.field == "items" && v.description.starts_with("at most"))
+        })
 }

@@ -9,7 +9,9 @@
 //!
 //! Each batch call carries the operator's admin session: the one in
 //! `TESSERA_SESSION`, or one opened for the run with the TOTP code (asked
-//! for once) and closed at its end.
+//! for once) and closed at its end, ctrl-c included. A session lasts
+//! `access.session_minutes` (15 by default): an export that outlives it
+//! stops with UNAUTHENTICATED and resumes with a fresh code.
 
 use std::process::ExitCode;
 
@@ -141,7 +143,16 @@ pub async fn run(args: ExportArgs) -> ExitCode {
         client: KeyAdminClient::with_interceptor(channel.clone(), bearer.clone()),
         approval: args.approval.clone(),
     };
-    let code = cardrun::run(&args.files, "token", "exported", &mut export).await;
+    // Ctrl-c ends the run between writes (the checkpoint holds), and the
+    // session this run opened is closed rather than left live (review
+    // finding).
+    let code = tokio::select! {
+        code = cardrun::run(&args.files, "token", "exported", &mut export) => code,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("tessera: interrupted; run the same command again to resume");
+            ExitCode::from(130)
+        }
+    };
     if opened {
         let _ = PrincipalsClient::with_interceptor(channel, bearer)
             .delete_session(v1::DeleteSessionRequest {})

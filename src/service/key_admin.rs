@@ -724,6 +724,8 @@ impl KeyAdmin for KeyAdminService {
             }
         };
         let action = pending.action.name().to_owned();
+        // What was approved, named in the event (an export's tenant).
+        let detail = pending.action.detail();
         let requested_by = pending.requested_by.clone();
         let result = self
             .run_approved(pending.action, &id, &requested_by, &principal.name)
@@ -743,7 +745,11 @@ impl KeyAdmin for KeyAdminService {
                 tracing::warn!(error = %e, "stale unseal requests could not be dropped");
             }
         }
-        let resource = format!("approval:{id} {action} requested_by:{requested_by}");
+        let resource = if detail.is_empty() {
+            format!("approval:{id} {action} requested_by:{requested_by}")
+        } else {
+            format!("approval:{id} {action} {detail} requested_by:{requested_by}")
+        };
         finish_as(&self.vault, &call, &principal, resource, result, mode).await
     }
 
@@ -799,7 +805,15 @@ impl KeyAdmin for KeyAdminService {
                 .finish(&call, &principal, "export".to_owned(), refused)
                 .await;
         }
-        let tenant = target_tenant(&principal, named)?;
+        let tenant = match target_tenant(&principal, named) {
+            Ok(tenant) => tenant,
+            // Refusals are audited like every admin call's outcome.
+            Err(refused) => {
+                return self
+                    .finish(&call, &principal, "export".to_owned(), Err(refused))
+                    .await;
+            }
+        };
         call.affected_tenant = Some(tenant.as_str().to_owned());
         // Dual control: this only files the request; Approve grants it.
         self.request_approval(&call, &principal, DualControlAction::Export(tenant))
@@ -851,9 +865,25 @@ impl KeyAdmin for KeyAdminService {
                 .map_err(|e| status::from_vault(&e))?;
             metrics::histogram!(crate::telemetry::names::BATCH_ITEMS, "rpc" => call.rpc)
                 .record(crate::telemetry::count(total));
+            // Each token pays the rate limit, as in DetokenizeBatch.
+            self.auth
+                .charge(&principal, call.rpc, total.saturating_sub(1))?;
             let mut outcomes = Vec::with_capacity(total);
             for token in &tokens {
                 outcomes.push(self.export_one(&tenant, token).await);
+            }
+            // Guessing tokens through a grant is enumeration like any
+            // other (review finding): NOT_FOUND answers count toward the
+            // principal's alert and lock.
+            let not_found = outcomes
+                .iter()
+                .filter(|r| r.as_ref().is_err_and(|s| s.code() == tonic::Code::NotFound))
+                .count();
+            for _ in 0..not_found {
+                if let Some(anomaly) = self.auth.guard().not_found(&principal.name) {
+                    crate::service::audited::raise_anomaly(&self.vault, &call, &principal, anomaly)
+                        .await;
+                }
             }
             Ok(outcomes)
         }
@@ -861,6 +891,11 @@ impl KeyAdmin for KeyAdminService {
         let exported = result
             .as_ref()
             .map_or(0, |o| o.iter().filter(|r| r.is_ok()).count());
+        metrics::counter!(
+            crate::telemetry::names::EXPORTED,
+            "tenant" => tenant.as_str().to_owned(),
+        )
+        .increment(u64::try_from(exported).unwrap_or(u64::MAX));
         let resource =
             format!("export:{approval_id} tenant:{tenant} tokens:{total} exported:{exported}");
         // Fail closed: no PAN leaves unless this batch is in the log.

@@ -31,6 +31,7 @@
 //! | `tessera_lockouts_total` | | principals locked out |
 //! | `tessera_anomalies_total` | kind | detokenize volume, not-found bursts, … |
 //! | `tessera_config_reloads_total` | outcome | SIGHUP reloads, `applied` or `refused` |
+//! | `tessera_exported_pans_total` | tenant | PANs handed out by approved exports |
 //!
 //! Labels carry RPC and service names from the compiled descriptors, gRPC
 //! code names, KMS operation names, tenant ids and key versions only: never
@@ -42,32 +43,19 @@ pub mod names;
 pub mod request_id;
 pub mod rpc;
 
-/// The shortest digit run in which a card number could sit.
-const SHORTEST_CARD: usize = crate::domain::pan::MIN_PAN_LEN;
-
-/// Whether `text` could carry a card number: one as written (digit groups
-/// and separators, Luhn-valid), or a run of 12 or more digits, in which
-/// one could sit inside a longer number. For identifiers a caller chooses
-/// (request ids, API key ids) before they reach a log line.
-pub fn card_shaped(text: &str) -> bool {
-    let mut run = 0;
-    for b in text.bytes() {
-        run = if b.is_ascii_digit() { run + 1 } else { 0 };
-        if run >= SHORTEST_CARD {
-            return true;
-        }
-    }
-    crate::leak::contains_card_number(text)
-}
+pub use crate::leak::card_shaped;
 
 /// `id` as a log field: itself, or when [`card_shaped`], a fingerprint of
-/// it (the first 8 bytes of its SHA-256), so that a caller cannot write a
-/// card number into the log through an identifier of its choosing.
+/// it (the first 8 bytes of its SHA-256, in hex with a `_` between bytes,
+/// so that no run of its digits can read as a card number either), so
+/// that a caller cannot write a card number into the log through an
+/// identifier of its choosing.
 pub fn log_safe(id: &str) -> std::borrow::Cow<'_, str> {
     use sha2::Digest;
     if card_shaped(id) {
         let digest = sha2::Sha256::digest(id.as_bytes());
-        std::borrow::Cow::Owned(format!("sha256:{}", hex::encode(&digest[..8])))
+        let bytes: Vec<String> = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        std::borrow::Cow::Owned(format!("sha256:{}", bytes.join("_")))
     } else {
         std::borrow::Cow::Borrowed(id)
     }

@@ -50,6 +50,8 @@ pub const RATE_LIMITED: &str = "tessera_rate_limited_total";
 pub const LOCKOUTS: &str = "tessera_lockouts_total";
 /// Counter of anomalies by `kind`.
 pub const ANOMALIES: &str = "tessera_anomalies_total";
+/// Counter of PANs an approved export handed out, by `tenant`.
+pub const EXPORTED: &str = "tessera_exported_pans_total";
 /// Counter of configuration reloads (SIGHUP) by `outcome` (`applied`,
 /// `refused`).
 pub const CONFIG_RELOADS: &str = "tessera_config_reloads_total";
@@ -81,4 +83,5 @@ pub const ALL: &[&str] = &[
     LOCKOUTS,
     ANOMALIES,
     CONFIG_RELOADS,
+    EXPORTED,
 ];
