@@ -398,3 +398,75 @@ async fn operators_only_bootstrap_a_tenants_admins() {
         "{filed:?}"
     );
 }
+
+/// Outside check on the export kit: a seal revoked nothing, so an export
+/// approved before an incident's seal served again after the unseal, and a
+/// request filed before it could still be approved. Both die with the seal.
+#[tokio::test]
+async fn a_seal_revokes_exports_approved_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &dir.path().join("server.log"));
+    let mut processor = server.client("processor").await;
+    let token = common::tokenize(&mut processor, VISA).await;
+    let mut operator = keys(&server, server.admin_auth("operator")).await;
+    let mut operator2 = keys(&server, server.admin_auth("operator2")).await;
+    let request_export = |client: &mut Keys| {
+        let mut client = client.clone();
+        async move {
+            approval_id(
+                &client
+                    .request_export(v1::RequestExportRequest {
+                        tenant: "default".into(),
+                    })
+                    .await
+                    .unwrap_err(),
+            )
+        }
+    };
+    let export = |client: &mut Keys, approval: &str| {
+        let mut client = client.clone();
+        let request = v1::ExportBatchRequest {
+            approval_id: approval.into(),
+            tokens: vec![token.clone()],
+        };
+        async move {
+            client.export_batch(request).await.map(|r| {
+                match r.into_inner().results[0].result.clone() {
+                    Some(v1::detokenize_result::Result::Pan(p)) => p.pan,
+                    other => panic!("{other:?}"),
+                }
+            })
+        }
+    };
+
+    let granted = request_export(&mut operator).await;
+    approve(&mut operator2, &granted).await.unwrap();
+    assert_eq!(export(&mut operator, &granted).await.unwrap(), VISA);
+    let pending = request_export(&mut operator).await;
+
+    operator.seal(v1::SealRequest {}).await.unwrap();
+    let unseal = approval_id(
+        &operator
+            .unseal(v1::UnsealRequest { share: Vec::new() })
+            .await
+            .unwrap_err(),
+    );
+    approve(&mut operator2, &unseal).await.unwrap();
+    processor
+        .detokenize(v1::DetokenizeRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap();
+
+    let revoked = export(&mut operator, &granted).await.unwrap_err();
+    assert_eq!(revoked.code(), Code::PermissionDenied, "{revoked:?}");
+    assert_eq!(
+        approve(&mut operator2, &pending).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    // Asked for and approved again after the unseal, an export serves.
+    let again = request_export(&mut operator).await;
+    approve(&mut operator2, &again).await.unwrap();
+    assert_eq!(export(&mut operator, &again).await.unwrap(), VISA);
+}

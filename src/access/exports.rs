@@ -6,6 +6,10 @@
 //! Grants live in the store's shared state, sealed like every other entry,
 //! under the approval id: the replica that approved it and every other one
 //! honour it alike. A lapsed grant is removed by whoever meets it first.
+//!
+//! A seal revokes every grant ([`Exports::revoke_all`]): sealing is the
+//! emergency brake, and an export approved before it is asked for and
+//! approved again after the unseal, by operators who know why it was sealed.
 
 use std::time::Duration;
 
@@ -13,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::TenantId;
 use crate::shared::{Shared, SharedError};
-use crate::store::{Expect, StateKind};
+use crate::store::{Expect, StateKind, StoreError};
 
 /// How long a grant lasts unless `access.export_minutes` says otherwise.
 pub const DEFAULT_EXPORT_LIFETIME: Duration = Duration::from_secs(60 * 60);
@@ -110,5 +114,28 @@ impl Exports {
             return Err(ExportError::NotFound);
         }
         TenantId::from_stored(&grant.tenant).map_err(|_| ExportError::Damaged)
+    }
+
+    /// Revokes every grant, live, lapsed or unreadable, and returns how
+    /// many. A grant removed meanwhile by someone else (a lapse met first,
+    /// another seal) counts as theirs.
+    pub async fn revoke_all(&self) -> Result<usize, ExportError> {
+        let store = self.shared.store();
+        let mut revoked = 0;
+        for (id, entry) in store
+            .states(StateKind::Export)
+            .await
+            .map_err(SharedError::from)?
+        {
+            match store
+                .put_state(StateKind::Export, &id, None, Expect::Version(entry.version))
+                .await
+            {
+                Ok(_) => revoked += 1,
+                Err(StoreError::Conflict) => {}
+                Err(e) => return Err(SharedError::from(e).into()),
+            }
+        }
+        Ok(revoked)
     }
 }

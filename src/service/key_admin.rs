@@ -423,17 +423,32 @@ impl KeyAdmin for KeyAdminService {
                 "this replica is sealed, but the others could not be told: seal each of them"
             );
         }
-        // Unseal requests filed before this seal must not reopen the vault
-        // it just closed: a new seal needs a new pair of operators.
+        // Unseal and export requests filed before this seal must not act
+        // after it: a new seal needs a new pair of operators.
         match self
             .approvals
-            .drop_where(|p| matches!(p.action, DualControlAction::Unseal))
+            .drop_where(|p| {
+                matches!(
+                    p.action,
+                    DualControlAction::Unseal | DualControlAction::Export(_)
+                )
+            })
             .await
         {
             Ok(0) => {}
-            Ok(stale) => tracing::warn!(stale, "pending unseal requests dropped by the seal"),
+            Ok(stale) => tracing::warn!(stale, "pending requests dropped by the seal"),
             // The vault is sealed all the same; the requests lapse.
-            Err(e) => tracing::warn!(error = %e, "stale unseal requests could not be dropped"),
+            Err(e) => tracing::warn!(error = %e, "stale requests could not be dropped"),
+        }
+        // Nor may an export approved before it go on after the unseal.
+        match self.exports.revoke_all().await {
+            Ok(0) => {}
+            Ok(revoked) => tracing::warn!(revoked, "export grants revoked by the seal"),
+            Err(e) => tracing::error!(
+                alert = "export_grants_outlive_seal",
+                error = %e,
+                "export grants could not be revoked: they serve again after the unseal until they lapse"
+            ),
         }
         let event = call.event(Some(&principal), "vault".to_owned(), "OK");
         if let Err(e) = self.vault.record_audit(event).await {

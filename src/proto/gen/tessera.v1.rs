@@ -1470,8 +1470,9 @@ pub mod key_admin_client {
                 .insert(GrpcMethod::new("tessera.v1.KeyAdmin", "Unseal"));
             self.inner.unary(req, path, codec).await
         }
-        /// Drops every key from memory at once; the vault then serves only health,
-        /// GetStatus and Unseal.
+        /// Drops every key from memory at once, with every pending unseal or
+        /// export request and every export grant; the vault then serves only
+        /// health, GetStatus and Unseal.
         pub async fn seal(
             &mut self,
             request: impl tonic::IntoRequest<super::SealRequest>,
@@ -1808,8 +1809,9 @@ pub mod key_admin_server {
             &self,
             request: tonic::Request<super::UnsealRequest>,
         ) -> std::result::Result<tonic::Response<super::UnsealResponse>, tonic::Status>;
-        /// Drops every key from memory at once; the vault then serves only health,
-        /// GetStatus and Unseal.
+        /// Drops every key from memory at once, with every pending unseal or
+        /// export request and every export grant; the vault then serves only
+        /// health, GetStatus and Unseal.
         async fn seal(
             &self,
             request: tonic::Request<super::SealRequest>,
