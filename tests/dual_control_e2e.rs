@@ -469,4 +469,13 @@ async fn a_seal_revokes_exports_approved_before_it() {
     let again = request_export(&mut operator).await;
     approve(&mut operator2, &again).await.unwrap();
     assert_eq!(export(&mut operator, &again).await.unwrap(), VISA);
+    // The seal's audit event says what it revoked.
+    let seals = common::audit_events(&server, "operator", "Seal").await;
+    assert_eq!(
+        seals
+            .iter()
+            .map(|e| e.resource.as_str())
+            .collect::<Vec<_>>(),
+        ["vault requests_dropped:1 exports_revoked:1"]
+    );
 }

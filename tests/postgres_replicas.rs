@@ -56,12 +56,12 @@ struct Pair {
     b: Server,
 }
 
-fn on_postgres(url: &str, migrate: bool) -> Vec<(&'static str, String)> {
+fn on_postgres(url: &str, migrate: bool, poll_ms: u64) -> Vec<(&'static str, String)> {
     vec![
         ("TESSERA__STORE__BACKEND", "postgres".to_owned()),
         ("TESSERA__STORE__URL", url.to_owned()),
         ("TESSERA__STORE__MIGRATE", migrate.to_string()),
-        ("TESSERA__ACCESS__SHARED_POLL_MS", POLL_MS.to_string()),
+        ("TESSERA__ACCESS__SHARED_POLL_MS", poll_ms.to_string()),
         // The load tests redeem tokens as fast as they can: not an anomaly.
         ("TESSERA__ACCESS__LOCK_ON_ANOMALY", "false".to_owned()),
         // Compaction may purge a token as soon as it is dead.
@@ -71,13 +71,18 @@ fn on_postgres(url: &str, migrate: bool) -> Vec<(&'static str, String)> {
 
 impl Pair {
     async fn start() -> Self {
+        Self::start_polling(POLL_MS).await
+    }
+
+    /// A pair whose replica B polls the other's changes every `b_poll_ms`.
+    async fn start_polling(b_poll_ms: u64) -> Self {
         let pg = postgres::Postgres::start();
         let url = pg.database("vault").await;
         let dir = tempfile::tempdir().unwrap();
         let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
         let a = Server::start_dev_with_env(
             &data_a,
-            &on_postgres(&url, true),
+            &on_postgres(&url, true, POLL_MS),
             &dir.path().join("a.log"),
         );
         std::fs::create_dir_all(&data_b).unwrap();
@@ -86,7 +91,7 @@ impl Pair {
         }
         let b = Server::start_dev_with_env(
             &data_b,
-            &on_postgres(&url, false),
+            &on_postgres(&url, false, b_poll_ms),
             &dir.path().join("b.log"),
         );
         Self {
@@ -402,6 +407,80 @@ async fn a_seal_on_one_replica_seals_the_other() {
     })
     .await;
     eprintln!("sealed on A, sealed on B after {seen:?}");
+}
+
+/// Review finding: a replica that had not yet polled a seal made on the
+/// other filed, approved and served exports in between, and a grant it
+/// wrote then outlived the seal. Export calls follow the seal at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_has_not_polled_a_seal_exports_nothing() {
+    // B polls once a minute: only the export calls' own look can tell it.
+    let pair = Pair::start_polling(60_000).await;
+    let mut pos_b = pair.b.client("pos").await;
+    let token = common::tokenize(&mut pos_b, &test_pan(9, 2)).await;
+    let mut operator_a =
+        KeyAdminClient::with_interceptor(pair.a.channel().await, pair.a.admin_auth("operator"));
+    let mut operator2_a =
+        KeyAdminClient::with_interceptor(pair.a.channel().await, pair.a.admin_auth("operator2"));
+    let mut operator_b =
+        KeyAdminClient::with_interceptor(pair.b.channel().await, pair.b.admin_auth("operator"));
+    let export_request = || v1::RequestExportRequest {
+        tenant: "default".into(),
+    };
+    let granted = common::approval_id(
+        &operator_a
+            .request_export(export_request())
+            .await
+            .unwrap_err(),
+    );
+    operator2_a
+        .approve(v1::ApproveRequest {
+            id: granted.clone(),
+        })
+        .await
+        .unwrap();
+    let batch = || v1::ExportBatchRequest {
+        approval_id: granted.clone(),
+        tokens: vec![token.clone()],
+    };
+    assert_eq!(
+        operator_b
+            .export_batch(batch())
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+            .len(),
+        1
+    );
+
+    operator_a.seal(v1::SealRequest {}).await.unwrap();
+    let asked = operator_b
+        .request_export(export_request())
+        .await
+        .unwrap_err();
+    assert_eq!(asked.code(), Code::Unavailable, "{asked:?}");
+    let exported = operator_b.export_batch(batch()).await.unwrap_err();
+    assert_eq!(exported.code(), Code::Unavailable, "{exported:?}");
+    // B followed the seal for every call, and kept no request behind.
+    assert_eq!(
+        pos_b
+            .tokenize(v1::TokenizeRequest {
+                pan: test_pan(9, 3),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unavailable
+    );
+    let pending = operator_b
+        .list_approvals(v1::ListApprovalsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert!(pending.iter().all(|p| p.action != "Export"), "{pending:?}");
 }
 
 /// A second factor locked on A after wrong codes is locked on B within the

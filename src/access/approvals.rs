@@ -79,6 +79,13 @@ impl DualControlAction {
         }
     }
 
+    /// Whether a seal makes a request for this stale: one filed before a
+    /// seal must not reopen the vault it closed, nor export from it after
+    /// the unseal; a new seal needs a new pair of operators.
+    pub fn dies_with_seal(&self) -> bool {
+        matches!(self, Self::Unseal | Self::Export(_))
+    }
+
     /// What exactly would run, for the approver to read.
     pub fn detail(&self) -> String {
         match self {
@@ -129,6 +136,10 @@ pub struct Pending {
     pub requester_lineage: Vec<String>,
     /// When it lapses, by the vault clock (milliseconds).
     pub expires_at_ms: u64,
+    /// The number of the store change that filed it: the one clock every
+    /// replica shares, against which a seal's own change is compared
+    /// ([`DualControlAction::dies_with_seal`]).
+    pub filed_at_change: u64,
 }
 
 /// Why an approval was refused.
@@ -220,7 +231,9 @@ impl StoredPending {
         }
     }
 
-    fn into_pending(self, id: String) -> Result<Pending, ApprovalError> {
+    /// The request `id`, filed by store change `filed_at_change` (a request
+    /// is written once and never updated, so its entry's version is that).
+    fn into_pending(self, id: String, filed_at_change: u64) -> Result<Pending, ApprovalError> {
         let damaged = |reason: String| ApprovalError::Unavailable {
             reason: format!("a stored approval is unreadable: {reason}"),
             retryable: false,
@@ -244,6 +257,7 @@ impl StoredPending {
             requested_at_ms: self.requested_at_ms,
             requester_lineage: self.requester_lineage,
             expires_at_ms: self.expires_at_ms,
+            filed_at_change,
         })
     }
 }
@@ -285,7 +299,7 @@ impl Approvals {
                 .shared
                 .open::<StoredPending>(StateKind::Approval, &id, &entry.value)
                 .map_err(ApprovalError::from)
-                .and_then(|stored| stored.into_pending(id.clone()));
+                .and_then(|stored| stored.into_pending(id.clone(), entry.version));
             match opened {
                 Ok(pending) => out.push((entry.version, pending)),
                 Err(e) => tracing::error!(
@@ -312,6 +326,12 @@ impl Approvals {
         }
     }
 
+    /// Withdraws `pending`, just filed, if it is still there: filed as a
+    /// seal landed, it must not outlive it.
+    pub async fn withdraw(&self, pending: &Pending) -> Result<bool, ApprovalError> {
+        self.take(&pending.id, pending.filed_at_change).await
+    }
+
     /// Records a request of `requested_by` (whose lineage is
     /// `requester_lineage`); returns it with its id.
     pub async fn request(
@@ -331,7 +351,7 @@ impl Approvals {
             csprng::fill(&mut bytes).map_err(|_| ApprovalError::NoRandomness)?;
         }
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
-        let pending = Pending {
+        let mut pending = Pending {
             id: hex::encode(bytes),
             action,
             requested_by: requested_by.to_owned(),
@@ -339,6 +359,7 @@ impl Approvals {
             requested_at_ms: now_ms,
             requester_lineage,
             expires_at_ms: now_ms.saturating_add(window_ms),
+            filed_at_change: 0,
         };
         let mut live = 0;
         for (version, p) in self.all().await? {
@@ -364,7 +385,10 @@ impl Approvals {
             )
             .await
         {
-            Ok(_) => Ok(pending),
+            Ok(change) => {
+                pending.filed_at_change = change;
+                Ok(pending)
+            }
             // 64 random bits collided: never overwrite a pending request.
             Err(SharedError::Store(StoreError::Conflict)) => Err(ApprovalError::NoRandomness),
             Err(e) => Err(e.into()),
@@ -382,7 +406,7 @@ impl Approvals {
             .shared
             .get::<StoredPending>(StateKind::Approval, id)
             .await?
-            .map(|(_, stored)| stored.into_pending(id.to_owned()))
+            .map(|(version, stored)| stored.into_pending(id.to_owned(), version))
             .transpose()?
             .filter(|p| p.tenant == *tenant && p.expires_at_ms > now_ms))
     }
@@ -407,7 +431,7 @@ impl Approvals {
         else {
             return Err(ApprovalError::NotFound);
         };
-        let entry = stored.into_pending(id.to_owned())?;
+        let entry = stored.into_pending(id.to_owned(), version)?;
         if entry.tenant != *approver.tenant || entry.expires_at_ms <= now_ms {
             return Err(ApprovalError::NotFound);
         }

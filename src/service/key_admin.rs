@@ -82,6 +82,10 @@ impl KeyAdminService {
         action: DualControlAction,
     ) -> Result<(), Status> {
         let mode = audit_mode(&action);
+        // An export asked for as a seal lands (here or on another replica)
+        // is withdrawn: filed after the seal's change, nothing else would
+        // tell it from one asked for after the unseal.
+        let withdrawn_if_sealed = action.dies_with_seal() && mode != UnsealAudit::Unseal;
         let intent = format!("approval:new {} {}", action.name(), action.detail());
         intend_as(&self.vault, call, principal, intent.trim_end(), mode).await?;
         let pending = self
@@ -95,6 +99,22 @@ impl KeyAdminService {
             )
             .await
             .map_err(|e| approval_status(&e))?;
+        if withdrawn_if_sealed {
+            let followed = self.vault.last_seal().await;
+            if followed.is_err() || self.vault.is_sealed() {
+                let withdrawn = self.approvals.withdraw(&pending).await;
+                let refused = match (followed, withdrawn) {
+                    (Ok(_), Ok(_)) => status::from_vault(&crate::vault::VaultError::Sealed),
+                    (Err(e), _) => status::from_vault(&e),
+                    (_, Err(e)) => approval_status(&e),
+                };
+                let resource = format!("approval:{} withdrawn", pending.id);
+                return self
+                    .finish(call, principal, resource, Err::<(), _>(refused))
+                    .await
+                    .map(|_| ());
+            }
+        }
         let event = call.event(
             Some(principal),
             format!("approval:{}", pending.id),
@@ -130,12 +150,12 @@ impl KeyAdminService {
     }
 
     /// Runs the approved action of request `id`, filed by `requested_by`
-    /// and approved by `approver`.
+    /// at store change `filed_at_change` and approved by `approver`.
     async fn run_approved(
         &self,
         action: DualControlAction,
         id: &str,
-        requested_by: &str,
+        (requested_by, filed_at_change): (&str, u64),
         approver: &str,
     ) -> Result<String, Status> {
         let vault_status = |e: crate::vault::VaultError| status::from_vault(&e);
@@ -143,7 +163,14 @@ impl KeyAdminService {
             DualControlAction::Export(tenant) => {
                 let until = self
                     .exports
-                    .grant(id, &tenant, requested_by, approver, self.vault.now_ms())
+                    .grant(
+                        id,
+                        &tenant,
+                        requested_by,
+                        approver,
+                        filed_at_change,
+                        self.vault.now_ms(),
+                    )
                     .await
                     .map_err(|e| export_status(&e))?;
                 Ok(format!(
@@ -423,34 +450,32 @@ impl KeyAdmin for KeyAdminService {
                 "this replica is sealed, but the others could not be told: seal each of them"
             );
         }
-        // Unseal and export requests filed before this seal must not act
-        // after it: a new seal needs a new pair of operators.
-        match self
+        // Unseal and export requests filed before this seal, and exports
+        // granted on them, must not act after it: a new seal needs a new
+        // pair of operators. Approve and ExportBatch refuse them by the
+        // seal's store change (`Vault::last_seal`) even when one races
+        // this; here they are cleared from the store.
+        let dropped = match self
             .approvals
-            .drop_where(|p| {
-                matches!(
-                    p.action,
-                    DualControlAction::Unseal | DualControlAction::Export(_)
-                )
-            })
+            .drop_where(|p| p.action.dies_with_seal())
             .await
         {
-            Ok(0) => {}
-            Ok(stale) => tracing::warn!(stale, "pending requests dropped by the seal"),
-            // The vault is sealed all the same; the requests lapse.
-            Err(e) => tracing::warn!(error = %e, "stale requests could not be dropped"),
-        }
-        // Nor may an export approved before it go on after the unseal.
-        match self.exports.revoke_all().await {
-            Ok(0) => {}
-            Ok(revoked) => tracing::warn!(revoked, "export grants revoked by the seal"),
-            Err(e) => tracing::error!(
-                alert = "export_grants_outlive_seal",
-                error = %e,
-                "export grants could not be revoked: they serve again after the unseal until they lapse"
-            ),
-        }
-        let event = call.event(Some(&principal), "vault".to_owned(), "OK");
+            Ok(dropped) => dropped.to_string(),
+            Err(e) => {
+                tracing::warn!(error = %e, "stale requests could not be cleared; they no longer act");
+                "unknown".to_owned()
+            }
+        };
+        let revoked = match self.exports.revoke_all().await {
+            Ok(revoked) => revoked.to_string(),
+            Err(e) => {
+                tracing::warn!(error = %e, "export grants could not be cleared; they no longer serve");
+                "unknown".to_owned()
+            }
+        };
+        tracing::warn!(%dropped, %revoked, "pending requests dropped and export grants revoked by the seal");
+        let resource = format!("vault requests_dropped:{dropped} exports_revoked:{revoked}");
+        let event = call.event(Some(&principal), resource, "OK");
         if let Err(e) = self.vault.record_audit(event).await {
             tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a seal");
         }
@@ -742,13 +767,35 @@ impl KeyAdmin for KeyAdminService {
         // What was approved, named in the event (an export's tenant).
         let detail = pending.action.detail();
         let requested_by = pending.requested_by.clone();
-        let result = self
-            .run_approved(pending.action, &id, &requested_by, &principal.name)
+        let filed_at_change = pending.filed_at_change;
+        let result = async {
+            // A request a seal made stale may have been read before the
+            // seal cleared it: it runs only if filed after the last seal.
+            if pending.action.dies_with_seal()
+                && filed_at_change
+                    <= self
+                        .vault
+                        .last_seal()
+                        .await
+                        .map_err(|e| status::from_vault(&e))?
+            {
+                return Err(Status::not_found(
+                    "this request was filed before the vault's last seal; file it again",
+                ));
+            }
+            self.run_approved(
+                pending.action,
+                &id,
+                (&requested_by, filed_at_change),
+                &principal.name,
+            )
             .await
-            .map(|result| v1::ApproveResponse {
-                action: action.clone(),
-                result,
-            });
+        }
+        .await
+        .map(|result| v1::ApproveResponse {
+            action: action.clone(),
+            result,
+        });
         if result.is_ok() && mode == UnsealAudit::Unseal {
             // The vault is open: other pending unseal requests are stale
             // (they lapse anyway when this fails).
@@ -858,17 +905,32 @@ impl KeyAdmin for KeyAdminService {
                 .finish(&call, &principal, "export:<invalid id>".to_owned(), refused)
                 .await;
         }
-        let tenant = match self
-            .exports
-            .check(&approval_id, &principal.name, self.vault.now_ms())
-            .await
-        {
+        let checked = async {
+            // A seal made on another replica counts at once, not at the
+            // next poll: this replica follows it before any PAN leaves.
+            let last_seal = self
+                .vault
+                .last_seal()
+                .await
+                .map_err(|e| status::from_vault(&e))?;
+            if self.vault.is_sealed() {
+                return Err(status::from_vault(&crate::vault::VaultError::Sealed));
+            }
+            self.exports
+                .check(
+                    &approval_id,
+                    &principal.name,
+                    self.vault.now_ms(),
+                    last_seal,
+                )
+                .await
+                .map_err(|e| export_status(&e))
+        };
+        let tenant = match checked.await {
             Ok(tenant) => tenant,
-            Err(e) => {
+            Err(refused) => {
                 let resource = format!("export:{approval_id}");
-                return self
-                    .finish(&call, &principal, resource, Err(export_status(&e)))
-                    .await;
+                return self.finish(&call, &principal, resource, Err(refused)).await;
             }
         };
         // Filed under the exported tenant: its auditors see every batch.

@@ -417,23 +417,30 @@ const KEYS_SIGNAL: &str = "keys:";
 const SEAL_SIGNAL: &str = "seal";
 
 impl Vault {
-    /// Seals this replica when another sealed after this one was opened.
-    async fn follow_seal(&self) -> Result<(), String> {
-        let Some(entry) = self
-            .store
-            .state(StateKind::Signal, SEAL_SIGNAL)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(());
+    /// The number of the store change that last sealed the vault (0 when
+    /// none did), once this replica has followed it: one that has not yet
+    /// heard of a seal made elsewhere since it was opened seals now, not at
+    /// its next poll. What a seal revokes (pending unseal and export
+    /// requests, export grants) is judged against this change, the one
+    /// clock every replica shares, so nothing filed before a seal acts
+    /// after it, whichever replica it reaches and however the two race.
+    pub async fn last_seal(&self) -> Result<u64, VaultError> {
+        let Some(entry) = self.store.state(StateKind::Signal, SEAL_SIGNAL).await? else {
+            return Ok(0);
         };
-        let Ok(sealed_at) = <[u8; 8]>::try_from(entry.value.as_slice()).map(u64::from_be_bytes)
-        else {
+        self.follow_seal_signal(&entry.value);
+        Ok(entry.version)
+    }
+
+    /// Seals this replica when the signal `value` says another sealed after
+    /// this one was opened.
+    fn follow_seal_signal(&self, value: &[u8]) {
+        let Ok(sealed_at) = <[u8; 8]>::try_from(value).map(u64::from_be_bytes) else {
             tracing::error!(
                 alert = "shared_state_unreadable",
                 "a seal signal that is not a time; ignored"
             );
-            return Ok(());
+            return;
         };
         if sealed_at >= self.opened_at_ms.load(Ordering::SeqCst) && !self.is_sealed() {
             tracing::warn!(
@@ -442,7 +449,6 @@ impl Vault {
             );
             self.seal();
         }
-        Ok(())
     }
 }
 
@@ -457,7 +463,7 @@ impl crate::shared::feed::Follower for Vault {
     async fn changed(&self, changes: &[StateChange]) -> Result<(), String> {
         for change in changes {
             if change.key == SEAL_SIGNAL && !change.deleted {
-                self.follow_seal().await?;
+                self.last_seal().await.map_err(|e| e.to_string())?;
                 continue;
             }
             let Some(name) = change.key.strip_prefix(KEYS_SIGNAL) else {

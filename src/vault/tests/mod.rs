@@ -861,3 +861,30 @@ async fn a_running_vault_never_makes_a_new_audit_key_after_root_and_head_are_del
         .unwrap();
     assert!(system_keys.is_empty(), "a new root was made");
 }
+
+/// Review finding: a replica that had not yet polled a seal made on
+/// another went on approving and serving exports. Asking for the last seal
+/// (as every export check does) follows it at once.
+#[tokio::test]
+async fn a_replica_asking_for_the_last_seal_follows_one_made_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let replica = || {
+        Vault::new(
+            kms.clone(),
+            Arc::clone(&store),
+            clock.clone(),
+            VaultPolicy::default(),
+        )
+    };
+    let (a, b) = (replica(), replica());
+    assert_eq!(b.last_seal().await.unwrap(), 0, "never sealed");
+    a.seal_everywhere().await.unwrap();
+    assert!(!b.is_sealed(), "no poll has run");
+    let sealed_by = b.last_seal().await.unwrap();
+    assert!(sealed_by > 0);
+    assert!(b.is_sealed());
+    assert_eq!(a.last_seal().await.unwrap(), sealed_by);
+}
