@@ -455,14 +455,9 @@ async fn a_replica_that_has_not_polled_a_seal_exports_nothing() {
     );
 
     operator_a.seal(v1::SealRequest {}).await.unwrap();
-    let asked = operator_b
-        .request_export(export_request())
-        .await
-        .unwrap_err();
-    assert_eq!(asked.code(), Code::Unavailable, "{asked:?}");
+    // The export's own look at the seal stops it, and seals B.
     let exported = operator_b.export_batch(batch()).await.unwrap_err();
     assert_eq!(exported.code(), Code::Unavailable, "{exported:?}");
-    // B followed the seal for every call, and kept no request behind.
     assert_eq!(
         pos_b
             .tokenize(v1::TokenizeRequest {
@@ -474,6 +469,32 @@ async fn a_replica_that_has_not_polled_a_seal_exports_nothing() {
             .code(),
         Code::Unavailable
     );
+
+    // Unsealed by two operators, B serves again, but not the grant from
+    // before the seal.
+    let mut operator2_b =
+        KeyAdminClient::with_interceptor(pair.b.channel().await, pair.b.admin_auth("operator2"));
+    let unseal = common::approval_id(
+        &operator_b
+            .unseal(v1::UnsealRequest { share: Vec::new() })
+            .await
+            .unwrap_err(),
+    );
+    operator2_b
+        .approve(v1::ApproveRequest { id: unseal })
+        .await
+        .unwrap();
+    let revoked = operator_b.export_batch(batch()).await.unwrap_err();
+    assert_eq!(revoked.code(), Code::PermissionDenied, "{revoked:?}");
+
+    // Sealed again on A: an export asked for on B before it polls is
+    // withdrawn, not left to be approved after the next unseal.
+    operator_a.seal(v1::SealRequest {}).await.unwrap();
+    let asked = operator_b
+        .request_export(export_request())
+        .await
+        .unwrap_err();
+    assert_eq!(asked.code(), Code::Unavailable, "{asked:?}");
     let pending = operator_b
         .list_approvals(v1::ListApprovalsRequest {})
         .await

@@ -25,7 +25,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::access::approvals::{ApprovalError, Approvals, Approver, DualControlAction};
+use crate::access::approvals::{ApprovalError, Approvals, Approver, DualControlAction, Pending};
 use crate::access::exports::{ExportError, Exports};
 use crate::domain::{Principal, Role, TenantId};
 use crate::proto::v1;
@@ -149,17 +149,23 @@ impl KeyAdminService {
         authorize_call(&self.vault, &self.auth, call, request, roles, when_sealed).await
     }
 
-    /// Runs the approved action of request `id`, filed by `requested_by`
-    /// at store change `filed_at_change` and approved by `approver`.
+    /// Runs the action of `pending`, approved by `approver` when the vault
+    /// was last sealed by store change `last_seal`. A request a seal makes
+    /// stale runs only if filed after that seal.
     async fn run_approved(
         &self,
-        action: DualControlAction,
-        id: &str,
-        (requested_by, filed_at_change): (&str, u64),
+        pending: Pending,
         approver: &str,
+        last_seal: u64,
     ) -> Result<String, Status> {
+        if pending.action.dies_with_seal() && pending.filed_at_change <= last_seal {
+            return Err(Status::not_found(
+                "this request was filed before the vault's last seal; file it again",
+            ));
+        }
+        let (id, requested_by) = (pending.id.as_str(), pending.requested_by.as_str());
         let vault_status = |e: crate::vault::VaultError| status::from_vault(&e);
-        match action {
+        match pending.action {
             DualControlAction::Export(tenant) => {
                 let until = self
                     .exports
@@ -168,7 +174,7 @@ impl KeyAdminService {
                         &tenant,
                         requested_by,
                         approver,
-                        filed_at_change,
+                        pending.filed_at_change,
                         self.vault.now_ms(),
                     )
                     .await
@@ -190,9 +196,12 @@ impl KeyAdminService {
                 .await
                 .map(|destroyed| format!("tenant {tenant}: {destroyed} keys destroyed"))
                 .map_err(vault_status),
+            // A seal made after `last_seal` still holds: the vault reopens
+            // over the seals up to it only.
             DualControlAction::Unseal => self
                 .vault
-                .reopen()
+                .reopen(last_seal)
+                .await
                 .map(|()| "vault unsealed".to_owned())
                 .map_err(vault_status),
             DualControlAction::AddPrincipal(mut entry) => {
@@ -443,11 +452,15 @@ impl KeyAdmin for KeyAdminService {
         let principal = self
             .caller(&call, &request, OPERATOR, WhenSealed::Serve)
             .await?;
-        if let Err(e) = self.vault.seal_everywhere().await {
+        // Without its signal in the store the seal holds on this replica
+        // only, and nothing filed before it is told from what comes after:
+        // the operator hears so, and a second Seal writes it.
+        let signalled = self.vault.seal_everywhere().await;
+        if let Err(e) = &signalled {
             tracing::error!(
                 alert = "seal_not_shared",
                 error = %e,
-                "this replica is sealed, but the others could not be told: seal each of them"
+                "this replica is sealed, but the seal could not be recorded for the others: run Seal again"
             );
         }
         // Unseal and export requests filed before this seal, and exports
@@ -475,11 +488,18 @@ impl KeyAdmin for KeyAdminService {
         };
         tracing::warn!(%dropped, %revoked, "pending requests dropped and export grants revoked by the seal");
         let resource = format!("vault requests_dropped:{dropped} exports_revoked:{revoked}");
-        let event = call.event(Some(&principal), resource, "OK");
+        let answer = match signalled {
+            Ok(()) => Ok(Response::new(v1::SealResponse {})),
+            Err(_) => Err(Status::unavailable(
+                "this replica is sealed, but the seal could not be recorded in the store for the other replicas: run Seal again",
+            )),
+        };
+        let outcome = crate::service::audited::outcome(&answer);
+        let event = call.event(Some(&principal), resource, &outcome);
         if let Err(e) = self.vault.record_audit(event).await {
             tracing::error!(error = %e, alert = "audit_write_failed", "could not audit a seal");
         }
-        Ok(Response::new(v1::SealResponse {}))
+        answer
     }
 
     #[instrument(skip_all, name = "RotateDataKey", fields(principal, tenant))]
@@ -731,6 +751,17 @@ impl KeyAdmin for KeyAdminService {
             mode,
         )
         .await?;
+        // The last seal, followed here if made on another replica: what is
+        // runnable, and what it made stale, is judged against it.
+        let last_seal = match self.vault.last_seal().await {
+            Ok(change) => change,
+            Err(e) => {
+                let status = status::from_vault(&e);
+                return self
+                    .finish(&call, &principal, format!("approval:{id}"), Err(status))
+                    .await;
+            }
+        };
         let sealed = self.vault.is_sealed();
         let approved = self
             .approvals
@@ -767,35 +798,13 @@ impl KeyAdmin for KeyAdminService {
         // What was approved, named in the event (an export's tenant).
         let detail = pending.action.detail();
         let requested_by = pending.requested_by.clone();
-        let filed_at_change = pending.filed_at_change;
-        let result = async {
-            // A request a seal made stale may have been read before the
-            // seal cleared it: it runs only if filed after the last seal.
-            if pending.action.dies_with_seal()
-                && filed_at_change
-                    <= self
-                        .vault
-                        .last_seal()
-                        .await
-                        .map_err(|e| status::from_vault(&e))?
-            {
-                return Err(Status::not_found(
-                    "this request was filed before the vault's last seal; file it again",
-                ));
-            }
-            self.run_approved(
-                pending.action,
-                &id,
-                (&requested_by, filed_at_change),
-                &principal.name,
-            )
+        let result = self
+            .run_approved(pending, &principal.name, last_seal)
             .await
-        }
-        .await
-        .map(|result| v1::ApproveResponse {
-            action: action.clone(),
-            result,
-        });
+            .map(|result| v1::ApproveResponse {
+                action: action.clone(),
+                result,
+            });
         if result.is_ok() && mode == UnsealAudit::Unseal {
             // The vault is open: other pending unseal requests are stale
             // (they lapse anyway when this fails).

@@ -108,28 +108,49 @@ impl Vault {
                 threshold: 0,
             });
         };
+        // The seals this share's holder knew of; one made while the share
+        // was on its way still holds.
+        let superseded = self.seal_signal().await?;
         let progress = self.kms.submit_share(holder, share).await?;
-        if !progress.sealed && self.sealed.swap(false, Ordering::SeqCst) {
-            self.opened_at_ms
-                .store(self.clock.now_ms(), Ordering::SeqCst);
-            tracing::warn!(event = "unsealed", "vault unsealed");
+        if !progress.sealed {
+            self.opened(superseded, "vault unsealed").await?;
         }
         Ok(progress)
     }
 
     /// Reopens a vault sealed on a backend without shares, after a second
-    /// operator approved (the caller's job).
-    pub fn reopen(&self) -> Result<(), VaultError> {
+    /// operator approved (the caller's job) a request filed after the seal
+    /// of change `superseded` (what [`Self::last_seal`] said when the
+    /// approval was checked): a seal made since still holds.
+    pub async fn reopen(&self, superseded: u64) -> Result<(), VaultError> {
         if self.unsealed_by_shares() {
             return Err(VaultError::Precondition(
                 "this vault unseals with its custodians' shares".into(),
             ));
         }
+        self.opened(superseded, "vault reopened by two operators")
+            .await
+    }
+
+    /// Opens this replica over the seals up to change `superseded`, then
+    /// follows any made since: the change feed may have brought one while
+    /// the replica was still sealed, when following it changed nothing.
+    async fn opened(&self, superseded: u64, event: &'static str) -> Result<(), VaultError> {
+        self.opened_after_seal
+            .fetch_max(superseded, Ordering::SeqCst);
         if self.sealed.swap(false, Ordering::SeqCst) {
-            self.opened_at_ms
-                .store(self.clock.now_ms(), Ordering::SeqCst);
-            tracing::warn!(event = "unsealed", "vault reopened by two operators");
+            tracing::warn!(event = "unsealed", "{event}");
         }
+        self.last_seal().await.map(|_| ())
+    }
+
+    /// Takes every seal signalled so far as history: a process starting
+    /// unsealed (on a backend without shares) is not sealed by a seal it
+    /// started after. Called once, before serving.
+    pub async fn adopt_seal_history(&self) -> Result<(), StoreError> {
+        let superseded = self.seal_signal().await?;
+        self.opened_after_seal
+            .fetch_max(superseded, Ordering::SeqCst);
         Ok(())
     }
 
@@ -413,7 +434,9 @@ fn keys_signal(tenant: &TenantId) -> String {
 /// The prefix of key-change signals.
 const KEYS_SIGNAL: &str = "keys:";
 
-/// The signal of a seal: when it was sealed (vault clock, ms, big-endian).
+/// The signal of a seal. Its change number is what counts; its value, when
+/// it was sealed (vault clock, ms, big-endian), is for people reading the
+/// store.
 const SEAL_SIGNAL: &str = "seal";
 
 impl Vault {
@@ -425,24 +448,24 @@ impl Vault {
     /// clock every replica shares, so nothing filed before a seal acts
     /// after it, whichever replica it reaches and however the two race.
     pub async fn last_seal(&self) -> Result<u64, VaultError> {
-        let Some(entry) = self.store.state(StateKind::Signal, SEAL_SIGNAL).await? else {
-            return Ok(0);
-        };
-        self.follow_seal_signal(&entry.value);
-        Ok(entry.version)
+        let version = self.seal_signal().await?;
+        self.follow_seal(version);
+        Ok(version)
     }
 
-    /// Seals this replica when the signal `value` says another sealed after
-    /// this one was opened.
-    fn follow_seal_signal(&self, value: &[u8]) {
-        let Ok(sealed_at) = <[u8; 8]>::try_from(value).map(u64::from_be_bytes) else {
-            tracing::error!(
-                alert = "shared_state_unreadable",
-                "a seal signal that is not a time; ignored"
-            );
-            return;
-        };
-        if sealed_at >= self.opened_at_ms.load(Ordering::SeqCst) && !self.is_sealed() {
+    /// The change of the newest seal signal, 0 when there is none.
+    async fn seal_signal(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .store
+            .state(StateKind::Signal, SEAL_SIGNAL)
+            .await?
+            .map_or(0, |entry| entry.version))
+    }
+
+    /// Seals this replica when the seal of change `version` came after the
+    /// seals its opening superseded.
+    fn follow_seal(&self, version: u64) {
+        if version > self.opened_after_seal.load(Ordering::SeqCst) && !self.is_sealed() {
             tracing::warn!(
                 event = "sealed_by_replica",
                 "another replica sealed the vault"
@@ -463,7 +486,7 @@ impl crate::shared::feed::Follower for Vault {
     async fn changed(&self, changes: &[StateChange]) -> Result<(), String> {
         for change in changes {
             if change.key == SEAL_SIGNAL && !change.deleted {
-                self.last_seal().await.map_err(|e| e.to_string())?;
+                self.follow_seal(change.version);
                 continue;
             }
             let Some(name) = change.key.strip_prefix(KEYS_SIGNAL) else {

@@ -287,9 +287,12 @@ pub struct Vault {
     clock: Arc<dyn Clock>,
     policy: VaultPolicy,
     sealed: AtomicBool,
-    /// When this replica last became unsealed (vault clock, ms): a seal
-    /// signalled by another replica before that is history, not an order.
-    opened_at_ms: std::sync::atomic::AtomicU64,
+    /// The store change of the newest seal this replica's last opening
+    /// superseded (see [`Self::last_seal`]): a seal signalled by a later
+    /// change is an order, an earlier one history. Store changes, not
+    /// clocks: one counter every replica shares, so neither clock skew nor
+    /// an unseal racing a second seal undoes that seal.
+    opened_after_seal: std::sync::atomic::AtomicU64,
     jobs: reencrypt::RunningJobs,
     /// Held while this process runs a compaction.
     compacting: compact::CompactionLatch,
@@ -342,7 +345,6 @@ impl Vault {
         let sealed = kms.unseal_progress().is_some_and(|p| p.sealed);
         let pipeline = Arc::new(Pipeline::new(Arc::clone(&store)));
         let audit = crate::audit::AuditLog::new(Arc::clone(&store), Arc::clone(&pipeline));
-        let opened_at_ms = std::sync::atomic::AtomicU64::new(clock.now_ms());
         Self {
             keys: Keyring::new(
                 Arc::clone(&kms),
@@ -356,7 +358,8 @@ impl Vault {
             clock,
             policy,
             sealed: AtomicBool::new(sealed),
-            opened_at_ms,
+            // Until `adopt_seal_history`: every seal signalled is an order.
+            opened_after_seal: std::sync::atomic::AtomicU64::new(0),
             jobs: reencrypt::RunningJobs::default(),
             compacting: compact::CompactionLatch::default(),
             pipeline,

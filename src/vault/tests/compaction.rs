@@ -204,7 +204,8 @@ async fn a_run_cut_short_continues_from_its_checkpoint_with_its_cutoff() {
 
     // Later, unsealed again: the run continues after the first page, with
     // the cutoff it started with, and counts the whole run.
-    f.vault.reopen().unwrap();
+    let last_seal = f.vault.last_seal().await.unwrap();
+    f.vault.reopen(last_seal).await.unwrap();
     f.clock.advance_ms(HOUR_MS);
     let mut first: Option<CompactProgress> = None;
     let done = f

@@ -377,7 +377,8 @@ async fn rotation_reencryption_and_retirement() {
 
     // Reopen (dev KMS: two operators approve a reopen) and run again: it
     // resumes.
-    f.vault.reopen().unwrap();
+    let last_seal = f.vault.last_seal().await.unwrap();
+    f.vault.reopen(last_seal).await.unwrap();
     let mut first_done = None;
     let done = f
         .vault
@@ -465,7 +466,8 @@ async fn sealed_vault_refuses_everything_and_forgets_keys() {
         Err(VaultError::Sealed)
     ));
     assert!(f.vault.key_status(&t).await.unwrap().sealed);
-    f.vault.reopen().unwrap();
+    let last_seal = f.vault.last_seal().await.unwrap();
+    f.vault.reopen(last_seal).await.unwrap();
     assert!(f.vault.detokenize(&t, &out.token).await.is_ok());
 }
 
@@ -569,7 +571,8 @@ async fn only_an_approved_reopen_unseals_a_vault_without_shares() {
     f.vault.seal();
     let progress = f.vault.unseal("operator", &[]).await.unwrap();
     assert!(progress.sealed && f.vault.is_sealed());
-    f.vault.reopen().unwrap();
+    let last_seal = f.vault.last_seal().await.unwrap();
+    f.vault.reopen(last_seal).await.unwrap();
     assert!(!f.vault.is_sealed());
 }
 
@@ -862,11 +865,13 @@ async fn a_running_vault_never_makes_a_new_audit_key_after_root_and_head_are_del
     assert!(system_keys.is_empty(), "a new root was made");
 }
 
-/// Review finding: a replica that had not yet polled a seal made on
-/// another went on approving and serving exports. Asking for the last seal
-/// (as every export check does) follows it at once.
+/// Review findings: a replica that had not yet polled a seal made on
+/// another went on approving and serving exports, and an unseal racing a
+/// second seal undid it. Asking for the last seal (as every export check
+/// and approval does) follows it at once, and an opening supersedes only
+/// the seals it was checked against, by store change, not by clock.
 #[tokio::test]
-async fn a_replica_asking_for_the_last_seal_follows_one_made_elsewhere() {
+async fn seals_are_followed_and_superseded_by_store_change() {
     let dir = tempfile::tempdir().unwrap();
     let kms = Arc::new(DevKms::open_or_create(&dir.path().join("k"), Profile::Dev).unwrap());
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -887,4 +892,24 @@ async fn a_replica_asking_for_the_last_seal_follows_one_made_elsewhere() {
     assert!(sealed_by > 0);
     assert!(b.is_sealed());
     assert_eq!(a.last_seal().await.unwrap(), sealed_by);
+
+    // Review finding: an unseal approved against one seal reopened the
+    // vault over a second seal made while it ran. It reopens over the
+    // seals it was checked against only.
+    a.seal_everywhere().await.unwrap();
+    assert!(a.last_seal().await.unwrap() > sealed_by);
+    a.reopen(sealed_by).await.unwrap();
+    assert!(a.is_sealed(), "the second seal holds");
+    a.reopen(a.last_seal().await.unwrap()).await.unwrap();
+    assert!(!a.is_sealed());
+
+    // A replica started after the seals takes them as history; one that
+    // did not adopt them follows them.
+    let started = replica();
+    started.adopt_seal_history().await.unwrap();
+    started.last_seal().await.unwrap();
+    assert!(!started.is_sealed());
+    let unaware = replica();
+    unaware.last_seal().await.unwrap();
+    assert!(unaware.is_sealed());
 }
