@@ -281,8 +281,8 @@ impl App {
             vault = vault.with_audit_sink(sink);
         }
         let vault = Arc::new(vault);
-        // Seals made before this process started are history, not orders.
-        vault.adopt_seal_history().await?;
+        // A seal not superseded by an opening holds across this restart.
+        vault.adopt_seal_state().await?;
         // Replicas on one database pick up each other's changes; an
         // embedded store has one replica, whose changes are already live.
         let auth = Arc::new(

@@ -479,3 +479,53 @@ async fn a_seal_revokes_exports_approved_before_it() {
         ["vault requests_dropped:1 exports_revoked:1"]
     );
 }
+
+async fn tokenize_visa(server: &Server) -> Result<(), tonic::Status> {
+    let mut processor = server.client("processor").await;
+    processor
+        .tokenize(v1::TokenizeRequest {
+            pan: VISA.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Outside review: a restart undid a seal. A process started while the
+/// vault's newest seal stands (dev, HSM and AWS backends start unsealed)
+/// starts sealed; once two operators reopen it, restarts start open.
+#[tokio::test]
+async fn a_restart_does_not_undo_a_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("server.log"));
+    let server = Server::start(&data, &log);
+    tokenize_visa(&server).await.unwrap();
+    keys(&server, server.admin_auth("operator"))
+        .await
+        .seal(v1::SealRequest {})
+        .await
+        .unwrap();
+    server.kill9();
+
+    let server = Server::start(&data, &log);
+    let refused = tokenize_visa(&server).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let unseal = approval_id(
+        &keys(&server, server.admin_auth("operator"))
+            .await
+            .unseal(v1::UnsealRequest { share: Vec::new() })
+            .await
+            .unwrap_err(),
+    );
+    approve(
+        &mut keys(&server, server.admin_auth("operator2")).await,
+        &unseal,
+    )
+    .await
+    .unwrap();
+    tokenize_visa(&server).await.unwrap();
+    server.kill9();
+
+    let server = Server::start(&data, &log);
+    tokenize_visa(&server).await.unwrap();
+}

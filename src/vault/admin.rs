@@ -1,8 +1,8 @@
-//! Key administration use cases: seal, unseal, status, DEK rotation and
-//! retirement, crypto-shredding. The caller has checked the `admin` role.
+//! Key administration use cases: status, DEK rotation and retirement,
+//! crypto-shredding (sealing and unsealing: `vault/sealing.rs`). The caller
+//! has checked the `admin` role.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 use crate::domain::TenantId;
 use crate::envelope;
@@ -60,100 +60,6 @@ pub struct KeyStatus {
 }
 
 impl Vault {
-    /// Seals the vault: every cached key is dropped and the KMS forgets its
-    /// master key (where it holds one in memory).
-    pub fn seal(&self) {
-        self.sealed.store(true, Ordering::SeqCst);
-        self.keys.clear();
-        self.kms.seal();
-        tracing::warn!(event = "sealed", "vault sealed; keys dropped from memory");
-    }
-
-    /// Seals this replica and tells the others to seal too (the emergency
-    /// brake stops the whole vault, not just the replica a balancer picked).
-    /// Each replica then needs its own unseal. This replica is sealed even
-    /// when the others cannot be told; the error says they were not.
-    pub async fn seal_everywhere(&self) -> Result<(), VaultError> {
-        self.seal();
-        self.store
-            .put_state(
-                StateKind::Signal,
-                SEAL_SIGNAL,
-                Some(self.clock.now_ms().to_be_bytes().to_vec()),
-                Expect::Any,
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Whether unsealing collects shares (Shamir); other backends reopen on
-    /// a second operator's approval instead.
-    pub fn unsealed_by_shares(&self) -> bool {
-        self.kms.unseal_progress().is_some()
-    }
-
-    /// Offers an unseal share (Shamir) or, for backends not sealed by
-    /// shares, reopens a vault an admin sealed.
-    ///
-    /// Only shares ever unseal here. On a backend without shares this
-    /// reports the state and changes nothing: reopening such a vault is
-    /// [`Self::reopen`], which only an approved dual-control request calls
-    /// (a call in flight must never undo a seal that landed after its
-    /// check).
-    pub async fn unseal(&self, holder: &str, share: &[u8]) -> Result<UnsealProgress, VaultError> {
-        let Some(_) = self.kms.unseal_progress() else {
-            return Ok(UnsealProgress {
-                sealed: self.is_sealed(),
-                received: 0,
-                threshold: 0,
-            });
-        };
-        // The seals this share's holder knew of; one made while the share
-        // was on its way still holds.
-        let superseded = self.seal_signal().await?;
-        let progress = self.kms.submit_share(holder, share).await?;
-        if !progress.sealed {
-            self.opened(superseded, "vault unsealed").await?;
-        }
-        Ok(progress)
-    }
-
-    /// Reopens a vault sealed on a backend without shares, after a second
-    /// operator approved (the caller's job) a request filed after the seal
-    /// of change `superseded` (what [`Self::last_seal`] said when the
-    /// approval was checked): a seal made since still holds.
-    pub async fn reopen(&self, superseded: u64) -> Result<(), VaultError> {
-        if self.unsealed_by_shares() {
-            return Err(VaultError::Precondition(
-                "this vault unseals with its custodians' shares".into(),
-            ));
-        }
-        self.opened(superseded, "vault reopened by two operators")
-            .await
-    }
-
-    /// Opens this replica over the seals up to change `superseded`, then
-    /// follows any made since: the change feed may have brought one while
-    /// the replica was still sealed, when following it changed nothing.
-    async fn opened(&self, superseded: u64, event: &'static str) -> Result<(), VaultError> {
-        self.opened_after_seal
-            .fetch_max(superseded, Ordering::SeqCst);
-        if self.sealed.swap(false, Ordering::SeqCst) {
-            tracing::warn!(event = "unsealed", "{event}");
-        }
-        self.last_seal().await.map(|_| ())
-    }
-
-    /// Takes every seal signalled so far as history: a process starting
-    /// unsealed (on a backend without shares) is not sealed by a seal it
-    /// started after. Called once, before serving.
-    pub async fn adopt_seal_history(&self) -> Result<(), StoreError> {
-        let superseded = self.seal_signal().await?;
-        self.opened_after_seal
-            .fetch_max(superseded, Ordering::SeqCst);
-        Ok(())
-    }
-
     /// Key status of `tenant`. Answers while sealed (without key details).
     pub async fn key_status(&self, tenant: &TenantId) -> Result<KeyStatus, VaultError> {
         let sealed = self.is_sealed();
@@ -434,47 +340,6 @@ fn keys_signal(tenant: &TenantId) -> String {
 /// The prefix of key-change signals.
 const KEYS_SIGNAL: &str = "keys:";
 
-/// The signal of a seal. Its change number is what counts; its value, when
-/// it was sealed (vault clock, ms, big-endian), is for people reading the
-/// store.
-const SEAL_SIGNAL: &str = "seal";
-
-impl Vault {
-    /// The number of the store change that last sealed the vault (0 when
-    /// none did), once this replica has followed it: one that has not yet
-    /// heard of a seal made elsewhere since it was opened seals now, not at
-    /// its next poll. What a seal revokes (pending unseal and export
-    /// requests, export grants) is judged against this change, the one
-    /// clock every replica shares, so nothing filed before a seal acts
-    /// after it, whichever replica it reaches and however the two race.
-    pub async fn last_seal(&self) -> Result<u64, VaultError> {
-        let version = self.seal_signal().await?;
-        self.follow_seal(version);
-        Ok(version)
-    }
-
-    /// The change of the newest seal signal, 0 when there is none.
-    async fn seal_signal(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .store
-            .state(StateKind::Signal, SEAL_SIGNAL)
-            .await?
-            .map_or(0, |entry| entry.version))
-    }
-
-    /// Seals this replica when the seal of change `version` came after the
-    /// seals its opening superseded.
-    fn follow_seal(&self, version: u64) {
-        if version > self.opened_after_seal.load(Ordering::SeqCst) && !self.is_sealed() {
-            tracing::warn!(
-                event = "sealed_by_replica",
-                "another replica sealed the vault"
-            );
-            self.seal();
-        }
-    }
-}
-
 /// A replica's keyring and seal follow key changes and seals made by the
 /// others.
 #[async_trait::async_trait]
@@ -485,7 +350,7 @@ impl crate::shared::feed::Follower for Vault {
 
     async fn changed(&self, changes: &[StateChange]) -> Result<(), String> {
         for change in changes {
-            if change.key == SEAL_SIGNAL && !change.deleted {
+            if change.key == super::sealing::SEAL_SIGNAL && !change.deleted {
                 self.follow_seal(change.version);
                 continue;
             }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auditing;
 pub mod compact;
 pub mod reencrypt;
+mod sealing;
 mod tokenize;
 
 use std::collections::BTreeMap;
@@ -293,6 +294,9 @@ pub struct Vault {
     /// clocks: one counter every replica shares, so neither clock skew nor
     /// an unseal racing a second seal undoes that seal.
     opened_after_seal: std::sync::atomic::AtomicU64,
+    /// The newest seal this replica has acted on (by sealing, or by
+    /// adopting it at start): a seal is followed once, not at every look.
+    seals_followed: std::sync::atomic::AtomicU64,
     jobs: reencrypt::RunningJobs,
     /// Held while this process runs a compaction.
     compacting: compact::CompactionLatch,
@@ -358,8 +362,9 @@ impl Vault {
             clock,
             policy,
             sealed: AtomicBool::new(sealed),
-            // Until `adopt_seal_history`: every seal signalled is an order.
+            // Until `adopt_seal_state`: every seal signalled is an order.
             opened_after_seal: std::sync::atomic::AtomicU64::new(0),
+            seals_followed: std::sync::atomic::AtomicU64::new(0),
             jobs: reencrypt::RunningJobs::default(),
             compacting: compact::CompactionLatch::default(),
             pipeline,

@@ -903,13 +903,26 @@ async fn seals_are_followed_and_superseded_by_store_change() {
     a.reopen(a.last_seal().await.unwrap()).await.unwrap();
     assert!(!a.is_sealed());
 
-    // A replica started after the seals takes them as history; one that
-    // did not adopt them follows them.
+    // A process started after the vault was reopened starts open; one
+    // that did not adopt the seal state follows the seals.
     let started = replica();
-    started.adopt_seal_history().await.unwrap();
+    started.adopt_seal_state().await.unwrap();
     started.last_seal().await.unwrap();
     assert!(!started.is_sealed());
     let unaware = replica();
     unaware.last_seal().await.unwrap();
     assert!(unaware.is_sealed());
+
+    // Review finding: a restart undid a seal. Started while the newest
+    // seal stands, a process starts sealed, and two operators reopen it.
+    started.seal_everywhere().await.unwrap();
+    let restarted = replica();
+    restarted.adopt_seal_state().await.unwrap();
+    assert!(restarted.is_sealed());
+    let newest = restarted.last_seal().await.unwrap();
+    restarted.reopen(newest).await.unwrap();
+    assert!(!restarted.is_sealed());
+    let after_reopen = replica();
+    after_reopen.adopt_seal_state().await.unwrap();
+    assert!(!after_reopen.is_sealed());
 }
