@@ -85,7 +85,7 @@ impl KeyAdminService {
         // An export asked for as a seal lands (here or on another replica)
         // is withdrawn: filed after the seal's change, nothing else would
         // tell it from one asked for after the unseal.
-        let withdrawn_if_sealed = action.dies_with_seal() && mode != UnsealAudit::Unseal;
+        let withdrawn_if_sealed = matches!(action, DualControlAction::Export(_));
         let intent = format!("approval:new {} {}", action.name(), action.detail());
         intend_as(&self.vault, call, principal, intent.trim_end(), mode).await?;
         let pending = self
@@ -99,21 +99,16 @@ impl KeyAdminService {
             )
             .await
             .map_err(|e| approval_status(&e))?;
-        if withdrawn_if_sealed {
-            let followed = self.vault.last_seal().await;
-            if followed.is_err() || self.vault.is_sealed() {
-                let withdrawn = self.approvals.withdraw(&pending).await;
-                let refused = match (followed, withdrawn) {
-                    (Ok(_), Ok(_)) => status::from_vault(&crate::vault::VaultError::Sealed),
-                    (Err(e), _) => status::from_vault(&e),
-                    (_, Err(e)) => approval_status(&e),
-                };
-                let resource = format!("approval:{} withdrawn", pending.id);
-                return self
-                    .finish(call, principal, resource, Err::<(), _>(refused))
-                    .await
-                    .map(|_| ());
-            }
+        if withdrawn_if_sealed && let Err(e) = self.vault.last_seal_while_open().await {
+            let refused = match (self.approvals.withdraw(&pending).await, &e) {
+                (Err(withdrawal), crate::vault::VaultError::Sealed) => approval_status(&withdrawal),
+                _ => status::from_vault(&e),
+            };
+            let resource = format!("approval:{} withdrawn", pending.id);
+            return self
+                .finish(call, principal, resource, Err::<(), _>(refused))
+                .await
+                .map(|_| ());
         }
         let event = call.event(
             Some(principal),
@@ -919,12 +914,9 @@ impl KeyAdmin for KeyAdminService {
             // next poll: this replica follows it before any PAN leaves.
             let last_seal = self
                 .vault
-                .last_seal()
+                .last_seal_while_open()
                 .await
                 .map_err(|e| status::from_vault(&e))?;
-            if self.vault.is_sealed() {
-                return Err(status::from_vault(&crate::vault::VaultError::Sealed));
-            }
             self.exports
                 .check(
                     &approval_id,

@@ -182,6 +182,15 @@ impl Vault {
         Ok(version)
     }
 
+    /// [`Self::last_seal`], refused with [`VaultError::Sealed`] when this
+    /// replica is sealed, or is once it has followed that seal: the first
+    /// check of a call that files for PANs or hands them out.
+    pub async fn last_seal_while_open(&self) -> Result<u64, VaultError> {
+        let version = self.last_seal().await?;
+        self.ensure_unsealed()?;
+        Ok(version)
+    }
+
     /// The change of the newest seal signal, 0 when there is none.
     async fn seal_signal(&self) -> Result<u64, StoreError> {
         Ok(self
